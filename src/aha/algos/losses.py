@@ -1,0 +1,87 @@
+"""The clipped surrogate objective and its loss aggregations (GRPO, BNPO, Dr. GRPO, DAPO, GSPO)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def clipped_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    level: str = "token",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO/GRPO loss ``−min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A)`` and where clipping is active.
+
+    ``logp``/``old_logp``/``mask`` are ``[B, T]``; ``advantages`` is ``[B]`` (one per completion).
+    ``level='token'``: ρ_t = π_θ(o_t)/π_old(o_t). ``level='sequence'`` (GSPO): one ratio per completion,
+    ρ = exp(mean_t log ρ_t) over its unmasked tokens, shared by all its tokens.
+    ``epsilon_high`` > ``epsilon_low`` is DAPO's clip-higher (default: symmetric).
+
+    Returns ``(per_token_loss [B, T], clipped [B, T] bool)``; ``clipped`` marks tokens whose gradient
+    the clip removed (ρ > 1+ε_high with A > 0, or ρ < 1−ε_low with A < 0).
+
+    Worked example, one token, ε = 0.2: logp − old_logp = ln 1.5 (ρ = 1.5), A = 2 → unclipped 3.0,
+    clipped 1.2·2 = 2.4, loss = −2.4 and the token counts as clipped. With A = −2 the min picks
+    ρ·A = −3.0 → loss = 3.0, not clipped (the pessimistic bound keeps the full penalty).
+    """
+    eps_high = epsilon_low if epsilon_high is None else epsilon_high
+    log_ratio = logp - old_logp
+    if level == "sequence":
+        seq = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        log_ratio = seq.unsqueeze(-1).expand_as(logp)
+    elif level != "token":
+        raise ValueError(f"importance sampling level must be 'token' or 'sequence', got {level!r}")
+    ratio = torch.exp(log_ratio)
+    adv = advantages.unsqueeze(-1)
+    unclipped = ratio * adv
+    clipped_obj = torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high) * adv
+    per_token = -torch.min(unclipped, clipped_obj)
+    is_clipped = ((ratio > 1 + eps_high) & (adv > 0)) | ((ratio < 1 - epsilon_low) & (adv < 0))
+    return per_token, is_clipped
+
+
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    loss_type: str,
+    max_completion_length: int,
+    num_sequences: int | None = None,
+    num_tokens: int | float | None = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss ``[B, T]`` to a scalar.
+
+    The batch may be one micro-batch of a larger one: ``num_sequences`` / ``num_tokens`` are the totals
+    over the whole optimizer batch, so summing micro-batch losses gives the full-batch loss.
+
+    - ``grpo``: mean over each completion's tokens, then mean over completions (long completions'
+      tokens weigh less — the length bias Dr. GRPO points out);
+    - ``bnpo``: token mean over this micro-batch, weighted by its share of the sequences;
+    - ``dapo``: token mean over the whole batch (every token weighs the same);
+    - ``dr_grpo``: token sum / (num_sequences × max_completion_length), a constant normaliser.
+
+    Worked example, two completions with per-token losses ``[1, 1]`` and ``[4, 0 (pad)]``, T_max = 4:
+    grpo = (1 + 4) / 2 = 2.5; dapo = bnpo = (1 + 1 + 4) / 3 = 2.0; dr_grpo = 6 / (2 · 4) = 0.75.
+    """
+    mask = mask.to(per_token.dtype)
+    total = (per_token * mask).sum()
+    n_seq = num_sequences if num_sequences is not None else per_token.shape[0]
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / n_seq
+    if loss_type == "bnpo":
+        return total / mask.sum().clamp(min=1) * (per_token.shape[0] / n_seq)
+    if loss_type == "dapo":
+        n_tok = num_tokens if num_tokens is not None else mask.sum().clamp(min=1)
+        return total / n_tok
+    if loss_type == "dr_grpo":
+        return total / (n_seq * max_completion_length)
+    raise ValueError(f"loss_type must be grpo, bnpo, dapo or dr_grpo, got {loss_type!r}")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` where ``mask`` is 1 (0 if the mask is empty)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)

@@ -1,0 +1,91 @@
+"""Checkpoints: ``RUN_DIR/checkpoints/step-N/`` holds an HF-format model + tokenizer (``model/``) and
+``trainer_state.pt`` (optimizer, scheduler, RNG states, data position, step). Written into a temporary
+directory and renamed, so a killed process never leaves a half-written checkpoint behind."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aha.models import save_model
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: dict, keep: int = 2) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tokenizer, tmp / "model")
+    adapter = _adapter_state(model)
+    if adapter is not None:
+        trainer_state = {**trainer_state, "adapter": adapter}
+    torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))
+             and (p / "trainer_state.pt").is_file() and (p / "model" / "config.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def load_trainer_state(ckpt: Path, model) -> dict:
+    """Load weights from ``ckpt/model`` into ``model`` (adapters under LoRA) and return the trainer state."""
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    if "adapter" in state:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state["adapter"])
+    else:
+        from safetensors.torch import load_file
+
+        files = sorted((ckpt / "model").glob("*.safetensors"))
+        weights = {}
+        for f in files:
+            weights.update(load_file(f))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return state
+
+
+def _adapter_state(model):
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+    return None

@@ -1,0 +1,150 @@
+"""The ``aha`` command: train, eval, demo, report, config."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="aha — RL post-training for language models that you can read, run on a laptop, and watch learn.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
+app.add_typer(config_app, name="config")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from aha.config import ConfigError
+    from aha.gguf import ModelLoadError as GGUFError
+    from aha.models import ModelLoadError
+    from aha.rewards import RewardConfigError, RewardError
+    from aha.runtime import TrainingError
+    from aha.tasks import DataError
+
+    return ConfigError, ModelLoadError, GGUFError, DataError, RewardConfigError, RewardError, TrainingError
+
+
+def friendly(fn):
+    """Turn the errors a user can cause into one line on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: completed checkpoints are intact; continue with --resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+SET_HELP = "Override a config field, e.g. --set rl.beta=0.04 (repeatable; see `aha config show`)."
+
+
+@app.command()
+@friendly
+def train(
+    config: Path = typer.Argument(..., help="YAML run config (see recipes/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: metrics, samples, checkpoints, report."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: bool = typer.Option(False, help="Continue from the newest complete checkpoint in --out."),
+):
+    """Train with the stage the config names (grpo or sft)."""
+    from aha.config import load_config
+
+    cfg = load_config(config, set_)
+    if resume and not (out / "checkpoints").is_dir():
+        raise typer.BadParameter(f"no checkpoints in {out} to resume from", param_hint="--resume")
+    if cfg.stage == "sft":
+        from aha.sft import train_sft
+
+        last = train_sft(cfg, out, resume=resume)
+    else:
+        from aha.trainer import train_grpo
+
+        last = train_grpo(cfg, out, resume=resume)
+    shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")}
+    typer.echo(f"done: {out}  {json.dumps(shown)}")
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    checkpoint: str = typer.Argument(..., help="Model: a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config for the task (default: the run's config.yaml if found)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    k: int = typer.Option(1, help="Also report sampled pass@k (k > 1)."),
+    temperature: float = typer.Option(1.0, help="Temperature of the pass@k samples."),
+    limit: int = typer.Option(0, help="Evaluate only the first N held-out rows (0 = all)."),
+):
+    """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split."""
+    from aha.config import load_config
+    from aha.data.templates import resolve_template
+    from aha.evaluate import evaluate
+    from aha.models import load_policy
+    from aha.rollout.hf import HFEngine
+    from aha.runtime import autocast_dtype, pick_device
+    from aha.tasks import build_task
+
+    if config is None:  # checkpoints live at RUN/checkpoints/step-N/model
+        guess = [p / "config.yaml" for p in Path(checkpoint).resolve().parents][:4]
+        config = next((g for g in guess if g.is_file()), None)
+    cfg = load_config(config, [*set_, f"model.name={checkpoint}"])
+    device = pick_device(cfg.train.device)
+    task = build_task(cfg.task)
+    model, tok = load_policy(cfg.model, task.alphabet, cfg.train.seed)
+    model.to(device)
+    engine = HFEngine(model, tok, device, autocast_dtype(cfg.train.precision, device))
+    rows = task.eval[:limit] if limit else task.eval
+    res = evaluate(engine, tok, task, rows, resolve_template(cfg.task.template, tok), cfg.rollout.max_new_tokens,
+                   k=k, temperature=temperature)
+    shown = {key: v for key, v in res.items() if key not in ("correct", "completions")}
+    typer.echo(json.dumps({"model": checkpoint, "task": task.name, "n": len(rows), **shown}))
+
+
+@app.command()
+@friendly
+def report(run_dir: Path = typer.Argument(..., help="A run directory (has metrics.jsonl).")):
+    """Write RUN_DIR/report.html: plots, samples and config, self-contained (opens offline)."""
+    from aha.track.report import write_report
+
+    typer.echo(str(write_report(run_dir)))
+
+
+@app.command()
+@friendly
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes its runs and summary."),
+    seed: int = typer.Option(0, help="Seed for model init, data and sampling."),
+):
+    """The AlphaGo lesson in minutes on a CPU: a teacher, SFT on its traces, then GRPO past it."""
+    from aha.demo import run_demo
+
+    run_demo(out, seed)
+
+
+@config_app.command("show")
+@friendly
+def config_show(
+    config: Optional[Path] = typer.Argument(None, help="A YAML config to resolve (omit for the defaults)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+):
+    """Every config field with its value and description."""
+    from aha.config import describe, load_config
+
+    cfg = load_config(config, set_).model_dump(mode="json")
+    for name, _default, desc in describe():
+        value = cfg
+        for part in name.split("."):
+            value = value[part]
+        typer.echo(f"{name} = {json.dumps(value)}\n    {desc}")
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

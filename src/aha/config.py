@@ -1,0 +1,254 @@
+"""Run configuration: pydantic models, one per stage, loaded from YAML plus ``--set a.b=c`` overrides.
+
+Every field carries a description; ``aha config show`` prints them, so the config is the documentation.
+A wrong field ends in one line naming it and what is allowed (:class:`ConfigError`), never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration problem; its message is one line meant for the terminal."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules to adapt: 'all-linear' or a list of names.")
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "tiny",
+        description="Policy model: a local HF directory, a .gguf file, the alias 'smollm2-135m', "
+        "'tiny' or 'tiny:layers=3,hidden=128,heads=4,ff=512' (built in code, char tokenizer), or 'hf:<hub id>' "
+        "(needs a network).",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the policy's backward pass.")
+
+
+class TaskConfig(_Section):
+    name: Literal["arithmetic", "countdown", "jsonl"] = Field(
+        "arithmetic", description="Prompt source: 'arithmetic' and 'countdown' are generated; 'jsonl' reads task.path."
+    )
+    path: Path | None = Field(None, description="jsonl: training file (one JSON object per line).")
+    eval_path: Path | None = Field(None, description="jsonl: held-out file; default: the last task.num_eval rows of task.path.")
+    prompt_column: str = Field("prompt", description="jsonl: the column holding the prompt.")
+    answer_column: str = Field("answer", description="jsonl: the column holding the reference answer.")
+    digits: int = Field(2, ge=1, le=12, description="arithmetic: digits per operand.")
+    operations: list[Literal["+", "-", "*"]] = Field(["+"], description="arithmetic: operations to draw from.")
+    reverse_answer: bool = Field(False, description="arithmetic: answer written least-significant digit first.")
+    num_numbers: int = Field(3, ge=2, le=6, description="countdown: how many numbers to combine.")
+    num_train: int = Field(20000, ge=1, description="Generated tasks: training prompts.")
+    num_eval: int = Field(200, ge=1, description="Held-out prompts for eval/accuracy.")
+    template: Literal["auto", "plain", "chat", "r1"] = Field(
+        "auto",
+        description="How prompts reach the model: 'plain' text; 'chat' via the tokenizer's chat template; "
+        "'r1' chat with the R1-Zero <think>/<answer> instruction; 'auto' = chat if the tokenizer has a template.",
+    )
+    seed: int = Field(1234, description="Seed of the generated data (independent of the training seed).")
+
+
+class RewardSpec(_Section):
+    name: str = Field(..., description="Built-in name (accuracy, think_format, tag_count, overlong, repetition, ...), "
+                      "'module:function' or 'path/to/file.py:function'.")
+    weight: float = Field(1.0, description="Weight of this function in the summed reward.")
+
+
+class RolloutConfig(_Section):
+    group_size: int = Field(8, ge=1, description="G: completions sampled per prompt.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (also applied to training logits).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
+
+
+class RLConfig(_Section):
+    algo: Literal["grpo"] = Field("grpo", description="RL algorithm.")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per step; the batch holds prompts_per_step × group_size completions.")
+    mu: int = Field(1, ge=1, description="μ: optimisation passes over each batch of rollouts (ratio departs from 1 after the first).")
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the reference model (0 = no reference model kept).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator (Schulman's k1/k2/k3).")
+    epsilon_low: float = Field(0.2, ge=0, description="Clip range below 1 for the ratio.")
+    epsilon_high: float | None = Field(None, ge=0, description="Clip range above 1 (DAPO clip-higher, e.g. 0.28); default = epsilon_low.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo", description="Loss aggregation: grpo = per-sequence mean; bnpo/dapo = token mean over the batch; "
+        "dr_grpo = token sum / (sequences × max_new_tokens).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the group std ('group', GRPO), the batch std, or not at all (Dr. GRPO).")
+    importance_sampling_level: Literal["token", "sequence"] = Field(
+        "token", description="'sequence' = GSPO's length-normalised sequence ratio.")
+    mask_truncated: bool = Field(False, description="Exclude completions cut at max_new_tokens from the loss (DAPO).")
+    dynamic_sampling: bool = Field(False, description="Drop groups whose rewards all agree and sample more prompts (DAPO).")
+    max_resample_rounds: int = Field(3, ge=0, description="Dynamic sampling: extra sampling rounds per step at most.")
+    old_logprobs: Literal["sampler", "recompute"] = Field(
+        "sampler", description="Old-policy logprobs for μ>1: the sampler's own, or a separate no-grad pass.")
+    reward_on_error: Literal["raise", "skip"] = Field(
+        "raise", description="A reward function that raises: stop the run naming it, or give that sample no opinion (None).")
+
+
+class TrainConfig(_Section):
+    steps: int = Field(100, ge=1, description="Optimisation steps (RL: rollout batches; SFT: optimizer steps).")
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (AdamW).")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Decay after warm-up.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
+    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward; the rest is gradient accumulation.")
+    batch_size: int = Field(64, ge=1, description="SFT: sequences per optimizer step.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="'bf16' = bf16 autocast (fp32 master weights); 'auto' = bf16 where the CPU/GPU has fast bf16.")
+    seed: int = Field(0, description="Seed for sampling, initialisation and data order.")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda'.")
+
+
+class SFTConfig(_Section):
+    path: Path | None = Field(None, description="Prompt/completion JSONL for SFT.")
+    prompt_column: str = Field("prompt", description="Column holding the prompt.")
+    completion_column: str = Field("completion", description="Column holding the target completion.")
+    warmup_steps: int = Field(0, ge=0, description="GRPO stage: first imitate the task's reference answers for this many "
+                              "SFT steps (a short warm-up so a model built from scratch produces answers RL can rank).")
+    warmup_lr: float = Field(1e-3, gt=0, description="Learning rate of the SFT warm-up.")
+
+
+class LogConfig(_Section):
+    eval_every: int = Field(10, ge=0, description="Greedy eval/accuracy every N steps (and at step 0); 0 = off.")
+    save_every: int = Field(50, ge=0, description="Checkpoint every N steps (and at the end); 0 = only at the end.")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints kept on disk.")
+    samples_per_step: int = Field(4, ge=0, description="Completions written to samples.jsonl per step.")
+    tensorboard: bool = Field(True, description="Also write TensorBoard event files to RUN_DIR/tb.")
+    wandb: bool = Field(False, description="Also log to Weights & Biases (pip install wandb).")
+    wandb_project: str = Field("aha", description="W&B project name.")
+    progress: bool = Field(True, description="Show a progress bar.")
+    report: bool = Field(True, description="Write RUN_DIR/report.html at the end of the run.")
+
+
+class RunConfig(_Section):
+    """A whole run: ``stage`` picks the trainer; the other sections configure it."""
+
+    stage: Literal["grpo", "sft"] = Field("grpo", description="Which trainer runs: 'grpo' (RL) or 'sft' (imitation).")
+    init_from: Path | None = Field(None, description="Start from this checkpoint's model dir instead of model.name's weights.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts, answers and held-out split.")
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="accuracy")], description="Reward functions and weights.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="GRPO objective.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT data.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Metrics, eval, checkpoints.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.stage == "sft" and self.sft.path is None:
+            raise ValueError("stage 'sft' needs sft.path (a prompt/completion JSONL)")
+        if self.task.name == "jsonl" and self.task.path is None:
+            raise ValueError("task.name 'jsonl' needs task.path")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _format_error(err: ValidationError) -> str:
+    """One line per problem: ``rl.betta: unknown field (allowed: beta, mu, ...)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(RunConfig, e["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent is not None else "?"
+            lines.append(f"{loc}: unknown field (allowed: {allowed})")
+        else:
+            msg = e["msg"].replace("Value error, ", "")
+            lines.append(f"{loc}: {msg} (got {e.get('input')!r})" if loc else msg)
+    return "config error: " + "; ".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'rl.beta=0.04'`` → ``(['rl', 'beta'], 0.04)``; the value is parsed as YAML (so lists and bools work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set rl.beta=0.04")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise ConfigError(f"--set {text!r}: {part} is not a section")
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **defaults: Any) -> RunConfig:
+    """Read YAML (optional), apply ``a.b=c`` overrides, validate. Raises :class:`ConfigError` with one line."""
+    data: dict = dict(defaults)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        data.update(loaded)
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def describe(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Flatten the schema into ``(dotted.name, default, description)`` rows for ``aha config show``."""
+    rows = []
+    for name, field in model.model_fields.items():
+        sub = _model_at(model, (name,))
+        if sub is not None and name != "rewards":
+            rows.extend(describe(sub, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = [d.model_dump() if isinstance(d, BaseModel) else d for d in default]
+        rows.append((prefix + name, repr(default), field.description or ""))
+    return rows

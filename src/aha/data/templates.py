@@ -1,0 +1,34 @@
+"""How a task's prompt text becomes the token ids the model sees."""
+
+from __future__ import annotations
+
+R1_SYSTEM = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The Assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>."
+)
+
+
+def resolve_template(template: str, tokenizer) -> str:
+    if template == "auto":
+        return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+    if template in ("chat", "r1") and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"task.template {template!r}: this model's tokenizer has no chat template (use 'plain')")
+    return template
+
+
+def render_prompt(prompt: str | list, tokenizer, template: str) -> list[int]:
+    """Token ids for one prompt. ``template`` is already resolved ('plain', 'chat' or 'r1').
+
+    Conversational prompts (lists of messages) always go through the chat template.
+    """
+    if template == "plain" and isinstance(prompt, str):
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    if template == "r1" and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": R1_SYSTEM}, *messages]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return list(ids)

