@@ -59,8 +59,13 @@ def train(
     from aha.config import load_config
 
     cfg = load_config(config, set_)
-    if resume and not (out / "checkpoints").is_dir():
-        raise typer.BadParameter(f"no checkpoints in {out} to resume from", param_hint="--resume")
+    if resume:  # checked here for every stage: train_sft would otherwise start afresh and wipe metrics.jsonl
+        from aha.checkpoint import list_checkpoints
+        from aha.runtime import TrainingError
+
+        if not list_checkpoints(out):
+            raise TrainingError(f"--resume: no complete checkpoint in {out / 'checkpoints'} "
+                                "(run without --resume to start afresh)")
     if cfg.stage == "sft":
         from aha.sft import train_sft
 

@@ -57,6 +57,13 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     ckpts = list_checkpoints(run_dir) if resume else []
     if resume and not ckpts:
         raise TrainingError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}")
+    # the reference is the policy RL starts from, so it is built before a checkpoint's weights are loaded
+    # (on resume the deterministic warm-up is replayed only when the reference needs it)
+    if cfg.sft.warmup_steps and (not ckpts or (rl.beta > 0 and not cfg.model.lora.enabled)):
+        from aha.sft import sft_warmup  # optional: imitate reference answers first (see sft.warmup_steps)
+
+        sft_warmup(policy, tok, task.train, template, cfg, device, amp)
+    ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
     if ckpts:
         state = load_trainer_state(ckpts[-1], policy)
         optimizer.load_state_dict(state["optimizer"])
@@ -75,11 +82,6 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         result = evaluate(engine, tok, task, task.eval, template, ro.max_new_tokens)
         return {"eval/accuracy": result["accuracy"]}
 
-    if cfg.sft.warmup_steps and start_step == 0:  # optional: imitate reference answers first (see sft.warmup_steps)
-        from aha.sft import sft_warmup
-
-        sft_warmup(policy, tok, task.train, template, cfg, device, amp)
-    ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
     last: dict = {}
     if start_step == 0 and cfg.log.eval_every:
         last = run_eval(0)

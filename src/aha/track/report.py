@@ -330,8 +330,10 @@ def render_html(run_dir: Path, metrics: dict[str, Series], plots: list[tuple[str
     return "\n".join(parts)
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write the run's HTML report (default `run_dir/report.html`) and return its path."""
+def write_report(run_dir: Path, out: Path | None = None, summary: dict | None = None) -> Path:
+    """Write the run's HTML report (default `run_dir/report.html`) and return its path.
+
+    ``summary`` (e.g. the demo's teacher / SFT / RL table) replaces ``run_dir/summary.json`` when given."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the folder a training run wrote")
@@ -340,7 +342,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
     html = render_html(run_dir.resolve(), metrics, plot_all(metrics), pick_samples(load_jsonl(run_dir / "samples.jsonl")),
-                       load_summary(run_dir), config_text)
+                       summary if summary is not None else load_summary(run_dir), config_text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out

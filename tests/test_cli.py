@@ -1,0 +1,199 @@
+"""The ``aha`` command as a user meets it: mistakes end in one line naming the field, file or function
+(never a traceback); a good tiny run writes the run directory DESIGN.md promises; ``aha eval`` reads it back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from aha.cli import app
+from conftest import TINY, merge
+
+runner = CliRunner()
+
+STEP_KEYS = {"reward/mean", "reward/std", "reward/accuracy/mean", "completions/mean_length",
+             "completions/clipped_ratio", "frac_reward_zero_std", "entropy", "clip_ratio", "loss/policy",
+             "grad_norm", "lr", "time/rollout_s", "time/train_s", "throughput/tokens_per_s", "kl"}
+
+
+def aha(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result) -> str:
+    """The single line a user error prints on stderr (and checks that nothing else reached the user)."""
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), result.exception  # handled, not a crash
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert result.stdout.strip() == "", result.output
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- user errors
+
+
+@pytest.mark.parametrize("where", ["--set", "yaml"])
+def test_misspelled_field_names_it_and_lists_the_allowed_ones(tmp_path, write_config, where):
+    if where == "--set":
+        result = aha("train", write_config(), "-o", tmp_path / "run", "--set", "rl.betta=0.1")
+    else:
+        result = aha("train", write_config({"rl": {"betta": 0.1}}), "-o", tmp_path / "run")
+    line = one_line_error(result)
+    assert "rl.betta" in line and "unknown field" in line
+    allowed = line.split("allowed:")[1]
+    assert "beta" in allowed.replace(",", " ").split() and "mu" in allowed
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_range_value_names_the_field(tmp_path, write_config):
+    line = one_line_error(aha("train", write_config(), "-o", tmp_path / "run", "--set", "rl.mu=0"))
+    assert "rl.mu" in line and "greater than or equal to 1" in line
+
+
+def test_missing_model_path_names_the_path(tmp_path, write_config):
+    line = one_line_error(aha("train", write_config(), "-o", tmp_path / "run", "--set", "model.name=/nonexistent/model"))
+    assert "/nonexistent/model" in line and "model.name" in line
+
+
+def test_jsonl_row_without_prompt_names_file_and_line(tmp_path, write_config):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"question": "2+2=", "answer": "4"}\n')
+    result = aha("train", write_config({"task": {"name": "jsonl", "path": str(data)}}), "-o", tmp_path / "run")
+    line = one_line_error(result)
+    assert f"{data}:2:" in line and "'prompt'" in line
+
+
+def test_missing_config_file_names_it(tmp_path):
+    line = one_line_error(aha("train", tmp_path / "nope.yaml", "-o", tmp_path / "run"))
+    assert "config file not found" in line and "nope.yaml" in line
+
+
+def test_resume_without_checkpoints_is_one_line(tmp_path, write_config):
+    line = one_line_error(aha("train", write_config(), "-o", tmp_path / "run", "--resume"))
+    assert "--resume" in line and "no complete checkpoint" in line
+
+
+def test_real_entry_point_prints_no_traceback(tmp_path, write_config):
+    """The installed ``aha`` script, in its own process: what a user's terminal shows."""
+    exe = Path(sys.executable).with_name("aha")
+    assert exe.is_file(), exe
+    proc = subprocess.run([str(exe), "train", str(write_config()), "-o", str(tmp_path / "run"), "--set", "rl.betta=0.1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "rl.betta" in lines[0], proc.stderr
+
+
+def test_failing_reward_function_names_it_and_a_sample_unless_skipped(tmp_path, write_config, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "bad_reward.py").write_text('def bad(prompts, completions, **kw):\n    raise ValueError("boom")\n')
+    cfg = write_config({"train": {"steps": 1}, "log": {"eval_every": 0}})
+    bad = ["--set", "rewards=[{name: tmp/bad_reward.py:bad}]"]
+
+    line = one_line_error(aha("train", cfg, "-o", tmp_path / "run", *bad))
+    assert "'tmp/bad_reward.py:bad'" in line and "sample 0" in line and "completion" in line
+    assert "ValueError: boom" in line
+
+    result = aha("train", cfg, "-o", tmp_path / "run2", *bad, "--set", "rl.reward_on_error=skip")
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    n = TINY["rl"]["prompts_per_step"] * TINY["rollout"]["group_size"]
+    assert row["reward/skipped_samples"] == n and row["reward/mean"] == 0.0
+    assert "kl" not in row  # β = 0: no reference model, no KL to log
+
+
+# ----------------------------------------------------------------------------- help and config
+
+
+def test_config_show_lists_fields_with_descriptions():
+    result = aha("config", "show", "--set", "rl.beta=0.04")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    i = lines.index("rl.beta = 0.04")
+    assert "KL coefficient" in lines[i + 1]
+    assert any(line.startswith("rl.reward_on_error = ") for line in lines)
+
+
+def test_train_help():
+    result = aha("train", "--help")
+    assert result.exit_code == 0
+    assert "--set" in result.stdout and "--resume" in result.stdout and "--out" in result.stdout
+
+
+# ----------------------------------------------------------------------------- a good run
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    """``aha train`` for 2 steps with β overridden on the command line."""
+    root = tmp_path_factory.mktemp("good")
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(merge(TINY, {"log": {"save_every": 1, "samples_per_step": 3}})))
+    result = aha("train", cfg, "-o", root / "run", "--set", "rl.beta=0.04")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"done: {root / 'run'}")
+    return root / "run"
+
+
+def test_good_run_writes_resolved_config(good_run):
+    cfg = yaml.safe_load((good_run / "config.yaml").read_text())
+    assert cfg["rl"]["beta"] == 0.04  # the --set override
+    assert cfg["task"]["digits"] == 1  # the YAML
+    assert cfg["rl"]["loss_type"] == "dapo"  # a default, resolved
+
+
+def test_good_run_metrics_have_the_design_keys(good_run):
+    rows = [json.loads(line) for line in (good_run / "metrics.jsonl").read_text().splitlines()]
+    assert all("step" in row for row in rows)
+    assert [row["step"] for row in rows] == [0, 1, 2]
+    assert 0.0 <= rows[0]["eval/accuracy"] <= 1.0
+    for row in rows[1:]:
+        assert STEP_KEYS <= row.keys(), STEP_KEYS - row.keys()
+        assert row["lr"] == TINY["train"]["lr"]
+    assert "eval/accuracy" in rows[2]  # the last step is always evaluated
+
+
+def test_good_run_samples(good_run):
+    rows = [json.loads(line) for line in (good_run / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3
+    for row in rows:
+        assert {"prompt", "completion", "reward", "rewards", "step"} <= row.keys()
+        assert row["prompt"].endswith("=") and set(row["rewards"]) == {"accuracy"}
+    assert [row["step"] for row in rows] == [1, 1, 1, 2, 2, 2]
+
+
+def test_checkpoint_loads_with_plain_transformers_and_generates(good_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = good_run / "checkpoints" / "step-2" / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok("3+4=", return_tensors="pt").input_ids
+    assert tok.decode(ids[0]) == "3+4="
+    out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=3, do_sample=False,
+                         pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids.shape[1]
+    assert isinstance(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True), str)
+
+
+def test_eval_finds_the_runs_config(good_run):
+    model_dir = good_run / "checkpoints" / "step-2" / "model"
+    result = aha("eval", model_dir)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # n = 20 is the run's task.num_eval (the default is 200): the run's config.yaml was found
+    assert report["task"] == "arithmetic" and report["n"] == TINY["task"]["num_eval"]
+    # greedy, same weights, same held-out rows: the accuracy the run logged at step 2
+    last = json.loads((good_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["accuracy"] == last["eval/accuracy"]
