@@ -51,6 +51,7 @@ class TaskConfig(_Section):
     digits: int = Field(2, ge=1, le=12, description="arithmetic: digits per operand.")
     operations: list[Literal["+", "-", "*"]] = Field(["+"], description="arithmetic: operations to draw from.")
     reverse_answer: bool = Field(False, description="arithmetic: answer written least-significant digit first.")
+    pad_operands: bool = Field(False, description="arithmetic: zero-pad operands to task.digits (e.g. 007+120=).")
     num_numbers: int = Field(3, ge=2, le=6, description="countdown: how many numbers to combine.")
     num_train: int = Field(20000, ge=1, description="Generated tasks: training prompts.")
     num_eval: int = Field(200, ge=1, description="Held-out prompts for eval/accuracy.")

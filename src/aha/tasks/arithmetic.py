@@ -14,7 +14,7 @@ from aha.tasks import Task
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
-def make_problem(rng: random.Random, digits: int, ops: list[str], reverse: bool) -> dict:
+def make_problem(rng: random.Random, digits: int, ops: list[str], reverse: bool, pad: bool = False) -> dict:
     hi = 10**digits - 1
     a, b = rng.randint(0, hi), rng.randint(0, hi)
     op = rng.choice(ops)
@@ -22,6 +22,8 @@ def make_problem(rng: random.Random, digits: int, ops: list[str], reverse: bool)
     answer = str(result)
     if reverse:
         answer = answer[::-1] if result >= 0 else "-" + str(-result)[::-1]
+    if pad:  # fixed-width operands: digit i of each operand always sits at the same position
+        return {"prompt": f"{a:0{digits}d}{op}{b:0{digits}d}=", "answer": answer, "a": a, "b": b, "op": op}
     return {"prompt": f"{a}{op}{b}=", "answer": answer, "a": a, "b": b, "op": op}
 
 
@@ -45,7 +47,7 @@ def split_unique(rng: random.Random, make, num_train: int, num_eval: int, max_tr
 
 def arithmetic_task(cfg: TaskConfig) -> Task:
     rng = random.Random(cfg.seed)
-    make = lambda r: make_problem(r, cfg.digits, list(cfg.operations), cfg.reverse_answer)  # noqa: E731
+    make = lambda r: make_problem(r, cfg.digits, list(cfg.operations), cfg.reverse_answer, cfg.pad_operands)  # noqa: E731
     train, held_out = split_unique(rng, make, cfg.num_train, cfg.num_eval)
     alphabet = "0123456789" + "".join(cfg.operations) + "=" + ("-" if "-" in cfg.operations else "")
     return Task("arithmetic", train, held_out, alphabet=alphabet)
