@@ -68,6 +68,7 @@ def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
     rl = RunConfig.model_validate({
         **common, "stage": "grpo", "init_from": str(out / "sft" / "checkpoints" / f"step-{sft.train.steps}" / "model"),
         "rl": {"prompts_per_step": 32, "mu": 2, "beta": 0.0, "loss_type": "dapo"},
+        "log": {**common["log"], "eval_every": 20},
         "train": {"steps": 80, "lr": 2e-4, "warmup_steps": 5, "micro_batch_size": 256, "seed": seed},
     })
     return sft, rl

@@ -20,7 +20,7 @@ from aha.algos.advantages import group_relative_advantages, zero_std_groups
 from aha.algos.kl import kl_estimate
 from aha.algos.logprobs import completion_logprobs
 from aha.algos.losses import aggregate_loss, clipped_surrogate, masked_mean
-from aha.checkpoint import list_checkpoints, load_trainer_state, save_checkpoint
+from aha.checkpoint import list_checkpoints, load_trainer_state, save_checkpoint, set_rng_state
 from aha.config import RunConfig, save_config
 from aha.data.templates import render_prompt, resolve_template
 from aha.evaluate import columns_of, evaluate
@@ -70,8 +70,6 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         start_step = state["step"]
-        from aha.checkpoint import set_rng_state
-
         set_rng_state(state["rng"])
         print(f"resumed from {ckpts[-1]} (step {start_step})")
     save_config(cfg, run_dir / "config.yaml")

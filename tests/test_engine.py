@@ -1,0 +1,191 @@
+"""The HF rollout engine (aha.rollout.hf): grouping and finish reasons, the sampler's logprobs against a
+fresh full forward, greedy against an uncached step-by-step argmax, stop strings, nucleus filtering and
+weight updates — all on a 1-layer Llama that builds in milliseconds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from aha.algos.logprobs import completion_logprobs
+from aha.models import build_tiny
+from aha.rollout import SamplingParams
+from aha.rollout.hf import HFEngine, top_p_filter
+from aha.trainer import _pack
+
+SPEC = "tiny:layers=1,hidden=32,heads=2,ff=64"
+ALPHABET = "0123456789+="
+CPU = torch.device("cpu")
+PROMPTS = ["1+2=", "12+34=", "5="]  # different lengths: the batch is left-padded
+
+
+def spiky_model(seed: int = 0, std: float = 0.3):
+    """A tiny Llama whose matrices are redrawn with a large std. The default init (std 0.02) gives almost
+    uniform next-token distributions whose greedy output is one repeated character; these weights give
+    varied completions, some ending in EOS and some not, with clear argmax margins."""
+    model, tok = build_tiny(SPEC, ALPHABET, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval(), tok
+
+
+def encode(tok, texts: list[str]) -> list[list[int]]:
+    return [tok(t, add_special_tokens=False).input_ids for t in texts]
+
+
+@pytest.fixture
+def engine():
+    torch.manual_seed(0)
+    model, tok = spiky_model(seed=0)
+    return HFEngine(model, tok, CPU, None)
+
+
+def greedy(engine: HFEngine, prompts: list[list[int]], max_new_tokens: int = 8):
+    return engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=max_new_tokens))
+
+
+# ─────────────────────────────── shape, grouping, finish reasons ───────────────────────────────
+
+
+def test_generate_groups_rows_per_prompt_and_reports_why_each_stopped(engine):
+    prompts = encode(engine.tokenizer, PROMPTS)
+    eos = engine.tokenizer.eos_token_id
+    n, max_new = 3, 5
+    roll = engine.generate(prompts, n, SamplingParams(temperature=1.0, max_new_tokens=max_new))
+
+    assert len(roll) == len(prompts) * n
+    for i, p in enumerate(prompts):
+        assert roll.prompt_ids[i * n:(i + 1) * n] == [p] * n
+    for c, lp, why in zip(roll.completion_ids, roll.logprobs, roll.finish_reasons):
+        assert 1 <= len(c) <= max_new and len(lp) == len(c)
+        if eos in c:  # EOS is kept, as the last token, and only then is the reason 'stop'
+            assert c.index(eos) == len(c) - 1 and why == "stop"
+        else:
+            assert len(c) == max_new and why == "length"
+    assert set(roll.finish_reasons) == {"stop", "length"}, "this seed should produce both kinds of ending"
+
+
+# ─────────────────────────────── logprobs = a fresh forward's ───────────────────────────────
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_sampler_logprobs_equal_a_full_forward_at_the_sampling_temperature(engine, top_p):
+    """π_old(token) as the trainer recomputes it: one uncached forward over [left-padded prompt |
+    right-padded completion], log_softmax(logits / T). Under top_p the sampler draws from the filtered
+    distribution but reports the full one's logprob, which is what the trainer's ratio compares against."""
+    T = 0.7
+    prompts = encode(engine.tokenizer, PROMPTS)
+    roll = engine.generate(prompts, 4, SamplingParams(temperature=T, top_p=top_p, max_new_tokens=10))
+    assert len({len(c) for c in roll.completion_ids}) > 1  # completions of several lengths: right padding too
+
+    batch = _pack(roll, engine.tokenizer.pad_token_id, CPU)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(engine.model, batch["input_ids"], batch["attention_mask"],
+                                      batch["mask"].shape[1], temperature=T)
+    mask = batch["mask"].bool()
+    assert torch.allclose(logp[mask], batch["sampler_logp"][mask], atol=1e-4), \
+        (logp[mask] - batch["sampler_logp"][mask]).abs().max()
+
+    # and by hand for one token: log_softmax(logits / T) of the first completion token of row 0
+    ids = torch.tensor([roll.prompt_ids[0]])
+    with torch.no_grad():
+        logits = engine.model(input_ids=ids).logits[0, -1]
+    want = torch.log_softmax(logits / T, -1)[roll.completion_ids[0][0]].item()
+    assert roll.logprobs[0][0] == pytest.approx(want, abs=1e-4)
+
+
+# ─────────────────────────────── greedy ───────────────────────────────
+
+
+def test_greedy_is_deterministic_and_equals_an_uncached_step_by_step_argmax(engine):
+    prompts = encode(engine.tokenizer, PROMPTS + ["7+7=", "98+1="])
+    eos = engine.tokenizer.eos_token_id
+    max_new = 8
+    first, second = greedy(engine, prompts, max_new), greedy(engine, prompts, max_new)
+    assert first.completion_ids == second.completion_ids and first.logprobs == second.logprobs
+
+    for p, got, got_logp in zip(prompts, first.completion_ids, first.logprobs):
+        seq, want, want_logp = list(p), [], []
+        with torch.no_grad():
+            for _ in range(max_new):  # the whole growing sequence each time: no cache, no padding
+                logits = engine.model(input_ids=torch.tensor([seq])).logits[0, -1]
+                token = int(logits.argmax())
+                want.append(token)
+                want_logp.append(torch.log_softmax(logits, -1)[token].item())
+                seq.append(token)
+                if token == eos:
+                    break
+        assert got == want
+        assert got_logp == pytest.approx(want_logp, abs=1e-4)
+    assert set(first.finish_reasons) == {"stop", "length"}
+
+
+# ─────────────────────────────── stop strings ───────────────────────────────
+
+
+@pytest.mark.parametrize("start", [0, 2])
+def test_stop_string_cuts_right_after_the_token_that_completes_it(engine, start):
+    """Observe a greedy completion, then ask for a stop string taken from it: the completion ends with the
+    token completing the string's first occurrence (the char tokenizer has one token per character), the
+    reason is 'stop', and a row whose output never contains the string is untouched."""
+    tok = engine.tokenizer
+    prompts = encode(tok, ["1+2=", "5="])
+    before = greedy(engine, prompts)
+    text = tok.decode(before.completion_ids[0])
+    stop = text[start:start + 2]
+    assert before.finish_reasons[0] == "length" and stop.isdigit()  # plain characters, no special token
+    assert stop not in tok.decode(before.completion_ids[1])
+    cut = text.index(stop) + len(stop)  # the first occurrence may come before `start`
+
+    after = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=8, stop=[stop]))
+    assert after.completion_ids[0] == before.completion_ids[0][:cut]
+    assert after.logprobs[0] == before.logprobs[0][:cut]
+    assert after.finish_reasons[0] == "stop"
+    assert after.completion_ids[1] == before.completion_ids[1]
+    assert after.finish_reasons[1] == before.finish_reasons[1]
+
+
+# ─────────────────────────────── nucleus filter ───────────────────────────────
+
+
+def test_top_p_filter_keeps_the_token_that_crosses_top_p():
+    # probs [0.5, 0.3, 0.2]: cumulative mass before each token is [0, 0.5, 0.8]
+    # top_p 0.6: the first token's 0.5 falls short, the second (0.8) crosses it → keep 2 tokens
+    # top_p 0.5: the first token alone reaches it → keep 1 token
+    logits = torch.tensor([0.5, 0.3, 0.2]).log()
+    inf = float("-inf")
+    assert top_p_filter(logits, 0.6).tolist() == pytest.approx([math.log(0.5), math.log(0.3), inf])
+    assert top_p_filter(logits, 0.5).tolist() == pytest.approx([math.log(0.5), inf, inf])
+    assert top_p_filter(logits, 1.0) is logits
+    # order does not matter, and rows are filtered independently
+    rows = torch.tensor([[0.2, 0.5, 0.3], [0.3, 0.2, 0.5]]).log()
+    kept = torch.isfinite(top_p_filter(rows, 0.6)).tolist()
+    assert kept == [[False, True, True], [True, False, True]]
+
+
+# ─────────────────────────────── weight updates ───────────────────────────────
+
+
+def test_update_weights_changes_what_the_engine_samples(engine):
+    prompts = encode(engine.tokenizer, PROMPTS)
+    before = greedy(engine, prompts)
+
+    # another model's full state: the engine now samples exactly what that model samples
+    other, tok = spiky_model(seed=1)
+    want = greedy(HFEngine(other, tok, CPU, None), prompts)
+    engine.update_weights(other.state_dict())
+    got = greedy(engine, prompts)
+    assert engine.weights_version == 1
+    assert got.completion_ids == want.completion_ids != before.completion_ids
+
+    # a partial state: a zeroed lm_head makes every logit 0, so every token has logprob −ln V
+    engine.update_weights({"lm_head.weight": torch.zeros_like(engine.model.lm_head.weight)})
+    roll = engine.generate(prompts, 2, SamplingParams(temperature=0.7, max_new_tokens=4))
+    V = engine.model.config.vocab_size
+    assert all(lp == pytest.approx(-math.log(V), abs=1e-5) for row in roll.logprobs for lp in row)
+    assert engine.weights_version == 2
