@@ -128,21 +128,22 @@ def test_greedy_is_deterministic_and_equals_an_uncached_step_by_step_argmax(engi
 # ─────────────────────────────── stop strings ───────────────────────────────
 
 
-@pytest.mark.parametrize("start", [0, 2])
-def test_stop_string_cuts_right_after_the_token_that_completes_it(engine, start):
+@pytest.mark.parametrize("start, length", [(0, 2), (6, 2), (0, 10)])
+def test_stop_string_cuts_right_after_the_token_that_completes_it(engine, start, length):
     """Observe a greedy completion, then ask for a stop string taken from it: the completion ends with the
     token completing the string's first occurrence (the char tokenizer has one token per character), the
-    reason is 'stop', and a row whose output never contains the string is untouched."""
+    reason is 'stop', and a row whose output never contains the string is untouched. The greedy text is
+    '76387763803238': "63" (start 6) first occurs at 1, and a 10-character string spans 10 tokens."""
     tok = engine.tokenizer
-    prompts = encode(tok, ["1+2=", "5="])
-    before = greedy(engine, prompts)
+    prompts = encode(tok, ["31+", "5="])
+    before = greedy(engine, prompts, max_new_tokens=14)
     text = tok.decode(before.completion_ids[0])
-    stop = text[start:start + 2]
-    assert before.finish_reasons[0] == "length" and stop.isdigit()  # plain characters, no special token
+    stop = text[start:start + length]
+    assert before.finish_reasons[0] == "length" and len(stop) == length and stop.isdigit()  # no special token
     assert stop not in tok.decode(before.completion_ids[1])
     cut = text.index(stop) + len(stop)  # the first occurrence may come before `start`
 
-    after = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=8, stop=[stop]))
+    after = engine.generate(prompts, 1, SamplingParams(greedy=True, max_new_tokens=14, stop=[stop]))
     assert after.completion_ids[0] == before.completion_ids[0][:cut]
     assert after.logprobs[0] == before.logprobs[0][:cut]
     assert after.finish_reasons[0] == "stop"

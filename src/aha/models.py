@@ -109,12 +109,12 @@ def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, in
     if init_from is None and name.split(":")[0] == "tiny":
         model, tok = build_tiny(name, alphabet, seed)
     elif name.startswith("hf:"):
-        model = AutoModelForCausalLM.from_pretrained(name[3:], torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(name[3:], dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(name[3:])
     else:
         path = resolve_model_dir(name)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None

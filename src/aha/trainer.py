@@ -80,6 +80,14 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         result = evaluate(engine, tok, task, task.eval, template, ro.max_new_tokens)
         return {"eval/accuracy": result["accuracy"]}
 
+    def eval_due(step: int) -> bool:
+        return bool(cfg.log.eval_every) and (step % cfg.log.eval_every == 0 or step == tr.steps)
+
+    def save_if_due(step: int) -> None:
+        if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
+            save_checkpoint(run_dir, step, policy, tok, {"optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}, cfg.log.keep_checkpoints)
+
     last: dict = {}
     if start_step == 0 and cfg.log.eval_every:
         last = run_eval(0)
@@ -117,9 +125,13 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             if not rl.dynamic_sampling or kept_groups >= rl.prompts_per_step or rounds > rl.max_resample_rounds:
                 break
         t_rollout = time.perf_counter() - t0
-        if kept_groups == 0:  # every group agreed: nothing to learn from this step
-            last = {"reward/mean": float(torch.tensor(new_rewards).mean()), "frac_reward_zero_std": zero_std_frac}
+        if kept_groups == 0:  # every group agreed: nothing to learn from this step (eval and save still run when due)
+            last = {"reward/mean": float(torch.tensor(new_rewards).mean()), "frac_reward_zero_std": zero_std_frac,
+                    "dynamic_sampling/rounds": rounds}
+            if eval_due(step):
+                last.update(run_eval(step))
             logger.log(step, last)
+            save_if_due(step)
             continue
         rows, roll = rows[: rl.prompts_per_step], _take(roll, rl.prompts_per_step * ro.group_size)
         rewards_t = torch.tensor(rewards[: len(roll)], dtype=torch.float32)
@@ -136,7 +148,8 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         n_seq, n_tok = len(roll), batch["mask"].sum().clamp(min=1).item()
         micro = _micro_batches(len(roll), tr.micro_batch_size)
         old_logp = batch["sampler_logp"]
-        if rl.old_logprobs == "recompute" and rl.mu > 1:
+        recompute = rl.old_logprobs == "recompute" or (rl.old_logprobs == "auto" and amp is not None)
+        if recompute and rl.mu > 1:
             old_logp = _no_grad_logprobs(policy, batch, micro, ro.temperature, device, amp)
         ref_logp = None
         if rl.beta > 0:
@@ -203,7 +216,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             metrics["dynamic_sampling/rounds"] = rounds
         if n_skipped:
             metrics["reward/skipped_samples"] = n_skipped
-        if cfg.log.eval_every and (step % cfg.log.eval_every == 0 or step == tr.steps):
+        if eval_due(step):
             metrics.update(run_eval(step))
         logger.log(step, metrics)
         if cfg.log.samples_per_step:
@@ -215,9 +228,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         last = metrics
         bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}", "s/step": f"{metrics['time/step_s']:.2f}",
                          **({"acc": f"{metrics['eval/accuracy']:.3f}"} if "eval/accuracy" in metrics else {})})
-        if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
-            save_checkpoint(run_dir, step, policy, tok, {"optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}, cfg.log.keep_checkpoints)
+        save_if_due(step)
     bar.close()
     logger.close()
     if cfg.log.report:

@@ -115,7 +115,9 @@ class HFEngine:
         return Rollouts(prompts, completion_ids, logprobs, reasons)
 
     def _hit_stop_string(self, out_tokens: list[torch.Tensor], done: torch.Tensor, stop: list[str]) -> torch.Tensor:
-        recent = torch.stack(out_tokens[-8:], 1).tolist()  # a stop string ends within the last few tokens
+        # a new stop string ends in the last token; it spans at most 4 tokens per character (byte-level pieces)
+        window = max(8, 4 * max(len(s) for s in stop))
+        recent = torch.stack(out_tokens[-window:], 1).tolist()
         hit = [not d and any(s in self.tokenizer.decode(r) for s in stop) for r, d in zip(recent, done.tolist())]
         return torch.tensor(hit, device=done.device)
 
