@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+import aha.runtime
 import aha.trainer
 from aha.config import load_config
 from aha.track.metrics import read_metrics
@@ -28,7 +29,7 @@ def steps_of(run_dir: Path) -> list[dict]:
 def capture_policy(monkeypatch):
     """Keeps the policy train_grpo builds (the trained object itself) and a copy of its starting weights."""
     box: dict = {}
-    real = aha.trainer.load_policy
+    real = aha.runtime.load_policy
 
     def load_and_keep(*args, **kwargs):
         model, tok = real(*args, **kwargs)
@@ -36,7 +37,7 @@ def capture_policy(monkeypatch):
         box["start"] = {n: p.detach().clone() for n, p in model.named_parameters()}
         return model, tok
 
-    monkeypatch.setattr(aha.trainer, "load_policy", load_and_keep)
+    monkeypatch.setattr(aha.runtime, "load_policy", load_and_keep)
     return box
 
 

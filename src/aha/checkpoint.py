@@ -83,6 +83,21 @@ def load_trainer_state(ckpt: Path, model) -> dict:
     return state
 
 
+def training_state(optimizer, scheduler, sampler) -> dict:
+    """What a checkpoint holds besides the weights (RNG states are added by :func:`save_checkpoint`)."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}
+
+
+def resume_from(ckpt: Path, model, optimizer, scheduler, sampler) -> int:
+    """Restore weights, optimizer, schedule, data position and RNG states; return the checkpoint's step."""
+    state = load_trainer_state(ckpt, model)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    return state["step"]
+
+
 def _adapter_state(model):
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict

@@ -91,10 +91,10 @@ def evaluate_model(model_dir: Path, cfg: RunConfig, rows: list[dict]) -> list[bo
 
 
 def per_class(rows: list[dict], correct: list[bool]) -> dict[str, float]:
-    classes: dict[str, list[bool]] = {}
+    classes: dict[str, list[bool]] = {c: [] for c in CLASSES}
     for row, ok in zip(rows, correct):
-        classes.setdefault(carry_class(row["a"], row["b"]), []).append(ok)
-    return {c: sum(v) / len(v) for c, v in sorted(classes.items())}
+        classes[carry_class(row["a"], row["b"])].append(ok)
+    return {c: round(sum(v) / len(v), 4) for c, v in classes.items() if v}
 
 
 def run_demo(out: Path, seed: int = 0) -> dict:

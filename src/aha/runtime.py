@@ -10,8 +10,8 @@ import random
 import numpy as np
 import torch
 
-from aha.config import TrainConfig
-from aha.models import fast_bf16_available
+from aha.config import RunConfig, TrainConfig
+from aha.models import fast_bf16_available, load_policy
 
 
 class TrainingError(RuntimeError):
@@ -41,6 +41,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def prepare(cfg: RunConfig):
+    """What every stage starts with: seeds set, ``(device, autocast dtype, task, model, tokenizer, template)``,
+    the model on its device in train mode."""
+    from aha.data.templates import resolve_template
+    from aha.tasks import build_task
+
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    amp = autocast_dtype(cfg.train.precision, device)
+    task = build_task(cfg.task)
+    model, tok = load_policy(cfg.model, task.alphabet, cfg.train.seed, cfg.init_from)
+    model.to(device).train()
+    return device, amp, task, model, tok, resolve_template(cfg.task.template, tok)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):

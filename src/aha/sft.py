@@ -10,15 +10,13 @@ import torch
 from tqdm.auto import tqdm
 
 from aha.algos.logprobs import completion_logprobs
-from aha.checkpoint import list_checkpoints, load_trainer_state, save_checkpoint, set_rng_state
+from aha.checkpoint import list_checkpoints, resume_from, save_checkpoint, training_state
 from aha.config import RunConfig, save_config
-from aha.data.templates import render_prompt, resolve_template
+from aha.data.templates import render_prompt
 from aha.evaluate import evaluate
-from aha.models import load_policy
 from aha.rollout import Rollouts
 from aha.rollout.hf import HFEngine
-from aha.runtime import PromptSampler, TrainingError, autocast, autocast_dtype, make_optimizer, pick_device, seed_everything
-from aha.tasks import build_task
+from aha.runtime import PromptSampler, TrainingError, autocast, make_optimizer, prepare
 from aha.tasks.jsonl import read_jsonl
 from aha.track.metrics import MetricsLogger
 
@@ -66,13 +64,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tr = cfg.train
-    seed_everything(tr.seed)
-    device = pick_device(tr.device)
-    amp = autocast_dtype(tr.precision, device)
-    task = build_task(cfg.task)
-    model, tok = load_policy(cfg.model, task.alphabet, tr.seed, cfg.init_from)
-    model.to(device).train()
-    template = resolve_template(cfg.task.template, tok)
+    device, amp, task, model, tok, template = prepare(cfg)
     if rows is None:
         rows = read_jsonl(cfg.sft.path, (cfg.sft.prompt_column, cfg.sft.completion_column))
     pairs = encode_pairs(rows, tok, template, cfg.sft.prompt_column, cfg.sft.completion_column)
@@ -83,12 +75,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     start = 0
     ckpts = list_checkpoints(run_dir) if resume else []
     if ckpts:
-        state = load_trainer_state(ckpts[-1], model)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+        start = resume_from(ckpts[-1], model, optimizer, scheduler, sampler)
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                            cfg.model_dump(mode="json"), resume_step=start if ckpts else None)
@@ -123,8 +110,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         last = metrics
         bar.set_postfix({"loss": f"{loss_total:.3f}", **({"acc": f"{metrics['eval/accuracy']:.3f}"} if "eval/accuracy" in metrics else {})})
         if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
-            save_checkpoint(run_dir, step, model, tok, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                            "sampler": sampler.state_dict()}, cfg.log.keep_checkpoints)
+            save_checkpoint(run_dir, step, model, tok, training_state(optimizer, scheduler, sampler), cfg.log.keep_checkpoints)
     bar.close()
     logger.close()
     if cfg.log.report:

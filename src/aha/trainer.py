@@ -20,16 +20,15 @@ from aha.algos.advantages import group_relative_advantages, zero_std_groups
 from aha.algos.kl import kl_estimate
 from aha.algos.logprobs import completion_logprobs
 from aha.algos.losses import aggregate_loss, clipped_surrogate, masked_mean
-from aha.checkpoint import list_checkpoints, load_trainer_state, save_checkpoint, set_rng_state
+from aha.checkpoint import list_checkpoints, resume_from, save_checkpoint, training_state
 from aha.config import RunConfig, save_config
-from aha.data.templates import render_prompt, resolve_template
+from aha.data.templates import render_prompt
 from aha.evaluate import columns_of, evaluate
-from aha.models import load_policy, reference_model
+from aha.models import reference_model
 from aha.rewards import compute_rewards, resolve_reward
 from aha.rollout import Rollouts, SamplingParams
 from aha.rollout.hf import HFEngine
-from aha.runtime import PromptSampler, TrainingError, autocast, autocast_dtype, make_optimizer, pick_device, seed_everything
-from aha.tasks import build_task
+from aha.runtime import PromptSampler, TrainingError, autocast, make_optimizer, prepare
 from aha.track.metrics import MetricsLogger
 
 
@@ -40,13 +39,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
 
     # ============================================================ dataset, models, engine
-    seed_everything(tr.seed)
-    device = pick_device(tr.device)
-    amp = autocast_dtype(tr.precision, device)
-    task = build_task(cfg.task)
-    policy, tok = load_policy(cfg.model, task.alphabet, tr.seed, cfg.init_from)
-    policy.to(device).train()
-    template = resolve_template(cfg.task.template, tok)
+    device, amp, task, policy, tok, template = prepare(cfg)
     engine = HFEngine(policy, tok, device, amp)
     reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop))
@@ -65,12 +58,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         sft_warmup(policy, tok, task.train, template, cfg, device, amp)
     ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
     if ckpts:
-        state = load_trainer_state(ckpts[-1], policy)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        start_step = state["step"]
-        set_rng_state(state["rng"])
+        start_step = resume_from(ckpts[-1], policy, optimizer, scheduler, sampler)
         print(f"resumed from {ckpts[-1]} (step {start_step})")
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
@@ -85,8 +73,8 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
     def save_if_due(step: int) -> None:
         if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
-            save_checkpoint(run_dir, step, policy, tok, {"optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}, cfg.log.keep_checkpoints)
+            save_checkpoint(run_dir, step, policy, tok, training_state(optimizer, scheduler, sampler),
+                            cfg.log.keep_checkpoints)
 
     last: dict = {}
     if start_step == 0 and cfg.log.eval_every:

@@ -173,6 +173,15 @@ def _sample_error(
     )
 
 
+def _fail_or_none(name: str, i: int, prompts, completions, exc: Exception, on_error: str) -> None:
+    """Sample ``i`` failed: raise a :class:`RewardError` naming it, or (on_error='skip') warn and give None."""
+    error = _sample_error(name, i, prompts, completions, exc)
+    if on_error == "raise":
+        raise error from exc
+    log.warning("%s; this sample gets None", error)
+    return None
+
+
 def _check_value(value: Any) -> float | None:
     """One reward value as a float (or None); raises TypeError/ValueError otherwise."""
     if value is None:
@@ -246,11 +255,7 @@ def _evaluate(
             try:
                 values.append(_call_one(fn, prompts, completions, kwargs, i))
             except Exception as exc:
-                error = _sample_error(name, i, prompts, completions, exc)
-                if on_error == "raise":
-                    raise error from exc
-                log.warning("%s; this sample gets None", error)
-                values.append(None)
+                values.append(_fail_or_none(name, i, prompts, completions, exc, on_error))
                 skipped += 1
         if on_error == "raise":  # every sample works alone: the batch call itself is broken
             raise RewardError(
@@ -270,11 +275,7 @@ def _evaluate(
         try:
             values.append(_check_value(value))
         except (TypeError, ValueError) as exc:
-            error = _sample_error(name, i, prompts, completions, exc)
-            if on_error == "raise":
-                raise error from exc
-            log.warning("%s; this sample gets None", error)
-            values.append(None)
+            values.append(_fail_or_none(name, i, prompts, completions, exc, on_error))
             skipped += 1
     return values, skipped
 
