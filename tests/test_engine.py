@@ -13,7 +13,7 @@ from aha.algos.logprobs import completion_logprobs
 from aha.models import build_tiny
 from aha.rollout import SamplingParams
 from aha.rollout.hf import HFEngine, top_p_filter
-from aha.trainer import _pack
+from aha.rollout import pack_rollouts
 
 SPEC = "tiny:layers=1,hidden=32,heads=2,ff=64"
 ALPHABET = "0123456789+="
@@ -83,7 +83,7 @@ def test_sampler_logprobs_equal_a_full_forward_at_the_sampling_temperature(engin
     roll = engine.generate(prompts, 4, SamplingParams(temperature=T, top_p=top_p, max_new_tokens=10))
     assert len({len(c) for c in roll.completion_ids}) > 1  # completions of several lengths: right padding too
 
-    batch = _pack(roll, engine.tokenizer.pad_token_id, CPU)
+    batch = pack_rollouts(roll, engine.tokenizer.pad_token_id, CPU)
     with torch.no_grad():
         logp, _ = completion_logprobs(engine.model, batch["input_ids"], batch["attention_mask"],
                                       batch["mask"].shape[1], temperature=T)

@@ -14,7 +14,7 @@ from aha.checkpoint import list_checkpoints, resume_from, save_checkpoint, train
 from aha.config import RunConfig, save_config
 from aha.data.templates import render_prompt
 from aha.evaluate import evaluate
-from aha.rollout import Rollouts
+from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
 from aha.runtime import PromptSampler, TrainingError, autocast, make_optimizer, prepare
 from aha.tasks.jsonl import read_jsonl
@@ -33,10 +33,8 @@ def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt
 
 def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device, amp) -> torch.Tensor:
     """Mean negative log-likelihood of the completion tokens (every token weighs the same)."""
-    from aha.trainer import _pack  # same [left-padded prompt | right-padded completion] layout as RL
-
     roll = Rollouts([p for p, _ in pairs], [c for _, c in pairs], [[0.0] * len(c) for _, c in pairs], ["stop"] * len(pairs))
-    batch = _pack(roll, pad_id, device)
+    batch = pack_rollouts(roll, pad_id, device)  # the same layout RL trains on
     with autocast(device, amp):
         logp, _ = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"].shape[1])
     mask = batch["mask"]

@@ -26,7 +26,7 @@ from aha.data.templates import render_prompt
 from aha.evaluate import columns_of, evaluate
 from aha.models import reference_model
 from aha.rewards import compute_rewards, resolve_reward
-from aha.rollout import Rollouts, SamplingParams
+from aha.rollout import Rollouts, SamplingParams, pack_rollouts
 from aha.rollout.hf import HFEngine
 from aha.runtime import PromptSampler, TrainingError, autocast, make_optimizer, prepare
 from aha.track.metrics import MetricsLogger
@@ -64,7 +64,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                            cfg.model_dump(mode="json"), resume_step=start_step if ckpts else None)
 
-    def run_eval(step: int) -> dict:
+    def run_eval() -> dict:
         result = evaluate(engine, tok, task, task.eval, template, ro.max_new_tokens)
         return {"eval/accuracy": result["accuracy"]}
 
@@ -78,7 +78,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
     last: dict = {}
     if start_step == 0 and cfg.log.eval_every:
-        last = run_eval(0)
+        last = run_eval()
         logger.log(0, last)
     bar = tqdm(range(start_step + 1, tr.steps + 1), desc="grpo", disable=not cfg.log.progress, dynamic_ncols=True)
     for step in bar:
@@ -117,7 +117,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             last = {"reward/mean": float(torch.tensor(new_rewards).mean()), "frac_reward_zero_std": zero_std_frac,
                     "dynamic_sampling/rounds": rounds}
             if eval_due(step):
-                last.update(run_eval(step))
+                last.update(run_eval())
             logger.log(step, last)
             save_if_due(step)
             continue
@@ -130,7 +130,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
         # ============================================================ policy update: μ passes over the batch
         t1 = time.perf_counter()
-        batch = _pack(roll, tok.pad_token_id, device)
+        batch = pack_rollouts(roll, tok.pad_token_id, device)
         if rl.mask_truncated:
             batch["mask"] *= batch["truncated"].logical_not().unsqueeze(-1).to(batch["mask"].dtype)
         n_seq, n_tok = len(roll), batch["mask"].sum().clamp(min=1).item()
@@ -205,7 +205,7 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         if n_skipped:
             metrics["reward/skipped_samples"] = n_skipped
         if eval_due(step):
-            metrics.update(run_eval(step))
+            metrics.update(run_eval())
         logger.log(step, metrics)
         if cfg.log.samples_per_step:
             logger.log_samples([
@@ -244,29 +244,6 @@ def _merge(rows, roll, rewards, per_fn, new_rows, new_roll: Rollouts, new_reward
 
 def _take(roll: Rollouts, n: int) -> Rollouts:
     return Rollouts(roll.prompt_ids[:n], roll.completion_ids[:n], roll.logprobs[:n], roll.finish_reasons[:n])
-
-
-def _pack(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``[left-padded prompt | right-padded completion]`` tensors plus the completion mask and the
-    sampler's logprobs, padded to the batch's longest prompt and completion."""
-    B = len(roll)
-    P = max(len(p) for p in roll.prompt_ids)
-    C = max(1, max(len(c) for c in roll.completion_ids))
-    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
-    attention = torch.zeros((B, P + C), dtype=torch.long)
-    mask = torch.zeros((B, C), dtype=torch.float32)
-    sampler_logp = torch.zeros((B, C), dtype=torch.float32)
-    for i, (p, c, lp) in enumerate(zip(roll.prompt_ids, roll.completion_ids, roll.logprobs)):
-        input_ids[i, P - len(p):P] = torch.tensor(p)
-        attention[i, P - len(p):P + len(c)] = 1
-        if c:
-            input_ids[i, P:P + len(c)] = torch.tensor(c)
-            mask[i, : len(c)] = 1
-            sampler_logp[i, : len(c)] = torch.tensor(lp)
-    truncated = torch.tensor([r == "length" for r in roll.finish_reasons])
-    out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask, "sampler_logp": sampler_logp,
-           "truncated": truncated}
-    return {k: v.to(device) for k, v in out.items()}
 
 
 def _micro_batches(n: int, size: int) -> list[slice]:

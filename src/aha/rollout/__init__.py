@@ -34,3 +34,26 @@ class Engine(Protocol):
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts: ...
 
     def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None: ...
+
+
+def pack_rollouts(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """``[left-padded prompt | right-padded completion]`` tensors plus the completion mask and the
+    sampler's logprobs, padded to the batch's longest prompt and completion."""
+    B = len(roll)
+    P = max(len(p) for p in roll.prompt_ids)
+    C = max(1, max(len(c) for c in roll.completion_ids))
+    input_ids = torch.full((B, P + C), pad_id, dtype=torch.long)
+    attention = torch.zeros((B, P + C), dtype=torch.long)
+    mask = torch.zeros((B, C), dtype=torch.float32)
+    sampler_logp = torch.zeros((B, C), dtype=torch.float32)
+    for i, (p, c, lp) in enumerate(zip(roll.prompt_ids, roll.completion_ids, roll.logprobs)):
+        input_ids[i, P - len(p):P] = torch.tensor(p)
+        attention[i, P - len(p):P + len(c)] = 1
+        if c:
+            input_ids[i, P:P + len(c)] = torch.tensor(c)
+            mask[i, : len(c)] = 1
+            sampler_logp[i, : len(c)] = torch.tensor(lp)
+    truncated = torch.tensor([r == "length" for r in roll.finish_reasons])
+    out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask, "sampler_logp": sampler_logp,
+           "truncated": truncated}
+    return {k: v.to(device) for k, v in out.items()}
