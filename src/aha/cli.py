@@ -90,24 +90,18 @@ def eval_(
 ):
     """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split."""
     from aha.config import load_config
-    from aha.data.templates import resolve_template
     from aha.evaluate import evaluate
-    from aha.models import load_policy
     from aha.rollout.hf import HFEngine
-    from aha.runtime import autocast_dtype, pick_device
-    from aha.tasks import build_task
+    from aha.runtime import prepare
 
     if config is None:  # checkpoints live at RUN/checkpoints/step-N/model
         guess = [p / "config.yaml" for p in Path(checkpoint).resolve().parents][:4]
         config = next((g for g in guess if g.is_file()), None)
     cfg = load_config(config, [*set_, f"model.name={checkpoint}"])
-    device = pick_device(cfg.train.device)
-    task = build_task(cfg.task)
-    model, tok = load_policy(cfg.model, task.alphabet, cfg.train.seed)
-    model.to(device)
-    engine = HFEngine(model, tok, device, autocast_dtype(cfg.train.precision, device))
+    cfg = cfg.model_copy(update={"init_from": None})  # evaluate CHECKPOINT itself, not the run's starting point
+    device, amp, task, model, tok, template = prepare(cfg)
     rows = task.eval[:limit] if limit else task.eval
-    res = evaluate(engine, tok, task, rows, resolve_template(cfg.task.template, tok), cfg.rollout.max_new_tokens,
+    res = evaluate(HFEngine(model, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens,
                    k=k, temperature=temperature)
     shown = {key: v for key, v in res.items() if key not in ("correct", "completions")}
     typer.echo(json.dumps({"model": checkpoint, "task": task.name, "n": len(rows), **shown}))

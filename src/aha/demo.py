@@ -76,18 +76,12 @@ def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
 
 def evaluate_model(model_dir: Path, cfg: RunConfig, rows: list[dict]) -> list[bool]:
     """Greedy correctness of a saved model on ``rows``."""
-    import torch
-
     from aha.evaluate import evaluate
-    from aha.models import load_policy
     from aha.rollout.hf import HFEngine
-    from aha.runtime import autocast_dtype
-    from aha.tasks import build_task
+    from aha.runtime import prepare
 
-    task = build_task(cfg.task)
-    model, tok = load_policy(cfg.model, task.alphabet, init_from=model_dir)
-    engine = HFEngine(model, tok, torch.device("cpu"), autocast_dtype(cfg.train.precision, torch.device("cpu")))
-    return evaluate(engine, tok, task, rows, "plain", cfg.rollout.max_new_tokens)["correct"]
+    device, amp, task, model, tok, template = prepare(cfg.model_copy(update={"init_from": model_dir}))
+    return evaluate(HFEngine(model, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens)["correct"]
 
 
 def per_class(rows: list[dict], correct: list[bool]) -> dict[str, float]:

@@ -26,24 +26,27 @@ def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_t
     Returns ``{"accuracy": float, "correct": [bool per row], "completions": [str per row], "pass@k": float?}``.
     """
     fn = verifier(task)
-    correct, texts = [], []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+
+    def sample_and_score(chunk: list[dict], n: int, sampling: SamplingParams) -> tuple[list[bool], list[str]]:
+        """``n`` completions per row (grouped), each judged right or wrong by the task's verifier."""
         ids = [render_prompt(r["prompt"], tokenizer, template) for r in chunk]
-        roll = engine.generate(ids, 1, SamplingParams(max_new_tokens=max_new_tokens, greedy=True))
+        roll = engine.generate(ids, n, sampling)
         comps = [tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
-        scores = fn([r["prompt"] for r in chunk], comps, **columns_of(chunk))
-        correct += [bool(s and s > 0.5) for s in scores]
+        scores = fn([r["prompt"] for r in chunk for _ in range(n)], comps, **columns_of(chunk, n))
+        return [bool(s and s > 0.5) for s in scores], comps
+
+    correct, texts = [], []
+    greedy = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    for start in range(0, len(rows), batch_size):
+        ok, comps = sample_and_score(rows[start:start + batch_size], 1, greedy)
+        correct += ok
         texts += comps
     out = {"accuracy": sum(correct) / max(1, len(correct)), "correct": correct, "completions": texts}
     if k > 1:
-        hits = []
-        for start in range(0, len(rows), max(1, batch_size // k)):
-            chunk = rows[start:start + max(1, batch_size // k)]
-            ids = [render_prompt(r["prompt"], tokenizer, template) for r in chunk]
-            roll = engine.generate(ids, k, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature))
-            comps = [tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
-            scores = fn([r["prompt"] for r in chunk for _ in range(k)], comps, **columns_of(chunk, k))
-            hits += [any(s and s > 0.5 for s in scores[i * k:(i + 1) * k]) for i in range(len(chunk))]
+        hits, step = [], max(1, batch_size // k)
+        sampled = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+        for start in range(0, len(rows), step):
+            ok, _ = sample_and_score(rows[start:start + step], k, sampled)
+            hits += [any(ok[i:i + k]) for i in range(0, len(ok), k)]
         out[f"pass@{k}"] = sum(hits) / max(1, len(hits))
     return out
