@@ -41,14 +41,16 @@ def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / f"step-{step}" / "model" / "model.safetensors")
 
 
-@pytest.fixture
-def resume_cfg(write_config, digits_reward):
+@pytest.fixture(params=["grpo", "ppo"])
+def resume_cfg(write_config, digits_reward, request):
     # β > 0 after an SFT warm-up (a reference model that is neither the init nor a checkpoint), μ = 2
     # (ratios ≠ 1) and a decaying LR: every piece of trainer state — weights, reference, Adam moments,
-    # schedule, data position, RNG — must survive the restart
+    # schedule, data position, RNG — must survive the restart; under PPO also the critic and its optimizer
+    # state, and the RNG that shuffles the minibatches
+    ppo = {"algo": "ppo", "num_minibatches": 2} if request.param == "ppo" else {}
     return load_config(write_config({
         "rewards": [{"name": "accuracy"}, {"name": digits_reward}],
-        "rl": {"beta": 0.04, "mu": 2},
+        "rl": {"beta": 0.04, "mu": 2, **ppo},
         "sft": {"warmup_steps": 3},
         "train": {"steps": 4, "lr_schedule": "linear", "warmup_steps": 1, "batch_size": 16},
         "log": {"save_every": 2, "eval_every": 2, "keep_checkpoints": 3},
@@ -90,6 +92,8 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
     assert [r["step"] for r in rows_b] == [0, 1, 2, 3, 4]  # no duplicates, nothing from the dead process
     assert [r["step"] for r in rows_a] == [0, 1, 2, 3, 4]
     assert rows_a[4]["grad_norm"] > 0 and rows_a[4]["kl"] > 0  # the comparison below is not of zeros
+    if resume_cfg.rl.algo == "ppo":
+        assert rows_a[4]["loss/value"] > 0 and rows_a[4]["value/grad_norm"] > 0
     assert rows_a[3]["lr"] != rows_a[4]["lr"]
     for row_a, row_b in zip(rows_a, rows_b):
         assert_same_row(row_b, row_a)
@@ -99,6 +103,11 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
     assert weights_a.keys() == weights_b.keys()
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
+    critic_a, critic_b = (torch.load(r / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=False).get("critic")
+                          for r in (a, b))
+    assert (critic_a is None) == (resume_cfg.rl.algo == "grpo")
+    for name in critic_a or {}:
+        assert torch.equal(critic_a[name], critic_b[name]), name
 
 
 def test_resume_without_a_complete_checkpoint_is_a_clear_error(tmp_path, write_config):

@@ -15,6 +15,10 @@ import torch
 
 from aha.models import save_model
 
+class CheckpointError(RuntimeError):
+    """A checkpoint does not fit this run (other model shape, no critic where PPO needs one)."""
+
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -79,18 +83,26 @@ def load_trainer_state(ckpt: Path, model) -> dict:
         missing, unexpected = model.load_state_dict(weights, strict=False)
         missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise CheckpointError(f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return state
 
 
-def training_state(optimizer, scheduler, sampler) -> dict:
-    """What a checkpoint holds besides the weights (RNG states are added by :func:`save_checkpoint`)."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}
+def training_state(optimizer, scheduler, sampler, critic=None) -> dict:
+    """What a checkpoint holds besides the policy's weights (RNG states are added by :func:`save_checkpoint`);
+    PPO's critic (value head, and its trunk if separate) travels here too."""
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict()}
+    if critic is not None:
+        state["critic"] = {k: v.detach().cpu().clone() for k, v in critic.state_dict().items()}
+    return state
 
 
-def resume_from(ckpt: Path, model, optimizer, scheduler, sampler) -> int:
-    """Restore weights, optimizer, schedule, data position and RNG states; return the checkpoint's step."""
+def resume_from(ckpt: Path, model, optimizer, scheduler, sampler, critic=None) -> int:
+    """Restore weights, optimizer, schedule, data position, RNG states (and the critic); return the step."""
     state = load_trainer_state(ckpt, model)
+    if critic is not None:
+        if "critic" not in state:
+            raise CheckpointError(f"checkpoint {ckpt} holds no critic (was it written by a critic-free run? set rl.algo to match)")
+        critic.load_state_dict(state["critic"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])

@@ -17,14 +17,17 @@ app.add_typer(config_app, name="config")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from aha.checkpoint import CheckpointError
     from aha.config import ConfigError
+    from aha.critic import CriticError
     from aha.gguf import ModelLoadError as GGUFError
     from aha.models import ModelLoadError
     from aha.rewards import RewardConfigError, RewardError
     from aha.runtime import TrainingError
     from aha.tasks import DataError
 
-    return ConfigError, ModelLoadError, GGUFError, DataError, RewardConfigError, RewardError, TrainingError
+    return (ConfigError, ModelLoadError, GGUFError, DataError, RewardConfigError, RewardError, TrainingError,
+            CheckpointError, CriticError)
 
 
 def friendly(fn):
@@ -55,7 +58,7 @@ def train(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: bool = typer.Option(False, help="Continue from the newest complete checkpoint in --out."),
 ):
-    """Train with the stage the config names (grpo or sft)."""
+    """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++) or sft."""
     from aha.config import load_config
 
     cfg = load_config(config, set_)
@@ -71,9 +74,9 @@ def train(
 
         last = train_sft(cfg, out, resume=resume)
     else:
-        from aha.trainer import train_grpo
+        from aha.trainer import train_rl
 
-        last = train_grpo(cfg, out, resume=resume)
+        last = train_rl(cfg, out, resume=resume)
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")}
     typer.echo(f"done: {out}  {json.dumps(shown)}")
 

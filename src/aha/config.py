@@ -78,9 +78,16 @@ class RolloutConfig(_Section):
 
 
 class RLConfig(_Section):
-    algo: Literal["grpo"] = Field("grpo", description="RL algorithm.")
+    algo: Literal["grpo", "ppo", "rloo", "reinforce++", "reinforce++_baseline"] = Field(
+        "grpo", description="Advantage estimator: grpo (group-relative), rloo (leave-one-out), reinforce++ (returns with a "
+        "token-level KL penalty, whitened over the batch), reinforce++_baseline (group mean subtracted first), ppo "
+        "(a critic + GAE; see the critic section). KL to the reference goes into the loss for grpo, into the reward "
+        "for the others.")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step; the batch holds prompts_per_step × group_size completions.")
-    mu: int = Field(1, ge=1, description="μ: optimisation passes over each batch of rollouts (ratio departs from 1 after the first).")
+    mu: int = Field(1, ge=1, description="μ: optimisation passes (PPO epochs) over each batch of rollouts (the ratio departs "
+                    "from 1 after the first optimizer step).")
+    num_minibatches: int = Field(1, ge=1, description="Optimizer steps per pass: the batch is split into this many shuffled "
+                                 "minibatches (PPO-style); 1 = one step per pass over the whole batch.")
     beta: float = Field(0.0, ge=0, description="KL coefficient to the reference model (0 = no reference model kept).")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator (Schulman's k1/k2/k3).")
     epsilon_low: float = Field(0.2, ge=0, description="Clip range below 1 for the ratio.")
@@ -98,8 +105,23 @@ class RLConfig(_Section):
     old_logprobs: Literal["auto", "sampler", "recompute"] = Field(
         "auto", description="Old-policy logprobs for μ>1: the sampler's own (free; exact in fp32), a separate no-grad "
         "pass, or 'auto' = recompute under bf16 (cached decoding and a full pass round differently: ~0.03 nats/token).")
+    gamma: float = Field(1.0, ge=0, le=1, description="ppo / reinforce++: discount over completion tokens.")
+    lam: float = Field(0.95, ge=0, le=1, description="ppo: GAE λ (1 = Monte-Carlo returns, 0 = one-step TD).")
+    whiten_advantages: bool = Field(True, description="ppo: normalise advantages over the batch's tokens (mean 0, std 1).")
+    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus: subtract entropy_coef × mean token entropy from the loss.")
     reward_on_error: Literal["raise", "skip"] = Field(
         "raise", description="A reward function that raises: stop the run naming it, or give that sample no opinion (None).")
+
+
+class CriticConfig(_Section):
+    kind: Literal["separate", "head"] = Field(
+        "separate", description="ppo: 'separate' = its own backbone (a copy of the policy's trunk or a reward model) plus a "
+        "value head; 'head' = a value head on the policy's own trunk (one forward pass, shared gradients).")
+    init_from: str = Field("policy", description="ppo, separate critic: 'policy' (the policy RL starts from) or a local HF "
+                           "directory of a reward model (sequence classification; its score head becomes the value head).")
+    lr: float | None = Field(None, gt=0, description="Critic learning rate (default: train.lr).")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss in the total loss.")
+    clip_range: float | None = Field(0.2, gt=0, description="Value clipping around the old values (None = no clipping).")
 
 
 class TrainConfig(_Section):
@@ -142,14 +164,16 @@ class LogConfig(_Section):
 class RunConfig(_Section):
     """A whole run: ``stage`` picks the trainer; the other sections configure it."""
 
-    stage: Literal["grpo", "sft"] = Field("grpo", description="Which trainer runs: 'grpo' (RL) or 'sft' (imitation).")
+    stage: Literal["rl", "grpo", "sft"] = Field(
+        "rl", description="Which trainer runs: 'rl' (the algorithm rl.algo names; 'grpo' is a synonym) or 'sft' (imitation).")
     init_from: Path | None = Field(None, description="Start from this checkpoint's model dir instead of model.name's weights.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts, answers and held-out split.")
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="accuracy")], description="Reward functions and weights.")
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
-    rl: RLConfig = Field(default_factory=RLConfig, description="GRPO objective.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="RL objective (GRPO, PPO, RLOO, REINFORCE++).")
+    critic: CriticConfig = Field(default_factory=CriticConfig, description="PPO's value model.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT data.")
     log: LogConfig = Field(default_factory=LogConfig, description="Metrics, eval, checkpoints.")
@@ -158,6 +182,10 @@ class RunConfig(_Section):
     def _check(self) -> "RunConfig":
         if self.stage == "sft" and self.sft.path is None:
             raise ValueError("stage 'sft' needs sft.path (a prompt/completion JSONL)")
+        if self.rl.algo in ("rloo", "reinforce++_baseline") and self.rollout.group_size < 2:
+            raise ValueError(f"rl.algo {self.rl.algo!r} needs rollout.group_size ≥ 2 (its baseline is the prompt's other samples)")
+        if self.rl.dynamic_sampling and self.rollout.group_size < 2:
+            raise ValueError("rl.dynamic_sampling needs rollout.group_size ≥ 2 (it drops groups whose rewards all agree)")
         if self.task.name == "jsonl" and self.task.path is None:
             raise ValueError("task.name 'jsonl' needs task.path")
         return self

@@ -58,10 +58,15 @@ def prepare(cfg: RunConfig):
     return device, amp, task, model, tok, resolve_template(cfg.task.template, tok)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
-    """AdamW over trainable parameters and a warm-up + (constant | linear | cosine) schedule."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, critic: torch.nn.Module | None = None,
+                   critic_lr: float | None = None):
+    """AdamW over trainable parameters and a warm-up + (constant | linear | cosine) schedule.
+
+    A critic, if given, is a second parameter group (its own learning rate, the same schedule)."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if critic is not None:
+        groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or cfg.lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
 
     def factor(i: int) -> float:
         if i < cfg.warmup_steps:

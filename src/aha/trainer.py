@@ -1,10 +1,14 @@
-"""GRPO, top to bottom.
+"""The RL loop (GRPO, PPO, RLOO, REINFORCE++), top to bottom.
 
-    prompts ─► rollout (old policy samples G completions each) ─► rewards ─► group-relative advantages
-            ─► μ passes: clipped ratio vs old policy (+ β·KL to the reference) ─► backprop + step
+    prompts ─► rollout (old policy samples G completions each) ─► rewards
+            ─► no-grad scoring: old policy, reference, critic values
+            ─► advantages: group-relative (GRPO), leave-one-out (RLOO), whitened returns (REINFORCE++), GAE (PPO)
+            ─► μ passes × minibatches: clipped ratio vs old policy (+ β·KL in the loss for GRPO; in the reward for
+               the others) (+ clipped value loss) (− entropy bonus) ─► backprop + step
             ─► refresh old policy ─► log / eval / checkpoint ─► repeat
 
-Each phase below is marked by a banner; the maths lives in ``aha.algos`` as pure functions.
+Each phase below is marked by a banner; the maths lives in ``aha.algos`` as pure functions, the critic in
+``aha.critic``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from aha.algos.advantages import group_relative_advantages, zero_std_groups
+from aha.algos.advantages import compute_advantages, explained_variance, zero_std_groups
 from aha.algos.kl import kl_estimate
-from aha.algos.logprobs import completion_logprobs
-from aha.algos.losses import aggregate_loss, clipped_surrogate, masked_mean
+from aha.algos.losses import aggregate_loss, approx_kl, clipped_surrogate, clipped_value_loss, masked_mean
 from aha.checkpoint import list_checkpoints, resume_from, save_checkpoint, training_state
 from aha.config import RunConfig, save_config
+from aha.critic import build_critic, policy_forward
 from aha.data.templates import render_prompt
 from aha.evaluate import columns_of, evaluate
 from aha.models import reference_model
@@ -32,8 +36,9 @@ from aha.runtime import PromptSampler, TrainingError, autocast, make_optimizer, 
 from aha.track.metrics import MetricsLogger
 
 
-def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Run GRPO as configured, writing everything to ``run_dir``. Returns the last logged metrics."""
+def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Run the RL algorithm ``cfg.rl.algo`` as configured, writing everything to ``run_dir``.
+    Returns the last logged metrics."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
@@ -43,7 +48,8 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     engine = HFEngine(policy, tok, device, amp)
     reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop))
-    optimizer, scheduler = make_optimizer(policy, tr, total_steps=tr.steps * rl.mu)
+    updates = rl.mu * rl.num_minibatches  # optimizer steps per batch of rollouts
+    kl_in_reward = rl.algo != "grpo"  # GRPO keeps β·KL in the loss; RLOO, REINFORCE++ and PPO put it in the reward
     sampler = PromptSampler(len(task.train), tr.seed)
 
     start_step = 0
@@ -57,8 +63,10 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
         sft_warmup(policy, tok, task.train, template, cfg, device, amp)
     ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
+    critic = build_critic(cfg, policy, device)  # PPO's value model; None for the critic-free algorithms
+    optimizer, scheduler = make_optimizer(policy, tr, tr.steps * updates, critic, cfg.critic.lr)
     if ckpts:
-        start_step = resume_from(ckpts[-1], policy, optimizer, scheduler, sampler)
+        start_step = resume_from(ckpts[-1], policy, optimizer, scheduler, sampler, critic)
         print(f"resumed from {ckpts[-1]} (step {start_step})")
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
@@ -73,14 +81,14 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
     def save_if_due(step: int) -> None:
         if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
-            save_checkpoint(run_dir, step, policy, tok, training_state(optimizer, scheduler, sampler),
+            save_checkpoint(run_dir, step, policy, tok, training_state(optimizer, scheduler, sampler, critic),
                             cfg.log.keep_checkpoints)
 
     last: dict = {}
     if start_step == 0 and cfg.log.eval_every:
         last = run_eval()
         logger.log(0, last)
-    bar = tqdm(range(start_step + 1, tr.steps + 1), desc="grpo", disable=not cfg.log.progress, dynamic_ncols=True)
+    bar = tqdm(range(start_step + 1, tr.steps + 1), desc=rl.algo, disable=not cfg.log.progress, dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
 
@@ -125,64 +133,92 @@ def train_grpo(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         rewards_t = torch.tensor(rewards[: len(roll)], dtype=torch.float32)
         texts_all = texts_all[: len(roll)]
 
-        # ============================================================ advantages (group-relative, no critic)
-        advantages, _ = group_relative_advantages(rewards_t, ro.group_size, rl.scale_rewards)
-
-        # ============================================================ policy update: μ passes over the batch
+        # ============================================================ score the batch (no grad): old policy, reference, critic
         t1 = time.perf_counter()
         batch = pack_rollouts(roll, tok.pad_token_id, device)
         if rl.mask_truncated:
             batch["mask"] *= batch["truncated"].logical_not().unsqueeze(-1).to(batch["mask"].dtype)
-        n_seq, n_tok = len(roll), batch["mask"].sum().clamp(min=1).item()
-        micro = _micro_batches(len(roll), tr.micro_batch_size)
+        mask, n_seq = batch["mask"], len(roll)
+        micro = _micro_batches(n_seq, tr.micro_batch_size)
         old_logp = batch["sampler_logp"]
-        recompute = rl.old_logprobs == "recompute" or (rl.old_logprobs == "auto" and amp is not None)
-        if recompute and rl.mu > 1:
-            old_logp = _no_grad_logprobs(policy, batch, micro, ro.temperature, device, amp)
-        ref_logp = None
+        need_old = updates > 1 or (kl_in_reward and rl.beta > 0)  # on-policy μ = 1 needs no old logprobs
+        recompute = need_old and (rl.old_logprobs == "recompute" or (rl.old_logprobs == "auto" and amp is not None))
+        old_values = None
+        if recompute or critic is not None:
+            logp_new, old_values = _no_grad_pass(policy, critic, batch, micro, ro.temperature, device, amp, logprobs=recompute)
+            old_logp = logp_new if recompute else old_logp
+        ref_logp, kl_tokens = None, None
         if rl.beta > 0:
             ref_ctx = policy.disable_adapter() if ref is None else contextlib.nullcontext()
             with ref_ctx:
-                ref_logp = _no_grad_logprobs(ref if ref is not None else policy, batch, micro, ro.temperature, device, amp)
+                ref_logp, _ = _no_grad_pass(ref if ref is not None else policy, None, batch, micro, ro.temperature, device, amp)
+            if kl_in_reward:
+                kl_tokens = kl_estimate(old_logp, ref_logp, rl.kl_estimator)
 
-        stats = {"loss/policy": 0.0, "kl": 0.0, "clip_ratio": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        # ============================================================ advantages (grpo/rloo/reinforce++: no critic; ppo: GAE)
+        advantages, returns = compute_advantages(
+            rl.algo, rewards_t.to(device), mask, ro.group_size, kl=kl_tokens, beta=rl.beta, values=old_values,
+            gamma=rl.gamma, lam=rl.lam, scale_rewards=rl.scale_rewards, whiten_advantages=rl.whiten_advantages)
+
+        # ============================================================ update: μ passes × minibatches, one optimizer step each
+        stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
+        if critic is not None:
+            stats.update(dict.fromkeys(["loss/value", "value/clip_ratio", "value/grad_norm"], 0.0))
         for it in range(rl.mu):
-            optimizer.zero_grad(set_to_none=True)
-            for sl in micro:
-                mb = {k: v[sl] for k, v in batch.items()}
-                mb_adv = advantages[sl].to(device)
-                with autocast(device, amp):
-                    logp, entropy = completion_logprobs(policy, mb["input_ids"], mb["attention_mask"],
-                                                        mb["mask"].shape[1], ro.temperature, with_entropy=(it == 0))
-                logp = logp.float()
-                # μ = 1 is exactly on-policy: π_old = π_θ, the ratio is 1 and only its gradient matters
-                mb_old = logp.detach() if rl.mu == 1 else old_logp[sl]
-                per_token, clipped = clipped_surrogate(logp, mb_old, mb_adv, mb["mask"], rl.epsilon_low,
-                                                       rl.epsilon_high, rl.importance_sampling_level)
-                pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, n_seq, n_tok)
-                loss = pg_loss
-                if ref_logp is not None:
-                    kl = kl_estimate(logp, ref_logp[sl], rl.kl_estimator)
-                    loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, n_seq, n_tok)
-                    stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * (sl.stop - sl.start) / n_seq / rl.mu
-                if not torch.isfinite(loss):
-                    done = list_checkpoints(run_dir)
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step} (pass {it + 1}): try a lower train.lr or check the "
-                        f"rewards; last intact checkpoint: {done[-1] if done else 'none'}")
-                loss.backward()
-                w = (sl.stop - sl.start) / n_seq / rl.mu
-                stats["loss/policy"] += pg_loss.item() / rl.mu
-                stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
-                if entropy is not None:
-                    stats["entropy"] += masked_mean(entropy, mb["mask"]).item() * (sl.stop - sl.start) / n_seq
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tr.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                raise TrainingError(f"gradient norm became {grad_norm.item()} at step {step}: try a lower train.lr")
-            stats["grad_norm"] += grad_norm.item() / rl.mu
-            optimizer.step()
-            scheduler.step()
+            for mb_rows in _minibatches(n_seq, rl.num_minibatches, device):
+                optimizer.zero_grad(set_to_none=True)
+                mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()
+                for rows_idx in mb_rows.split(tr.micro_batch_size):
+                    mb = {k: v[rows_idx] for k, v in batch.items()}
+                    w = len(rows_idx) / n_seq / rl.mu  # this micro-batch's share of the step's metrics
+                    with autocast(device, amp):
+                        logp, entropy, values = policy_forward(
+                            policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
+                            "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"))
+                    logp = logp.float()
+                    # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
+                    mb_old = logp.detach() if updates == 1 else old_logp[rows_idx]
+                    per_token, clipped = clipped_surrogate(logp, mb_old, advantages[rows_idx], mb["mask"], rl.epsilon_low,
+                                                           rl.epsilon_high, rl.importance_sampling_level)
+                    pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
+                    loss = pg_loss
+                    if ref_logp is not None and not kl_in_reward:  # GRPO: β·KL in the loss
+                        kl = kl_estimate(logp, ref_logp[rows_idx], rl.kl_estimator)
+                        loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
+                        stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
+                    if rl.entropy_coef > 0:
+                        loss = loss - rl.entropy_coef * aggregate_loss(entropy, mb["mask"], "dapo", 0, mb_seq, mb_tok)
+                    if critic is not None:
+                        v_loss, v_clipped = clipped_value_loss(values, old_values[rows_idx], returns[rows_idx], cfg.critic.clip_range)
+                        v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
+                        loss = loss + cfg.critic.vf_coef * v_loss
+                        stats["loss/value"] += v_loss.item() * len(rows_idx) / mb_seq / updates
+                        stats["value/clip_ratio"] += masked_mean(v_clipped.float(), mb["mask"]).item() * w
+                    if not torch.isfinite(loss):
+                        done = list_checkpoints(run_dir)
+                        raise TrainingError(
+                            f"loss became {loss.item()} at step {step} (pass {it + 1}): try a lower train.lr or check the "
+                            f"rewards; last intact checkpoint: {done[-1] if done else 'none'}")
+                    loss.backward()
+                    stats["loss/policy"] += pg_loss.item() / updates
+                    stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
+                    stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
+                    if entropy is not None and it == 0:
+                        stats["entropy"] += masked_mean(entropy.detach(), mb["mask"]).item() * len(rows_idx) / n_seq
+                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tr.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    raise TrainingError(f"gradient norm became {grad_norm.item()} at step {step}: try a lower train.lr")
+                stats["grad_norm"] += grad_norm.item() / updates
+                if critic is not None:
+                    stats["value/grad_norm"] += torch.nn.utils.clip_grad_norm_(critic.parameters(), tr.max_grad_norm).item() / updates
+                optimizer.step()
+                scheduler.step()
         t_train = time.perf_counter() - t1
+        if kl_tokens is not None:
+            stats["kl"] = masked_mean(kl_tokens, mask).item()
+        if critic is not None:
+            stats["value/mean"] = masked_mean(old_values, mask).item()
+            stats["value/explained_variance"] = explained_variance(old_values, returns, mask)
 
         # ============================================================ refresh the old policy
         engine.update_weights()  # in-process engine shares the weights: the new policy samples next step
@@ -250,17 +286,34 @@ def _micro_batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _minibatches(n: int, k: int, device) -> list[torch.Tensor]:
+    """Row indices of ``k`` minibatches covering the batch once; shuffled when there is more than one."""
+    order = torch.randperm(n) if k > 1 else torch.arange(n)
+    return [chunk.to(device) for chunk in order.tensor_split(k) if len(chunk)]
+
+
 @torch.no_grad()
-def _no_grad_logprobs(model, batch, micro, temperature, device, amp) -> torch.Tensor:
-    out = []
+def _no_grad_pass(model, critic, batch, micro, temperature, device, amp, logprobs: bool = True):
+    """``(logp [B, C] or None, values [B, C] or None)`` of the whole batch, micro-batch by micro-batch.
+    ``logprobs=False`` skips the policy's pass unless a ``head`` critic needs its hidden states."""
+    C = batch["mask"].shape[1]
+    logps, values = [], []
     for sl in micro:
+        ids, attn = batch["input_ids"][sl], batch["attention_mask"][sl]
         with autocast(device, amp):
-            logp, _ = completion_logprobs(model, batch["input_ids"][sl], batch["attention_mask"][sl],
-                                          batch["mask"].shape[1], temperature)
-        out.append(logp.float())
-    return torch.cat(out)
+            if logprobs or (critic is not None and critic.shared):
+                logp, _, v = policy_forward(model, critic, ids, attn, C, temperature)
+                logps.append(logp.float())
+            else:
+                v = critic(ids, attn, C)
+        if critic is not None:
+            values.append(v.float())
+    return (torch.cat(logps) if logps else None), (torch.cat(values) if values else None)
 
 
 def _mean_not_none(values: list) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+train_grpo = train_rl  # the name the first releases used

@@ -39,3 +39,135 @@ def zero_std_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -
     """
     grouped = rewards.view(-1, group_size)
     return (grouped.max(dim=1).values - grouped.min(dim=1).values) <= tol
+
+
+def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024): each reward minus the mean of the *other* G − 1 rewards of its group.
+
+    Equals ``G / (G − 1) · (r − group mean)``: an unbiased baseline, since a sample's own reward is left out.
+    Worked example, one group ``[1, 0, 0, 1]``: baselines ``[1/3, 2/3, 2/3, 1/3]`` → ``[2/3, −2/3, −2/3, 2/3]``.
+    """
+    if group_size < 2:
+        raise ValueError("RLOO needs rollout.group_size ≥ 2 (the baseline is the other samples of the prompt)")
+    grouped = rewards.view(-1, group_size)
+    baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).reshape(-1)
+
+
+def token_level_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
+                        beta: float = 0.0) -> torch.Tensor:
+    """Per-token rewards for PPO / REINFORCE++: ``−β·KL_t`` on every completion token, plus the
+    sequence's score on its last unmasked token. ``scores [B]``, ``mask``/``kl`` ``[B, T]`` → ``[B, T]``.
+
+    Worked example: score 1, mask ``[1, 1, 1, 0]``, KL ``[0.1, 0.2, 0.0, 9]``, β = 0.5
+    → ``[−0.05, −0.1, 1.0, 0]``.
+    """
+    mask = mask.to(torch.float32)
+    rewards = torch.zeros_like(mask) if kl is None else -beta * kl.float() * mask
+    has_tokens = mask.sum(-1) > 0
+    last = (mask * torch.arange(mask.shape[1], device=mask.device)).argmax(-1)  # index of the last 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[has_tokens]
+    rewards[rows, last[has_tokens]] += scores.float().to(mask.device)[has_tokens]
+    return rewards
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``G_t = Σ_{s ≥ t} γ^{s−t} r_s`` over each completion's unmasked tokens (REINFORCE's return-to-go).
+
+    Worked example: rewards ``[−0.05, −0.1, 1.0, 0]``, mask ``[1, 1, 1, 0]``, γ = 1 → ``[0.85, 0.9, 1.0, 0]``.
+    """
+    mask = mask.to(torch.float32)
+    out = torch.zeros_like(rewards, dtype=torch.float32)
+    running = torch.zeros(rewards.shape[0], device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        out[:, t] = running
+    return out
+
+
+def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+                   lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised Advantage Estimation (Schulman et al. 2016) over per-token rewards and critic values.
+
+    ``δ_t = r_t + γ·V_{t+1} − V_t`` (V = 0 after a completion's last token), ``A_t = δ_t + γλ·A_{t+1}``,
+    returns ``R_t = A_t + V_t`` (the critic's regression target). λ = 1 gives Monte-Carlo returns minus V;
+    λ = 0 one-step TD. All ``[B, T]``; masked positions come out 0. Returns ``(advantages, returns)``.
+
+    Worked example, one completion of 3 tokens, r = ``[0, 0, 1]``, V = ``[0.5, 0.6, 0.7]``, γ = 1, λ = 0.9:
+    δ = ``[0.1, 0.1, 0.3]``; A_2 = 0.3, A_1 = 0.1 + 0.9·0.3 = 0.37, A_0 = 0.1 + 0.9·0.37 = 0.433;
+    R = ``[0.933, 0.97, 1.0]``.
+    """
+    mask = mask.to(torch.float32)
+    values = values.float() * mask
+    rewards = rewards.float() * mask
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], device=rewards.device)
+    T = rewards.shape[1]
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        adv[:, t] = running
+    return adv, (adv + values) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """Normalise ``x`` to unit variance (and zero mean if ``shift_mean``) over its masked entries (the batch).
+
+    Masked-out entries come out 0. Worked example: ``[1, 2, 3]`` → ``[−1.2247, 0, 1.2247]`` (population std).
+    """
+    mask = mask.to(torch.float32)
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / n
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 − Var(R − V) / Var(R)`` over masked tokens: 1 = the critic predicts returns exactly, 0 = no better
+    than a constant, < 0 = worse. NaN-free: 0 when the returns do not vary."""
+    mask = mask.to(torch.float32)
+    n = mask.sum().clamp(min=1)
+
+    def var(x):
+        mean = (x * mask).sum() / n
+        return (((x - mean) * mask) ** 2).sum() / n
+
+    var_r = var(returns.float())
+    if var_r.item() <= 1e-12:
+        return 0.0
+    return (1 - var(returns.float() - values.float()) / var_r).item()
+
+
+def compute_advantages(algo: str, scores: torch.Tensor, mask: torch.Tensor, group_size: int, *,
+                       kl: torch.Tensor | None = None, beta: float = 0.0, values: torch.Tensor | None = None,
+                       gamma: float = 1.0, lam: float = 0.95, scale_rewards: str = "group",
+                       whiten_advantages: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The advantage estimator ``rl.algo`` names. ``scores [B]`` are the summed reward-function scores, ``mask``
+    ``[B, T]`` the completion tokens, ``kl [B, T]`` the per-token KL to the reference (for the algorithms that
+    put β·KL into the reward; grpo keeps it in the loss and ignores it here), ``values [B, T]`` the critic's.
+
+    Returns ``(advantages, returns)``: advantages ``[B]`` (grpo, rloo) or ``[B, T]``; returns ``[B, T]`` — the
+    critic's regression target — for ppo, else None.
+    """
+    use_kl = kl is not None and beta > 0
+    if algo == "grpo":
+        return group_relative_advantages(scores, group_size, scale_rewards)[0], None
+    if algo == "rloo":
+        seq = scores.float() - (beta * (kl.float() * mask).sum(-1) if use_kl else 0.0)
+        return rloo_advantages(seq, group_size), None
+    if algo in ("reinforce++", "reinforce++_baseline"):
+        if algo == "reinforce++_baseline":
+            scores = group_relative_advantages(scores, group_size, "none")[0]
+        rewards = token_level_rewards(scores, mask, kl if use_kl else None, beta)
+        return whiten(discounted_returns(rewards, mask, gamma), mask), None
+    if algo == "ppo":
+        if values is None:
+            raise ValueError("ppo advantages need the critic's values")
+        rewards = token_level_rewards(scores, mask, kl if use_kl else None, beta)
+        adv, returns = gae_advantages(rewards, values, mask, gamma, lam)
+        return (whiten(adv, mask) if whiten_advantages else adv), returns
+    raise ValueError(f"rl.algo must be grpo, rloo, reinforce++, reinforce++_baseline or ppo, got {algo!r}")

@@ -35,6 +35,40 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def completion_forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_len: int,
+    temperature: float = 1.0,
+    entropy: str = "none",
+    hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Log-probs of the last ``completion_len`` tokens of ``input_ids`` under ``model`` (logits / temperature).
+
+    ``input_ids`` is ``[left-padded prompt | right-padded completion]``. Only the logits that predict
+    completion tokens are computed (``logits_to_keep``). Positions follow the attention mask, exactly as in
+    sampling, so left padding does not shift them. ``entropy``: 'none', 'detached' (a metric) or 'grad' (for an
+    entropy bonus). ``hidden``: also return the last hidden states at the same positions (a value head's input).
+    Returns ``(logp [B, C], entropy [B, C] or None, hidden [B, C, H] or None)``.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                logits_to_keep=completion_len + 1, use_cache=False, output_hidden_states=hidden)
+    logits = out.logits[:, :-1, :]
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = selective_log_softmax(logits, input_ids[:, -completion_len:])
+    ent = None
+    if entropy == "grad":
+        ent = entropy_from_logits(logits)
+    elif entropy == "detached":
+        with torch.no_grad():
+            ent = entropy_from_logits(logits.detach())
+    states = out.hidden_states[-1][:, -completion_len - 1:-1] if hidden else None
+    return logp, ent, states
+
+
 def completion_logprobs(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -43,21 +77,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs of the last ``completion_len`` tokens of ``input_ids`` under ``model`` (logits / temperature).
-
-    ``input_ids`` is ``[left-padded prompt | right-padded completion]``. Only the logits that predict
-    completion tokens are computed (``logits_to_keep``). Positions follow the attention mask, exactly as in
-    sampling, so left padding does not shift them. Returns ``(logp [B, C], entropy [B, C] or None)``.
-    """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                logits_to_keep=completion_len + 1, use_cache=False)
-    logits = out.logits[:, :-1, :]
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = selective_log_softmax(logits, input_ids[:, -completion_len:])
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits.detach())
-    return logp, entropy
+    """:func:`completion_forward` without hidden states: ``(logp [B, C], entropy [B, C] or None)``."""
+    logp, ent, _ = completion_forward(model, input_ids, attention_mask, completion_len, temperature,
+                                      "detached" if with_entropy else "none")
+    return logp, ent

@@ -16,7 +16,8 @@ def clipped_surrogate(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO/GRPO loss ``−min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A)`` and where clipping is active.
 
-    ``logp``/``old_logp``/``mask`` are ``[B, T]``; ``advantages`` is ``[B]`` (one per completion).
+    ``logp``/``old_logp``/``mask`` are ``[B, T]``; ``advantages`` is ``[B]`` (one per completion: GRPO, RLOO) or
+    ``[B, T]`` (one per token: PPO's GAE, REINFORCE++).
     ``level='token'``: ρ_t = π_θ(o_t)/π_old(o_t). ``level='sequence'`` (GSPO): one ratio per completion,
     ρ = exp(mean_t log ρ_t) over its unmasked tokens, shared by all its tokens.
     ``epsilon_high`` > ``epsilon_low`` is DAPO's clip-higher (default: symmetric).
@@ -36,7 +37,7 @@ def clipped_surrogate(
     elif level != "token":
         raise ValueError(f"importance sampling level must be 'token' or 'sequence', got {level!r}")
     ratio = torch.exp(log_ratio)
-    adv = advantages.unsqueeze(-1)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     unclipped = ratio * adv
     clipped_obj = torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped_obj)
@@ -79,6 +80,32 @@ def aggregate_loss(
     if loss_type == "dr_grpo":
         return total / (n_seq * max_completion_length)
     raise ValueError(f"loss_type must be grpo, bnpo, dapo or dr_grpo, got {loss_type!r}")
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, clip_range: float | None = 0.2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped value loss per token: ``½·max((V − R)², (V_clip − R)²)`` with
+    ``V_clip = V_old + clip(V − V_old, −c, c)``, so one update cannot move a value estimate far from the one
+    the advantages were computed with. ``clip_range=None`` gives the plain ``½(V − R)²``.
+    Returns ``(per_token_loss [B, T], clipped [B, T] bool)`` where ``clipped`` marks tokens where the clipped
+    term is the larger (its gradient is then zero).
+
+    Worked example: V_old = 0.5, R = 1.0, c = 0.2. V = 0.9 → V_clip = 0.7: max(0.005, 0.045) = 0.045 → loss
+    0.045, clipped. V = 0.6 → V_clip = 0.6: loss ½·0.16 = 0.08, not clipped.
+    """
+    values, returns = values.float(), returns.float()
+    unclipped = (values - returns) ** 2
+    if clip_range is None:
+        return 0.5 * unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    v_clip = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    clipped = (v_clip - returns) ** 2
+    return 0.5 * torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def approx_kl(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> float:
+    """How far an update moved the policy from the sampling one: mean ``½(log π_θ − log π_old)²`` (k2)."""
+    return masked_mean(0.5 * (logp.detach().float() - old_logp.float()) ** 2, mask).item()
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

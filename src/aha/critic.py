@@ -1,0 +1,118 @@
+"""PPO's critic: a value model ``V(prefix)`` for every completion token.
+
+Two shapes (``critic.kind``):
+
+- ``separate``: its own transformer trunk plus a linear value head — a copy of the policy RL starts from, or
+  a reward model's trunk and score head (``critic.init_from``). The classic actor-critic: a second model's
+  weights, gradients, optimizer state and forward/backward passes. This is the cost GRPO removes.
+- ``head``: a value head on the policy's own last hidden state. One forward pass serves both, at the price
+  of value gradients flowing into the policy's trunk.
+
+Values are aligned with :func:`aha.algos.logprobs.completion_logprobs`: position ``t`` is the value of the
+prefix that *predicts* completion token ``t`` (the state before the action).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aha.algos.logprobs import completion_forward
+from aha.config import RunConfig
+
+
+class CriticError(RuntimeError):
+    """The critic cannot be built (e.g. a reward-model path that does not load)."""
+
+
+class Critic(nn.Module):
+    """A value head, with its own trunk (``separate``) or reading the policy's hidden states (``head``)."""
+
+    def __init__(self, hidden_size: int, trunk: nn.Module | None = None, head: nn.Linear | None = None):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head if head is not None else nn.Linear(hidden_size, 1)
+        if head is None:
+            nn.init.normal_(self.head.weight, std=1 / (hidden_size + 1) ** 0.5)
+            nn.init.zeros_(self.head.bias)
+
+    @property
+    def shared(self) -> bool:
+        return self.trunk is None
+
+    def values_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H]`` hidden states → ``[B, C]`` values, the head in fp32 even under bf16 autocast."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float()).squeeze(-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int) -> torch.Tensor:
+        """Values ``[B, C]`` of the prefixes before each of the last ``completion_len`` tokens (separate trunk)."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            use_cache=False).last_hidden_state
+        return self.values_from_hidden(hidden[:, -completion_len - 1:-1])
+
+
+def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Critic | None:
+    """The critic ``rl.algo: ppo`` needs (None for the critic-free algorithms), on ``device`` in train mode.
+
+    Built after any SFT warm-up, so 'policy' means the policy RL starts from."""
+    if cfg.rl.algo != "ppo":
+        return None
+    hidden = policy.config.hidden_size
+    if cfg.critic.kind == "head":
+        if cfg.critic.init_from != "policy":
+            raise CriticError("critic.init_from: a reward model needs critic.kind 'separate' (a 'head' critic shares the policy's trunk)")
+        critic = Critic(hidden)
+    elif cfg.critic.init_from == "policy":
+        source = copy.deepcopy(policy)
+        if hasattr(source, "merge_and_unload"):  # LoRA: the critic gets the merged weights, trained in full
+            source = source.merge_and_unload()
+        critic = Critic(hidden, trunk=source.get_decoder())
+        del source
+    else:
+        critic = _critic_from_reward_model(Path(cfg.critic.init_from), hidden)
+    critic.requires_grad_(True)
+    return critic.to(device).train()
+
+
+def _critic_from_reward_model(path: Path, policy_hidden: int) -> Critic:
+    from transformers import AutoModelForSequenceClassification
+
+    if not (path / "config.json").is_file():
+        raise CriticError(f"critic.init_from: {str(path)!r} is not a local HF model directory (no config.json)")
+    try:
+        rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise CriticError(f"critic.init_from: could not load a reward model from {path}: {str(e).splitlines()[0]}") from None
+    head = getattr(rm, "score", None)
+    hidden = rm.config.hidden_size
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        head = None  # not a one-output score head: start a fresh value head on the reward model's trunk
+    else:
+        new = nn.Linear(hidden, 1)
+        with torch.no_grad():
+            new.weight.copy_(head.weight)
+            new.bias.copy_(head.bias if head.bias is not None else torch.zeros(1))
+        head = new
+    return Critic(hidden, trunk=rm.base_model, head=head)
+
+
+def policy_forward(policy: nn.Module, critic: Critic | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   completion_len: int, temperature: float = 1.0, entropy: str = "none"):
+    """One pass for the update: ``(logp [B, C], entropy [B, C] | None, values [B, C] | None)``.
+
+    With a ``head`` critic the values come from the policy's own forward pass; a ``separate`` critic runs its
+    own trunk. ``entropy`` as in :func:`completion_forward`.
+    """
+    shared = critic is not None and critic.shared
+    logp, ent, hidden = completion_forward(policy, input_ids, attention_mask, completion_len, temperature, entropy, shared)
+    values = None
+    if shared:
+        values = critic.values_from_hidden(hidden)
+    elif critic is not None:
+        values = critic(input_ids, attention_mask, completion_len)
+    return logp, ent, values
