@@ -70,6 +70,23 @@ def test_generate_groups_rows_per_prompt_and_reports_why_each_stopped(engine):
     assert set(roll.finish_reasons) == {"stop", "length"}, "this seed should produce both kinds of ending"
 
 
+def test_min_new_tokens_forbids_early_eos_but_keeps_the_models_logprobs(engine):
+    prompts = encode(engine.tokenizer, PROMPTS)
+    eos = engine.tokenizer.eos_token_id
+    torch.manual_seed(0)
+    free = engine.generate(prompts, 4, SamplingParams(max_new_tokens=6))
+    assert any(eos in c[:-1] or (c[-1] == eos and len(c) < 6) for c in free.completion_ids)  # this seed stops early
+    torch.manual_seed(0)
+    fixed = engine.generate(prompts, 4, SamplingParams(max_new_tokens=6, min_new_tokens=6))
+    assert all(len(c) == 6 and eos not in c for c in fixed.completion_ids)
+    assert set(fixed.finish_reasons) == {"length"}
+    # the recorded logprobs are the unconstrained model's (what a training pass recomputes)
+    batch = pack_rollouts(fixed, engine.pad_id, CPU)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(engine.model, batch["input_ids"], batch["attention_mask"], 6)
+    assert torch.allclose(logp, batch["sampler_logp"], atol=1e-5)
+
+
 # ─────────────────────────────── logprobs = a fresh forward's ───────────────────────────────
 
 

@@ -75,6 +75,8 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
+    min_new_tokens: int = Field(0, ge=0, description="EOS cannot be sampled before this many tokens (set it to max_new_tokens "
+                                "for fixed-length completions, e.g. in benchmarks).")
 
 
 class RLConfig(_Section):

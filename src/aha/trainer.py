@@ -47,7 +47,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     device, amp, task, policy, tok, template = prepare(cfg)
     engine = HFEngine(policy, tok, device, amp)
     reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
-    sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop))
+    sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
     updates = rl.mu * rl.num_minibatches  # optimizer steps per batch of rollouts
     kl_in_reward = rl.algo != "grpo"  # GRPO keeps β·KL in the loss; RLOO, REINFORCE++ and PPO put it in the reward
     sampler = PromptSampler(len(task.train), tr.seed)

@@ -15,6 +15,7 @@ class SamplingParams:
     max_new_tokens: int = 32
     stop: list[str] = field(default_factory=list)
     greedy: bool = False
+    min_new_tokens: int = 0  # EOS cannot be sampled before this many tokens (fixed lengths for benchmarks)
 
 
 @dataclass

@@ -73,15 +73,16 @@ class HFEngine:
                                  use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
                 cache = getattr(out, self._cache_kw)
                 logits = out.logits[:, -1, :].float()
+                if not sampling.greedy:
+                    logits = logits / sampling.temperature
+                logp_all = F.log_softmax(logits, -1)  # the model's own distribution: what training recomputes
+                if t < sampling.min_new_tokens:  # forbid EOS for now (sampling only; logprobs stay the model's)
+                    logits = logits.index_fill(-1, eos, float("-inf"))
                 if sampling.greedy:
                     token = logits.argmax(-1)
-                    logp = F.log_softmax(logits, -1).gather(-1, token[:, None]).squeeze(-1)
                 else:
-                    logits = logits / sampling.temperature
-                    logp_all = F.log_softmax(logits, -1)
-                    probs = top_p_filter(logits, sampling.top_p).softmax(-1)
-                    token = torch.multinomial(probs, 1).squeeze(-1)
-                    logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
+                    token = torch.multinomial(top_p_filter(logits, sampling.top_p).softmax(-1), 1).squeeze(-1)
+                logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
                 out_tokens.append(token)
                 out_logps.append(logp)

@@ -1,0 +1,219 @@
+"""GRPO step time: aha against TRL's GRPOTrainer on the same CPU (or GPU), same model, prompts and settings.
+
+    pip install -e .[bench]                      # TRL: a benchmark-only extra, not a runtime dependency
+    python benchmarks/grpo_speed.py              # SmolLM2-135M-Instruct and the tiny model, aha then TRL
+    python benchmarks/grpo_speed.py --models smollm2 --frameworks aha --steps 4
+
+Fixed for both: P prompts × G completions × exactly L new tokens (EOS forbidden until L, so both generate the
+same amount), β, μ (TRL: num_iterations), lr, temperature 1, one optimizer step per batch, the same reward
+function (cheap, so it does not weigh on the timing). Each framework runs in its own subprocess (its peak RSS
+is its own), one after the other. Printed: median seconds per step after a warm-up step, generated tokens/s,
+rollout vs training seconds, peak RSS, and training TFLOP/s with MFU against a bf16 (and fp32) matmul peak
+measured in the same process; then the ratio TRL / aha.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"smollm2": "smollm2-135m", "tiny": "tiny:layers=4,hidden=256,heads=4,ff=1024"}
+
+
+def digits_reward(prompts, completions, **kwargs):
+    """The share of digit characters: cheap, and never constant within a group."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 20) -> float:
+    """Measured dense matmul throughput in TFLOP/s (the MFU denominator)."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(n, n, dtype=dtype, device=dev), torch.randn(n, n, dtype=dtype, device=dev)
+    for _ in range(3):
+        a @ b
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def train_flops(model, n_seq: int, seq_len: int, completion_len: int, passes_fwd_bwd: int, passes_fwd: int) -> float:
+    """FLOPs of one step's training passes: 2·N_trunk per token forward (+ the LM head on completion tokens
+    only), ×3 with the backward; padded tokens count (they are computed)."""
+    emb = model.get_input_embeddings().weight
+    n_trunk = sum(p.numel() for p in model.parameters()) - emb.numel()
+    fwd = 2 * n_trunk * n_seq * seq_len + 2 * emb.numel() * n_seq * completion_len
+    return fwd * (3 * passes_fwd_bwd + passes_fwd)
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    from aha.config import TaskConfig
+    from aha.tasks import build_task
+
+    task = build_task(TaskConfig(name="arithmetic", digits=2, num_train=max(n, 64), num_eval=8, seed=seed))
+    return [r["prompt"] for r in task.train[:n]]
+
+
+def run_aha(spec: dict) -> dict:
+    from aha.config import load_config
+    from aha.trainer import train_rl
+
+    import torch
+
+    torch.set_num_threads(spec["threads"]) if spec["threads"] else None
+    s = spec
+    cfg = load_config(None, [
+        f"model.name={MODELS[s['model']]}", "task.name=arithmetic", "task.digits=2", "task.template=chat" if s["model"] != "tiny" else "task.template=plain",
+        f"rewards=[{{name: '{__file__}:digits_reward'}}]",
+        f"rollout.group_size={s['G']}", f"rollout.max_new_tokens={s['L']}", f"rollout.min_new_tokens={s['L']}",
+        f"rl.prompts_per_step={s['P']}", f"rl.mu={s['mu']}", f"rl.beta={s['beta']}", "rl.loss_type=bnpo",
+        f"train.steps={s['steps']}", f"train.lr={s['lr']}", f"train.micro_batch_size={s['P'] * s['G']}",
+        f"train.precision={s['precision']}", "log.eval_every=0", "log.save_every=1000000", "log.progress=false",
+        "log.tensorboard=false", "log.report=false", "log.samples_per_step=0"])
+    run_dir = Path(s["out"]) / "aha"
+    train_rl(cfg, run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    return {"step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
+            "train_s": [r["time/train_s"] for r in rows], "tokens": [r["completions/mean_length"] * s["P"] * s["G"] for r in rows]}
+
+
+def run_trl(spec: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from aha.config import ModelConfig
+    from aha.models import load_policy
+
+    torch.set_num_threads(spec["threads"]) if spec["threads"] else None
+    s = spec
+    model, tok = load_policy(ModelConfig(name=MODELS[s["model"]]), "0123456789+=" if s["model"] == "tiny" else None)
+    if s["model"] == "tiny":
+        data = [{"prompt": p} for p in prompts(64)]
+    else:
+        data = [{"prompt": [{"role": "user", "content": p}]} for p in prompts(64)]
+    args = GRPOConfig(
+        output_dir=str(Path(s["out"]) / "trl"), per_device_train_batch_size=s["P"] * s["G"], num_generations=s["G"],
+        gradient_accumulation_steps=1, max_completion_length=s["L"], num_iterations=s["mu"], beta=s["beta"],
+        learning_rate=s["lr"], temperature=1.0, max_steps=s["steps"], logging_steps=1, report_to="none",
+        save_strategy="no", use_cpu=not torch.cuda.is_available(), bf16=s["precision"] != "fp32", seed=0,
+        generation_kwargs={"min_new_tokens": s["L"]}, loss_type="bnpo", dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, reward_funcs=[digits_reward], args=args, train_dataset=Dataset.from_list(data),
+                          processing_class=tok)
+    times: dict[str, list] = {"step_s": [], "rollout_s": [], "tokens": []}
+    gen = trainer._generate_and_score_completions
+
+    def timed_generate(*a, **k):
+        t0 = time.perf_counter()
+        out = gen(*a, **k)
+        times["rollout_s"].append(time.perf_counter() - t0)
+        times["tokens"].append(int(out["completion_mask"].sum()))
+        return out
+
+    trainer._generate_and_score_completions = timed_generate
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times["step_s"].append(time.perf_counter() - self.t0)
+
+    trainer.add_callback(Clock())
+    trainer.train()
+    times["train_s"] = [st - ro for st, ro in zip(times["step_s"], times["rollout_s"])]
+    return times
+
+
+def worker(spec: dict) -> None:
+    import torch
+
+    from aha.config import ModelConfig
+    from aha.models import load_policy
+
+    times = run_aha(spec) if spec["framework"] == "aha" else run_trl(spec)
+    model, tok = load_policy(ModelConfig(name=MODELS[spec["model"]]), "0123456789+=" if spec["model"] == "tiny" else None)
+    prompt_len = max(len(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
+                         if spec["model"] != "tiny" else tok(p).input_ids) for p in prompts(spec["P"]))
+    n_seq = spec["P"] * spec["G"]
+    flops = train_flops(model, n_seq, prompt_len + spec["L"], spec["L"], spec["mu"], int(spec["beta"] > 0) + int(spec["mu"] > 1))
+    timed = slice(1, None)  # the first step warms up
+    step, train = statistics.median(times["step_s"][timed]), statistics.median(times["train_s"][timed])
+    out = {
+        "step_s": step, "rollout_s": statistics.median(times["rollout_s"][timed]), "train_s": train,
+        "tokens_per_s": statistics.median(times["tokens"][timed]) / statistics.median(times["rollout_s"][timed]),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "train_tflops": flops / train / 1e12, "peak_bf16_tflops": matmul_peak("bfloat16"),
+        "peak_fp32_tflops": matmul_peak("float32"), "steps_timed": len(times["step_s"][timed]),
+    }
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2,tiny")
+    ap.add_argument("--frameworks", default="aha,trl")
+    ap.add_argument("--prompts", "-P", type=int, default=4)
+    ap.add_argument("--group", "-G", type=int, default=4)
+    ap.add_argument("--new-tokens", "-L", type=int, default=64)
+    ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--mu", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=4, help="steps per run; the first is a warm-up and not timed")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(json.loads(args.worker))
+
+    out = Path(tempfile.mkdtemp(prefix="grpo_speed-"))
+    results = {}
+    for model in args.models.split(","):
+        for fw in args.frameworks.split(","):
+            spec = {"framework": fw, "model": model, "P": args.prompts, "G": args.group, "L": args.new_tokens,
+                    "beta": args.beta, "mu": args.mu, "steps": args.steps, "lr": 1e-6, "precision": args.precision,
+                    "threads": args.threads, "out": str(out / f"{model}-{fw}")}
+            print(f"running {fw} on {model} …", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                  text=True, cwd=ROOT)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                raise SystemExit(f"{fw} on {model} failed:\n" + "\n".join((proc.stderr or proc.stdout).splitlines()[-8:]))
+            results[(model, fw)] = json.loads(line[7:])
+            print("  " + line[7:], file=sys.stderr, flush=True)
+
+    print(f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
+          f"μ = {args.mu}, {args.precision}\n")
+    print("| model | framework | s/step | rollout s | train s | gen tok/s | peak RSS MiB | train TFLOP/s | MFU (bf16 peak) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (model, fw), r in results.items():
+        print(f"| {model} | {fw} | {r['step_s']:.2f} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | {r['tokens_per_s']:.0f} | "
+              f"{r['peak_rss_mib']:.0f} | {r['train_tflops']:.3f} | {100 * r['train_tflops'] / r['peak_bf16_tflops']:.1f}% "
+              f"(of {r['peak_bf16_tflops']:.2f}) |")
+    for model in args.models.split(","):
+        a, t = results.get((model, "aha")), results.get((model, "trl"))
+        if a and t:
+            print(f"{model}: TRL/aha s/step ×{t['step_s'] / a['step_s']:.2f}, rollout ×{t['rollout_s'] / a['rollout_s']:.2f}, "
+                  f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
