@@ -26,6 +26,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"smollm2": "smollm2-135m", "tiny": "tiny:layers=4,hidden=256,heads=4,ff=1024"}
+TINY_ALPHABET = "0123456789+="
+
+
+def model_dir(name: str, out: Path) -> str:
+    """A local HF directory for the model, so that both frameworks load the same weights the same way
+    (TRL builds its reference model from the policy's path)."""
+    if name != "tiny":
+        from aha.models import resolve_model_dir
+
+        return str(resolve_model_dir(MODELS[name]))
+    from aha.models import build_tiny
+
+    path = out / "tiny-model"
+    if not path.is_dir():
+        model, tok = build_tiny(MODELS["tiny"], TINY_ALPHABET, 0)
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    return str(path)
 
 
 def digits_reward(prompts, completions, **kwargs):
@@ -79,7 +97,7 @@ def run_aha(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"]) if spec["threads"] else None
     s = spec
     cfg = load_config(None, [
-        f"model.name={MODELS[s['model']]}", "task.name=arithmetic", "task.digits=2", "task.template=chat" if s["model"] != "tiny" else "task.template=plain",
+        f"model.name={s['model_dir']}", "task.name=arithmetic", "task.digits=2", "task.template=chat" if s["model"] != "tiny" else "task.template=plain",
         f"rewards=[{{name: '{__file__}:digits_reward'}}]",
         f"rollout.group_size={s['G']}", f"rollout.max_new_tokens={s['L']}", f"rollout.min_new_tokens={s['L']}",
         f"rl.prompts_per_step={s['P']}", f"rl.mu={s['mu']}", f"rl.beta={s['beta']}", "rl.loss_type=bnpo",
@@ -88,7 +106,7 @@ def run_aha(spec: dict) -> dict:
         "log.tensorboard=false", "log.report=false", "log.samples_per_step=0"])
     run_dir = Path(s["out"]) / "aha"
     train_rl(cfg, run_dir)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][1:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
             "train_s": [r["time/train_s"] for r in rows], "tokens": [r["completions/mean_length"] * s["P"] * s["G"] for r in rows]}
 
@@ -104,7 +122,7 @@ def run_trl(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"]) if spec["threads"] else None
     s = spec
-    model, tok = load_policy(ModelConfig(name=MODELS[s["model"]]), "0123456789+=" if s["model"] == "tiny" else None)
+    model, tok = load_policy(ModelConfig(name=s["model_dir"]))
     if s["model"] == "tiny":
         data = [{"prompt": p} for p in prompts(64)]
     else:
@@ -145,26 +163,30 @@ def run_trl(spec: dict) -> dict:
 def worker(spec: dict) -> None:
     import torch
 
-    from aha.config import ModelConfig
-    from aha.models import load_policy
-
     times = run_aha(spec) if spec["framework"] == "aha" else run_trl(spec)
-    model, tok = load_policy(ModelConfig(name=MODELS[spec["model"]]), "0123456789+=" if spec["model"] == "tiny" else None)
-    prompt_len = max(len(tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
-                         if spec["model"] != "tiny" else tok(p).input_ids) for p in prompts(spec["P"]))
-    n_seq = spec["P"] * spec["G"]
-    flops = train_flops(model, n_seq, prompt_len + spec["L"], spec["L"], spec["mu"], int(spec["beta"] > 0) + int(spec["mu"] > 1))
     timed = slice(1, None)  # the first step warms up
-    step, train = statistics.median(times["step_s"][timed]), statistics.median(times["train_s"][timed])
     out = {
-        "step_s": step, "rollout_s": statistics.median(times["rollout_s"][timed]), "train_s": train,
+        "step_s": statistics.median(times["step_s"][timed]), "rollout_s": statistics.median(times["rollout_s"][timed]),
+        "train_s": statistics.median(times["train_s"][timed]),
         "tokens_per_s": statistics.median(times["tokens"][timed]) / statistics.median(times["rollout_s"][timed]),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
-        "train_tflops": flops / train / 1e12, "peak_bf16_tflops": matmul_peak("bfloat16"),
-        "peak_fp32_tflops": matmul_peak("float32"), "steps_timed": len(times["step_s"][timed]),
+        "peak_bf16_tflops": matmul_peak("bfloat16"), "peak_fp32_tflops": matmul_peak("float32"),
+        "steps_timed": len(times["step_s"][timed]),
     }
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int) -> float:
+    """Training FLOPs of one step (computed here, in the parent, so the workers' peak RSS stays theirs)."""
+    from aha.config import ModelConfig
+    from aha.data.templates import render_prompt
+    from aha.models import load_policy
+
+    tiny = model_name == "tiny"
+    model, tok = load_policy(ModelConfig(name=path))
+    prompt_len = max(len(render_prompt(p, tok, "plain" if tiny else "chat")) for p in prompts(P))
+    return train_flops(model, P * G, prompt_len + L, L, mu, int(beta > 0) + int(mu > 1))
 
 
 def main() -> None:
@@ -190,15 +212,19 @@ def main() -> None:
         for fw in args.frameworks.split(","):
             spec = {"framework": fw, "model": model, "P": args.prompts, "G": args.group, "L": args.new_tokens,
                     "beta": args.beta, "mu": args.mu, "steps": args.steps, "lr": 1e-6, "precision": args.precision,
-                    "threads": args.threads, "out": str(out / f"{model}-{fw}")}
+                    "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": model_dir(model, out)}
             print(f"running {fw} on {model} …", file=sys.stderr, flush=True)
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
                                   text=True, cwd=ROOT)
             line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
-                raise SystemExit(f"{fw} on {model} failed:\n" + "\n".join((proc.stderr or proc.stdout).splitlines()[-8:]))
+                print(f"{fw} on {model} failed:\n" + "\n".join((proc.stderr or proc.stdout).splitlines()[-8:]), file=sys.stderr)
+                continue
             results[(model, fw)] = json.loads(line[7:])
             print("  " + line[7:], file=sys.stderr, flush=True)
+        flops = step_flops(model, model_dir(model, out), args.prompts, args.group, args.new_tokens, args.beta, args.mu)
+        for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
+            results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
     print(f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
           f"μ = {args.mu}, {args.precision}\n")

@@ -207,3 +207,17 @@ def test_update_weights_changes_what_the_engine_samples(engine):
     V = engine.model.config.vocab_size
     assert all(lp == pytest.approx(-math.log(V), abs=1e-5) for row in roll.logprobs for lp in row)
     assert engine.weights_version == 2
+
+
+def test_sample_categorical_draws_from_the_distribution_and_never_a_zero_probability_token():
+    from aha.rollout.hf import sample_categorical
+
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.5, 0.3, 0.0]]).repeat(20000, 1)
+    draws = sample_categorical(probs)
+    counts = torch.bincount(draws, minlength=6).float() / len(draws)
+    assert counts[[0, 2, 5]].sum() == 0
+    assert torch.allclose(counts, probs[0], atol=0.015), counts
+    one_hot = torch.zeros(3, 6)
+    one_hot[torch.arange(3), torch.tensor([0, 5, 2])] = 1.0  # mass on the first, last and a middle token
+    assert sample_categorical(one_hot).tolist() == [0, 5, 2]

@@ -145,10 +145,11 @@ def test_gspo_with_each_loss_type_clips_on_the_second_pass(tmp_path, write_confi
     """μ = 2 at a high learning rate: the second pass's sequence ratios leave [0.8, 1.2], so the clip engages.
     Step 1's completions all have 3 tokens, where the four aggregations agree, so every run samples the same
     step-2 batch; there they differ as the lengths do (bnpo = dapo with one micro-batch). A per-token-ratio
-    run on the same batch tells that the sequence level is really in use."""
+    run on the same batch tells that the sequence level is really in use. (Seed 1: its step-2 lengths vary;
+    with some seeds every step-2 completion runs to the limit and dr_grpo = dapo there.)"""
     def run(level: str, loss_type: str) -> list[dict]:
         cfg = load_config(write_config({
-            "rewards": [{"name": digits_reward}], "train": {"lr": 0.05},
+            "rewards": [{"name": digits_reward}], "train": {"lr": 0.05, "seed": 1},
             "rl": {"importance_sampling_level": level, "mu": 2, "loss_type": loss_type}}))
         train_grpo(cfg, tmp_path / f"{level}-{loss_type}")
         return steps_of(tmp_path / f"{level}-{loss_type}")
@@ -173,10 +174,11 @@ def test_gspo_with_each_loss_type_clips_on_the_second_pass(tmp_path, write_confi
 def test_mask_truncated_drops_every_cut_completion_from_the_loss(tmp_path, write_config, digits_reward):
     """One new token: a completion is truncated unless that token is EOS. On a step where all of them are
     truncated no token contributes (loss and gradient exactly 0); one EOS completion is enough to bring
-    the gradient back. Without masking, the same first step (same seed, same rollouts) has a gradient."""
+    the gradient back. Without masking, the same first step (same seed, same rollouts) has a gradient.
+    (Seed 1 gives both kinds of step within 3; the assertions below say so if a sampler change breaks that.)"""
     def run(mask_truncated: bool, steps: int) -> list[dict]:
         cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rollout": {"max_new_tokens": 1},
-                                        "rl": {"mask_truncated": mask_truncated}, "train": {"steps": steps}}))
+                                        "rl": {"mask_truncated": mask_truncated}, "train": {"steps": steps, "seed": 1}}))
         train_grpo(cfg, tmp_path / f"masked-{mask_truncated}")
         return steps_of(tmp_path / f"masked-{mask_truncated}")
 

@@ -22,6 +22,16 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``probs [B, V]`` by inverting the CDF: a cumulative sum and a binary search.
+
+    Exact, like ``torch.multinomial``, but multinomial draws V exponentials per row on the CPU (~14 ms per
+    decode step for a batch of 16 over SmolLM2's 49k vocabulary) where this draws one uniform per row."""
+    cdf = probs.float().cumsum(-1)
+    u = (1 - torch.rand(probs.shape[0], 1, device=probs.device)) * cdf[:, -1:]  # in (0, total]: never a 0-prob token
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 class HFEngine:
     """Samples from ``model`` in-process. The engine shares the policy's parameters, so refreshing the
     old policy after an optimizer step is free; ``update_weights(state)`` loads an explicit state dict
@@ -81,7 +91,7 @@ class HFEngine:
                 if sampling.greedy:
                     token = logits.argmax(-1)
                 else:
-                    token = torch.multinomial(top_p_filter(logits, sampling.top_p).softmax(-1), 1).squeeze(-1)
+                    token = sample_categorical(top_p_filter(logits, sampling.top_p).softmax(-1))
                 logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
                 token = torch.where(done, torch.full_like(token, self.pad_id), token)
                 out_tokens.append(token)
