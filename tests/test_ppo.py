@@ -216,3 +216,16 @@ def test_critic_free_estimators_run_and_keep_no_critic(write_config, digits_rewa
 
 def test_critic_class_without_trunk_is_shared():
     assert Critic(8).shared and not Critic(8, trunk=torch.nn.Identity()).shared
+
+
+def test_ppo_losses_do_not_depend_on_the_micro_batch_split(write_config, digits_reward, tmp_path):
+    """Gradient accumulation is bookkeeping: one step on the same rollouts logs the same policy and value
+    losses whether the 16 sequences go through in one micro-batch or four."""
+    logged = {}
+    for micro in (16, 4):
+        cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rl": {"algo": "ppo"},
+                                        "train": {"steps": 1, "micro_batch_size": micro}, "log": {"eval_every": 0}}))
+        logged[micro] = train_rl(cfg, tmp_path / f"micro-{micro}")
+    for key in ("loss/policy", "loss/value", "value/mean", "entropy"):
+        assert logged[4][key] == pytest.approx(logged[16][key], abs=1e-5), key
+    assert logged[16]["loss/value"] > 0

@@ -192,7 +192,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                         v_loss, v_clipped = clipped_value_loss(values, old_values[rows_idx], returns[rows_idx], cfg.critic.clip_range)
                         v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
                         loss = loss + cfg.critic.vf_coef * v_loss
-                        stats["loss/value"] += v_loss.item() * len(rows_idx) / mb_seq / updates
+                        stats["loss/value"] += v_loss.item() / updates  # micro-batch shares sum to the minibatch's loss
                         stats["value/clip_ratio"] += masked_mean(v_clipped.float(), mb["mask"]).item() * w
                     if not torch.isfinite(loss):
                         done = list_checkpoints(run_dir)
@@ -204,7 +204,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                     stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
                     stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
                     if entropy is not None and it == 0:
-                        stats["entropy"] += masked_mean(entropy.detach(), mb["mask"]).item() * len(rows_idx) / n_seq
+                        stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / mask.sum().clamp(min=1).item()
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tr.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     raise TrainingError(f"gradient norm became {grad_norm.item()} at step {step}: try a lower train.lr")
