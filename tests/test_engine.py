@@ -221,3 +221,28 @@ def test_sample_categorical_draws_from_the_distribution_and_never_a_zero_probabi
     one_hot = torch.zeros(3, 6)
     one_hot[torch.arange(3), torch.tensor([0, 5, 2])] = 1.0  # mass on the first, last and a middle token
     assert sample_categorical(one_hot).tolist() == [0, 5, 2]
+
+
+def test_engine_decodes_with_the_models_own_attention_while_training_passes_use_another(engine):
+    """train.attention switches the policy's training passes to eager attention on CPU; the engine keeps
+    sampling with the kernel the model came with, puts the training kernel back, and the two agree."""
+    from aha.runtime import set_attention
+
+    assert engine.attention == "sdpa"
+    set_attention([engine.model], "eager")
+    seen = []
+    real_forward = engine.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(engine.model.config._attn_implementation)
+        return real_forward(*args, **kwargs)
+
+    engine.model.forward = spy
+    torch.manual_seed(0)
+    roll = engine.generate(encode(engine.tokenizer, PROMPTS), 2, SamplingParams(max_new_tokens=5))
+    del engine.model.forward
+    assert set(seen) == {"sdpa"} and engine.model.config._attn_implementation == "eager"
+    batch = pack_rollouts(roll, engine.pad_id, CPU)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(engine.model, batch["input_ids"], batch["attention_mask"], batch["mask"].shape[1])
+    assert torch.allclose(logp * batch["mask"], batch["sampler_logp"], atol=1e-5)

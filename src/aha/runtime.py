@@ -43,6 +43,22 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def training_attention(choice: str, device: torch.device) -> str | None:
+    """The attention kernel for training passes: None = keep the model's own."""
+    if choice == "auto":
+        return "eager" if device.type == "cpu" else None
+    return choice
+
+
+def set_attention(models, impl: str | None) -> None:
+    """Switch HF models (None entries skipped) to another attention implementation; cheap (a config flag)."""
+    if impl is None:
+        return
+    for model in models:
+        if model is not None:
+            model.set_attn_implementation(impl)
+
+
 def prepare(cfg: RunConfig):
     """What every stage starts with: seeds set, ``(device, autocast dtype, task, model, tokenizer, template)``,
     the model on its device in train mode."""

@@ -16,7 +16,8 @@ from aha.data.templates import render_prompt
 from aha.evaluate import evaluate
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
-from aha.runtime import PromptSampler, TrainingError, autocast, make_optimizer, prepare
+from aha.runtime import (PromptSampler, TrainingError, autocast, make_optimizer, prepare, set_attention,
+                         training_attention)
 from aha.tasks.jsonl import read_jsonl
 from aha.track.metrics import MetricsLogger
 
@@ -68,7 +69,8 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     pairs = encode_pairs(rows, tok, template, cfg.sft.prompt_column, cfg.sft.completion_column)
     optimizer, scheduler = make_optimizer(model, tr, total_steps=tr.steps)
     sampler = PromptSampler(len(pairs), tr.seed)
-    engine = HFEngine(model, tok, device, amp)
+    engine = HFEngine(model, tok, device, amp)  # samples with the model's own attention kernel
+    set_attention([model], training_attention(tr.attention, device))
 
     start = 0
     ckpts = list_checkpoints(run_dir) if resume else []

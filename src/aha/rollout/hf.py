@@ -44,6 +44,8 @@ class HFEngine:
         self.eos_ids.discard(None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.weights_version = 0
+        # decode with the kernel the model came with, even if training passes switch it (see train.attention)
+        self.attention = getattr(model.config, "_attn_implementation", None)
         # transformers ≥ 5.x names the KV-cache argument `cache`; older releases `past_key_values`
         params = inspect.signature(type(_base(model)).forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -72,6 +74,9 @@ class HFEngine:
 
         was_training = self.model.training
         self.model.eval()
+        train_attention = getattr(self.model.config, "_attn_implementation", None)
+        if self.attention is not None and train_attention != self.attention:
+            self.model.set_attn_implementation(self.attention)
         out_tokens, out_logps = [], []
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stopped_by_string = torch.zeros(B, dtype=torch.bool, device=self.device)
@@ -106,6 +111,8 @@ class HFEngine:
                 mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=self.device)], dim=1)
                 positions = positions[:, -1:] + 1
         self.model.train(was_training)
+        if self.attention is not None and train_attention != self.attention:
+            self.model.set_attn_implementation(train_attention)
 
         tokens = torch.stack(out_tokens, 1).cpu()
         logps = torch.stack(out_logps, 1).float().cpu()
