@@ -103,7 +103,7 @@ def run_aha(spec: dict) -> dict:
         f"rl.prompts_per_step={s['P']}", f"rl.mu={s['mu']}", f"rl.beta={s['beta']}", "rl.loss_type=bnpo",
         f"train.steps={s['steps']}", f"train.lr={s['lr']}", f"train.micro_batch_size={s['P'] * s['G']}",
         f"train.precision={s['precision']}", "log.eval_every=0", "log.save_every=1000000", "log.progress=false",
-        "log.tensorboard=false", "log.report=false", "log.samples_per_step=0"])
+        "log.tensorboard=false", "log.report=false", "log.samples_per_step=0", *s["aha_set"]])
     run_dir = Path(s["out"]) / "aha"
     train_rl(cfg, run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -198,9 +198,10 @@ def main() -> None:
     ap.add_argument("--new-tokens", "-L", type=int, default=64)
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--mu", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=4, help="steps per run; the first is a warm-up and not timed")
+    ap.add_argument("--steps", type=int, default=6, help="steps per run; the first is a warm-up and not timed")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--aha-set", action="append", default=[], help="extra aha config overrides, e.g. rollout.compile=true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -212,7 +213,8 @@ def main() -> None:
         for fw in args.frameworks.split(","):
             spec = {"framework": fw, "model": model, "P": args.prompts, "G": args.group, "L": args.new_tokens,
                     "beta": args.beta, "mu": args.mu, "steps": args.steps, "lr": 1e-6, "precision": args.precision,
-                    "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": model_dir(model, out)}
+                    "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": model_dir(model, out),
+                    "aha_set": args.aha_set}
             print(f"running {fw} on {model} …", file=sys.stderr, flush=True)
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
                                   text=True, cwd=ROOT)
@@ -227,7 +229,7 @@ def main() -> None:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
     print(f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
-          f"μ = {args.mu}, {args.precision}\n")
+          f"μ = {args.mu}, {args.precision}; aha overrides: {args.aha_set or 'none'}\n")
     print("| model | framework | s/step | rollout s | train s | gen tok/s | peak RSS MiB | train TFLOP/s | MFU (bf16 peak) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for (model, fw), r in results.items():

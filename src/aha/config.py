@@ -75,6 +75,9 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
+    compile: bool = Field(False, description="Sample from a bf16 copy of the policy with a static KV cache and a "
+                          "torch.compile'd decode step (SmolLM2 on 2 CPU cores: ~45 vs ~62 ms per token step; a one-off "
+                          "compile of ~35 s). Not with LoRA.")
     min_new_tokens: int = Field(0, ge=0, description="EOS cannot be sampled before this many tokens (set it to max_new_tokens "
                                 "for fixed-length completions, e.g. in benchmarks).")
 
@@ -190,6 +193,8 @@ class RunConfig(_Section):
             raise ValueError("stage 'sft' needs sft.path (a prompt/completion JSONL)")
         if self.rl.algo in ("rloo", "reinforce++_baseline") and self.rollout.group_size < 2:
             raise ValueError(f"rl.algo {self.rl.algo!r} needs rollout.group_size ≥ 2 (its baseline is the prompt's other samples)")
+        if self.rollout.compile and self.model.lora.enabled:
+            raise ValueError("rollout.compile does not support LoRA policies yet (set one of them to false)")
         if self.rl.dynamic_sampling and self.rollout.group_size < 2:
             raise ValueError("rl.dynamic_sampling needs rollout.group_size ≥ 2 (it drops groups whose rewards all agree)")
         if self.task.name == "jsonl" and self.task.path is None:

@@ -46,7 +46,12 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
     # ============================================================ dataset, models, engine
     device, amp, task, policy, tok, template = prepare(cfg)
-    engine = HFEngine(policy, tok, device, amp)  # samples with the model's own attention kernel
+    if ro.compile:
+        from aha.rollout.compiled import CompiledEngine  # a compiled bf16 copy of the policy samples
+
+        engine = CompiledEngine(policy, tok, device, amp)
+    else:
+        engine = HFEngine(policy, tok, device, amp)  # samples with the model's own attention kernel
     set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
     reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aha.algos.fused import fusable_head, linear_logprobs
+
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits)[..., index]`` computed as ``logit[index] - logsumexp(logits)``, row by row.
@@ -48,11 +50,21 @@ def completion_forward(
 
     ``input_ids`` is ``[left-padded prompt | right-padded completion]``. Only the logits that predict
     completion tokens are computed (``logits_to_keep``). Positions follow the attention mask, exactly as in
-    sampling, so left padding does not shift them. ``entropy``: 'none', 'detached' (a metric) or 'grad' (for an
+    sampling, so left padding does not shift them. Where the head allows it (:func:`fusable_head`), the trunk runs
+    alone and :func:`linear_logprobs` fuses the LM head with the log-softmax. ``entropy``: 'none', 'detached' (a metric) or 'grad' (for an
     entropy bonus). ``hidden``: also return the last hidden states at the same positions (a value head's input).
     Returns ``(logp [B, C], entropy [B, C] or None, hidden [B, C, H] or None)``.
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    fused = fusable_head(model) if entropy != "grad" else None
+    if fused is not None:  # trunk, then the LM head and log-softmax in one memory-lean function (algos/fused.py)
+        trunk, head_weight = fused
+        states = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                       use_cache=False).last_hidden_state[:, -completion_len - 1:-1]
+        B, C, H = states.shape
+        logp, ent = linear_logprobs(states.reshape(B * C, H), head_weight, input_ids[:, -completion_len:].reshape(-1),
+                                    temperature, with_entropy=entropy == "detached")
+        return logp.view(B, C), (ent.view(B, C) if ent is not None else None), (states if hidden else None)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                 logits_to_keep=completion_len + 1, use_cache=False, output_hidden_states=hidden)
     logits = out.logits[:, :-1, :]

@@ -60,6 +60,39 @@ class HFEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    @contextlib.contextmanager
+    def _decoding(self):
+        """Eval mode, the decoding attention kernel and autocast for the length of a generate call."""
+        was_training = self.model.training
+        self.model.eval()
+        train_attention = getattr(self.model.config, "_attn_implementation", None)
+        switch = self.attention is not None and train_attention != self.attention
+        if switch:
+            self.model.set_attn_implementation(self.attention)
+        try:
+            with self._autocast():
+                yield
+        finally:
+            self.model.train(was_training)
+            if switch:
+                self.model.set_attn_implementation(train_attention)
+
+    def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
+        """A function ``input_ids → next-token logits [B, V]`` that keeps the KV cache, mask and positions."""
+        state = {"cache": None, "mask": mask, "positions": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+        def step(step_ids: torch.Tensor) -> torch.Tensor:
+            if state["cache"] is not None:  # one new token per row
+                ones = torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)
+                state["mask"] = torch.cat([state["mask"], ones], dim=1)
+                state["positions"] = state["positions"][:, -1:] + 1
+            out = self.model(input_ids=step_ids, attention_mask=state["mask"], position_ids=state["positions"],
+                             use_cache=True, logits_to_keep=1, **{self._cache_kw: state["cache"]})
+            state["cache"] = getattr(out, self._cache_kw)
+            return out.logits[:, -1, :]
+
+        return step
+
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
         prompts = [list(p) for p in prompt_token_ids for _ in range(n)]
@@ -72,22 +105,14 @@ class HFEngine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
 
-        was_training = self.model.training
-        self.model.eval()
-        train_attention = getattr(self.model.config, "_attn_implementation", None)
-        if self.attention is not None and train_attention != self.attention:
-            self.model.set_attn_implementation(self.attention)
         out_tokens, out_logps = [], []
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stopped_by_string = torch.zeros(B, dtype=torch.bool, device=self.device)
-        cache, step_ids = None, ids
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with self._autocast():
+        with self._decoding():
+            step = self._stepper(ids, mask, sampling.max_new_tokens)
+            logits = step(ids)  # prefill: the whole prompt, then one token per call
             for t in range(sampling.max_new_tokens):
-                out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                 use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
-                cache = getattr(out, self._cache_kw)
-                logits = out.logits[:, -1, :].float()
+                logits = logits.float()
                 if not sampling.greedy:
                     logits = logits / sampling.temperature
                 logp_all = F.log_softmax(logits, -1)  # the model's own distribution: what training recomputes
@@ -105,14 +130,9 @@ class HFEngine:
                 if sampling.stop:
                     stopped_by_string |= self._hit_stop_string(out_tokens, done, sampling.stop)
                     done = done | stopped_by_string
-                if bool(done.all()):
+                if bool(done.all()) or t + 1 == sampling.max_new_tokens:
                     break
-                step_ids = token[:, None]
-                mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=self.device)], dim=1)
-                positions = positions[:, -1:] + 1
-        self.model.train(was_training)
-        if self.attention is not None and train_attention != self.attention:
-            self.model.set_attn_implementation(train_attention)
+                logits = step(token[:, None])
 
         tokens = torch.stack(out_tokens, 1).cpu()
         logps = torch.stack(out_logps, 1).float().cpu()

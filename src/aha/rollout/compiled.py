@@ -1,0 +1,74 @@
+"""A faster sampler: a bf16 copy of the policy, a static KV cache and a ``torch.compile``'d decode step.
+
+Decoding a 135M model at batch 16 on a CPU is bound by reading the weights and by per-op overhead: eager
+HF decoding under autocast takes ~62 ms per token step (SmolLM2, 2 cores), bf16 weights ~57 ms, and bf16 plus
+a static cache compiled by inductor ~45 ms. The cost: a one-off compile (~35 s for SmolLM2 on 2 cores) per
+batch size, and a weight sync (a cast copy of the policy) after each optimizer step. So it pays off on long
+runs with ≥ 100M-parameter models; ``rollout.compile`` turns it on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import torch
+
+from aha.rollout.hf import HFEngine, _base
+
+CACHE_BUCKET = 64  # the static cache length is rounded up to this, so prompt-length changes rarely recompile
+
+
+class CompiledEngine(HFEngine):
+    """:class:`HFEngine` whose decode steps run on a compiled bf16 (or fp32) copy of the policy."""
+
+    def __init__(self, model, tokenizer, device, autocast_dtype):
+        super().__init__(model, tokenizer, device, autocast_dtype)
+        if hasattr(model, "peft_config"):
+            raise ValueError("rollout.compile does not support LoRA policies yet (the copy would need merged adapters)")
+        dtype = autocast_dtype or torch.float32
+        # (no requires_grad_(False): measured, bf16 linears on frozen parameters take a ~6× slower CPU path)
+        self.shadow = copy.deepcopy(_base(model)).to(dtype).eval()
+        if self.attention is not None:
+            self.shadow.set_attn_implementation(self.attention)
+        self.compiled = torch.compile(self.shadow, dynamic=False)
+        self.compiled_batch: int | None = None  # compiled for the first batch size seen; others decode eagerly
+
+    @torch.no_grad()
+    def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None:
+        """Copy the policy's current weights into the decoding copy (after an optimizer step)."""
+        super().update_weights(state)
+        for mine, theirs in zip(self.shadow.parameters(), _base(self.model).parameters(), strict=True):
+            mine.copy_(theirs)
+
+    def _decoding(self):
+        return contextlib.nullcontext()  # the copy is in eval mode, in its dtype, with the decoding kernel
+
+    def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
+        from transformers import StaticCache
+
+        B, P = ids.shape
+        length = math.ceil((P + max_new_tokens) / CACHE_BUCKET) * CACHE_BUCKET
+        cache = StaticCache(config=self.shadow.config, max_cache_len=length)
+        full_mask = torch.zeros((B, length), dtype=mask.dtype, device=mask.device)
+        full_mask[:, :P] = mask
+        if self.compiled_batch is None:
+            self.compiled_batch = B
+        decode = self.compiled if B == self.compiled_batch else self.shadow
+        state = {"t": 0, "positions": (mask.cumsum(-1) - 1).clamp(min=0)}
+
+        def step(step_ids: torch.Tensor) -> torch.Tensor:
+            if state["t"] == 0:  # prefill, eager (prompt lengths vary)
+                out = self.shadow(input_ids=step_ids, attention_mask=full_mask[:, :P], position_ids=state["positions"],
+                                  use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                state["positions"] = state["positions"][:, -1:]
+            else:
+                full_mask[:, P + state["t"] - 1] = 1
+                state["positions"] = state["positions"] + 1
+                out = decode(input_ids=step_ids, attention_mask=full_mask, position_ids=state["positions"],
+                             use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+            state["t"] += 1
+            return out.logits[:, -1, :]
+
+        return step
