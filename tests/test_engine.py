@@ -268,3 +268,24 @@ def test_compiled_engine_samples_like_the_eager_one_and_follows_weight_updates()
         compiled.update_weights()
     sampled = compiled.generate(prompts, 3, SamplingParams(max_new_tokens=4, min_new_tokens=4))
     assert all(len(c) == 4 for c in sampled.completion_ids) and compiled.compiled_batch == 3
+
+
+def test_compiled_sampler_starts_from_the_warmed_up_policy(tmp_path, write_config, digits_reward):
+    """The compiled engine's copy is taken when the engine is built; the trainer syncs it after the SFT
+    warm-up, so the first rollouts come from the warmed-up policy exactly as without compile (fp32: same
+    logits, same random draws, same samples)."""
+    import json
+
+    from aha.config import load_config
+    from aha.trainer import train_rl
+
+    first = {}
+    for compile_ in (False, True):
+        cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rollout": {"compile": compile_},
+                                        "sft": {"warmup_steps": 30}, "train": {"steps": 1},
+                                        "log": {"eval_every": 0, "save_every": 0, "samples_per_step": 16}},
+                                       name=f"c{compile_}.yaml"))
+        train_rl(cfg, tmp_path / f"run-{compile_}")
+        first[compile_] = [json.loads(line)["completion"]
+                           for line in (tmp_path / f"run-{compile_}" / "samples.jsonl").read_text().splitlines()]
+    assert first[True] == first[False] and len(first[False]) == 16

@@ -76,6 +76,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     if ckpts:
         start_step = resume_from(ckpts[-1], policy, optimizer, scheduler, sampler, critic)
         print(f"resumed from {ckpts[-1]} (step {start_step})")
+    engine.update_weights()  # a sampler with its own copy (rollout.compile) starts from the weights RL starts from
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                            cfg.model_dump(mode="json"), resume_step=start_step if ckpts else None)
