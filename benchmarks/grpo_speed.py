@@ -18,11 +18,12 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _worker import WorkerFailed, report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"smollm2": "smollm2-135m", "tiny": "tiny:layers=4,hidden=256,heads=4,ff=1024"}
@@ -174,7 +175,7 @@ def worker(spec: dict) -> None:
         "peak_bf16_tflops": matmul_peak("bfloat16"), "peak_fp32_tflops": matmul_peak("float32"),
         "steps_timed": len(times["step_s"][timed]),
     }
-    print("RESULT " + json.dumps(out), flush=True)
+    report(out)
 
 
 def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int) -> float:
@@ -216,14 +217,12 @@ def main() -> None:
                     "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": model_dir(model, out),
                     "aha_set": args.aha_set}
             print(f"running {fw} on {model} …", file=sys.stderr, flush=True)
-            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                  text=True, cwd=ROOT)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(f"{fw} on {model} failed:\n" + "\n".join((proc.stderr or proc.stdout).splitlines()[-8:]), file=sys.stderr)
+            try:
+                results[(model, fw)] = run_worker(__file__, spec, ROOT)
+            except WorkerFailed as e:
+                print(f"{fw} on {model} failed:\n{e}", file=sys.stderr)
                 continue
-            results[(model, fw)] = json.loads(line[7:])
-            print("  " + line[7:], file=sys.stderr, flush=True)
+            print("  " + json.dumps(results[(model, fw)]), file=sys.stderr, flush=True)
         flops = step_flops(model, model_dir(model, out), args.prompts, args.group, args.new_tokens, args.beta, args.mu)
         for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12

@@ -16,11 +16,12 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _worker import WorkerFailed, report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log.progress": False, "log.tensorboard": False, "log.report": False, "log.save_every": 0,
@@ -81,18 +82,15 @@ def worker(spec: dict) -> None:
         "accuracy_start": next((r["eval/accuracy"] for r in rows if r["step"] == 0 and "eval/accuracy" in r), None),
         "accuracy_final": last.get("eval/accuracy"), "steps": cfg.train.steps, "wall_s": wall,
     }
-    print("RESULT " + json.dumps(out), flush=True)
+    report(out)
 
 
 def run_one(recipe: str | None, overrides: dict, run_dir: Path) -> dict:
     spec = {"recipe": recipe, "overrides": {**QUIET, **overrides}, "run_dir": str(run_dir)}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=ROOT)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise SystemExit(f"run failed ({run_dir}):\n" + "\n".join(tail))
-    return json.loads(line[len("RESULT "):])
+    try:
+        return run_worker(__file__, spec, ROOT, tail=5)
+    except WorkerFailed as e:
+        raise SystemExit(f"run failed ({run_dir}):\n{e}") from None
 
 
 def fmt(x, spec: str = ".2f") -> str:

@@ -148,6 +148,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         if rl.mask_truncated:
             batch["mask"] *= batch["truncated"].logical_not().unsqueeze(-1).to(batch["mask"].dtype)
         mask, n_seq = batch["mask"], len(roll)
+        n_tok = mask.sum().clamp(min=1).item()
         micro = _micro_batches(n_seq, tr.micro_batch_size)
         old_logp = batch["sampler_logp"]
         need_old = updates > 1 or (kl_in_reward and rl.beta > 0)  # on-policy μ = 1 needs no old logprobs
@@ -213,7 +214,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                     stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
                     stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
                     if entropy is not None and it == 0:
-                        stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / mask.sum().clamp(min=1).item()
+                        stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
                 grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), tr.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     raise TrainingError(f"gradient norm became {grad_norm.item()} at step {step}: try a lower train.lr")

@@ -117,9 +117,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     Masked-out entries come out 0. Worked example: ``[1, 2, 3]`` → ``[−1.2247, 0, 1.2247]`` (population std).
     """
     mask = mask.to(torch.float32)
-    n = mask.sum().clamp(min=1)
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / n
+    mean, var = _masked_mean_var(x, mask)
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
@@ -130,16 +128,17 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     """``1 − Var(R − V) / Var(R)`` over masked tokens: 1 = the critic predicts returns exactly, 0 = no better
     than a constant, < 0 = worse. NaN-free: 0 when the returns do not vary."""
     mask = mask.to(torch.float32)
-    n = mask.sum().clamp(min=1)
-
-    def var(x):
-        mean = (x * mask).sum() / n
-        return (((x - mean) * mask) ** 2).sum() / n
-
-    var_r = var(returns.float())
+    var_r = _masked_mean_var(returns.float(), mask)[1]
     if var_r.item() <= 1e-12:
         return 0.0
-    return (1 - var(returns.float() - values.float()) / var_r).item()
+    return (1 - _masked_mean_var(returns.float() - values.float(), mask)[1] / var_r).item()
+
+
+def _masked_mean_var(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population variance of ``x`` over the entries where the (float) ``mask`` is 1."""
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    return mean, (((x - mean) * mask) ** 2).sum() / n
 
 
 def compute_advantages(algo: str, scores: torch.Tensor, mask: torch.Tensor, group_size: int, *,

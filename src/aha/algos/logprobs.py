@@ -37,6 +37,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that follow the attention mask (left padding does not shift them): ``[0, 0, 1, 2]`` for
+    ``[0, 1, 1, 1]``. Sampling and every training pass use these, so their logprobs line up."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def completion_forward(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -55,7 +61,7 @@ def completion_forward(
     entropy bonus). ``hidden``: also return the last hidden states at the same positions (a value head's input).
     Returns ``(logp [B, C], entropy [B, C] or None, hidden [B, C, H] or None)``.
     """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    position_ids = position_ids_from_mask(attention_mask)
     fused = fusable_head(model) if entropy != "grad" else None
     if fused is not None:  # trunk, then the LM head and log-softmax in one memory-lean function (algos/fused.py)
         trunk, head_weight = fused

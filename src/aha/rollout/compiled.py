@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from aha.algos.logprobs import position_ids_from_mask
 from aha.rollout.hf import HFEngine, _base
 
 CACHE_BUCKET = 64  # the static cache length is rounded up to this, so prompt-length changes rarely recompile
@@ -56,7 +57,7 @@ class CompiledEngine(HFEngine):
         if self.compiled_batch is None:
             self.compiled_batch = B
         decode = self.compiled if B == self.compiled_batch else self.shadow
-        state = {"t": 0, "positions": (mask.cumsum(-1) - 1).clamp(min=0)}
+        state = {"t": 0, "positions": position_ids_from_mask(mask)}
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
             if state["t"] == 0:  # prefill, eager (prompt lengths vary)

@@ -8,6 +8,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from aha.algos.logprobs import position_ids_from_mask
 from aha.rollout import Rollouts, SamplingParams
 
 
@@ -79,7 +80,7 @@ class HFEngine:
 
     def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
         """A function ``input_ids → next-token logits [B, V]`` that keeps the KV cache, mask and positions."""
-        state = {"cache": None, "mask": mask, "positions": (mask.cumsum(-1) - 1).clamp(min=0)}
+        state = {"cache": None, "mask": mask, "positions": position_ids_from_mask(mask)}
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
             if state["cache"] is not None:  # one new token per row
