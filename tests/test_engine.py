@@ -12,7 +12,7 @@ import torch
 from aha.algos.logprobs import completion_logprobs
 from aha.models import build_tiny
 from aha.rollout import SamplingParams
-from aha.rollout.hf import HFEngine, top_p_filter
+from aha.rollout.hf import HFEngine, WeightMajorLinear, top_p_filter
 from aha.rollout import pack_rollouts
 
 SPEC = "tiny:layers=1,hidden=32,heads=2,ff=64"
@@ -289,3 +289,17 @@ def test_compiled_sampler_starts_from_the_warmed_up_policy(tmp_path, write_confi
         first[compile_] = [json.loads(line)["completion"]
                            for line in (tmp_path / f"run-{compile_}" / "samples.jsonl").read_text().splitlines()]
     assert first[True] == first[False] and len(first[False]) == 16
+
+
+def test_fp32_cpu_decoding_swaps_in_weight_major_linears_and_restores_them(engine):
+    """The engine decodes through WeightMajorLinear (the same product in MKL's faster operand order) and hands
+    the model back with plain nn.Linear modules; the logprobs it reports are the model's (checked above)."""
+    seen = []
+    head = engine.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, a, out: seen.append(type(m)))
+    engine.generate(encode(engine.tokenizer, PROMPTS[:2]), 2, SamplingParams(max_new_tokens=3))
+    handle.remove()
+    assert seen and set(seen) == {WeightMajorLinear}
+    assert all(type(m) is not WeightMajorLinear for m in engine.model.modules())
+    x = torch.randn(5, 3, head.in_features)
+    assert torch.allclose(WeightMajorLinear.forward(head, x), head(x), atol=1e-5)

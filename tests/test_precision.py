@@ -55,7 +55,7 @@ def _reference(model, ids, attn):
 def test_fast_training_pass_matches_an_fp32_reference(precision):
     model, ids, attn = _model_and_batch()
     ref_logp, old, ref_grad = _reference(model, ids, attn)
-    model.set_attn_implementation("eager")  # what train.attention 'auto' picks on CPU
+    model.set_attn_implementation("eager")  # what train.attention 'auto' picks on CPU under bf16
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
     with ctx:
         logp, _, _ = completion_forward(model, ids, attn, C)
@@ -74,3 +74,34 @@ def test_fast_training_pass_matches_an_fp32_reference(precision):
         assert loss.item() == pytest.approx(ref_loss.item(), rel=0.02)
         assert cosine >= 0.99, cosine
     assert ref_logp.abs().mean() > 1.0  # the comparison is of real, non-trivial log-probs
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_rows_that_share_a_prompt_run_it_once_and_match_the_full_pass(attention):
+    """A GRPO group's G rows share their prompt: the trunk runs it once (a KV cache, copied per row) and then
+    the completions. Rows in a shuffled order, prompts of two lengths (left padding), one short completion
+    (right padding): log-probs and the gradient match one plain fp32 pass over the full rows."""
+    model, ids, attn = _model_and_batch()
+    g = torch.Generator().manual_seed(1)
+    prompts, prompt_attn = ids[:2, :-C].repeat_interleave(4, 0), attn[2:4, :-C].repeat_interleave(4, 0)
+    prompt_attn[:4, :6] = 0  # the first prompt is shorter
+    prompts = prompts.masked_fill(prompt_attn == 0, 0)
+    comp_attn = torch.ones(8, C, dtype=torch.long)
+    comp_attn[5, 7:] = 0
+    comp = torch.randint(3, 90, (8, C), generator=g).masked_fill(comp_attn == 0, 0)
+    order = torch.randperm(8, generator=g)
+    ids, attn = torch.cat([prompts, comp], 1)[order], torch.cat([prompt_attn, comp_attn], 1)[order]
+    ref_logp, old, ref_grad = _reference(model, ids, attn)
+
+    model.set_attn_implementation(attention)
+    trunk_calls = []
+    model.get_decoder().register_forward_hook(lambda m, a, kw, out: trunk_calls.append(tuple(kw["input_ids"].shape)),
+                                             with_kwargs=True)
+    logp, _, _ = completion_forward(model, ids, attn, C)
+    _loss(logp, old).backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    assert trunk_calls == [(2, ids.shape[1] - C), (8, C - 1)]  # 2 distinct prompts once, then 8 × (C − 1) tokens
+    real = comp_attn[order].bool()
+    assert (logp.detach() - ref_logp)[real].abs().max() <= 1e-4
+    assert torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-6)

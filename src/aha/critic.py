@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aha.algos.logprobs import completion_forward, position_ids_from_mask
+from aha.algos.logprobs import completion_forward, completion_states
 from aha.config import RunConfig
 
 
@@ -50,10 +50,7 @@ class Critic(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int) -> torch.Tensor:
         """Values ``[B, C]`` of the prefixes before each of the last ``completion_len`` tokens (separate trunk)."""
-        position_ids = position_ids_from_mask(attention_mask)
-        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False).last_hidden_state
-        return self.values_from_hidden(hidden[:, -completion_len - 1:-1])
+        return self.values_from_hidden(completion_states(self.trunk, input_ids, attention_mask, completion_len))
 
 
 def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Critic | None:

@@ -43,10 +43,14 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def training_attention(choice: str, device: torch.device) -> str | None:
-    """The attention kernel for training passes: None = keep the model's own."""
+def training_attention(choice: str, device: torch.device, amp: torch.dtype | None) -> str | None:
+    """The attention kernel for training passes: None = keep the model's own.
+
+    'auto' = eager under bf16 autocast on a CPU (torch's CPU flash-attention backward is slow there: SmolLM2 on an
+    AMX Xeon, fwd+bwd 2.47 → 1.93 s), else the model's own (sdpa): in fp32 on an AVX2 CPU sdpa is the faster one
+    (SmolLM2, 4 prompts × 4 samples × 100 tokens with the prompts shared: fwd+bwd 8.2 s against 10.5 s eager)."""
     if choice == "auto":
-        return "eager" if device.type == "cpu" else None
+        return "eager" if device.type == "cpu" and amp is not None else None
     return choice
 
 
@@ -82,7 +86,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, c
     groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if critic is not None:
         groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or cfg.lr})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    # the fused kernel reads and writes each parameter's state once per step, where the default for-each path
+    # streams it through memory ~15 times (SmolLM2 on 2 CPU cores: 0.12 vs 0.40 s per step); same update rule
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                for g in groups for p in g["params"])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=fused or None)
 
     def factor(i: int) -> float:
         if i < cfg.warmup_steps:

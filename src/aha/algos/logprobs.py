@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -43,6 +45,45 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def completion_states(trunk: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      completion_len: int) -> torch.Tensor:
+    """The trunk's last hidden states ``[B, C, H]`` at the ``C = completion_len`` positions that predict the
+    completion tokens of ``input_ids`` (``[left-padded prompt | right-padded completion]``).
+
+    Rows that share a prompt — the G samples of a GRPO group — run it once: one pass over the distinct prompts
+    fills a KV cache, each row picks its prompt's keys and values (``index_select``: in the backward pass the
+    rows' gradients add up on the shared prompt), and a second pass runs the completions on top. The last
+    completion token predicts nothing, so it is not fed. With 4 prompts × 4 samples × (36 prompt + 64
+    completion) tokens the trunk sees 4·36 + 16·63 = 1152 tokens instead of 16·100 = 1600. Same maths as one
+    pass over the full rows, up to float rounding.
+    """
+    C, P = completion_len, input_ids.shape[1] - completion_len
+    rows = torch.cat([input_ids[:, :P], attention_mask[:, :P]], 1)
+    distinct, which = torch.unique(rows, dim=0, return_inverse=True)
+    # (gradient checkpointing turns HF's KV cache off in training: such a trunk takes the plain pass too)
+    if P == 0 or C < 2 or len(distinct) == len(rows) or getattr(trunk, "gradient_checkpointing", False):
+        position_ids = position_ids_from_mask(attention_mask)
+        return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     use_cache=False).last_hidden_state[:, -C - 1:-1]
+    from transformers import DynamicCache
+
+    cache_kw = cache_kwarg(trunk)
+    cache = DynamicCache(config=trunk.config)
+    p_ids, p_mask = distinct[:, :P], distinct[:, P:]
+    prompt_out = trunk(input_ids=p_ids, attention_mask=p_mask, position_ids=position_ids_from_mask(p_mask),
+                       use_cache=True, **{cache_kw: cache}).last_hidden_state
+    cache.reorder_cache(which)  # one copy of its prompt's keys and values per row
+    mask = attention_mask[:, :-1]
+    out = trunk(input_ids=input_ids[:, P:-1], attention_mask=mask, position_ids=position_ids_from_mask(mask)[:, P:],
+                use_cache=True, **{cache_kw: cache}).last_hidden_state
+    return torch.cat([prompt_out[which, -1:], out], 1)
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """transformers ≥ 5 names the KV-cache argument ``cache``; older releases ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
 def completion_forward(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -65,8 +106,7 @@ def completion_forward(
     fused = fusable_head(model) if entropy != "grad" else None
     if fused is not None:  # trunk, then the LM head and log-softmax in one memory-lean function (algos/fused.py)
         trunk, head_weight = fused
-        states = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).last_hidden_state[:, -completion_len - 1:-1]
+        states = completion_states(trunk, input_ids, attention_mask, completion_len)
         B, C, H = states.shape
         logp, ent = linear_logprobs(states.reshape(B * C, H), head_weight, input_ids[:, -completion_len:].reshape(-1),
                                     temperature, with_entropy=entropy == "detached")

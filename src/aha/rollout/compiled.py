@@ -46,9 +46,11 @@ class CompiledEngine(HFEngine):
     def _decoding(self):
         return contextlib.nullcontext()  # the copy is in eval mode, in its dtype, with the decoding kernel
 
-    def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
+    def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new_tokens: int):
         from transformers import StaticCache
 
+        # the static cache is laid out for the full batch: prefill every row (ids [B/n, P] → [B, P])
+        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
         B, P = ids.shape
         length = math.ceil((P + max_new_tokens) / CACHE_BUCKET) * CACHE_BUCKET
         cache = StaticCache(config=self.shadow.config, max_cache_len=length)
@@ -61,7 +63,7 @@ class CompiledEngine(HFEngine):
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
             if state["t"] == 0:  # prefill, eager (prompt lengths vary)
-                out = self.shadow(input_ids=step_ids, attention_mask=full_mask[:, :P], position_ids=state["positions"],
+                out = self.shadow(input_ids=ids, attention_mask=full_mask[:, :P], position_ids=state["positions"],
                                   use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
                 state["positions"] = state["positions"][:, -1:]
             else:

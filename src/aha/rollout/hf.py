@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import torch
 import torch.nn.functional as F
 
-from aha.algos.logprobs import position_ids_from_mask
+from aha.algos.logprobs import cache_kwarg, position_ids_from_mask
 from aha.rollout import Rollouts, SamplingParams
 
 
@@ -33,6 +32,17 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
+class WeightMajorLinear(torch.nn.Linear):
+    """``nn.Linear`` computed as ``(W @ xᵀ)ᵀ``: the same product, in the operand order MKL runs fastest for a
+    few rows on AVX2 CPUs (the sampler's decode steps, 16 rows: SmolLM2's 49k-row LM head 28.6 → 19.4 ms, its
+    MLP projections 0.39 → 0.30 ms). The engine switches its model's linears to this class while it decodes
+    in fp32 on a CPU, and back afterwards."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (self.weight @ x.reshape(-1, x.shape[-1]).t()).t().contiguous().view(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
 class HFEngine:
     """Samples from ``model`` in-process. The engine shares the policy's parameters, so refreshing the
     old policy after an optimizer step is free; ``update_weights(state)`` loads an explicit state dict
@@ -47,9 +57,8 @@ class HFEngine:
         self.weights_version = 0
         # decode with the kernel the model came with, even if training passes switch it (see train.attention)
         self.attention = getattr(model.config, "_attn_implementation", None)
-        # transformers ≥ 5.x names the KV-cache argument `cache`; older releases `past_key_values`
-        params = inspect.signature(type(_base(model)).forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.weight_major = device.type == "cpu" and autocast_dtype is None  # see WeightMajorLinear
+        self._cache_kw = cache_kwarg(_base(model))
 
     def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None:
         if state is not None:
@@ -70,37 +79,51 @@ class HFEngine:
         switch = self.attention is not None and train_attention != self.attention
         if switch:
             self.model.set_attn_implementation(self.attention)
+        linears = [m for m in self.model.modules() if type(m) is torch.nn.Linear] if self.weight_major else []
+        for m in linears:
+            m.__class__ = WeightMajorLinear
         try:
             with self._autocast():
                 yield
         finally:
             self.model.train(was_training)
+            for m in linears:
+                m.__class__ = torch.nn.Linear
             if switch:
                 self.model.set_attn_implementation(train_attention)
 
-    def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
-        """A function ``input_ids → next-token logits [B, V]`` that keeps the KV cache, mask and positions."""
+    def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new_tokens: int):
+        """A function ``input_ids → next-token logits [B, V]`` that keeps the KV cache, mask and positions.
+
+        Its first call (the prefill) takes the distinct prompts ``ids [B/n, P]``, runs each once and hands back
+        ``n`` rows per prompt (the KV cache copied ``n`` times); later calls take one token per row ``[B, 1]``."""
         state = {"cache": None, "mask": mask, "positions": position_ids_from_mask(mask)}
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
             if state["cache"] is not None:  # one new token per row
-                ones = torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)
+                ones = torch.ones((step_ids.shape[0], 1), dtype=mask.dtype, device=mask.device)
                 state["mask"] = torch.cat([state["mask"], ones], dim=1)
                 state["positions"] = state["positions"][:, -1:] + 1
             out = self.model(input_ids=step_ids, attention_mask=state["mask"], position_ids=state["positions"],
                              use_cache=True, logits_to_keep=1, **{self._cache_kw: state["cache"]})
+            logits = out.logits[:, -1, :]
+            if state["cache"] is None and n > 1:  # after the prefill: n samples per prompt from here on
+                getattr(out, self._cache_kw).batch_repeat_interleave(n)
+                state["mask"], state["positions"] = state["mask"].repeat_interleave(n, 0), state["positions"].repeat_interleave(n, 0)
+                logits = logits.repeat_interleave(n, 0)
             state["cache"] = getattr(out, self._cache_kw)
-            return out.logits[:, -1, :]
+            return logits
 
         return step
 
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
-        prompts = [list(p) for p in prompt_token_ids for _ in range(n)]
+        distinct = [list(p) for p in prompt_token_ids]
+        prompts = [p for p in distinct for _ in range(n)]
         B, P = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, P), dtype=torch.long)
-        for i, p in enumerate(prompts):  # left padding: every row's next token lands in the same column
+        ids = torch.full((len(distinct), P), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(distinct), P), dtype=torch.long)
+        for i, p in enumerate(distinct):  # left padding: every row's next token lands in the same column
             ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[i, P - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -110,8 +133,8 @@ class HFEngine:
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stopped_by_string = torch.zeros(B, dtype=torch.bool, device=self.device)
         with self._decoding():
-            step = self._stepper(ids, mask, sampling.max_new_tokens)
-            logits = step(ids)  # prefill: the whole prompt, then one token per call
+            step = self._stepper(ids, mask, n, sampling.max_new_tokens)
+            logits = step(ids)  # prefill: each distinct prompt once, then one token per row and call
             for t in range(sampling.max_new_tokens):
                 logits = logits.float()
                 if not sampling.greedy:
