@@ -249,25 +249,46 @@ def test_engine_decodes_with_the_models_own_attention_while_training_passes_use_
 
 
 def test_compiled_engine_samples_like_the_eager_one_and_follows_weight_updates():
-    """rollout.compile: a compiled copy with a static cache decodes exactly like the eager engine (fp32), and
-    after the policy's weights change, update_weights() makes the copy follow."""
+    """rollout.compile in fp32: the compiled copy shares the policy's parameters (no second set of weights), decodes
+    exactly like the eager engine, and follows a weight change at once (update_weights has nothing to copy)."""
     from aha.rollout.compiled import CompiledEngine
 
     model, tok = spiky_model(seed=0)
     eager, compiled = HFEngine(model, tok, CPU, None), CompiledEngine(model, tok, CPU, None)
+    assert compiled.shared and all(a is b for a, b in zip(compiled.shadow.parameters(), model.parameters()))
     prompts = encode(tok, PROMPTS)
+    outputs = []
     for _ in range(2):  # the second round runs after a weight change
         want, got = greedy(eager, prompts), greedy(compiled, prompts)
         assert got.completion_ids == want.completion_ids
         for a, b in zip(got.logprobs, want.logprobs):
             assert a == pytest.approx(b, abs=1e-4)
+        outputs.append(got.completion_ids)
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(-1.0)
-        assert greedy(compiled, prompts).completion_ids == got.completion_ids  # stale until told
-        compiled.update_weights()
+    assert outputs[0] != outputs[1]  # the change was visible to both engines
     sampled = compiled.generate(prompts, 3, SamplingParams(max_new_tokens=4, min_new_tokens=4))
     assert all(len(c) == 4 for c in sampled.completion_ids) and compiled.compiled_batch == 3
+
+
+def test_compiled_engine_in_another_dtype_keeps_a_cast_copy_synced_on_update():
+    """Under bf16 autocast the compiled engine decodes from a bf16 copy: stale after a weight change until
+    update_weights() copies the new weights in."""
+    from aha.rollout.compiled import CompiledEngine
+
+    model, tok = spiky_model(seed=0)
+    compiled = CompiledEngine(model, tok, CPU, torch.bfloat16)
+    assert not compiled.shared and next(compiled.shadow.parameters()).dtype == torch.bfloat16
+    prompts = encode(tok, PROMPTS)
+    before = greedy(compiled, prompts).completion_ids
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)
+    assert greedy(compiled, prompts).completion_ids == before  # stale until told
+    compiled.update_weights()
+    assert greedy(compiled, prompts).completion_ids != before
+    assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(compiled.shadow.parameters(), model.parameters()))
 
 
 def test_compiled_sampler_starts_from_the_warmed_up_policy(tmp_path, write_config, digits_reward):

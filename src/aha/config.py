@@ -75,9 +75,10 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
-    compile: bool = Field(False, description="Sample from a bf16 copy of the policy with a static KV cache and a "
-                          "torch.compile'd decode step (SmolLM2 on 2 CPU cores: ~45 vs ~62 ms per token step; a one-off "
-                          "compile of ~35 s). Not with LoRA.")
+    compile: bool = Field(False, description="Sample from a copy of the policy with a static KV cache and a "
+                          "torch.compile'd decode step (bf16 on an AMX CPU, SmolLM2: ~45 vs ~62 ms per token step; fp32 "
+                          "on an AVX2 CPU: 96 vs 108 ms, its weights shared with the policy); a one-off compile of "
+                          "~35-70 s per batch size. Not with LoRA.")
     min_new_tokens: int = Field(0, ge=0, description="EOS cannot be sampled before this many tokens (set it to max_new_tokens "
                                 "for fixed-length completions, e.g. in benchmarks).")
 
