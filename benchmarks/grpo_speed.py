@@ -189,8 +189,9 @@ def worker(spec: dict) -> None:
     report(out)
 
 
-def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int) -> float:
-    """Training FLOPs of one step (computed here, in the parent, so the workers' peak RSS stays theirs)."""
+def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int) -> tuple[float, int]:
+    """Training FLOPs of one step, and the longest prompt's length (computed here, in the parent, so the
+    workers' peak RSS stays theirs)."""
     from aha.config import ModelConfig
     from aha.data.templates import render_prompt
     from aha.models import load_policy
@@ -198,7 +199,7 @@ def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, 
     tiny = model_name == "tiny"
     model, tok = load_policy(ModelConfig(name=path))
     prompt_len = max(len(render_prompt(p, tok, "plain" if tiny else "chat")) for p in prompts(P))
-    return train_flops(model, P * G, prompt_len + L, L, mu, int(beta > 0) + int(mu > 1))
+    return train_flops(model, P * G, prompt_len + L, L, mu, int(beta > 0) + int(mu > 1)), prompt_len
 
 
 def main() -> None:
@@ -229,7 +230,7 @@ def main() -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         args.precision = "bf16" if fast_bf16_available(device) else "fp32"
     out = Path(tempfile.mkdtemp(prefix="grpo_speed-"))
-    results = {}
+    results, prompt_lens = {}, {}
     for model in args.models.split(","):
         for fw in args.frameworks.split(","):
             spec = {"framework": fw, "model": model, "P": args.prompts, "G": args.group, "L": args.new_tokens,
@@ -243,7 +244,8 @@ def main() -> None:
                 print(f"{fw} on {model} failed:\n{e}", file=sys.stderr)
                 continue
             print("  " + json.dumps(results[(model, fw)]), file=sys.stderr, flush=True)
-        flops = step_flops(model, model_dir(model, out), args.prompts, args.group, args.new_tokens, args.beta, args.mu)
+        flops, prompt_lens[model] = step_flops(model, model_dir(model, out), args.prompts, args.group, args.new_tokens,
+                                               args.beta, args.mu)
         for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
@@ -258,6 +260,10 @@ def main() -> None:
     for model in args.models.split(","):
         a, t = results.get((model, "aha")), results.get((model, "trl"))
         if a and t:
+            n, L, Lp = args.prompts * args.group, args.new_tokens, prompt_lens[model]
+            print(f"{model}: MFU counts the full batch's model FLOPs for both; aha runs each group's prompt once and "
+                  f"feeds no last token, so its trunk computes {args.prompts * Lp + n * (L - 1)} tokens per pass where "
+                  f"TRL computes {n * (Lp + L)}")
             print(f"{model}: TRL/aha s/step ×{t['step_s'] / a['step_s']:.2f}, rollout ×{t['rollout_s'] / a['rollout_s']:.2f}, "
                   f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}")
 

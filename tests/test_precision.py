@@ -55,7 +55,7 @@ def _reference(model, ids, attn):
 def test_fast_training_pass_matches_an_fp32_reference(precision):
     model, ids, attn = _model_and_batch()
     ref_logp, old, ref_grad = _reference(model, ids, attn)
-    model.set_attn_implementation("eager")  # what train.attention 'auto' picks on CPU under bf16
+    model.set_attn_implementation("eager")  # what train.attention 'auto' picks on CPU
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else torch.autocast("cpu", enabled=False)
     with ctx:
         logp, _, _ = completion_forward(model, ids, attn, C)

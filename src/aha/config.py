@@ -144,8 +144,8 @@ class TrainConfig(_Section):
         "auto", description="'bf16' = bf16 autocast (fp32 master weights); 'auto' = bf16 where the CPU/GPU has fast bf16.")
     attention: Literal["auto", "sdpa", "eager"] = Field(
         "auto", description="Attention kernel of the training passes (the sampler keeps the model's own): 'auto' = eager "
-        "under bf16 on CPU, where torch's flash-attention backward is slow (SmolLM2 on an AMX CPU, 16 × 100 tokens: "
-        "fwd+bwd 2.47 → 1.93 s); the model's own (sdpa) in fp32 and on GPU (fp32 on an AVX2 CPU: 8.2 s vs 10.5 eager).")
+        "on CPU, where torch's flash-attention backward is slow under bf16 (SmolLM2, 16 × 100 tokens: fwd+bwd 2.47 → "
+        "1.93 s), the model's own on GPU.")
     seed: int = Field(0, description="Seed for sampling, initialisation and data order.")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda'.")
 

@@ -43,14 +43,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def training_attention(choice: str, device: torch.device, amp: torch.dtype | None) -> str | None:
+def training_attention(choice: str, device: torch.device) -> str | None:
     """The attention kernel for training passes: None = keep the model's own.
 
-    'auto' = eager under bf16 autocast on a CPU (torch's CPU flash-attention backward is slow there: SmolLM2 on an
-    AMX Xeon, fwd+bwd 2.47 → 1.93 s), else the model's own (sdpa): in fp32 on an AVX2 CPU sdpa is the faster one
-    (SmolLM2, 4 prompts × 4 samples × 100 tokens with the prompts shared: fwd+bwd 8.2 s against 10.5 s eager)."""
+    'auto' = eager on a CPU: torch's CPU flash-attention backward is slow under bf16 (SmolLM2 on an AMX CPU, fwd+bwd
+    2.47 → 1.93 s); in fp32 on an AVX2 CPU the two were within noise of each other (8.4 vs 8.3 s)."""
     if choice == "auto":
-        return "eager" if device.type == "cpu" and amp is not None else None
+        return "eager" if device.type == "cpu" else None
     return choice
 
 

@@ -70,7 +70,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     optimizer, scheduler = make_optimizer(model, tr, total_steps=tr.steps)
     sampler = PromptSampler(len(pairs), tr.seed)
     engine = HFEngine(model, tok, device, amp)  # samples with the model's own attention kernel
-    set_attention([model], training_attention(tr.attention, device, amp))
+    set_attention([model], training_attention(tr.attention, device))
 
     start = 0
     ckpts = list_checkpoints(run_dir) if resume else []

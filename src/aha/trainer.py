@@ -52,7 +52,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         engine = CompiledEngine(policy, tok, device, amp)
     else:
         engine = HFEngine(policy, tok, device, amp)  # samples with the model's own attention kernel
-    set_attention([policy], training_attention(tr.attention, device, amp))  # the reference and critic copies inherit it
+    set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
     reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
     updates = rl.mu * rl.num_minibatches  # optimizer steps per batch of rollouts
@@ -71,7 +71,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         sft_warmup(policy, tok, task.train, template, cfg, device, amp)
     ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
     critic = build_critic(cfg, policy, device)  # PPO's value model; None for the critic-free algorithms
-    set_attention([critic.trunk if critic is not None else None], training_attention(tr.attention, device, amp))
+    set_attention([critic.trunk if critic is not None else None], training_attention(tr.attention, device))
     optimizer, scheduler = make_optimizer(policy, tr, tr.steps * updates, critic, cfg.critic.lr)
     if ckpts:
         start_step = resume_from(ckpts[-1], policy, optimizer, scheduler, sampler, critic)
