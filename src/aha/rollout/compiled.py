@@ -8,6 +8,7 @@ AVX2 CPU (AMD EPYC): SmolLM2 96 vs 108 ms per token step, the tiny benchmark mod
 0.52 s. The cost: a one-off compile per batch size (~35 s for SmolLM2 on 2 AMX cores, ~67 s on the AVX2 ones).
 So it pays off on long runs; ``rollout.compile`` turns it on.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,7 +49,8 @@ class CompiledEngine(HFEngine):
 
     @torch.no_grad()
     def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None:
-        """Copy the policy's current weights into the decoding copy (after an optimizer step)."""
+        """Copy the policy's current weights into a cast decoding copy (after an optimizer step); a copy that
+        shares the policy's parameters has nothing to copy."""
         super().update_weights(state)
         if not self.shared:
             for mine, theirs in zip(self.shadow.parameters(), _base(self.model).parameters(), strict=True):
