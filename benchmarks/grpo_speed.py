@@ -53,16 +53,16 @@ def digits_reward(prompts, completions, **kwargs):
     return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
 
 
-def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
-    """Measured dense matmul throughput in TFLOP/s (the MFU denominator), over about ``seconds``: a CPU without
-    native bf16 (no AMX / AVX512-BF16) runs a bf16 matmul ~100× slower than fp32, so the count is time-capped."""
+def matmul_peak(dtype_name: str, seconds: float = 2.0) -> float:
+    """Measured dense matmul throughput in TFLOP/s (the MFU denominator), over about ``seconds``. The matrix size
+    doubles from 256 until one product takes ≥ 50 ms (or 8192 is reached): a CPU without native bf16 (no AMX /
+    AVX512-BF16) runs a bf16 matmul ~100× slower than fp32, so a fixed large size could take minutes."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b = torch.randn(n, n, dtype=dtype, device=dev), torch.randn(n, n, dtype=dtype, device=dev)
 
-    def timed(reps: int) -> float:
+    def timed(a, b, reps: int) -> float:
         if dev == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -72,15 +72,15 @@ def matmul_peak(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    while timed(1) < 0.05 and n < 8192 and dev == "cpu":  # too small to time: grow it
-        n *= 2
+    n = 256
+    while True:
         a, b = torch.randn(n, n, dtype=dtype, device=dev), torch.randn(n, n, dtype=dtype, device=dev)
-    while timed(1) > seconds and n > 128:  # a slow dtype: shrink it so one product fits the budget
-        n //= 2
-        a, b = a[:n, :n].contiguous(), b[:n, :n].contiguous()
-    once = max(timed(1), 1e-6)
-    reps = max(1, min(50, int(seconds / once)))
-    return 2 * n**3 * reps / timed(reps) / 1e12
+        once = timed(a, b, 1)  # also the warm-up
+        if once >= 0.05 or n >= 8192:
+            break
+        n *= 2
+    reps = max(1, min(50, int(seconds / max(once, 1e-6))))
+    return 2 * n**3 * reps / timed(a, b, reps) / 1e12
 
 
 def train_flops(model, n_seq: int, seq_len: int, completion_len: int, passes_fwd_bwd: int, passes_fwd: int) -> float:
