@@ -102,7 +102,6 @@ def completion_forward(
     entropy bonus). ``hidden``: also return the last hidden states at the same positions (a value head's input).
     Returns ``(logp [B, C], entropy [B, C] or None, hidden [B, C, H] or None)``.
     """
-    position_ids = position_ids_from_mask(attention_mask)
     fused = fusable_head(model) if entropy != "grad" else None
     if fused is not None:  # trunk, then the LM head and log-softmax in one memory-lean function (algos/fused.py)
         trunk, head_weight = fused
@@ -111,7 +110,7 @@ def completion_forward(
         logp, ent = linear_logprobs(states.reshape(B * C, H), head_weight, input_ids[:, -completion_len:].reshape(-1),
                                     temperature, with_entropy=entropy == "detached")
         return logp.view(B, C), (ent.view(B, C) if ent is not None else None), (states if hidden else None)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                 logits_to_keep=completion_len + 1, use_cache=False, output_hidden_states=hidden)
     logits = out.logits[:, :-1, :]
     if temperature != 1.0:
