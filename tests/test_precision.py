@@ -76,11 +76,8 @@ def test_fast_training_pass_matches_an_fp32_reference(precision):
     assert ref_logp.abs().mean() > 1.0  # the comparison is of real, non-trivial log-probs
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_rows_that_share_a_prompt_run_it_once_and_match_the_full_pass(attention):
-    """A GRPO group's G rows share their prompt: the trunk runs it once (a KV cache, copied per row) and then
-    the completions. Rows in a shuffled order, prompts of two lengths (left padding), one short completion
-    (right padding): log-probs and the gradient match one plain fp32 pass over the full rows."""
+def _shared_prompt_batch():
+    """8 rows, 2 prompts × 4 (two prompt lengths: left padding), one short completion (right padding), shuffled."""
     model, ids, attn = _model_and_batch()
     g = torch.Generator().manual_seed(1)
     prompts, prompt_attn = ids[:2, :-C].repeat_interleave(4, 0), attn[2:4, :-C].repeat_interleave(4, 0)
@@ -90,18 +87,61 @@ def test_rows_that_share_a_prompt_run_it_once_and_match_the_full_pass(attention)
     comp_attn[5, 7:] = 0
     comp = torch.randint(3, 90, (8, C), generator=g).masked_fill(comp_attn == 0, 0)
     order = torch.randperm(8, generator=g)
-    ids, attn = torch.cat([prompts, comp], 1)[order], torch.cat([prompt_attn, comp_attn], 1)[order]
+    return model, torch.cat([prompts, comp], 1)[order], torch.cat([prompt_attn, comp_attn], 1)[order], comp_attn[order]
+
+
+def _completion_pass_saved_bytes(model, fn):
+    """Bytes of the non-parameter tensors the autograd graph saves during the trunk's second call (the completion
+    pass; checkpointed regions save handles instead), and ``fn``'s result."""
+    seen, calls = {}, []
+    hook = model.get_decoder().register_forward_pre_hook(lambda *a: calls.append(1))
+
+    def pack(t):
+        if len(calls) == 2 and not isinstance(t, torch.nn.Parameter):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    hook.remove()
+    return sum(seen.values()), out
+
+
+@pytest.mark.parametrize("attention,lean", [("eager", False), ("sdpa", False), ("eager", True), ("sdpa", True)])
+def test_rows_that_share_a_prompt_run_it_once_and_match_the_full_pass(attention, lean):
+    """A GRPO group's G rows share their prompt: the trunk runs it once (a KV cache, copied per row) and then
+    the completions. Rows in a shuffled order, prompts of two lengths (left padding), one short completion
+    (right padding): log-probs and the gradient match one plain fp32 pass over the full rows. ``lean`` (selective
+    activation checkpointing of the completion pass) gives the same numbers and leaves the model and cache as
+    they were."""
+    model, ids, attn, comp_attn = _shared_prompt_batch()
     ref_logp, old, ref_grad = _reference(model, ids, attn)
 
     model.set_attn_implementation(attention)
     trunk_calls = []
     model.get_decoder().register_forward_hook(lambda m, a, kw, out: trunk_calls.append(tuple(kw["input_ids"].shape)),
                                              with_kwargs=True)
-    logp, _, _ = completion_forward(model, ids, attn, C)
+    logp, _, _ = completion_forward(model, ids, attn, C, lean=lean)
     _loss(logp, old).backward()
     grad = torch.cat([p.grad.flatten() for p in model.parameters()])
 
     assert trunk_calls == [(2, ids.shape[1] - C), (8, C - 1)]  # 2 distinct prompts once, then 8 × (C − 1) tokens
-    real = comp_attn[order].bool()
+    assert all("forward" not in vars(layer) for layer in model.get_decoder().layers)  # no wrapper left behind
+    real = comp_attn.bool()
     assert (logp.detach() - ref_logp)[real].abs().max() <= 1e-4
     assert torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-6)
+
+
+def test_lean_activations_save_less_for_the_backward_pass_and_give_the_same_gradient():
+    model, ids, attn, _ = _shared_prompt_batch()
+    model.set_attn_implementation("eager")
+    grads, saved = {}, {}
+    for lean in (False, True):
+        model.zero_grad(set_to_none=True)
+        saved[lean], logp = _completion_pass_saved_bytes(model, lambda: completion_forward(model, ids, attn, C, lean=lean)[0])
+        logp.sum().backward()
+        grads[lean] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.allclose(grads[True], grads[False], rtol=1e-5, atol=1e-7)
+    # the completion pass's graph keeps only each checkpointed layer's input (the matmul outputs live in the
+    # checkpoint's own store), where the plain pass keeps every intermediate
+    assert saved[True] < 0.2 * saved[False], saved

@@ -38,6 +38,11 @@ class ModelConfig(_Section):
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the policy's backward pass.")
+    lean_activations: bool = Field(
+        True,
+        description="Training passes over completions that share a prompt keep only each layer's matmul outputs for "
+        "the backward pass and recompute the element-wise rest (RMSNorm, RoPE, attention softmax, SwiGLU): about half "
+        "the activation memory for a few % more time (torch selective activation checkpointing).")
 
 
 class TaskConfig(_Section):

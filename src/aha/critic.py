@@ -48,9 +48,10 @@ class Critic(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             return self.head(hidden.float()).squeeze(-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
+                lean: bool = False) -> torch.Tensor:
         """Values ``[B, C]`` of the prefixes before each of the last ``completion_len`` tokens (separate trunk)."""
-        return self.values_from_hidden(completion_states(self.trunk, input_ids, attention_mask, completion_len))
+        return self.values_from_hidden(completion_states(self.trunk, input_ids, attention_mask, completion_len, lean))
 
 
 def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Critic | None:
@@ -99,17 +100,18 @@ def _critic_from_reward_model(path: Path, policy_hidden: int) -> Critic:
 
 
 def policy_forward(policy: nn.Module, critic: Critic | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   completion_len: int, temperature: float = 1.0, entropy: str = "none"):
+                   completion_len: int, temperature: float = 1.0, entropy: str = "none", lean: bool = False):
     """One pass for the update: ``(logp [B, C], entropy [B, C] | None, values [B, C] | None)``.
 
     With a ``head`` critic the values come from the policy's own forward pass; a ``separate`` critic runs its
-    own trunk. ``entropy`` as in :func:`completion_forward`.
+    own trunk. ``entropy`` and ``lean`` as in :func:`completion_forward`.
     """
     shared = critic is not None and critic.shared
-    logp, ent, hidden = completion_forward(policy, input_ids, attention_mask, completion_len, temperature, entropy, shared)
+    logp, ent, hidden = completion_forward(policy, input_ids, attention_mask, completion_len, temperature, entropy, shared,
+                                         lean)
     values = None
     if shared:
         values = critic.values_from_hidden(hidden)
     elif critic is not None:
-        values = critic(input_ids, attention_mask, completion_len)
+        values = critic(input_ids, attention_mask, completion_len, lean)
     return logp, ent, values
