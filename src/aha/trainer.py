@@ -184,7 +184,8 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                     with autocast(device, amp):
                         logp, entropy, values = policy_forward(
                             policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
-                            "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"), cfg.model.lean_activations)
+                            "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
+                            lean=cfg.model.lean_activations)
                     logp = logp.float()
                     # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
                     mb_old = logp.detach() if updates == 1 else old_logp[rows_idx]
