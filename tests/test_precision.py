@@ -112,7 +112,7 @@ def test_rows_that_share_a_prompt_run_it_once_and_match_the_full_pass(attention,
     """A GRPO group's G rows share their prompt: the trunk runs it once (a KV cache, copied per row) and then
     the completions. Rows in a shuffled order, prompts of two lengths (left padding), one short completion
     (right padding): log-probs and the gradient match one plain fp32 pass over the full rows. ``lean`` (selective
-    activation checkpointing of the completion pass) gives the same numbers and leaves the model and cache as
+    activation checkpointing of the completion pass) gives the same numbers and leaves the model's layers as
     they were."""
     model, ids, attn, comp_attn = _shared_prompt_batch()
     ref_logp, old, ref_grad = _reference(model, ids, attn)

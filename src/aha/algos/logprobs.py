@@ -84,12 +84,12 @@ def completion_states(trunk: torch.nn.Module, input_ids: torch.Tensor, attention
     return torch.cat([prompt_out[which, -1:], out], 1)
 
 
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+
+
 def _save_matmul_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     """Selective checkpointing policy: keep what the linear layers computed, recompute everything else."""
     return CheckpointPolicy.MUST_SAVE if op in _MATMULS else CheckpointPolicy.PREFER_RECOMPUTE
-
-
-_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 
 
 @functools.cache
@@ -112,9 +112,10 @@ def _lean_layers(trunk: torch.nn.Module, cache):
     ``create_selective_checkpoint_contexts``): the forward pass stores the matmul outputs (q, k, v, o, gate, up,
     down) and the layer's input; the backward pass recomputes the element-wise rest — RMSNorm, RoPE, the repeated
     keys and values, the attention scores and softmax, SwiGLU. On SmolLM2 with 16 × 63 completion tokens that is
-    ~0.6 GB stored instead of ~1.5 GB, for a few % more time. The cache holding the prompt becomes read-only
-    (``update`` returns the concatenation without storing it), so replaying a layer sees the same keys. Layers or
-    caches of another kind (sliding windows, no ``layers`` list) run as they are."""
+    ~0.6 GB stored instead of ~1.5 GB, for a few % more time. The cache holding the prompt becomes read-only for
+    good (``update`` returns the concatenation without storing it; the caller drops the cache after this pass), so
+    replaying a layer sees the same keys. Layers or caches of another kind (sliding windows, no ``layers`` list)
+    run as they are."""
     dynamic, read_only = _read_only_layer()
     layers = getattr(trunk, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or any(type(c) is not dynamic for c in cache.layers):
@@ -130,8 +131,6 @@ def _lean_layers(trunk: torch.nn.Module, cache):
     finally:
         for layer in layers:
             del layer.forward  # back to the class's forward
-        for c in cache.layers:
-            c.__class__ = dynamic
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
