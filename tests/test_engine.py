@@ -248,18 +248,24 @@ def test_engine_decodes_with_the_models_own_attention_while_training_passes_use_
     assert torch.allclose(logp * batch["mask"], batch["sampler_logp"], atol=1e-5)
 
 
-def test_compiled_engine_samples_like_the_eager_one_and_follows_weight_updates():
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU (on one, the decode step replays CUDA graphs)"))])
+def test_compiled_engine_samples_like_the_eager_one_and_follows_weight_updates(dev):
     """rollout.compile in fp32: the compiled copy shares the policy's parameters (no second set of weights), decodes
     exactly like the eager engine, and follows a weight change at once (update_weights has nothing to copy)."""
     from aha.rollout.compiled import CompiledEngine
 
     model, tok = spiky_model(seed=0)
-    eager, compiled = HFEngine(model, tok, CPU, None), CompiledEngine(model, tok, CPU, None)
+    device = torch.device(dev)
+    model.to(device)
+    eager, compiled = HFEngine(model, tok, device, None), CompiledEngine(model, tok, device, None)
+    assert compiled.graphs == (dev == "cuda")
     assert compiled.shared and all(a is b for a, b in zip(compiled.shadow.parameters(), model.parameters()))
     prompts = encode(tok, PROMPTS)
-    outputs = []
-    for _ in range(2):  # the second round runs after a weight change
+    outputs, caches = [], []
+    for _ in range(2):  # the second round runs after a weight change, on the first round's static cache, zeroed
         want, got = greedy(eager, prompts), greedy(compiled, prompts)
+        caches.append(compiled._cache[2])
         assert got.completion_ids == want.completion_ids
         for a, b in zip(got.logprobs, want.logprobs):
             assert a == pytest.approx(b, abs=1e-4)
@@ -268,6 +274,7 @@ def test_compiled_engine_samples_like_the_eager_one_and_follows_weight_updates()
             for p in model.parameters():
                 p.mul_(-1.0)
     assert outputs[0] != outputs[1]  # the change was visible to both engines
+    assert caches[0] is caches[1]  # same shape: the cache (whose addresses CUDA graphs capture) was kept
     sampled = compiled.generate(prompts, 3, SamplingParams(max_new_tokens=4, min_new_tokens=4))
     assert all(len(c) == 4 for c in sampled.completion_ids) and compiled.compiled_batch == 3
 

@@ -1,6 +1,6 @@
 """Trainer options end to end, each on 2–3 steps of the tiny config: LoRA (frozen base, KL to the
 adapter-free model, a merged checkpoint), DAPO dynamic sampling, GSPO with every loss aggregation, and
-masking truncated completions."""
+masking truncated completions; what the 'auto' options resolve to."""
 
 from __future__ import annotations
 
@@ -194,3 +194,33 @@ def test_mask_truncated_drops_every_cut_completion_from_the_loss(tmp_path, write
     assert masked[0] in all_cut
     unmasked = run(False, 1)
     assert unmasked[0]["completions/clipped_ratio"] == 1.0 and unmasked[0]["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("overrides, want_lean, want_compiled", [
+    ({}, True, False),  # 'auto' on a CPU: lean activations on, the eager sampler
+    ({"model": {"lean_activations": False}, "rollout": {"compile": True}}, False, True),
+])
+def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, write_config, digits_reward,
+                                                                      monkeypatch, overrides, want_lean, want_compiled):
+    """model.lean_activations and rollout.compile default to 'auto' (on a CPU: lean on, no compiled sampler; on a
+    CUDA GPU the reverse, which CI cannot run); an explicit true/false is what the trainer uses."""
+    import aha.rollout.compiled
+    from aha.rollout.hf import HFEngine
+
+    leans, built = [], []
+    real_forward = aha.trainer.policy_forward
+
+    def spy_forward(*args, **kwargs):
+        leans.append(kwargs.get("lean"))
+        return real_forward(*args, **kwargs)
+
+    class SpyCompiled(HFEngine):  # stands in for the compiled sampler (whose compile would take seconds here)
+        def __init__(self, *args, **kwargs):
+            built.append(True)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(aha.trainer, "policy_forward", spy_forward)
+    monkeypatch.setattr(aha.rollout.compiled, "CompiledEngine", SpyCompiled)
+    cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 1}, **overrides}))
+    train_grpo(cfg, tmp_path / "run")
+    assert set(leans) == {want_lean} and bool(built) == want_compiled

@@ -46,7 +46,8 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
     # ============================================================ dataset, models, engine
     device, amp, task, policy, tok, template = prepare(cfg)
-    if ro.compile:
+    compile_rollout = ro.compile if ro.compile != "auto" else device.type == "cuda" and not cfg.model.lora.enabled
+    if compile_rollout:
         from aha.rollout.compiled import CompiledEngine  # a compiled bf16 copy of the policy samples
 
         engine = CompiledEngine(policy, tok, device, amp)
@@ -56,6 +57,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
     updates = rl.mu * rl.num_minibatches  # optimizer steps per batch of rollouts
+    lean = device.type == "cpu" if cfg.model.lean_activations == "auto" else cfg.model.lean_activations
     kl_in_reward = rl.algo != "grpo"  # GRPO keeps β·KL in the loss; RLOO, REINFORCE++ and PPO put it in the reward
     sampler = PromptSampler(len(task.train), tr.seed)
 
@@ -185,7 +187,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                         logp, entropy, values = policy_forward(
                             policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
                             "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
-                            lean=cfg.model.lean_activations)
+                            lean=lean)
                     logp = logp.float()
                     # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
                     mb_old = logp.detach() if updates == 1 else old_logp[rows_idx]
@@ -224,6 +226,8 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                     stats["value/grad_norm"] += torch.nn.utils.clip_grad_norm_(critic.parameters(), tr.max_grad_norm).item() / updates
                 optimizer.step()
                 scheduler.step()
+        if device.type == "cuda":  # kernels run asynchronously: the update ends when they have
+            torch.cuda.synchronize(device)
         t_train = time.perf_counter() - t1
         if kl_tokens is not None:
             stats["kl"] = masked_mean(kl_tokens, mask).item()
