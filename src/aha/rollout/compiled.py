@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 
 import torch
 
@@ -83,6 +84,8 @@ class CompiledEngine(HFEngine):
         full_mask[:, :P] = mask
         if self.compiled_batch is None:
             self.compiled_batch = B
+            print(f"rollout.compile: compiling the decode step for batch {B}{' with CUDA graphs' if self.graphs else ''} "
+                  "(once; up to a minute or so)", file=sys.stderr, flush=True)
         decode = self.compiled if B == self.compiled_batch else self.shadow
         state = {"t": 0, "positions": position_ids_from_mask(mask)}
 
