@@ -224,3 +224,29 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, w
     cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 1}, **overrides}))
     train_grpo(cfg, tmp_path / "run")
     assert set(leans) == {want_lean} and bool(built) == want_compiled
+
+
+def test_lean_auto_on_a_gpu_turns_on_only_where_activations_would_fill_a_quarter_of_the_card(monkeypatch):
+    """'auto' is always lean on a CPU; on a GPU it weighs the estimated activations against the card's memory (a
+    stand-in card here: CI has none). An explicit value is used as given, and an unknown model shape is lean."""
+    from types import SimpleNamespace
+
+    from aha.runtime import lean_activations
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=24, hidden_size=896, intermediate_size=4864))
+    assert lean_activations("auto", model, cpu, 16, None) is True
+    assert lean_activations(False, model, cpu, 10**6, None) is False and lean_activations(True, model, gpu, 1, None)
+
+    def card(gib: float):
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=gib * 2**30))
+
+    tokens = 64 * 296  # the 0.5B benchmark's 64 × 256 completions after a 40-token prompt: ~32 GB estimated in bf16
+    card(139)  # an H200: it fits in a quarter
+    assert lean_activations("auto", model, gpu, tokens, torch.bfloat16) is False
+    assert lean_activations("auto", model, gpu, 16 * 100, torch.bfloat16) is False
+    card(80)  # an H100: over a quarter
+    assert lean_activations("auto", model, gpu, tokens, torch.bfloat16) is True
+    card(139)  # fp32 activations take more room than bf16's mix
+    assert lean_activations("auto", model, gpu, 2 * tokens, None) is True
+    assert lean_activations("auto", SimpleNamespace(), gpu, 1, None) is True

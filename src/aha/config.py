@@ -43,9 +43,10 @@ class ModelConfig(_Section):
         description="Training passes over completions that share a prompt keep only each layer's matmul outputs for "
         "the backward pass and recompute the element-wise rest (RMSNorm, RoPE, attention softmax, SwiGLU): about half "
         "the activation memory (torch selective activation checkpointing). 'auto': on a CPU, where it costs a few % "
-        "of the training pass (SmolLM2); off on a GPU, where its per-op dispatch nearly doubled a 0.5B model's "
-        "training pass at 16 × 64 tokens (H200). Turn it on where GPU memory is short: at 64 × 256 tokens that "
-        "model's GPU peak was 26 GB with it (eager sampler), 42 GB without (compiled sampler).")
+        "of the training pass (SmolLM2); on a GPU only where the plain pass's activations would fill over a quarter "
+        "of the card (estimated from the model's shape), since there its per-op dispatch nearly doubled a 0.5B "
+        "model's training pass at 16 × 64 tokens (H200). At 64 × 256 tokens that model's GPU peak was 26 GB with it "
+        "(eager sampler), 42 GB without (compiled sampler).")
 
 
 class TaskConfig(_Section):

@@ -32,8 +32,8 @@ from aha.models import reference_model
 from aha.rewards import compute_rewards, resolve_reward
 from aha.rollout import Rollouts, SamplingParams, pack_rollouts
 from aha.rollout.hf import HFEngine
-from aha.runtime import (PromptSampler, TrainingError, autocast, make_optimizer, prepare, set_attention,
-                         training_attention)
+from aha.runtime import (PromptSampler, TrainingError, autocast, lean_activations, make_optimizer, prepare,
+                         set_attention, training_attention)
 from aha.track.metrics import MetricsLogger
 
 
@@ -57,7 +57,6 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
     updates = rl.mu * rl.num_minibatches  # optimizer steps per batch of rollouts
-    lean = device.type == "cpu" if cfg.model.lean_activations == "auto" else cfg.model.lean_activations
     kl_in_reward = rl.algo != "grpo"  # GRPO keeps β·KL in the loss; RLOO, REINFORCE++ and PPO put it in the reward
     sampler = PromptSampler(len(task.train), tr.seed)
 
@@ -187,7 +186,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                         logp, entropy, values = policy_forward(
                             policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
                             "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
-                            lean=lean)
+                            lean=lean_activations(cfg.model.lean_activations, policy, device, mb["input_ids"].numel(), amp))
                     logp = logp.float()
                     # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
                     mb_old = logp.detach() if updates == 1 else old_logp[rows_idx]
