@@ -8,11 +8,12 @@
 Fixed for both: P prompts × G completions × exactly L new tokens (EOS forbidden until L, so both generate the
 same amount), β, μ (TRL: num_iterations), lr, temperature 1, one optimizer step per batch, the same reward
 function (cheap, so it does not weigh on the timing). Rollout = sampling and rewards; train = the scoring passes
-(reference, old policy: TRL runs them inside its generation phase, timed apart here) and the update. Each framework runs in its own subprocess (its peak RSS
-is its own), one after the other. Printed: median seconds per step after a warm-up step (the warm-up step's own
-time too: it holds one-off costs such as compiling the sampler), generated tokens/s,
-rollout vs training seconds, peak RSS, and training TFLOP/s with MFU against a matmul peak measured in the same
-process, in the precision both ran at (bf16 where the hardware runs it fast, else fp32); then the ratio TRL / aha.
+(reference, old policy: TRL runs them inside its generation phase, timed apart here) and the update. Each
+framework runs in its own subprocess (its peak RSS is its own), one after the other. Printed: median seconds per
+step after a warm-up step (the warm-up step's own time too: it holds one-off costs such as compiling the
+sampler), generated tokens/s, rollout vs training seconds, peak RSS (and GPU memory on a GPU), and training
+TFLOP/s with MFU against a matmul peak measured in the same process, in the precision both ran at (bf16 where the
+hardware runs it fast, else fp32); then the ratio TRL / aha.
 """
 
 from __future__ import annotations
@@ -303,13 +304,13 @@ def main() -> None:
     print(f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
           f"μ = {args.mu}, {args.precision}; aha overrides: {args.aha_set or 'none'}\n")
     gpu = any(r.get("cuda_peak_mib") is not None for r in results.values())
-    print(f"| model | framework | s/step | 1st step s | rollout s | train s | gen tok/s | peak RSS MiB |{' GPU peak MiB |' if gpu else ''} "
-          f"train TFLOP/s | MFU ({args.precision} peak) |")
+    print(f"| model | framework | s/step | 1st step s | rollout s | train s | gen tok/s | peak RSS MiB |"
+          f"{' GPU peak MiB |' if gpu else ''} train TFLOP/s | MFU ({args.precision} peak) |")
     print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for (model, fw), r in results.items():
         gpu_cell = f" {r['cuda_peak_mib']:.0f} |" if gpu else ""
-        print(f"| {model} | {fw} | {r['step_s']:.2f} | {r['first_step_s']:.1f} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | {r['tokens_per_s']:.0f} | "
-              f"{r['peak_rss_mib']:.0f} |{gpu_cell} {r['train_tflops']:.3f} | "
+        print(f"| {model} | {fw} | {r['step_s']:.2f} | {r['first_step_s']:.1f} | {r['rollout_s']:.2f} | "
+              f"{r['train_s']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} |{gpu_cell} {r['train_tflops']:.3f} | "
               f"{100 * r['train_tflops'] / r['peak_tflops']:.1f}% (of {r['peak_tflops']:.3f}) |")
     for model in args.models.split(","):
         a, t = results.get((model, "aha")), results.get((model, "trl"))
