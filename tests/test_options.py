@@ -250,3 +250,29 @@ def test_lean_auto_on_a_gpu_turns_on_only_where_activations_would_fill_a_quarter
     card(139)  # fp32 activations take more room than bf16's mix
     assert lean_activations("auto", model, gpu, 2 * tokens, None) is True
     assert lean_activations("auto", SimpleNamespace(), gpu, 1, None) is True
+
+
+def test_compiled_sampler_auto_needs_a_gpu_torch_compile_can_build_for(monkeypatch):
+    """rollout.compile 'auto': off on a CPU and under LoRA; on a CUDA GPU only with Triton and compute capability
+    ≥ 7.0 (stand-ins here: CI has no GPU). An explicit value is used as given."""
+    import importlib.util
+
+    from aha.runtime import compiled_sampler
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert compiled_sampler("auto", cpu, False) is False and compiled_sampler(True, cpu, False) is True
+    assert compiled_sampler(False, gpu, False) is False
+    real_find_spec = importlib.util.find_spec
+
+    def setup(capability, triton: bool):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: capability)
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: (object() if triton else None) if name == "triton" else real_find_spec(name, *a))
+
+    setup((9, 0), True)
+    assert compiled_sampler("auto", gpu, False) is True
+    assert compiled_sampler("auto", gpu, True) is False  # LoRA
+    setup((6, 0), True)
+    assert compiled_sampler("auto", gpu, False) is False
+    setup((9, 0), False)
+    assert compiled_sampler("auto", gpu, False) is False

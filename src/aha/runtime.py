@@ -4,6 +4,7 @@ the prompt sampler with a resumable position."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import random
 
@@ -51,6 +52,17 @@ def training_attention(choice: str, device: torch.device) -> str | None:
     if choice == "auto":
         return "eager" if device.type == "cpu" else None
     return choice
+
+
+def compiled_sampler(choice: bool | str, device: torch.device, lora: bool) -> bool:
+    """Whether rollouts come from the compiled sampler (``rollout.compile``). 'auto': on a CUDA GPU that torch.compile
+    can build for (Triton installed, compute capability ≥ 7.0), without LoRA; there CUDA graphs took a 0.5B model's
+    rollout from ~21–26 to ~4 ms per token step (H200). Off on a CPU, where the gain is ~10% after a minute's compile."""
+    if choice != "auto":
+        return bool(choice)
+    if device.type != "cuda" or lora:
+        return False
+    return importlib.util.find_spec("triton") is not None and torch.cuda.get_device_capability(device) >= (7, 0)
 
 
 def lean_activations(choice: bool | str, model: torch.nn.Module, device: torch.device, n_tokens: int,

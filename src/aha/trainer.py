@@ -32,8 +32,8 @@ from aha.models import reference_model
 from aha.rewards import compute_rewards, resolve_reward
 from aha.rollout import Rollouts, SamplingParams, pack_rollouts
 from aha.rollout.hf import HFEngine
-from aha.runtime import (PromptSampler, TrainingError, autocast, lean_activations, make_optimizer, prepare,
-                         set_attention, training_attention)
+from aha.runtime import (PromptSampler, TrainingError, autocast, compiled_sampler, lean_activations, make_optimizer,
+                         prepare, set_attention, training_attention)
 from aha.track.metrics import MetricsLogger
 
 
@@ -46,8 +46,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
     # ============================================================ dataset, models, engine
     device, amp, task, policy, tok, template = prepare(cfg)
-    compile_rollout = ro.compile if ro.compile != "auto" else device.type == "cuda" and not cfg.model.lora.enabled
-    if compile_rollout:
+    if compiled_sampler(ro.compile, device, cfg.model.lora.enabled):
         from aha.rollout.compiled import CompiledEngine  # a compiled bf16 copy of the policy samples
 
         engine = CompiledEngine(policy, tok, device, amp)
