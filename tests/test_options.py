@@ -202,8 +202,8 @@ def test_mask_truncated_drops_every_cut_completion_from_the_loss(tmp_path, write
 ])
 def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, write_config, digits_reward,
                                                                       monkeypatch, overrides, want_lean, want_compiled):
-    """model.lean_activations and rollout.compile default to 'auto' (on a CPU: lean on, no compiled sampler; on a
-    CUDA GPU the reverse, which CI cannot run); an explicit true/false is what the trainer uses."""
+    """model.lean_activations and rollout.compile default to 'auto' (on a CPU: lean on, no compiled sampler; the GPU
+    rules, which CI cannot run, are tested below with stand-ins); an explicit true/false is what the trainer uses."""
     import aha.rollout.compiled
     from aha.rollout.hf import HFEngine
 
