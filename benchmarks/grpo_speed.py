@@ -13,21 +13,22 @@ framework runs in its own subprocess (its peak RSS is its own), one after the ot
 step after a warm-up step (the warm-up step's own time too: it holds one-off costs such as compiling the
 sampler), generated tokens/s, rollout vs training seconds, peak RSS (and GPU memory on a GPU), and training
 TFLOP/s with MFU against a matmul peak measured in the same process, in the precision both ran at (bf16 where the
-hardware runs it fast, else fp32); then the ratio TRL / aha.
+hardware runs it fast, else fp32); then the ratio TRL / aha, and aha's floor on this machine: the least its step
+could take with torch's matmuls as measured here (its training FLOPs at the matmul peak, its decode steps' matmuls
+at the batch's row count), and so the highest ratio against TRL that the machine allows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _worker import WorkerFailed, report, run_worker
+from _worker import WorkerFailed, peak_rss_mib, report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"smollm2": "smollm2-135m", "tiny": "tiny:layers=4,hidden=256,heads=4,ff=1024", "qwen05": "Qwen2.5-0.5B shape"}
@@ -228,7 +229,7 @@ def worker(spec: dict) -> None:
         "step_s": statistics.median(times["step_s"][timed]), "rollout_s": statistics.median(times["rollout_s"][timed]),
         "train_s": statistics.median(times["train_s"][timed]),
         "tokens_per_s": statistics.median(times["tokens"][timed]) / statistics.median(times["rollout_s"][timed]),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "peak_tflops": matmul_peak("bfloat16" if spec["precision"] == "bf16" else "float32"),
         "steps_timed": len(times["step_s"][timed]), "first_step_s": times["step_s"][0],
@@ -236,9 +237,41 @@ def worker(spec: dict) -> None:
     report(out)
 
 
-def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int) -> tuple[float, int]:
-    """Training FLOPs of one step, and the longest prompt's length (computed here, in the parent, so the
-    workers' peak RSS stays theirs)."""
+def decode_matmuls_s(model, rows: int, precision: str, reps: int = 5) -> float:
+    """Seconds for one decode step's matmuls alone: every linear of ``model`` and the LM head on ``rows`` rows,
+    through the model's own weights in order (so they stream from memory as in decoding), in the faster of
+    the two operand orders for each shape, at torch's speed in this precision and on this device."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    weights = [m.weight.detach().to(dev, dtype) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1], device=dev, dtype=dtype) for w in weights}
+
+    def timed(fn) -> float:
+        best = float("inf")
+        for _ in range(reps):  # the fastest pass: a floor, not a typical time
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if dev == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    with torch.no_grad():
+        plain = timed(lambda: [xs[w.shape[1]] @ w.t() for w in weights])
+        weight_major = timed(lambda: [(w @ xs[w.shape[1]].t()).t().contiguous() for w in weights])
+    return min(plain, weight_major)
+
+
+def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int,
+               precision: str) -> tuple[float, int, dict]:
+    """Training FLOPs of one step (as MFU counts them), the longest prompt's length, and what aha's step needs
+    at the least on this machine (computed here, in the parent, after the workers, so their peak RSS and timings
+    stay theirs): its training and prefill FLOPs as it computes them (each group's prompt once, no last token)
+    at the measured matmul peak, plus L decode steps' matmuls at the batch's row count."""
     from aha.config import ModelConfig
     from aha.data.templates import render_prompt
     from aha.models import load_policy
@@ -246,7 +279,14 @@ def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, 
     tiny = model_name == "tiny"
     model, tok = load_policy(ModelConfig(name=path))
     prompt_len = max(len(render_prompt(p, tok, "plain" if tiny else "chat")) for p in prompts(P))
-    return train_flops(model, P * G, prompt_len + L, L, mu, int(beta > 0) + int(mu > 1)), prompt_len
+    passes_fwd = int(beta > 0) + int(mu > 1)
+    emb = model.get_input_embeddings().weight.numel()
+    n_trunk = sum(p.numel() for p in model.parameters()) - emb
+    head = 2 * emb * P * G * L  # the LM head on the completion tokens
+    aha_train = (2 * n_trunk * (P * prompt_len + P * G * (L - 1)) + head) * (3 * mu + passes_fwd)
+    prefill = 2 * n_trunk * P * prompt_len + 2 * emb * P
+    floor = {"train_flops": aha_train + prefill, "decode_s": L * decode_matmuls_s(model, P * G, precision)}
+    return train_flops(model, P * G, prompt_len + L, L, mu, passes_fwd), prompt_len, floor
 
 
 def main() -> None:
@@ -280,7 +320,7 @@ def main() -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         args.precision = "bf16" if fast_bf16_available(device) else "fp32"
     out = Path(tempfile.mkdtemp(prefix="grpo_speed-"))
-    results, prompt_lens = {}, {}
+    results, prompt_lens, floors = {}, {}, {}
     for model in args.models.split(","):
         path = model_dir(model, out, args.tokenizer, args.qwen_layers)
         for fw in args.frameworks.split(","):
@@ -296,8 +336,8 @@ def main() -> None:
                 print(f"{fw} on {model} failed:\n{e}", file=sys.stderr)
                 continue
             print("  " + json.dumps(results[(model, fw)]), file=sys.stderr, flush=True)
-        flops, prompt_lens[model] = step_flops(model, path, args.prompts, args.group, args.new_tokens,
-                                               args.beta, args.mu)
+        flops, prompt_lens[model], floors[model] = step_flops(model, path, args.prompts, args.group,
+                                                              args.new_tokens, args.beta, args.mu, args.precision)
         for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
@@ -322,6 +362,16 @@ def main() -> None:
             print(f"{model}: TRL/aha s/step ×{t['step_s'] / a['step_s']:.2f}, rollout ×{t['rollout_s'] / a['rollout_s']:.2f}, "
                   f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}"
                   + (f", GPU peak aha/TRL ×{a['cuda_peak_mib'] / t['cuda_peak_mib']:.2f}" if gpu else ""))
+        if a:  # at the highest peak measured for this model (the VM's speed wanders): a floor errs low
+            f, peak = floors[model], max(r["peak_tflops"] for r in (a, t) if r)
+            train_s = f["train_flops"] / (peak * 1e12)
+            floor = train_s + f["decode_s"]
+            print(f"{model}: aha's floor here: {floor:.2f} s/step = its training and prefill FLOPs at the highest "
+                  f"measured matmul peak, {peak:.3f} TFLOP/s ({train_s:.2f} s) + {args.new_tokens} decode steps' matmuls at "
+                  f"{args.prompts * args.group} rows ({f['decode_s']:.2f} s; attention, sampling, optimizer and "
+                  f"overheads not counted); measured {a['step_s']:.2f} s ({100 * floor / a['step_s']:.0f}% of it "
+                  f"is that floor)" + (f"; TRL/floor ×{t['step_s'] / floor:.2f} is the most this machine allows "
+                                        f"against TRL's measured step" if t else ""))
 
 
 if __name__ == "__main__":

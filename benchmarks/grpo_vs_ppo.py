@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _worker import WorkerFailed, report, run_worker
+from _worker import WorkerFailed, peak_rss_mib, report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log.progress": False, "log.tensorboard": False, "log.report": False, "log.save_every": 0,
@@ -74,7 +73,7 @@ def worker(spec: dict) -> None:
     steps = [r for r in rows if "time/step_s" in r][1:]  # the first step warms caches up
     out = {
         "params_policy": counted.get("policy", 0), "params_critic": counted.get("critic", 0),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "s_per_step": statistics.median(r["time/step_s"] for r in steps) if steps else None,
         "rollout_s": statistics.median(r["time/rollout_s"] for r in steps) if steps else None,

@@ -279,6 +279,39 @@ def test_compiled_engine_samples_like_the_eager_one_and_follows_weight_updates(d
     assert all(len(c) == 4 for c in sampled.completion_ids) and compiled.compiled_batch == 3
 
 
+@pytest.mark.parametrize("fallback", [True, False])
+def test_a_decode_step_that_does_not_compile_falls_back_or_stops_clearly(fallback, capsys):
+    """rollout.compile 'auto' (fallback): a compile failure is reported once and decoding goes on eagerly, with the
+    eager engine's tokens; asked for explicitly: one error that names the way out."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from aha.rollout.compiled import CompiledEngine
+    from aha.runtime import TrainingError
+
+    model, tok = spiky_model(seed=0)
+    compiled = CompiledEngine(model, tok, CPU, None, fallback=fallback)
+    calls = []
+
+    def broken(**kwargs):
+        calls.append(1)
+        raise TorchDynamoException("this architecture has no lowering")
+
+    compiled.compiled = broken
+    prompts = encode(tok, PROMPTS)
+    if not fallback:
+        with pytest.raises(TrainingError, match="rollout.compile=false"):
+            greedy(compiled, prompts)
+        return
+    want = greedy(HFEngine(model, tok, CPU, None), prompts)
+    for _ in range(2):
+        got = greedy(compiled, prompts)
+        assert got.completion_ids == want.completion_ids
+        for a, b in zip(got.logprobs, want.logprobs):
+            assert a == pytest.approx(b, abs=1e-5)
+    assert len(calls) == 1 and compiled.failed  # tried once, then eager for good
+    assert capsys.readouterr().err.count("could not build the decode step") == 1
+
+
 def test_compiled_engine_in_another_dtype_keeps_a_cast_copy_synced_on_update():
     """Under bf16 autocast the compiled engine decodes from a bf16 copy: stale after a weight change until
     update_weights() copies the new weights in."""

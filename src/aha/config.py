@@ -89,7 +89,7 @@ class RolloutConfig(_Section):
         "(on a GPU with CUDA graphs: a 0.5B model's rollout on an H200 ran ×7 faster; on a CPU, SmolLM2: ~45 vs ~62 ms "
         "per token step in bf16 on AMX, 96 vs 108 ms in fp32 on AVX2); a one-off compile of up to a minute or so per "
         "batch size. Not with LoRA. 'auto': on for a CUDA GPU without LoRA (where Triton is installed and the GPU's "
-        "compute capability is ≥ 7.0), else off.")
+        "compute capability is ≥ 7.0), else off; if its compile fails, it says so and samples eagerly (true: an error).")
     min_new_tokens: int = Field(0, ge=0, description="EOS cannot be sampled before this many tokens (set it to max_new_tokens "
                                 "for fixed-length completions, e.g. in benchmarks).")
 

@@ -49,7 +49,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     if compiled_sampler(ro.compile, device, cfg.model.lora.enabled):
         from aha.rollout.compiled import CompiledEngine  # a compiled bf16 copy of the policy samples
 
-        engine = CompiledEngine(policy, tok, device, amp)
+        engine = CompiledEngine(policy, tok, device, amp, fallback=ro.compile == "auto")  # see its docstring
     else:
         engine = HFEngine(policy, tok, device, amp)  # samples with the model's own attention kernel
     set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it

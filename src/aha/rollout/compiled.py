@@ -12,6 +12,10 @@ On a GPU the decode step is compiled with CUDA graphs (``mode="reduce-overhead"`
 there waits on Python and kernel launches (~21 ms per token step on an H200 at batch 16), not on the GPU. The
 static cache is kept between rollouts of the same shape (zeroed, not reallocated), so its addresses, which the
 graphs capture, stay put.
+
+If torch.compile cannot build the decode step (an architecture or a backend it does not handle), a sampler that
+was only chosen by ``rollout.compile: auto`` (``fallback=True``) says so once and decodes eagerly from then on; one
+asked for explicitly stops with a message that names the way out.
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ CACHE_BUCKET = 64  # the static cache length is rounded up to this, so prompt-le
 class CompiledEngine(HFEngine):
     """:class:`HFEngine` whose decode steps run on a compiled bf16 (or fp32) copy of the policy."""
 
-    def __init__(self, model, tokenizer, device, autocast_dtype):
+    def __init__(self, model, tokenizer, device, autocast_dtype, fallback: bool = False):
         super().__init__(model, tokenizer, device, autocast_dtype)
+        self.fallback = fallback  # a failed compile → eager decoding with a warning (else an error)
+        self.failed = False  # the compile failed: every later step decodes eagerly
         if hasattr(model, "peft_config"):
             raise ValueError("rollout.compile does not support LoRA policies yet (the copy would need merged adapters)")
         dtype = autocast_dtype or torch.float32
@@ -86,7 +92,6 @@ class CompiledEngine(HFEngine):
             self.compiled_batch = B
             print(f"rollout.compile: compiling the decode step for batch {B}{' with CUDA graphs' if self.graphs else ''} "
                   "(once; up to a minute or so)", file=sys.stderr, flush=True)
-        decode = self.compiled if B == self.compiled_batch else self.shadow
         state = {"t": 0, "positions": position_ids_from_mask(mask)}
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
@@ -97,11 +102,34 @@ class CompiledEngine(HFEngine):
             else:
                 full_mask[:, P + state["t"] - 1] = 1
                 state["positions"] = state["positions"] + 1
-                if self.graphs and decode is self.compiled:  # a new replay: the last one's outputs are consumed
-                    torch.compiler.cudagraph_mark_step_begin()
-                out = decode(input_ids=step_ids, attention_mask=full_mask, position_ids=state["positions"],
-                             use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                inputs = dict(input_ids=step_ids, attention_mask=full_mask, position_ids=state["positions"],
+                              use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                out = self._compiled_step(inputs) if B == self.compiled_batch and not self.failed else None
+                if out is None:  # another batch size, or no compiled step
+                    out = self.shadow(**inputs)
             state["t"] += 1
             return out.logits[:, -1, :]
 
         return step
+
+    def _compiled_step(self, inputs: dict):
+        """One decode step through the compiled copy; None where torch.compile failed and eager decoding takes
+        over (``fallback``). A failed compile raises before its graph runs, and a static cache's writes are
+        idempotent (the same keys and values at the same positions), so the step can run again eagerly."""
+        from torch._dynamo.exc import TorchDynamoException
+
+        from aha.runtime import TrainingError
+
+        if self.graphs:  # a new replay: the last one's outputs are consumed
+            torch.compiler.cudagraph_mark_step_begin()
+        try:
+            return self.compiled(**inputs)
+        except TorchDynamoException as e:
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            if not self.fallback:
+                raise TrainingError(f"rollout.compile: torch.compile could not build the decode step ({reason}); "
+                                    "set rollout.compile=false to sample eagerly") from e
+            print(f"rollout.compile: torch.compile could not build the decode step ({reason}); "
+                  "sampling eagerly from now on", file=sys.stderr, flush=True)
+            self.failed = True
+            return None
