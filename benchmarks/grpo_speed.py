@@ -14,8 +14,9 @@ step after a warm-up step (the warm-up step's own time too: it holds one-off cos
 sampler), generated tokens/s, rollout vs training seconds, peak RSS (and GPU memory on a GPU), and training
 TFLOP/s with MFU against a matmul peak measured in the same process, in the precision both ran at (bf16 where the
 hardware runs it fast, else fp32); then the ratio TRL / aha, and aha's floor on this machine: the least its step
-could take with torch's matmuls as measured here (its training FLOPs at the matmul peak, its decode steps' matmuls
-at the batch's row count), and so the highest ratio against TRL that the machine allows.
+could take with torch's matmuls (its training FLOPs at the matmul peak, its decode steps' matmuls at the batch's
+row count), at the best speeds measured in the workers, after their runs; TRL's step over that floor is the
+highest ratio the machine allows.
 """
 
 from __future__ import annotations
@@ -232,20 +233,22 @@ def worker(spec: dict) -> None:
         "peak_rss_mib": peak_rss_mib(),
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "peak_tflops": matmul_peak("bfloat16" if spec["precision"] == "bf16" else "float32"),
+        # (after the peak RSS is read) what aha's decode steps' matmuls take at this moment: the VM's speed wanders
+        "decode_s": spec["L"] * decode_matmuls_s(spec["linear_shapes"], spec["P"] * spec["G"], spec["precision"]),
         "steps_timed": len(times["step_s"][timed]), "first_step_s": times["step_s"][0],
     }
     report(out)
 
 
-def decode_matmuls_s(model, rows: int, precision: str, reps: int = 5) -> float:
-    """Seconds for one decode step's matmuls alone: every linear of ``model`` and the LM head on ``rows`` rows,
-    through the model's own weights in order (so they stream from memory as in decoding), in the faster of
-    the two operand orders for each shape, at torch's speed in this precision and on this device."""
+def decode_matmuls_s(shapes: list[list[int]], rows: int, precision: str, reps: int = 5) -> float:
+    """Seconds for one decode step's matmuls alone: weights of the model's linear ``shapes`` (the LM head included),
+    one after the other (so they stream from memory as in decoding), on ``rows`` rows, in the faster of the two
+    operand orders, at torch's speed in this precision and on this device."""
     import torch
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    weights = [m.weight.detach().to(dev, dtype) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    weights = [torch.randn(*shape, device=dev, dtype=dtype) for shape in shapes]
     xs = {w.shape[1]: torch.randn(rows, w.shape[1], device=dev, dtype=dtype) for w in weights}
 
     def timed(fn) -> float:
@@ -266,12 +269,13 @@ def decode_matmuls_s(model, rows: int, precision: str, reps: int = 5) -> float:
     return min(plain, weight_major)
 
 
-def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int,
-               precision: str) -> tuple[float, int, dict]:
-    """Training FLOPs of one step (as MFU counts them), the longest prompt's length, and what aha's step needs
-    at the least on this machine (computed here, in the parent, after the workers, so their peak RSS and timings
-    stay theirs): its training and prefill FLOPs as it computes them (each group's prompt once, no last token)
-    at the measured matmul peak, plus L decode steps' matmuls at the batch's row count."""
+def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float,
+               mu: int) -> tuple[float, int, float, list[list[int]]]:
+    """Training FLOPs of one step (as MFU counts them), the longest prompt's length, and the two parts of aha's
+    floor: its training and prefill FLOPs as it computes them (each group's prompt once, no last token), which
+    take at least FLOPs / matmul peak, and the shapes of its linears, whose matmuls each decode step runs."""
+    import torch
+
     from aha.config import ModelConfig
     from aha.data.templates import render_prompt
     from aha.models import load_policy
@@ -285,8 +289,8 @@ def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float, 
     head = 2 * emb * P * G * L  # the LM head on the completion tokens
     aha_train = (2 * n_trunk * (P * prompt_len + P * G * (L - 1)) + head) * (3 * mu + passes_fwd)
     prefill = 2 * n_trunk * P * prompt_len + 2 * emb * P
-    floor = {"train_flops": aha_train + prefill, "decode_s": L * decode_matmuls_s(model, P * G, precision)}
-    return train_flops(model, P * G, prompt_len + L, L, mu, passes_fwd), prompt_len, floor
+    shapes = [list(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return train_flops(model, P * G, prompt_len + L, L, mu, passes_fwd), prompt_len, aha_train + prefill, shapes
 
 
 def main() -> None:
@@ -323,11 +327,14 @@ def main() -> None:
     results, prompt_lens, floors = {}, {}, {}
     for model in args.models.split(","):
         path = model_dir(model, out, args.tokenizer, args.qwen_layers)
+        # (the workers' peak RSS is their own, VmHWM: loading the model here first does not count in it)
+        flops, prompt_lens[model], floors[model], shapes = step_flops(model, path, args.prompts, args.group,
+                                                                      args.new_tokens, args.beta, args.mu)
         for fw in args.frameworks.split(","):
             spec = {"framework": fw, "model": model, "P": args.prompts, "G": args.group, "L": args.new_tokens,
                     "beta": args.beta, "mu": args.mu, "steps": args.steps, "lr": 1e-6, "precision": args.precision,
                     "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": path,
-                    "aha_set": args.aha_set}
+                    "aha_set": args.aha_set, "linear_shapes": shapes}
             print(f"running {fw} on {model} …", file=sys.stderr, flush=True)
             try:
                 log = args.log_dir / f"{model}-{fw}.log" if args.log_dir else None
@@ -336,8 +343,6 @@ def main() -> None:
                 print(f"{fw} on {model} failed:\n{e}", file=sys.stderr)
                 continue
             print("  " + json.dumps(results[(model, fw)]), file=sys.stderr, flush=True)
-        flops, prompt_lens[model], floors[model] = step_flops(model, path, args.prompts, args.group,
-                                                              args.new_tokens, args.beta, args.mu, args.precision)
         for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
@@ -362,16 +367,12 @@ def main() -> None:
             print(f"{model}: TRL/aha s/step ×{t['step_s'] / a['step_s']:.2f}, rollout ×{t['rollout_s'] / a['rollout_s']:.2f}, "
                   f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}"
                   + (f", GPU peak aha/TRL ×{a['cuda_peak_mib'] / t['cuda_peak_mib']:.2f}" if gpu else ""))
-        if a:  # at the highest peak measured for this model (the VM's speed wanders): a floor errs low
-            f, peak = floors[model], max(r["peak_tflops"] for r in (a, t) if r)
-            train_s = f["train_flops"] / (peak * 1e12)
-            floor = train_s + f["decode_s"]
-            print(f"{model}: aha's floor here: {floor:.2f} s/step = its training and prefill FLOPs at the highest "
-                  f"measured matmul peak, {peak:.3f} TFLOP/s ({train_s:.2f} s) + {args.new_tokens} decode steps' matmuls at "
-                  f"{args.prompts * args.group} rows ({f['decode_s']:.2f} s; attention, sampling, optimizer and "
-                  f"overheads not counted); measured {a['step_s']:.2f} s ({100 * floor / a['step_s']:.0f}% of it "
-                  f"is that floor)" + (f"; TRL/floor ×{t['step_s'] / floor:.2f} is the most this machine allows "
-                                        f"against TRL's measured step" if t else ""))
+            # aha's floor at the best speed seen in either worker: the VM's speed wanders (±25% seen), and a floor errs low
+            floor = floors[model] / (max(a["peak_tflops"], t["peak_tflops"]) * 1e12) + min(a["decode_s"], t["decode_s"])
+            print(f"{model}: aha's floor {floor:.2f} s/step: its training and prefill FLOPs at the matmul peak + "
+                  f"{args.new_tokens} decode steps' matmuls at {n} rows, at the best speeds measured in the two workers "
+                  f"(attention, sampling, optimizer and overheads not counted); aha's step is ×{a['step_s'] / floor:.2f} "
+                  f"that, TRL's ×{t['step_s'] / floor:.2f}: the most this machine allows is TRL/aha ×{t['step_s'] / floor:.2f}")
 
 
 if __name__ == "__main__":
