@@ -368,9 +368,12 @@ def main() -> None:
                   f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}"
                   + (f", GPU peak aha/TRL ×{a['cuda_peak_mib'] / t['cuda_peak_mib']:.2f}" if gpu else ""))
             # aha's floor at the best speed seen in either worker: the VM's speed wanders (±25% seen), and a floor errs low
-            floor = floors[model] / (max(a["peak_tflops"], t["peak_tflops"]) * 1e12) + min(a["decode_s"], t["decode_s"])
-            print(f"{model}: aha's floor {floor:.2f} s/step: its training and prefill FLOPs at the matmul peak + "
-                  f"{args.new_tokens} decode steps' matmuls at {n} rows, at the best speeds measured in the two workers "
+            train_s = floors[model] / (max(a["peak_tflops"], t["peak_tflops"]) * 1e12)
+            decode_s = min(a["decode_s"], t["decode_s"])
+            floor = train_s + decode_s
+            print(f"{model}: aha's floor {floor:.2f} s/step: its training and prefill FLOPs at the matmul peak "
+                  f"({train_s:.2f} s) + {args.new_tokens} decode steps' matmuls at {n} rows ({decode_s:.2f} s), at the "
+                  f"best speeds measured in the two workers "
                   f"(attention, sampling, optimizer and overheads not counted); aha's step is ×{a['step_s'] / floor:.2f} "
                   f"that, TRL's ×{t['step_s'] / floor:.2f}: the most this machine allows is TRL/aha ×{t['step_s'] / floor:.2f}")
 
