@@ -71,6 +71,48 @@ def test_jsonl_row_without_prompt_names_file_and_line(tmp_path, write_config):
     assert f"{data}:2:" in line and "'prompt'" in line
 
 
+def _jsonl(tmp_path: Path, content: bytes) -> dict:
+    (tmp_path / "data.jsonl").write_bytes(content)
+    return {"task": {"name": "jsonl", "path": str(tmp_path / "data.jsonl")}}
+
+
+GOOD_ROWS = b"".join(b'{"prompt": "%d+1=", "answer": "%d"}\n' % (i, i + 1) for i in range(10))
+
+# (what the user got wrong, the YAML changes, --set overrides, words the one line must hold)
+MISTAKES = [
+    ("AdamW betas out of range", {}, ["train.adam_betas=[5, 2]"], ["train.adam_betas", "less than 1"]),
+    ("an unknown device", {}, ["train.device=tpu"], ["train.device", "tpu"]),
+    ("a NaN reward weight", {"rewards": [{"name": "accuracy", "weight": float("nan")}]}, [], ["weight", "finite"]),
+    ("a --set value that is not YAML", {}, ["rl.beta=["], ["rl.beta=[", "not valid YAML"]),
+    ("a tiny model with no heads", {}, ["model.name=tiny:heads=0"], ["heads", "at least 1"]),
+    ("a chat template on a model without one", {}, ["task.template=chat"], ["task.template", "no chat template"]),
+    ("a JSONL file that is not UTF-8", "latin-1", [], ["not UTF-8"]),
+    ("a prompt that is a number", "number", [], ["row 1", "'prompt' must be text"]),
+    ("too few rows to hold any out", "three rows", [], ["no held-out rows", "task.eval_path"]),
+]
+
+
+@pytest.mark.parametrize("what, extra, overrides, words", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_more_mistakes_end_in_one_line_that_names_them(tmp_path, write_config, what, extra, overrides, words):
+    if isinstance(extra, str):  # a JSONL dataset with the mistake in it
+        extra = _jsonl(tmp_path, {"latin-1": GOOD_ROWS + "{\"prompt\": \"é+1=\"}\n".encode("latin-1"),
+                                  "number": b'{"prompt": 3, "answer": "4"}\n' + GOOD_ROWS,
+                                  "three rows": b"".join(GOOD_ROWS.splitlines(keepends=True)[:3])}[extra])
+        extra["task"]["template"] = "plain"
+    args = [x for o in overrides for x in ("--set", o)]
+    line = one_line_error(aha("train", write_config(extra), "-o", tmp_path / "run", *args))
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_out_path_that_is_a_file_and_a_report_of_no_run_are_one_line(tmp_path, write_config):
+    (tmp_path / "file").write_text("mine")
+    assert "is a file" in one_line_error(aha("train", write_config(), "-o", tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "mine"
+    assert "does not exist" in one_line_error(aha("report", tmp_path / "nope"))
+    assert "not a directory" in one_line_error(aha("report", tmp_path / "file"))
+
+
 def test_missing_config_file_names_it(tmp_path):
     line = one_line_error(aha("train", tmp_path / "nope.yaml", "-o", tmp_path / "run"))
     assert "config file not found" in line and "nope.yaml" in line
@@ -197,3 +239,44 @@ def test_eval_finds_the_runs_config(good_run):
     # greedy, same weights, same held-out rows: the accuracy the run logged at step 2
     last = json.loads((good_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["accuracy"] == last["eval/accuracy"]
+
+
+# ----------------------------------------------------------------------------- an existing run directory
+
+
+def test_a_run_directory_that_holds_a_run_is_not_overwritten_unless_asked(tmp_path, write_config):
+    """Training again into --out without --resume would delete the earlier run's metrics and mix its checkpoints
+    with the new ones: it stops with one line and the earlier run stays byte for byte; --overwrite starts afresh
+    and leaves nothing of the earlier run behind."""
+    out = tmp_path / "run"
+    first = aha("train", write_config(), "-o", out, "--set", "train.steps=2", "--set", "log.save_every=1")
+    assert first.exit_code == 0, first.output
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("checkpoints/step-2/trainer_state.pt") in before and Path("metrics.jsonl") in before
+
+    line = one_line_error(aha("train", write_config(), "-o", out, "--set", "train.steps=1"))
+    assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert "choose one" in one_line_error(aha("train", write_config(), "-o", out, "--resume", "--overwrite"))
+
+    again = aha("train", write_config(), "-o", out, "--set", "train.steps=1", "--set", "log.save_every=1", "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"]  # the earlier run's step-2 is gone
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+@pytest.mark.parametrize("damage", ["truncated state", "empty state", "truncated weights", "another shape"])
+def test_resuming_from_a_damaged_or_foreign_checkpoint_is_one_line_and_changes_nothing(tmp_path, write_config, damage):
+    out = tmp_path / "run"
+    assert aha("train", write_config(), "-o", out, "--set", "log.save_every=1").exit_code == 0
+    newest = out / "checkpoints" / "step-2"
+    extra = []
+    if damage == "another shape":
+        extra = ["--set", "model.name=tiny:layers=1,hidden=16,heads=2,ff=32"]
+    else:
+        path = newest / ("model/model.safetensors" if damage == "truncated weights" else "trainer_state.pt")
+        path.write_bytes(b"" if damage == "empty state" else path.read_bytes()[: path.stat().st_size // 2])
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    line = one_line_error(aha("train", write_config(), "-o", out, "--resume", *extra))
+    assert str(newest) in line and "aside" in line
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

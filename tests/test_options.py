@@ -215,8 +215,8 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, w
         return real_forward(*args, **kwargs)
 
     class SpyCompiled(HFEngine):  # stands in for the compiled sampler (whose compile would take seconds here)
-        def __init__(self, *args, **kwargs):
-            built.append(True)
+        def __init__(self, *args, fallback: bool, **kwargs):
+            built.append(fallback)
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(aha.trainer, "policy_forward", spy_forward)
@@ -224,6 +224,7 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, w
     cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 1}, **overrides}))
     train_grpo(cfg, tmp_path / "run")
     assert set(leans) == {want_lean} and bool(built) == want_compiled
+    assert built in ([], [False])  # asked for explicitly: a failed compile is an error, not a quiet fallback
 
 
 def test_lean_auto_on_a_gpu_turns_on_only_where_activations_would_fill_a_quarter_of_the_card(monkeypatch):

@@ -66,25 +66,56 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_trainer_state(ckpt: Path, model) -> dict:
-    """Load weights from ``ckpt/model`` into ``model`` (adapters under LoRA) and return the trainer state."""
-    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
-    if "adapter" in state:
-        from peft import set_peft_model_state_dict
+def run_contents(run_dir: Path) -> list[str]:
+    """What of an earlier run ``run_dir`` holds: its metrics and complete checkpoints (empty: none)."""
+    found = ["metrics.jsonl"] if (Path(run_dir) / "metrics.jsonl").is_file() else []
+    n = len(list_checkpoints(run_dir))
+    return found + ([f"{n} checkpoint{'s' if n > 1 else ''}"] if n else [])
 
-        set_peft_model_state_dict(model, state["adapter"])
-    else:
+
+def clear_run(run_dir: Path) -> None:
+    """Start afresh in ``run_dir``: remove an earlier run's checkpoints, metrics, samples and TensorBoard logs, so that
+    the new run's checkpoints never sit beside (or get pruned in favour of) the old run's."""
+    run_dir = Path(run_dir)
+    for sub in ("checkpoints", "tb"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def load_trainer_state(ckpt: Path, model) -> dict:
+    """Load weights from ``ckpt/model`` into ``model`` (adapters under LoRA) and return the trainer state.
+    A file that cannot be read (truncated, emptied) or weights of another shape raise :class:`CheckpointError`."""
+    aside = f"(move {ckpt} aside to resume from the checkpoint before it)"
+    try:
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    except Exception as e:  # EOFError, a zip reader's RuntimeError, an unpickling error…
+        raise CheckpointError(f"checkpoint {ckpt}: trainer_state.pt cannot be read ({_short(e)}) {aside}") from None
+    try:
+        if "adapter" in state:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, state["adapter"])
+            return state
         from safetensors.torch import load_file
 
-        files = sorted((ckpt / "model").glob("*.safetensors"))
         weights = {}
-        for f in files:
+        for f in sorted((ckpt / "model").glob("*.safetensors")):
             weights.update(load_file(f))
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
-        if missing or unexpected:
-            raise CheckpointError(f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    except Exception as e:  # a damaged weights file, or tensors of another shape (torch raises on those)
+        raise CheckpointError(f"checkpoint {ckpt}: its weights do not load into this run's model ({_short(e)}): "
+                              f"a damaged file, or a run with another model.name? {aside}") from None
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return state
+
+
+def _short(e: Exception) -> str:
+    """An exception in one line of at most ~200 characters (torch's size-mismatch messages run to many lines)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def training_state(optimizer, scheduler, sampler, critic=None) -> dict:

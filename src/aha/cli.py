@@ -25,9 +25,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aha.rewards import RewardConfigError, RewardError
     from aha.runtime import TrainingError
     from aha.tasks import DataError
+    from aha.track.report import ReportError
 
     return (ConfigError, ModelLoadError, GGUFError, DataError, RewardConfigError, RewardError, TrainingError,
-            CheckpointError, CriticError)
+            CheckpointError, CriticError, ReportError)
+
+
+def _out_dir(out: Path) -> None:
+    """Create the output directory up front, so a bad --out fails before any work, in one line."""
+    from aha.runtime import TrainingError
+
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"--out {out}: cannot create it ({e.strerror or e})") from None
 
 
 def friendly(fn):
@@ -57,18 +70,25 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: metrics, samples, checkpoints, report."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: bool = typer.Option(False, help="Continue from the newest complete checkpoint in --out."),
+    overwrite: bool = typer.Option(False, help="Start afresh in an --out that holds a run: deletes its checkpoints, "
+                                   "metrics and samples."),
 ):
     """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++) or sft."""
+    from aha.checkpoint import list_checkpoints, run_contents
     from aha.config import load_config
+    from aha.runtime import TrainingError
 
     cfg = load_config(config, set_)
+    if resume and overwrite:
+        raise TrainingError("--resume continues the run in --out and --overwrite deletes it: choose one")
     if resume:  # checked here for every stage: train_sft would otherwise start afresh and wipe metrics.jsonl
-        from aha.checkpoint import list_checkpoints
-        from aha.runtime import TrainingError
-
         if not list_checkpoints(out):
             raise TrainingError(f"--resume: no complete checkpoint in {out / 'checkpoints'} "
                                 "(run without --resume to start afresh)")
+    elif (held := run_contents(out)) and not overwrite:  # a fresh start would delete them: ask first
+        raise TrainingError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start afresh "
+                            "with --overwrite (deletes it), or choose another --out")
+    _out_dir(out)
     if cfg.stage == "sft":
         from aha.sft import train_sft
 
@@ -87,9 +107,9 @@ def eval_(
     checkpoint: str = typer.Argument(..., help="Model: a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config for the task (default: the run's config.yaml if found)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-    k: int = typer.Option(1, help="Also report sampled pass@k (k > 1)."),
-    temperature: float = typer.Option(1.0, help="Temperature of the pass@k samples."),
-    limit: int = typer.Option(0, help="Evaluate only the first N held-out rows (0 = all)."),
+    k: int = typer.Option(1, min=1, help="Also report sampled pass@k (k > 1)."),
+    temperature: float = typer.Option(1.0, help="Temperature of the pass@k samples (> 0)."),
+    limit: int = typer.Option(0, min=0, help="Evaluate only the first N held-out rows (0 = all)."),
 ):
     """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split."""
     from aha.config import load_config
@@ -97,6 +117,9 @@ def eval_(
     from aha.rollout.hf import HFEngine
     from aha.runtime import prepare
 
+    if temperature <= 0:
+        raise typer.BadParameter(f"{temperature} is not > 0 (greedy accuracy is always reported)",
+                                 param_hint="'--temperature'")
     if config is None:  # checkpoints live at RUN/checkpoints/step-N/model
         guess = [p / "config.yaml" for p in Path(checkpoint).resolve().parents][:4]
         config = next((g for g in guess if g.is_file()), None)
@@ -128,6 +151,7 @@ def demo(
     """The AlphaGo lesson in minutes on a CPU: a teacher, SFT on its traces, then GRPO past it."""
     from aha.demo import run_demo
 
+    _out_dir(out)
     run_demo(out, seed)
 
 

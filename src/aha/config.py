@@ -7,7 +7,7 @@ A wrong field ends in one line naming it and what is allowed (:class:`ConfigErro
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -75,7 +75,7 @@ class TaskConfig(_Section):
 class RewardSpec(_Section):
     name: str = Field(..., description="Built-in name (accuracy, think_format, tag_count, overlong, repetition, ...), "
                       "'module:function' or 'path/to/file.py:function'.")
-    weight: float = Field(1.0, description="Weight of this function in the summed reward.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Weight of this function in the summed reward.")
 
 
 class RolloutConfig(_Section):
@@ -147,7 +147,8 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="Decay after warm-up.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.99), description="AdamW betas, each in [0, 1).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward; the rest is gradient accumulation.")
     batch_size: int = Field(64, ge=1, description="SFT: sequences per optimizer step.")
@@ -158,7 +159,8 @@ class TrainConfig(_Section):
         "on CPU, where torch's flash-attention backward is slow under bf16 (SmolLM2, 16 × 100 tokens: fwd+bwd 2.47 → "
         "1.93 s), the model's own on GPU.")
     seed: int = Field(0, description="Seed for sampling, initialisation and data order.")
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu' or 'cuda'.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N' or 'mps' (Apple GPU).")
 
 
 class SFTConfig(_Section):
@@ -252,7 +254,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set rl.beta=0.04")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote a value meant "
+                          "as text") from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -275,7 +281,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(loaded, dict):

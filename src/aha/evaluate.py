@@ -25,6 +25,11 @@ def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_t
 
     Returns ``{"accuracy": float, "correct": [bool per row], "completions": [str per row], "pass@k": float?}``.
     """
+    if not rows:
+        from aha.tasks import DataError
+
+        raise DataError(f"task {task.name!r} has no held-out rows to evaluate (a JSONL task holds out a fifth of its "
+                        "rows, none under 5): set task.eval_path, or log.eval_every=0 to train without evaluation")
     fn = verifier(task)
 
     def sample_and_score(chunk: list[dict], n: int, sampling: SamplingParams) -> tuple[list[bool], list[str]]:

@@ -15,6 +15,7 @@ import copy
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from aha.config import ModelConfig
@@ -62,6 +63,8 @@ def parse_tiny_spec(name: str) -> dict[str, int]:
             raise ModelLoadError(
                 f"model.name {name!r}: bad tiny spec item {item!r} (use key=int with keys {', '.join(TINY_DEFAULTS)})")
         spec[key.strip()] = int(value)
+    if zero := [k for k, v in spec.items() if v < 1]:
+        raise ModelLoadError(f"model.name {name!r}: {', '.join(zero)} must be at least 1")
     if spec["hidden"] % spec["heads"]:
         raise ModelLoadError(f"model.name {name!r}: hidden ({spec['hidden']}) must be divisible by heads ({spec['heads']})")
     return spec
@@ -109,15 +112,19 @@ def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, in
     if init_from is None and name.split(":")[0] == "tiny":
         model, tok = build_tiny(name, alphabet, seed)
     elif name.startswith("hf:"):
-        model = AutoModelForCausalLM.from_pretrained(name[3:], dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(name[3:])
+        try:  # the hub cache, or the network where it is allowed
+            model = AutoModelForCausalLM.from_pretrained(name[3:], dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(name[3:])
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"model.name {name!r}: could not load it from the Hugging Face hub or its cache "
+                                 f"({_first_line(e)}); use a local directory") from None
     else:
         path = resolve_model_dir(name)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"could not load model from {path}: {str(e).splitlines()[0]}") from None
+        except (OSError, ValueError, SafetensorError) as e:  # (a truncated weights file: SafetensorError)
+            raise ModelLoadError(f"could not load model from {path}: {_first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -160,3 +167,8 @@ def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
         to_save = copy.deepcopy(model).merge_and_unload()
     to_save.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -30,6 +30,10 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError("train.device is 'cuda' but no CUDA GPU is visible (use 'auto' or 'cpu')")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise TrainingError(f"train.device is {name!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError("train.device is 'mps' but no Apple GPU is available (use 'auto' or 'cpu')")
     return torch.device(name)
 
 

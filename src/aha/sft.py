@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aha.algos.logprobs import completion_logprobs
-from aha.checkpoint import list_checkpoints, resume_from, save_checkpoint, training_state
+from aha.checkpoint import clear_run, list_checkpoints, resume_from, save_checkpoint, training_state
 from aha.config import RunConfig, save_config
 from aha.data.templates import render_prompt
 from aha.evaluate import evaluate
@@ -76,6 +76,8 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     ckpts = list_checkpoints(run_dir) if resume else []
     if ckpts:
         start = resume_from(ckpts[-1], model, optimizer, scheduler, sampler)
+    if not ckpts:  # a fresh start: nothing of an earlier run in run_dir may mix with this one (the CLI asks first)
+        clear_run(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                            cfg.model_dump(mode="json"), resume_step=start if ckpts else None)

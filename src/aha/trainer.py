@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from aha.algos.advantages import compute_advantages, explained_variance, zero_std_groups
 from aha.algos.kl import kl_estimate
 from aha.algos.losses import aggregate_loss, approx_kl, clipped_surrogate, clipped_value_loss, masked_mean
-from aha.checkpoint import list_checkpoints, resume_from, save_checkpoint, training_state
+from aha.checkpoint import clear_run, list_checkpoints, resume_from, save_checkpoint, training_state
 from aha.config import RunConfig, save_config
 from aha.critic import build_critic, policy_forward
 from aha.data.templates import render_prompt
@@ -77,6 +77,8 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         start_step = resume_from(ckpts[-1], policy, optimizer, scheduler, sampler, critic)
         print(f"resumed from {ckpts[-1]} (step {start_step})")
     engine.update_weights()  # a sampler with its own copy (rollout.compile) starts from the weights RL starts from
+    if not ckpts:  # a fresh start: nothing of an earlier run in run_dir may mix with this one (the CLI asks first)
+        clear_run(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
                            cfg.model_dump(mode="json"), resume_step=start_step if ckpts else None)

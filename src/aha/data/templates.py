@@ -14,7 +14,9 @@ def resolve_template(template: str, tokenizer) -> str:
     if template == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
     if template in ("chat", "r1") and not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"task.template {template!r}: this model's tokenizer has no chat template (use 'plain')")
+        from aha.config import ConfigError
+
+        raise ConfigError(f"task.template {template!r}: this model's tokenizer has no chat template (use 'plain')")
     return template
 
 

@@ -15,20 +15,23 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for col in required:
-                if row.get(col) in (None, ""):
-                    raise DataError(f"{path}:{lineno}: row has no {col!r} column (keys: {', '.join(row) or 'none'})")
-            rows.append(row)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    for lineno, line in enumerate(text.split("\n"), 1):  # (not splitlines: U+2028 may sit inside a JSON string)
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for col in required:
+            if row.get(col) in (None, ""):
+                raise DataError(f"{path}:{lineno}: row has no {col!r} column (keys: {', '.join(row) or 'none'})")
+        rows.append(row)
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
@@ -36,9 +39,12 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
 
 def _normalise(rows: list[dict], cfg: TaskConfig) -> list[dict]:
     out = []
-    for row in rows:
+    for i, row in enumerate(rows, 1):
         row = dict(row)
         row["prompt"] = row.pop(cfg.prompt_column)
+        if not isinstance(row["prompt"], (str, list)):
+            raise DataError(f"{cfg.path}: row {i}: {cfg.prompt_column!r} must be text or a list of chat messages, "
+                            f"got {type(row['prompt']).__name__}")
         if cfg.answer_column in row:
             row["answer"] = str(row.pop(cfg.answer_column))
         out.append(row)

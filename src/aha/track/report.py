@@ -330,13 +330,18 @@ def render_html(run_dir: Path, metrics: dict[str, Series], plots: list[tuple[str
     return "\n".join(parts)
 
 
+class ReportError(FileNotFoundError):
+    """The run directory to report on is missing (or is a file)."""
+
+
 def write_report(run_dir: Path, out: Path | None = None, summary: dict | None = None) -> Path:
     """Write the run's HTML report (default `run_dir/report.html`) and return its path.
 
     ``summary`` (e.g. the demo's teacher / SFT / RL table) replaces ``run_dir/summary.json`` when given."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass the folder a training run wrote")
+        what = "is not a directory" if run_dir.exists() else "does not exist"
+        raise ReportError(f"run directory {run_dir} {what}; pass the folder a training run wrote")
     out = Path(out) if out is not None else run_dir / "report.html"
     metrics = load_metrics(run_dir)
     config_path = run_dir / "config.yaml"
