@@ -37,13 +37,13 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
     return rows
 
 
-def _normalise(rows: list[dict], cfg: TaskConfig) -> list[dict]:
+def _normalise(rows: list[dict], cfg: TaskConfig, path: Path) -> list[dict]:
     out = []
     for i, row in enumerate(rows, 1):
         row = dict(row)
         row["prompt"] = row.pop(cfg.prompt_column)
         if not isinstance(row["prompt"], (str, list)):
-            raise DataError(f"{cfg.path}: row {i}: {cfg.prompt_column!r} must be text or a list of chat messages, "
+            raise DataError(f"{path}: row {i}: {cfg.prompt_column!r} must be text or a list of chat messages, "
                             f"got {type(row['prompt']).__name__}")
         if cfg.answer_column in row:
             row["answer"] = str(row.pop(cfg.answer_column))
@@ -52,9 +52,9 @@ def _normalise(rows: list[dict], cfg: TaskConfig) -> list[dict]:
 
 
 def jsonl_task(cfg: TaskConfig) -> Task:
-    rows = _normalise(read_jsonl(cfg.path, (cfg.prompt_column,)), cfg)
+    rows = _normalise(read_jsonl(cfg.path, (cfg.prompt_column,)), cfg, cfg.path)
     if cfg.eval_path is not None:
-        train, held_out = rows, _normalise(read_jsonl(cfg.eval_path, (cfg.prompt_column,)), cfg)
+        train, held_out = rows, _normalise(read_jsonl(cfg.eval_path, (cfg.prompt_column,)), cfg, cfg.eval_path)
     else:
         n_eval = min(cfg.num_eval, len(rows) // 5)
         train, held_out = rows[: len(rows) - n_eval], rows[len(rows) - n_eval:]
