@@ -89,6 +89,7 @@ MISTAKES = [
     ("a JSONL file that is not UTF-8", "latin-1", [], ["not UTF-8"]),
     ("a prompt that is a number", "number", [], ["row 1", "'prompt' must be text"]),
     ("too few rows to hold any out", "three rows", [], ["no held-out rows", "task.eval_path"]),
+    ("a character the tiny model has no token for", "unknown character", [], ["cannot be tokenized", "'é'"]),
 ]
 
 
@@ -97,7 +98,8 @@ def test_more_mistakes_end_in_one_line_that_names_them(tmp_path, write_config, w
     if isinstance(extra, str):  # a JSONL dataset with the mistake in it
         extra = _jsonl(tmp_path, {"latin-1": GOOD_ROWS + "{\"prompt\": \"é+1=\"}\n".encode("latin-1"),
                                   "number": b'{"prompt": 3, "answer": "4"}\n' + GOOD_ROWS,
-                                  "three rows": b"".join(GOOD_ROWS.splitlines(keepends=True)[:3])}[extra])
+                                  "three rows": b"".join(GOOD_ROWS.splitlines(keepends=True)[:3]),
+                                  "unknown character": GOOD_ROWS + '{"prompt": "é+1=", "answer": "2"}\n'.encode()}[extra])
         extra["task"]["template"] = "plain"
     args = [x for o in overrides for x in ("--set", o)]
     line = one_line_error(aha("train", write_config(extra), "-o", tmp_path / "run", *args))

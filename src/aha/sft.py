@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from aha.algos.logprobs import completion_logprobs
 from aha.checkpoint import clear_run, list_checkpoints, resume_from, save_checkpoint, training_state
 from aha.config import RunConfig, save_config
-from aha.data.templates import render_prompt
+from aha.data.templates import encode_text, render_prompt
 from aha.evaluate import evaluate
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
@@ -27,7 +27,7 @@ def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt
     pairs = []
     for row in rows:
         p = render_prompt(row[prompt_col], tok, template)
-        c = tok(str(row[completion_col]), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        c = encode_text(str(row[completion_col]), tok) + [tok.eos_token_id]
         pairs.append((p, c))
     return pairs
 

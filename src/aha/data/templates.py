@@ -20,13 +20,28 @@ def resolve_template(template: str, tokenizer) -> str:
     return template
 
 
+def encode_text(text: str, tokenizer) -> list[int]:
+    """Token ids of ``text`` (no special tokens). Text the tokenizer cannot encode — a character outside a tiny
+    model's vocabulary, which has no unknown token — is a one-line :class:`~aha.tasks.DataError`."""
+    try:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    except Exception as e:  # the tokenizers library raises a bare Exception ("WordLevel error: Missing [UNK] …")
+        from aha.tasks import DataError
+
+        vocab = tokenizer.get_vocab()
+        unknown = "".join(sorted({c for c in text if c not in vocab}))
+        raise DataError(f"{text[:60]!r} cannot be tokenized by this model's tokenizer"
+                        + (f": it has no token for {unknown!r}" if unknown else f" ({str(e).splitlines()[0]})")
+                        + " (a tiny model knows only its task's characters)") from None
+
+
 def render_prompt(prompt: str | list, tokenizer, template: str) -> list[int]:
     """Token ids for one prompt. ``template`` is already resolved ('plain', 'chat' or 'r1').
 
     Conversational prompts (lists of messages) always go through the chat template.
     """
     if template == "plain" and isinstance(prompt, str):
-        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return encode_text(prompt, tokenizer)
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if template == "r1" and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": R1_SYSTEM}, *messages]
