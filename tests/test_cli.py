@@ -90,6 +90,7 @@ MISTAKES = [
     ("a prompt that is a number", "number", [], ["row 1", "'prompt' must be text"]),
     ("too few rows to hold any out", "three rows", [], ["no held-out rows", "task.eval_path"]),
     ("a character the tiny model has no token for", "unknown character", [], ["cannot be tokenized", "'é'"]),
+    ("an init_from that does not exist", {"init_from": "/nonexistent/ckpt"}, [], ["init_from", "/nonexistent/ckpt"]),
 ]
 
 
@@ -111,6 +112,9 @@ def test_an_out_path_that_is_a_file_and_a_report_of_no_run_are_one_line(tmp_path
     (tmp_path / "file").write_text("mine")
     assert "is a file" in one_line_error(aha("train", write_config(), "-o", tmp_path / "file"))
     assert (tmp_path / "file").read_text() == "mine"
+    assert "cannot create it" in one_line_error(aha("train", write_config(), "-o", tmp_path / "file" / "run"))
+    (tmp_path / "latin.yaml").write_bytes("# café\n".encode("latin-1"))
+    assert "not UTF-8" in one_line_error(aha("train", tmp_path / "latin.yaml", "-o", tmp_path / "run"))
     assert "does not exist" in one_line_error(aha("report", tmp_path / "nope"))
     assert "not a directory" in one_line_error(aha("report", tmp_path / "file"))
 
@@ -282,3 +286,17 @@ def test_resuming_from_a_damaged_or_foreign_checkpoint_is_one_line_and_changes_n
     line = one_line_error(aha("train", write_config(), "-o", out, "--resume", *extra))
     assert str(newest) in line and "aside" in line
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_damaged_weights_in_model_name_and_bad_eval_options_are_one_line(good_run, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(good_run / "checkpoints" / "step-2" / "model", model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    line = one_line_error(aha("eval", model))
+    assert "could not load model" in line and str(model) in line
+    for option, value in (("--k", "0"), ("--limit", "-3"), ("--temperature", "0")):
+        result = aha("eval", good_run / "checkpoints" / "step-2" / "model", option, value)
+        assert result.exit_code == 2 and option in result.output and "Traceback" not in result.output, result.output

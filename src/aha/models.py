@@ -109,6 +109,9 @@ def resolve_model_dir(name: str) -> Path:
 def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, init_from: Path | None = None):
     """Return ``(model, tokenizer)`` in fp32 on CPU, with LoRA adapters attached if configured."""
     name = str(init_from) if init_from is not None else cfg.name
+    if init_from is not None and not Path(init_from).exists():
+        raise ModelLoadError(f"init_from: {init_from} not found (a checkpoint's model directory, "
+                             "e.g. RUN/checkpoints/step-N/model)")
     if init_from is None and name.split(":")[0] == "tiny":
         model, tok = build_tiny(name, alphabet, seed)
     elif name.startswith("hf:"):
