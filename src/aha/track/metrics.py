@@ -14,12 +14,10 @@ class MetricsLogger:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
+        # (a fresh run starts from files that checkpoint.clear_run removed; it appends to nothing of an older run)
         if resume_step is not None:  # drop lines written after the checkpoint we resume from
             for path in (self.metrics_path, self.samples_path):
                 _truncate_after(path, resume_step)
-        elif self.metrics_path.exists():
-            self.metrics_path.unlink()
-            self.samples_path.unlink(missing_ok=True)
         self._tb = self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
