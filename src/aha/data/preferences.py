@@ -1,0 +1,101 @@
+"""Preference data: K-way rankings (with ties) and TRL-style pairs, one reader for both.
+
+A ranking row::
+
+    {"prompt": "...", "completions": ["a", "b", "c", "d"], "ranking": [[0, 2], 1, 3]}
+
+``ranking`` lists completion indices best-first; a nested list is a tie (here 0 and 2 share first place).
+Every index 0..K-1 appears exactly once, K ≥ 2. A pair row (TRL's format) is ``{"prompt", "chosen",
+"rejected"}``, read as the ranking ``[0, 1]`` of ``[chosen, rejected]``; its texts may be plain strings or
+conversational message lists. Extra columns (``labeler``, ``task_id`` …) are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class PreferenceRow:
+    prompt: Any  # text or a list of chat messages
+    completions: list  # K ≥ 2 texts (or message lists)
+    ranking: list[list[int]]  # tiers best-first, each a sorted list of completion indices
+    extra: dict = field(default_factory=dict)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """Every ordered ``(better, worse)`` pair the ranking implies (ties give none).
+
+        >>> PreferenceRow("p", ["a", "b", "c"], [[0, 2], [1]]).pairs()
+        [(0, 1), (2, 1)]
+        """
+        out = []
+        for i, tier in enumerate(self.ranking):
+            for worse_tier in self.ranking[i + 1:]:
+                out += [(a, b) for a in tier for b in worse_tier]
+        return out
+
+
+def normalize_ranking(ranking: Any, k: int) -> list[list[int]]:
+    """A ranking of ``k`` items as tiers best-first, or ValueError saying what is wrong.
+
+    Accepts ``[2, 0, 1]`` and ties as nested lists ``[[0, 2], 1]``; every index 0..k-1 exactly once.
+
+    >>> normalize_ranking([[0, 2], 1, 3], 4)
+    [[0, 2], [1], [3]]
+    """
+    if k < 2:
+        raise ValueError(f"a ranking needs at least 2 completions, got {k}")
+    if not isinstance(ranking, (list, tuple)) or not ranking:
+        raise ValueError(f"ranking must be a non-empty list of indices best-first (ties as nested lists), got {ranking!r}")
+    tiers, seen = [], []
+    for entry in ranking:
+        tier = list(entry) if isinstance(entry, (list, tuple)) else [entry]
+        if not tier:
+            raise ValueError("ranking has an empty tie group []")
+        for i in tier:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise ValueError(f"ranking entries must be integer indices, got {i!r}")
+            if not 0 <= i < k:
+                raise ValueError(f"ranking index {i} is out of range for {k} completions (0..{k - 1})")
+        seen += tier
+        tiers.append(sorted(tier))
+    repeated = sorted({i for i in seen if seen.count(i) > 1})
+    if repeated:
+        raise ValueError(f"ranking repeats index {', '.join(map(str, repeated))}: each completion appears once")
+    missing = sorted(set(range(k)) - set(seen))
+    if missing:
+        raise ValueError(f"ranking leaves out index {', '.join(map(str, missing))}: rank all {k} completions")
+    if len(tiers) < 2:
+        raise ValueError("ranking puts every completion in one tie: it states no preference")
+    return tiers
+
+
+def parse_preference(row: Any) -> PreferenceRow:
+    """One row (a ranking or a TRL pair) as a :class:`PreferenceRow`, or ValueError naming the problem."""
+    if not isinstance(row, dict):
+        raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+    if "prompt" not in row:
+        raise ValueError("missing field 'prompt'")
+    if "chosen" in row or "rejected" in row:
+        for key in ("chosen", "rejected"):
+            if row.get(key) in (None, ""):
+                raise ValueError(f"a pair row needs 'chosen' and 'rejected'; '{key}' is missing or empty")
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")}
+        return PreferenceRow(row["prompt"], [row["chosen"], row["rejected"]], [[0], [1]], extra)
+    for key in ("completions", "ranking"):
+        if key not in row:
+            raise ValueError(f"missing field '{key}' (a ranking row has prompt, completions, ranking; "
+                             "a pair row has prompt, chosen, rejected)")
+    comps = row["completions"]
+    if not isinstance(comps, (list, tuple)):
+        raise ValueError(f"'completions' must be a list of texts, got {type(comps).__name__}")
+    tiers = normalize_ranking(row["ranking"], len(comps))
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "completions", "ranking")}
+    return PreferenceRow(row["prompt"], list(comps), tiers, extra)
+
+
+def ranking_row(pref: PreferenceRow) -> dict:
+    """The JSONL form of a row (ties as nested lists, single entries flat), extra columns kept."""
+    ranking = [t[0] if len(t) == 1 else list(t) for t in pref.ranking]
+    return {"prompt": pref.prompt, "completions": list(pref.completions), "ranking": ranking, **pref.extra}
