@@ -128,7 +128,7 @@ def prompts(n: int, seed: int = 0) -> list[str]:
 
 def run_aha(spec: dict) -> dict:
     from aha.config import load_config
-    from aha.trainer import train_rl
+    from aha.rl import train_rl
 
     import torch
 
@@ -319,7 +319,7 @@ def main() -> None:
     if args.precision == "auto":
         import torch
 
-        from aha.models import fast_bf16_available
+        from aha.modeling.options import fast_bf16_available
 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         args.precision = "bf16" if fast_bf16_available(device) else "fp32"

@@ -50,22 +50,22 @@ def worker(spec: dict) -> None:
     import torch
 
     from aha.config import load_config
-    from aha.trainer import train_rl
+    from aha.rl import train_rl
 
     overrides = [f"{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in spec["overrides"].items()]
     cfg = load_config(spec["recipe"], overrides)
     run_dir = Path(spec["run_dir"])
     counted: dict[str, int] = {}
-    import aha.trainer as trainer
+    import aha.rl.context as context
 
-    real = trainer.make_optimizer
+    real = context.make_optimizer
 
     def counting_optimizer(model, tr, total, critic=None, critic_lr=None):  # count what the optimizer trains
         counted["policy"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         counted["critic"] = sum(p.numel() for p in critic.parameters() if p.requires_grad) if critic is not None else 0
         return real(model, tr, total, critic, critic_lr)
 
-    trainer.make_optimizer = counting_optimizer
+    context.make_optimizer = counting_optimizer
     t0 = time.perf_counter()
     last = train_rl(cfg, run_dir)
     wall = time.perf_counter() - t0

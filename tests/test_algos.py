@@ -9,7 +9,7 @@ import torch
 
 from aha.algos.advantages import group_relative_advantages, zero_std_groups
 from aha.algos.kl import kl_estimate
-from aha.algos.logprobs import completion_logprobs, entropy_from_logits, selective_log_softmax
+from aha.modeling.logprobs import completion_logprobs, entropy_from_logits, selective_log_softmax
 from aha.algos.losses import aggregate_loss, clipped_surrogate, masked_mean
 
 LN = math.log

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from aha.algos.logprobs import completion_logprobs
+from aha.modeling.logprobs import completion_logprobs
 from aha.models import build_tiny
 from aha.rollout import SamplingParams
 from aha.rollout.hf import HFEngine, WeightMajorLinear, top_p_filter
@@ -226,7 +226,7 @@ def test_sample_categorical_draws_from_the_distribution_and_never_a_zero_probabi
 def test_engine_decodes_with_the_models_own_attention_while_training_passes_use_another(engine):
     """train.attention switches the policy's training passes to eager attention on CPU; the engine keeps
     sampling with the kernel the model came with, puts the training kernel back, and the two agree."""
-    from aha.runtime import set_attention
+    from aha.modeling.options import set_attention
 
     assert engine.attention == "sdpa"
     set_attention([engine.model], "eager")
@@ -338,7 +338,7 @@ def test_compiled_sampler_starts_from_the_warmed_up_policy(tmp_path, write_confi
     import json
 
     from aha.config import load_config
-    from aha.trainer import train_rl
+    from aha.rl import train_rl
 
     first = {}
     for compile_ in (False, True):

@@ -6,7 +6,7 @@ import pytest
 
 from aha.config import load_config
 from aha.demo import run_demo
-from aha.trainer import train_grpo
+from aha.rl import train_grpo
 
 
 def _evals(run_dir):

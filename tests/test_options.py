@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import aha.runtime
-import aha.trainer
+import aha.rl.optimize
 from aha.config import load_config
 from aha.track.metrics import read_metrics
-from aha.trainer import train_grpo
+from aha.rl import train_grpo
 
 
 def steps_of(run_dir: Path) -> list[dict]:
@@ -208,7 +208,7 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, w
     from aha.rollout.hf import HFEngine
 
     leans, built = [], []
-    real_forward = aha.trainer.policy_forward
+    real_forward = aha.rl.optimize.policy_forward
 
     def spy_forward(*args, **kwargs):
         leans.append(kwargs.get("lean"))
@@ -219,7 +219,7 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, w
             built.append(fallback)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(aha.trainer, "policy_forward", spy_forward)
+    monkeypatch.setattr(aha.rl.optimize, "policy_forward", spy_forward)
     monkeypatch.setattr(aha.rollout.compiled, "CompiledEngine", SpyCompiled)
     cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 1}, **overrides}))
     train_grpo(cfg, tmp_path / "run")
@@ -232,7 +232,7 @@ def test_lean_auto_on_a_gpu_turns_on_only_where_activations_would_fill_a_quarter
     stand-in card here: CI has none). An explicit value is used as given, and an unknown model shape is lean."""
     from types import SimpleNamespace
 
-    from aha.runtime import lean_activations
+    from aha.modeling.options import lean_activations
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=24, hidden_size=896, intermediate_size=4864))
@@ -258,7 +258,7 @@ def test_compiled_sampler_auto_needs_a_gpu_torch_compile_can_build_for(monkeypat
     ≥ 7.0 (stand-ins here: CI has no GPU). An explicit value is used as given."""
     import importlib.util
 
-    from aha.runtime import compiled_sampler
+    from aha.modeling.options import compiled_sampler
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert compiled_sampler("auto", cpu, False) is False and compiled_sampler(True, cpu, False) is True

@@ -12,9 +12,10 @@ from aha.algos.advantages import (compute_advantages, discounted_returns, explai
 from aha.algos.losses import clipped_surrogate, clipped_value_loss
 from aha.checkpoint import list_checkpoints
 from aha.config import ConfigError, load_config
-from aha.critic import Critic, CriticError, build_critic, policy_forward
+from aha.critic import Critic, CriticError, build_critic
+from aha.modeling.forward import policy_forward
 from aha.models import build_tiny
-from aha.trainer import train_rl
+from aha.rl import train_rl
 
 # ----------------------------------------------------------------------------- pure maths, by hand
 

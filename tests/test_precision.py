@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aha.algos.logprobs import completion_forward
+from aha.modeling.logprobs import completion_forward
 from aha.algos.losses import aggregate_loss, clipped_surrogate
 from aha.models import build_tiny
 

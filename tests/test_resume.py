@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import aha.trainer
+import aha.rl.optimize
+import aha.run
 from aha.checkpoint import list_checkpoints
 from aha.config import load_config
 from aha.runtime import TrainingError
-from aha.trainer import train_grpo
+from aha.rl import train_grpo
 
 TIMING = ("time/", "throughput/")  # wall-clock keys: the only ones allowed to differ between runs
 
@@ -62,7 +63,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
     train_grpo(resume_cfg, a)
 
     # run B: killed (Ctrl-C) right after its step-2 checkpoint is on disk
-    real_save = aha.trainer.save_checkpoint
+    real_save = aha.run.save_checkpoint
 
     def save_then_interrupt(run_dir, step, *args, **kwargs):
         path = real_save(run_dir, step, *args, **kwargs)
@@ -70,10 +71,10 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
             raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(aha.trainer, "save_checkpoint", save_then_interrupt)
+    monkeypatch.setattr(aha.run, "save_checkpoint", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_grpo(resume_cfg, b)
-    monkeypatch.setattr(aha.trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(aha.run, "save_checkpoint", real_save)
     assert [p.name for p in list_checkpoints(b)] == ["step-2"]
 
     # what a process killed later might leave: a half-written checkpoint, a step dir without trainer
@@ -125,13 +126,13 @@ def test_nan_loss_stops_with_step_and_last_intact_checkpoint(tmp_path, write_con
     cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 4},
                                     "log": {"save_every": 2, "eval_every": 0}}))
     run = tmp_path / "run"
-    real_loss = aha.trainer.aggregate_loss
+    real_loss = aha.rl.optimize.aggregate_loss
 
     def nan_after_step_2(*args, **kwargs):
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if (run / "checkpoints" / "step-2").is_dir() else loss
 
-    monkeypatch.setattr(aha.trainer, "aggregate_loss", nan_after_step_2)
+    monkeypatch.setattr(aha.rl.optimize, "aggregate_loss", nan_after_step_2)
     with pytest.raises(TrainingError) as err:
         train_grpo(cfg, run)
     message = str(err.value)
@@ -143,7 +144,7 @@ def test_nan_loss_stops_with_step_and_last_intact_checkpoint(tmp_path, write_con
     model = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step-2" / "model")
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-    monkeypatch.setattr(aha.trainer, "aggregate_loss", real_loss)  # the fix: continue from step 2
+    monkeypatch.setattr(aha.rl.optimize, "aggregate_loss", real_loss)  # the fix: continue from step 2
     last = train_grpo(cfg, run, resume=True)
     assert math.isfinite(last["loss/policy"])
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aha.errors import AhaError
 from aha.models import save_model
 
-class CheckpointError(RuntimeError):
+class CheckpointError(AhaError, RuntimeError):
     """A checkpoint does not fit this run (other model shape, no critic where PPO needs one)."""
 
 

@@ -17,18 +17,9 @@ app.add_typer(config_app, name="config")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from aha.checkpoint import CheckpointError
-    from aha.config import ConfigError
-    from aha.critic import CriticError
-    from aha.gguf import ModelLoadError as GGUFError
-    from aha.models import ModelLoadError
-    from aha.rewards import RewardConfigError, RewardError
-    from aha.runtime import TrainingError
-    from aha.tasks import DataError
-    from aha.track.report import ReportError
+    from aha.errors import AhaError  # every error a user can cause (config, data, paths, rewards, checkpoints)
 
-    return (ConfigError, ModelLoadError, GGUFError, DataError, RewardConfigError, RewardError, TrainingError,
-            CheckpointError, CriticError, ReportError)
+    return (AhaError,)
 
 
 def _out_dir(out: Path) -> None:
@@ -94,7 +85,7 @@ def train(
 
         last = train_sft(cfg, out, resume=resume)
     else:
-        from aha.trainer import train_rl
+        from aha.rl import train_rl
 
         last = train_rl(cfg, out, resume=resume)
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")}

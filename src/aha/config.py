@@ -12,8 +12,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aha.errors import AhaError, first_line
 
-class ConfigError(ValueError):
+
+class ConfigError(AhaError, ValueError):
     """A user-caused configuration problem; its message is one line meant for the terminal."""
 
 
@@ -79,6 +81,8 @@ class RewardSpec(_Section):
 
 
 class RolloutConfig(_Section):
+    engine: Literal["hf"] = Field("hf", description="The sampler (an aha.rollout.Engine): 'hf' = in-process, sharing the "
+                                  "policy's weights (rollout.compile: its compiled variant).")
     group_size: int = Field(8, ge=1, description="G: completions sampled per prompt.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (also applied to training logits).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
@@ -95,11 +99,13 @@ class RolloutConfig(_Section):
 
 
 class RLConfig(_Section):
-    algo: Literal["grpo", "ppo", "rloo", "reinforce++", "reinforce++_baseline"] = Field(
-        "grpo", description="Advantage estimator: grpo (group-relative), rloo (leave-one-out), reinforce++ (returns with a "
-        "token-level KL penalty, whitened over the batch), reinforce++_baseline (group mean subtracted first), ppo "
-        "(a critic + GAE; see the critic section). KL to the reference goes into the loss for grpo, into the reward "
-        "for the others.")
+    algo: str = Field(
+        "grpo", description="Advantage estimator (registered in aha.algos.advantages): grpo (group-relative), rloo "
+        "(leave-one-out), reinforce++ (returns with a token-level KL penalty, whitened over the batch), "
+        "reinforce++_baseline (group mean subtracted first), ppo (a critic + GAE; see the critic section). KL to the "
+        "reference goes into the loss for grpo, into the reward for the others.")
+    policy_loss: str = Field("clip", description="Policy loss (registered in aha.algos.losses): 'clip' = the clipped "
+                             "surrogate of PPO / GRPO / DAPO / GSPO.")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step; the batch holds prompts_per_step × group_size completions.")
     mu: int = Field(1, ge=1, description="μ: optimisation passes (PPO epochs) over each batch of rollouts (the ratio departs "
                     "from 1 after the first optimizer step).")
@@ -205,8 +211,16 @@ class RunConfig(_Section):
     def _check(self) -> "RunConfig":
         if self.stage == "sft" and self.sft.path is None:
             raise ValueError("stage 'sft' needs sft.path (a prompt/completion JSONL)")
-        if self.rl.algo in ("rloo", "reinforce++_baseline") and self.rollout.group_size < 2:
-            raise ValueError(f"rl.algo {self.rl.algo!r} needs rollout.group_size ≥ 2 (its baseline is the prompt's other samples)")
+        from aha.algos.advantages import ADVANTAGE_ESTIMATORS
+        from aha.algos.losses import POLICY_LOSSES
+
+        if self.rl.algo not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"rl.algo {self.rl.algo!r} is not a registered estimator ({', '.join(ADVANTAGE_ESTIMATORS)})")
+        if self.rl.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"rl.policy_loss {self.rl.policy_loss!r} is not a registered loss ({', '.join(POLICY_LOSSES)})")
+        if self.rollout.group_size < ADVANTAGE_ESTIMATORS[self.rl.algo].min_group_size:
+            raise ValueError(f"rl.algo {self.rl.algo!r} needs rollout.group_size ≥ "
+                             f"{ADVANTAGE_ESTIMATORS[self.rl.algo].min_group_size} (its baseline is the prompt's other samples)")
         if self.rollout.compile is True and self.model.lora.enabled:
             raise ValueError("rollout.compile does not support LoRA policies yet (set one of them to false)")
         if self.rl.dynamic_sampling and self.rollout.group_size < 2:
@@ -257,7 +271,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({str(e).splitlines()[0]}); quote a value meant "
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({first_line(e)}); quote a value meant "
                           "as text") from None
 
 
@@ -285,7 +299,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
         data.update(loaded)

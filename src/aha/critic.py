@@ -8,7 +8,7 @@ Two shapes (``critic.kind``):
 - ``head``: a value head on the policy's own last hidden state. One forward pass serves both, at the price
   of value gradients flowing into the policy's trunk.
 
-Values are aligned with :func:`aha.algos.logprobs.completion_logprobs`: position ``t`` is the value of the
+Values are aligned with :func:`aha.modeling.logprobs.completion_logprobs`: position ``t`` is the value of the
 prefix that *predicts* completion token ``t`` (the state before the action).
 """
 
@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aha.algos.logprobs import completion_forward, completion_states
 from aha.config import RunConfig
+from aha.errors import AhaError, first_line
+from aha.modeling.logprobs import completion_states
 
 
-class CriticError(RuntimeError):
+class CriticError(AhaError, RuntimeError):
     """The critic cannot be built (e.g. a reward-model path that does not load)."""
 
 
@@ -58,7 +59,9 @@ def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Cri
     """The critic ``rl.algo: ppo`` needs (None for the critic-free algorithms), on ``device`` in train mode.
 
     Built after any SFT warm-up, so 'policy' means the policy RL starts from."""
-    if cfg.rl.algo != "ppo":
+    from aha.algos.advantages import advantage_estimator
+
+    if not advantage_estimator(cfg.rl.algo).needs_critic:
         return None
     hidden = policy.config.hidden_size
     if cfg.critic.kind == "head":
@@ -85,7 +88,7 @@ def _critic_from_reward_model(path: Path, policy_hidden: int) -> Critic:
     try:
         rm = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     except (OSError, ValueError) as e:
-        raise CriticError(f"critic.init_from: could not load a reward model from {path}: {str(e).splitlines()[0]}") from None
+        raise CriticError(f"critic.init_from: could not load a reward model from {path}: {first_line(e)}") from None
     head = getattr(rm, "score", None)
     hidden = rm.config.hidden_size
     if not isinstance(head, nn.Linear) or head.out_features != 1:
@@ -97,21 +100,3 @@ def _critic_from_reward_model(path: Path, policy_hidden: int) -> Critic:
             new.bias.copy_(head.bias if head.bias is not None else torch.zeros(1))
         head = new
     return Critic(hidden, trunk=rm.base_model, head=head)
-
-
-def policy_forward(policy: nn.Module, critic: Critic | None, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   completion_len: int, temperature: float = 1.0, entropy: str = "none", lean: bool = False):
-    """One pass for the update: ``(logp [B, C], entropy [B, C] | None, values [B, C] | None)``.
-
-    With a ``head`` critic the values come from the policy's own forward pass; a ``separate`` critic runs its
-    own trunk. ``entropy`` and ``lean`` as in :func:`completion_forward`.
-    """
-    shared = critic is not None and critic.shared
-    logp, ent, hidden = completion_forward(policy, input_ids, attention_mask, completion_len, temperature, entropy, shared,
-                                         lean)
-    values = None
-    if shared:
-        values = critic.values_from_hidden(hidden)
-    elif critic is not None:
-        values = critic(input_ids, attention_mask, completion_len, lean)
-    return logp, ent, values

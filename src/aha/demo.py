@@ -94,7 +94,7 @@ def per_class(rows: list[dict], correct: list[bool]) -> dict[str, float]:
 def run_demo(out: Path, seed: int = 0) -> dict:
     from aha.sft import train_sft
     from aha.tasks import build_task
-    from aha.trainer import train_grpo
+    from aha.rl import train_grpo
     from aha.track.report import write_report
 
     t_start = time.perf_counter()

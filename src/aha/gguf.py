@@ -17,6 +17,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from aha.errors import ModelLoadError
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # ChatML, as SmolLM2-Instruct ships it; used only for ChatML vocabularies whose GGUF has no template.
@@ -29,10 +31,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be found or loaded; the message says what to do."""
 
 
 def cache_dir() -> Path:

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from aha.config import ModelConfig
+from aha.errors import ModelLoadError, first_line
 
 try:  # no per-save "Writing model shards" bars: our own progress bar is the one to watch
     from transformers.utils import logging as _hf_logging
@@ -30,10 +31,6 @@ except ImportError:  # pragma: no cover
 ALIASES = {"smollm2-135m": "smollm2-135m"}
 TINY_DEFAULTS = {"layers": 2, "hidden": 128, "heads": 4, "ff": 512, "ctx": 128}
 DEFAULT_ALPHABET = "".join(chr(i) for i in range(32, 127)) + "\n"
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be found or loaded; the message says which and how to fix it."""
 
 
 def char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
@@ -120,14 +117,14 @@ def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, in
             tok = AutoTokenizer.from_pretrained(name[3:])
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"model.name {name!r}: could not load it from the Hugging Face hub or its cache "
-                                 f"({_first_line(e)}); use a local directory") from None
+                                 f"({first_line(e)}); use a local directory") from None
     else:
         path = resolve_model_dir(name)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError, SafetensorError) as e:  # (a truncated weights file: SafetensorError)
-            raise ModelLoadError(f"could not load model from {path}: {_first_line(e)}") from None
+            raise ModelLoadError(f"could not load model from {path}: {first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -152,16 +149,6 @@ def reference_model(policy: torch.nn.Module, beta: float, lora: bool):
     return ref
 
 
-def fast_bf16_available(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:
-        return False
-
-
 def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
     """HF-format save (safetensors + tokenizer); LoRA is merged into a copy so the result loads with
     plain ``AutoModelForCausalLM.from_pretrained``."""
@@ -171,7 +158,3 @@ def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
     to_save.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

@@ -1,10 +1,9 @@
-"""Pieces every trainer (GRPO, SFT) shares: device and precision, seeding, optimizer and schedule,
-the prompt sampler with a resumable position."""
+"""Pieces every stage (RL, SFT, reward model) shares: seeding, the device, the model and task a run starts from,
+the optimizer and schedule, the prompt sampler with a resumable position. How the model runs on the hardware
+(precision, attention, compile, lean activations) is :mod:`aha.modeling.options`."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import math
 import random
 
@@ -12,10 +11,12 @@ import numpy as np
 import torch
 
 from aha.config import RunConfig, TrainConfig
-from aha.models import fast_bf16_available, load_policy
+from aha.errors import AhaError
+from aha.models import load_policy
+from aha.modeling.options import autocast_dtype
 
 
-class TrainingError(RuntimeError):
+class TrainingError(AhaError, RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the message says where, and which checkpoint is intact."""
 
 
@@ -35,70 +36,6 @@ def pick_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise TrainingError("train.device is 'mps' but no Apple GPU is available (use 'auto' or 'cpu')")
     return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where asked (or, for 'auto', where the hardware runs bf16 fast); None = fp32."""
-    if precision == "bf16" or (precision == "auto" and fast_bf16_available(device)):
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def training_attention(choice: str, device: torch.device) -> str | None:
-    """The attention kernel for training passes: None = keep the model's own.
-
-    'auto' = eager on a CPU: torch's CPU flash-attention backward is slow under bf16 (SmolLM2 on an AMX CPU, fwd+bwd
-    2.47 → 1.93 s); in fp32 on an AVX2 CPU the two were within noise of each other (8.4 vs 8.3 s)."""
-    if choice == "auto":
-        return "eager" if device.type == "cpu" else None
-    return choice
-
-
-def compiled_sampler(choice: bool | str, device: torch.device, lora: bool) -> bool:
-    """Whether rollouts come from the compiled sampler (``rollout.compile``). 'auto': on a CUDA GPU that torch.compile
-    can build for (Triton installed, compute capability ≥ 7.0), without LoRA; there CUDA graphs took a 0.5B model's
-    rollout from ~21–26 to ~4 ms per token step (H200). Off on a CPU, where the gain is ~10% after a minute's compile."""
-    if choice != "auto":
-        return bool(choice)
-    if device.type != "cuda" or lora:
-        return False
-    return importlib.util.find_spec("triton") is not None and torch.cuda.get_device_capability(device) >= (7, 0)
-
-
-def lean_activations(choice: bool | str, model: torch.nn.Module, device: torch.device, n_tokens: int,
-                     amp: torch.dtype | None) -> bool:
-    """Whether a training pass over ``n_tokens`` (rows × columns) runs with lean activations (see
-    ``model.lean_activations``). 'auto': always on a CPU (~3% of SmolLM2's training pass for half its activation
-    memory). On a GPU only where the plain pass's activations would fill over a quarter of the card: there the
-    per-op dispatch costs more (a 0.5B model at 16 × 64 tokens: 0.43 vs 0.23 s on an H200) and memory is seldom
-    short. The estimate, (10·hidden + 4·ff) values per token and layer, is near what was measured: SmolLM2's
-    completion pass saved 1.49 GB for 1024 tokens in fp32 (estimate 1.46); a Qwen2.5-0.5B-shaped model at 64 × 256
-    tokens in bf16 autocast peaked at 42 GB on an H200 without lean, ~26 GB of it beyond weights, gradients, Adam
-    state, the reference, the sampler's copy and the logits (estimate 32 GB with the prompt columns)."""
-    if choice != "auto":
-        return bool(choice)
-    if device.type != "cuda":
-        return True
-    cfg = getattr(model, "config", None)
-    try:
-        per_token = cfg.num_hidden_layers * (10 * cfg.hidden_size + 4 * cfg.intermediate_size)
-    except (AttributeError, TypeError):
-        return True  # an unknown shape: the memory-safe choice
-    estimate = n_tokens * per_token * (2.5 if amp is not None else 4)  # autocast keeps a mix of bf16 and fp32
-    return estimate > torch.cuda.get_device_properties(device).total_memory / 4
-
-
-def set_attention(models, impl: str | None) -> None:
-    """Switch HF models (None entries skipped) to another attention implementation; cheap (a config flag)."""
-    if impl is None:
-        return
-    for model in models:
-        if model is not None:
-            model.set_attn_implementation(impl)
 
 
 def prepare(cfg: RunConfig):

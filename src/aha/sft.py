@@ -9,17 +9,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from aha.algos.logprobs import completion_logprobs
-from aha.checkpoint import clear_run, list_checkpoints, resume_from, save_checkpoint, training_state
-from aha.config import RunConfig, save_config
+from aha.checkpoint import resume_from, training_state
+from aha.config import RunConfig
 from aha.data.templates import encode_text, render_prompt
 from aha.evaluate import evaluate
+from aha.modeling.logprobs import completion_logprobs
+from aha.modeling.options import autocast, set_attention, training_attention
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
-from aha.runtime import (PromptSampler, TrainingError, autocast, make_optimizer, prepare, set_attention,
-                         training_attention)
+from aha.run import Run
+from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
 from aha.tasks.jsonl import read_jsonl
-from aha.track.metrics import MetricsLogger
 
 
 def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt", completion_col: str = "completion"):
@@ -60,8 +60,7 @@ def sft_warmup(model, tok, rows: list[dict], template: str, cfg: RunConfig, devi
 
 def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[dict] | None = None) -> dict:
     """SFT on ``cfg.sft.path`` (or the given ``rows``), with greedy eval on the task's held-out split."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(cfg, run_dir, resume, "sft")
     tr = cfg.train
     device, amp, task, model, tok, template = prepare(cfg)
     if rows is None:
@@ -71,25 +70,15 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     sampler = PromptSampler(len(pairs), tr.seed)
     engine = HFEngine(model, tok, device, amp)  # samples with the model's own attention kernel
     set_attention([model], training_attention(tr.attention, device))
-
-    start = 0
-    ckpts = list_checkpoints(run_dir) if resume else []
-    if ckpts:
-        start = resume_from(ckpts[-1], model, optimizer, scheduler, sampler)
-    if not ckpts:  # a fresh start: nothing of an earlier run in run_dir may mix with this one (the CLI asks first)
-        clear_run(run_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
-                           cfg.model_dump(mode="json"), resume_step=start if ckpts else None)
+    start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler))
 
     def run_eval() -> dict:
         return {"eval/accuracy": evaluate(engine, tok, task, task.eval, template, cfg.rollout.max_new_tokens)["accuracy"]}
 
     last: dict = {}
-    if start == 0 and cfg.log.eval_every:
-        logger.log(0, run_eval())
-    bar = tqdm(range(start + 1, tr.steps + 1), desc="sft", disable=not cfg.log.progress, dynamic_ncols=True)
-    for step in bar:
+    if run.eval_due(0):
+        run.log(0, run_eval())
+    for step in run.steps(start):
         t0 = time.perf_counter()
         batch = [pairs[i] for i in sampler.take(tr.batch_size)]
         optimizer.zero_grad(set_to_none=True)
@@ -106,17 +95,10 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         scheduler.step()
         metrics = {"loss/sft": loss_total, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
                    "time/train_s": time.perf_counter() - t0}
-        if cfg.log.eval_every and (step % cfg.log.eval_every == 0 or step == tr.steps):
+        if run.eval_due(step):
             metrics.update(run_eval())
-        logger.log(step, metrics)
+        run.log(step, metrics, shown={"loss": f"{loss_total:.3f}"})
         last = metrics
-        bar.set_postfix({"loss": f"{loss_total:.3f}", **({"acc": f"{metrics['eval/accuracy']:.3f}"} if "eval/accuracy" in metrics else {})})
-        if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
-            save_checkpoint(run_dir, step, model, tok, training_state(optimizer, scheduler, sampler), cfg.log.keep_checkpoints)
-    bar.close()
-    logger.close()
-    if cfg.log.report:
-        from aha.track.report import write_report
-
-        write_report(run_dir)
-    return last
+        if run.save_due(step):
+            run.save(step, model, tok, training_state(optimizer, scheduler, sampler))
+    return run.finish(last)

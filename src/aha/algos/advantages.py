@@ -1,6 +1,9 @@
-"""Advantage estimators as pure functions of rewards (critic-free)."""
+"""Advantage estimators as pure functions of rewards (and, for PPO, a critic's values), registered by name."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -141,32 +144,90 @@ def _masked_mean_var(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     return mean, (((x - mean) * mask) ** 2).sum() / n
 
 
+# ----------------------------------------------------------------------------- the registry, as verl's core_algos
+
+
+@dataclass(frozen=True)
+class AdvantageEstimator:
+    """An advantage estimator registered under ``rl.algo``, with the properties the loop asks of it."""
+
+    name: str
+    fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+    needs_critic: bool = False  # PPO: the loop builds a value model and passes its values
+    kl_in_reward: bool = True  # β·KL goes into the reward (False: into the loss, as GRPO)
+    min_group_size: int = 1  # completions per prompt the estimator needs
+    description: str = ""
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+
+
+def register_advantage(name: str, *, needs_critic: bool = False, kl_in_reward: bool = True, min_group_size: int = 1,
+                       description: str = ""):
+    """Register ``fn(scores, mask, group_size, *, kl, beta, values, gamma, lam, scale_rewards, whiten_advantages)
+    -> (advantages, returns)`` as the estimator ``rl.algo: name``. ``scores [B]`` are the summed reward scores,
+    ``mask [B, T]`` the completion tokens, ``kl [B, T]`` the per-token KL to the reference when it goes into the
+    reward (else None), ``values [B, T]`` the critic's. Advantages are ``[B]`` or ``[B, T]``; returns ``[B, T]`` —
+    the critic's regression target — or None."""
+
+    def register(fn):
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(name, fn, needs_critic, kl_in_reward, min_group_size, description)
+        return fn
+
+    return register
+
+
+def advantage_estimator(name: str) -> AdvantageEstimator:
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"unknown advantage estimator {name!r} (registered: {', '.join(ADVANTAGE_ESTIMATORS)})")
+    return ADVANTAGE_ESTIMATORS[name]
+
+
+@register_advantage("grpo", kl_in_reward=False, description="group-relative: each reward minus its group's mean, "
+                    "divided by a std (rl.scale_rewards); β·KL in the loss")
+def _grpo(scores, mask, group_size, *, scale_rewards="group", **_):
+    return group_relative_advantages(scores, group_size, scale_rewards)[0], None
+
+
+@register_advantage("rloo", min_group_size=2, description="leave-one-out: each reward minus the mean of the other "
+                    "samples of its prompt")
+def _rloo(scores, mask, group_size, *, kl=None, beta=0.0, **_):
+    seq = scores.float() - (beta * (kl.float() * mask).sum(-1) if kl is not None else 0.0)
+    return rloo_advantages(seq, group_size), None
+
+
+def _reinforce_pp(scores, mask, kl, beta, gamma):
+    rewards = token_level_rewards(scores, mask, kl, beta)
+    return whiten(discounted_returns(rewards, mask, gamma), mask), None
+
+
+@register_advantage("reinforce++", description="returns with a token-level KL penalty, whitened over the batch")
+def _reinforce(scores, mask, group_size, *, kl=None, beta=0.0, gamma=1.0, **_):
+    return _reinforce_pp(scores, mask, kl, beta, gamma)
+
+
+@register_advantage("reinforce++_baseline", min_group_size=2, description="reinforce++ with the group mean "
+                    "subtracted from the scores first")
+def _reinforce_baseline(scores, mask, group_size, *, kl=None, beta=0.0, gamma=1.0, **_):
+    return _reinforce_pp(group_relative_advantages(scores, group_size, "none")[0], mask, kl, beta, gamma)
+
+
+@register_advantage("ppo", needs_critic=True, description="a critic + GAE (see the critic section)")
+def _ppo(scores, mask, group_size, *, kl=None, beta=0.0, values=None, gamma=1.0, lam=0.95, whiten_advantages=True, **_):
+    if values is None:
+        raise ValueError("ppo advantages need the critic's values")
+    rewards = token_level_rewards(scores, mask, kl, beta)
+    adv, returns = gae_advantages(rewards, values, mask, gamma, lam)
+    return (whiten(adv, mask) if whiten_advantages else adv), returns
+
+
 def compute_advantages(algo: str, scores: torch.Tensor, mask: torch.Tensor, group_size: int, *,
                        kl: torch.Tensor | None = None, beta: float = 0.0, values: torch.Tensor | None = None,
                        gamma: float = 1.0, lam: float = 0.95, scale_rewards: str = "group",
                        whiten_advantages: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The advantage estimator ``rl.algo`` names. ``scores [B]`` are the summed reward-function scores, ``mask``
-    ``[B, T]`` the completion tokens, ``kl [B, T]`` the per-token KL to the reference (for the algorithms that
-    put β·KL into the reward; grpo keeps it in the loss and ignores it here), ``values [B, T]`` the critic's.
-
-    Returns ``(advantages, returns)``: advantages ``[B]`` (grpo, rloo) or ``[B, T]``; returns ``[B, T]`` — the
-    critic's regression target — for ppo, else None.
-    """
-    use_kl = kl is not None and beta > 0
-    if algo == "grpo":
-        return group_relative_advantages(scores, group_size, scale_rewards)[0], None
-    if algo == "rloo":
-        seq = scores.float() - (beta * (kl.float() * mask).sum(-1) if use_kl else 0.0)
-        return rloo_advantages(seq, group_size), None
-    if algo in ("reinforce++", "reinforce++_baseline"):
-        if algo == "reinforce++_baseline":
-            scores = group_relative_advantages(scores, group_size, "none")[0]
-        rewards = token_level_rewards(scores, mask, kl if use_kl else None, beta)
-        return whiten(discounted_returns(rewards, mask, gamma), mask), None
-    if algo == "ppo":
-        if values is None:
-            raise ValueError("ppo advantages need the critic's values")
-        rewards = token_level_rewards(scores, mask, kl if use_kl else None, beta)
-        adv, returns = gae_advantages(rewards, values, mask, gamma, lam)
-        return (whiten(adv, mask) if whiten_advantages else adv), returns
-    raise ValueError(f"rl.algo must be grpo, rloo, reinforce++, reinforce++_baseline or ppo, got {algo!r}")
+    """The advantage estimator registered as ``algo`` (see :func:`register_advantage`). ``kl`` is used only by the
+    estimators that put β·KL into the reward, and only when ``beta > 0``."""
+    est = advantage_estimator(algo)
+    use_kl = kl is not None and beta > 0 and est.kl_in_reward
+    return est.fn(scores, mask, group_size, kl=kl if use_kl else None, beta=beta, values=values, gamma=gamma, lam=lam,
+                  scale_rewards=scale_rewards, whiten_advantages=whiten_advantages)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -112,3 +114,31 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` where ``mask`` is 1 (0 if the mask is empty)."""
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- the registry of policy losses
+
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
+
+
+def register_policy_loss(name: str):
+    """Register ``fn(logp, old_logp, advantages, mask, *, epsilon_low, epsilon_high, level, **_) -> (per_token_loss
+    [B, T], clipped [B, T] bool)`` as ``rl.policy_loss: name``."""
+
+    def register(fn):
+        POLICY_LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+def policy_loss(name: str):
+    if name not in POLICY_LOSSES:
+        raise ValueError(f"unknown policy loss {name!r} (registered: {', '.join(POLICY_LOSSES)})")
+    return POLICY_LOSSES[name]
+
+
+@register_policy_loss("clip")
+def clip_loss(logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", **_):
+    """The clipped surrogate of PPO, GRPO, DAPO (clip-higher) and GSPO (``level='sequence'``): :func:`clipped_surrogate`."""
+    return clipped_surrogate(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, level)

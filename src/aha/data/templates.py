@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aha.errors import first_line
+
 R1_SYSTEM = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
     "The Assistant first thinks about the reasoning process in the mind and then provides the user with the "
@@ -31,7 +33,7 @@ def encode_text(text: str, tokenizer) -> list[int]:
         vocab = tokenizer.get_vocab()
         unknown = "".join(sorted({c for c in text if c not in vocab}))
         raise DataError(f"{text[:60]!r} cannot be tokenized by this model's tokenizer"
-                        + (f": it has no token for {unknown!r}" if unknown else f" ({str(e).splitlines()[0]})")
+                        + (f": it has no token for {unknown!r}" if unknown else f" ({first_line(e)})")
                         + " (a tiny model knows only its task's characters)") from None
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from aha.errors import AhaError
 from aha.rewards.builtin import (
     accuracy,
     completion_text,
@@ -63,11 +64,11 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
 }
 
 
-class RewardConfigError(ValueError):
+class RewardConfigError(AhaError, ValueError):
     """A reward spec in the config cannot be turned into a function (one-line message)."""
 
 
-class RewardError(RuntimeError):
+class RewardError(AhaError, RuntimeError):
     """A reward function raised, or returned something other than one number/None per sample."""
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -30,11 +30,54 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.completion_ids)
 
+    def select(self, index: list[int]) -> "Rollouts":
+        """The completions at ``index``, in that order."""
+        return Rollouts(*[[getattr(self, f)[i] for i in index] for f in _FIELDS])
 
+    def concat(self, other: "Rollouts") -> "Rollouts":
+        return Rollouts(*[getattr(self, f) + getattr(other, f) for f in _FIELDS])
+
+
+_FIELDS = ("prompt_ids", "completion_ids", "logprobs", "finish_reasons")
+
+
+@runtime_checkable
 class Engine(Protocol):
+    """What the RL loop asks of a sampler. The in-process :class:`~aha.rollout.hf.HFEngine` (and its compiled
+    variant) implement it; a remote rollout worker (Ray) or a vLLM engine implements the same.
+
+    - ``generate``: ``n`` completions per prompt, grouped, with the sampler's own logprobs and finish reasons;
+    - ``sync(policy)``: sample from ``policy``'s current weights from now on; returns the new ``weights_version``
+      (the loop checks it before it samples);
+    - ``exact_logprobs``: whether the sampler's logprobs are the ones a training pass would compute (same weights,
+      same precision); if not, ``rl.old_logprobs: auto`` recomputes them in a no-grad pass.
+    """
+
+    weights_version: int
+
+    @property
+    def exact_logprobs(self) -> bool: ...
+
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts: ...
 
-    def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None: ...
+    def sync(self, policy: torch.nn.Module) -> int: ...
+
+
+def build_engine(name: str, policy: torch.nn.Module, tokenizer, device: torch.device, amp: torch.dtype | None,
+                 compile: bool | str = False, lora: bool = False) -> Engine:
+    """The engine ``rollout.engine`` names, sampling from ``policy``. ``hf``: in-process, sharing the policy's
+    parameters; with ``rollout.compile`` (:func:`~aha.modeling.options.compiled_sampler`) its compiled variant."""
+    from aha.modeling.options import compiled_sampler
+
+    if name != "hf":
+        raise ValueError(f"rollout.engine {name!r}: only 'hf' is built in")
+    if compiled_sampler(compile, device, lora):
+        from aha.rollout.compiled import CompiledEngine  # a compiled (bf16 or fp32) copy of the policy samples
+
+        return CompiledEngine(policy, tokenizer, device, amp, fallback=compile == "auto")  # see its docstring
+    from aha.rollout.hf import HFEngine
+
+    return HFEngine(policy, tokenizer, device, amp)  # samples with the model's own attention kernel
 
 
 def pack_rollouts(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -27,7 +27,8 @@ import sys
 
 import torch
 
-from aha.algos.logprobs import position_ids_from_mask
+from aha.errors import first_line
+from aha.modeling.logprobs import position_ids_from_mask
 from aha.rollout.hf import HFEngine, WeightMajorLinear, _base
 
 CACHE_BUCKET = 64  # the static cache length is rounded up to this, so prompt-length changes rarely recompile
@@ -125,7 +126,7 @@ class CompiledEngine(HFEngine):
         try:
             return self.compiled(**inputs)
         except TorchDynamoException as e:
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            reason = f"{type(e).__name__}: {first_line(e)}"
             if not self.fallback:
                 raise TrainingError(f"rollout.compile: torch.compile could not build the decode step ({reason}); "
                                     "set rollout.compile=false to sample eagerly") from e

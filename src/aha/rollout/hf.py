@@ -7,7 +7,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from aha.algos.logprobs import cache_kwarg, position_ids_from_mask
+from aha.modeling.logprobs import cache_kwarg, position_ids_from_mask
 from aha.rollout import Rollouts, SamplingParams
 
 
@@ -59,6 +59,18 @@ class HFEngine:
         self.attention = getattr(model.config, "_attn_implementation", None)
         self.weight_major = device.type == "cpu" and autocast_dtype is None  # see WeightMajorLinear
         self._cache_kw = cache_kwarg(_base(model))
+
+    @property
+    def exact_logprobs(self) -> bool:
+        """fp32 cached decoding gives the training pass's logprobs; under bf16 autocast the two round differently
+        (~0.03 nats/token), so old logprobs are recomputed (``rl.old_logprobs: auto``)."""
+        return self.autocast_dtype is None
+
+    def sync(self, policy: torch.nn.Module) -> int:
+        """Sample from ``policy``'s current weights: free for the policy this engine shares, a state-dict load for
+        another; returns the new weights version."""
+        self.update_weights(None if policy is self.model else policy.state_dict())
+        return self.weights_version
 
     def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None:
         if state is not None:

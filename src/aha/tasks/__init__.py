@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aha.config import TaskConfig
+from aha.errors import AhaError
 
 
-class DataError(ValueError):
+class DataError(AhaError, ValueError):
     """A malformed dataset (missing file, bad row); the message names the file, line and fix."""
 
 

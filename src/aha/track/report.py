@@ -24,6 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from aha.errors import AhaError
+
 # Keys that get a plot of their own, in page order. The reward plot also draws reward/std as a
 # band and every reward/<fn>/mean as its own line.
 MAIN_PLOTS = [
@@ -330,7 +332,7 @@ def render_html(run_dir: Path, metrics: dict[str, Series], plots: list[tuple[str
     return "\n".join(parts)
 
 
-class ReportError(FileNotFoundError):
+class ReportError(AhaError, FileNotFoundError):
     """The run directory to report on is missing (or is a file)."""
 
 

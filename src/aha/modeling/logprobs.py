@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from aha.algos.fused import fusable_head, linear_logprobs
+from aha.modeling.fused import fusable_head, linear_logprobs
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,7 @@ def completion_forward(
     Returns ``(logp [B, C], entropy [B, C] or None, hidden [B, C, H] or None)``.
     """
     fused = fusable_head(model) if entropy != "grad" else None
-    if fused is not None:  # trunk, then the LM head and log-softmax in one memory-lean function (algos/fused.py)
+    if fused is not None:  # trunk, then the LM head and log-softmax in one memory-lean function (modeling/fused.py)
         trunk, head_weight = fused
         states = completion_states(trunk, input_ids, attention_mask, completion_len, lean)
         B, C, H = states.shape

@@ -1,0 +1,18 @@
+"""The one base class of the errors a user can cause (a config field, a data file, a path, a reward function,
+a checkpoint): the CLI prints their message as one line and exits with code 2, never a traceback."""
+
+from __future__ import annotations
+
+
+class AhaError(Exception):
+    """A user-caused problem; its message is one line meant for the terminal, naming the field or file and the fix."""
+
+
+class ModelLoadError(AhaError, RuntimeError):
+    """A model could not be found or loaded (models.py, gguf.py); the message says which and how to fix it."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line of text (its type's name when it has none)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

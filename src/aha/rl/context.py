@@ -1,0 +1,87 @@
+"""Everything the RL phases share for a run: the models, the engine, the rewards, the optimizer, the data order.
+Built once by :func:`build_context` (the order matters: it is the order the random numbers are drawn in)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from aha.algos.advantages import AdvantageEstimator, advantage_estimator
+from aha.checkpoint import resume_from, training_state
+from aha.config import RunConfig
+from aha.critic import Critic, build_critic
+from aha.models import reference_model
+from aha.modeling.options import set_attention, training_attention
+from aha.rewards import resolve_reward
+from aha.rollout import Engine, SamplingParams, build_engine
+from aha.run import Run
+from aha.runtime import PromptSampler, make_optimizer, prepare
+from aha.tasks import Task
+
+
+@dataclass
+class RLContext:
+    cfg: RunConfig
+    run: Run
+    device: torch.device
+    amp: torch.dtype | None  # bf16 autocast, or None = fp32
+    task: Task
+    policy: torch.nn.Module
+    tokenizer: object
+    template: str
+    engine: Engine
+    reward_fns: list[tuple[str, Callable, float]]  # (name, function, weight)
+    sampling: SamplingParams
+    sampler: PromptSampler
+    estimator: AdvantageEstimator  # rl.algo
+    ref: torch.nn.Module | None = None  # frozen reference (None: β = 0, or LoRA: the policy with adapters off)
+    critic: Critic | None = None  # PPO's value model
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+
+    @property
+    def updates(self) -> int:
+        """Optimizer steps per batch of rollouts: μ passes × minibatches."""
+        return self.cfg.rl.mu * self.cfg.rl.num_minibatches
+
+    def reference(self):
+        """``(model, context)`` that computes the reference's logprobs: the frozen copy, or under LoRA the policy
+        with its adapters switched off."""
+        if self.ref is not None:
+            return self.ref, contextlib.nullcontext()
+        return self.policy, self.policy.disable_adapter()
+
+    def state(self) -> dict:
+        """What a checkpoint holds besides the policy's weights."""
+        return training_state(self.optimizer, self.scheduler, self.sampler, self.critic)
+
+
+def build_context(cfg: RunConfig, run: Run) -> RLContext:
+    """Dataset, models, engine; the SFT warm-up, reference, critic and optimizer; a checkpoint's state on resume."""
+    rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
+    device, amp, task, policy, tok, template = prepare(cfg)
+    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled)
+    set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
+    reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
+    sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
+    ctx = RLContext(cfg, run, device, amp, task, policy, tok, template, engine, reward_fns, sampling,
+                    PromptSampler(len(task.train), tr.seed), advantage_estimator(rl.algo))
+    # the reference is the policy RL starts from, so it is built before a checkpoint's weights are loaded
+    # (on resume the deterministic warm-up is replayed only when the reference needs it)
+    if cfg.sft.warmup_steps and (not run.resuming or (rl.beta > 0 and not cfg.model.lora.enabled)):
+        from aha.sft import sft_warmup  # optional: imitate reference answers first (see sft.warmup_steps)
+
+        sft_warmup(policy, tok, task.train, template, cfg, device, amp)
+    ctx.ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
+    ctx.critic = build_critic(cfg, policy, device)  # PPO's value model; None for the critic-free algorithms
+    set_attention([ctx.critic.trunk if ctx.critic is not None else None], training_attention(tr.attention, device))
+    ctx.optimizer, ctx.scheduler = make_optimizer(policy, tr, tr.steps * ctx.updates, ctx.critic, cfg.critic.lr)
+    return ctx
+
+
+def restore(ctx: RLContext, checkpoint) -> int:
+    """Load a checkpoint into the context (weights, optimizer, schedule, data order, RNG, critic); returns its step."""
+    return resume_from(checkpoint, ctx.policy, ctx.optimizer, ctx.scheduler, ctx.sampler, ctx.critic)

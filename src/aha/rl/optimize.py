@@ -1,0 +1,97 @@
+"""The update phase: μ passes over the batch × ``rl.num_minibatches`` shuffled minibatches, one optimizer step
+each, with gradient accumulation over micro-batches. Per micro-batch:
+
+    loss = aggregate(policy_loss(ρ, A) [+ β·KL to the reference: GRPO]) [− c_H·entropy] [+ c_V·value loss]
+
+Returns the statistics of the pass: each a mean over the batch's samples and the μ passes (losses and gradient
+norms: over the optimizer steps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aha.algos.kl import kl_estimate
+from aha.algos.losses import aggregate_loss, approx_kl, clipped_value_loss, masked_mean, policy_loss
+from aha.checkpoint import list_checkpoints
+from aha.modeling.forward import policy_forward
+from aha.modeling.options import autocast, lean_activations
+from aha.rl.batch import RolloutBatch
+from aha.rl.context import RLContext
+from aha.runtime import TrainingError
+
+
+def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
+    """Row indices of ``k`` minibatches covering the batch once; shuffled when there is more than one."""
+    order = torch.randperm(n) if k > 1 else torch.arange(n)
+    return [chunk.to(device) for chunk in order.tensor_split(k) if len(chunk)]
+
+
+def update(ctx: RLContext, batch: RolloutBatch, step: int) -> dict:
+    cfg, rl, ro = ctx.cfg, ctx.cfg.rl, ctx.cfg.rollout
+    policy, critic, optimizer, updates = ctx.policy, ctx.critic, ctx.optimizer, ctx.updates
+    loss_fn = policy_loss(rl.policy_loss)
+    kl_in_loss = batch.ref_logp is not None and not ctx.estimator.kl_in_reward  # GRPO: β·KL in the loss
+    mask, n_seq = batch.mask, len(batch)
+    n_tok = mask.sum().clamp(min=1).item()
+    stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
+    if critic is not None:
+        stats.update(dict.fromkeys(["loss/value", "value/clip_ratio", "value/grad_norm"], 0.0))
+    for it in range(rl.mu):
+        for mb_rows in minibatches(n_seq, rl.num_minibatches, ctx.device):
+            optimizer.zero_grad(set_to_none=True)
+            mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()
+            for rows_idx in mb_rows.split(cfg.train.micro_batch_size):
+                mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
+                w = len(rows_idx) / n_seq / rl.mu  # this micro-batch's share of the step's metrics
+                with autocast(ctx.device, ctx.amp):
+                    logp, entropy, values = policy_forward(
+                        policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
+                        "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
+                        lean=lean_activations(cfg.model.lean_activations, policy, ctx.device, mb["input_ids"].numel(),
+                                              ctx.amp))
+                logp = logp.float()
+                # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
+                mb_old = logp.detach() if updates == 1 else batch.old_logp[rows_idx]
+                per_token, clipped = loss_fn(logp, mb_old, batch.advantages[rows_idx], mb["mask"],
+                                             epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
+                                             level=rl.importance_sampling_level)
+                pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
+                loss = pg_loss
+                if kl_in_loss:
+                    kl = kl_estimate(logp, batch.ref_logp[rows_idx], rl.kl_estimator)
+                    loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq,
+                                          mb_tok)
+                    stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
+                if rl.entropy_coef > 0:
+                    loss = loss - rl.entropy_coef * aggregate_loss(entropy, mb["mask"], "dapo", 0, mb_seq, mb_tok)
+                if critic is not None:
+                    v_loss, v_clipped = clipped_value_loss(values, batch.values[rows_idx], batch.returns[rows_idx],
+                                                           cfg.critic.clip_range)
+                    v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
+                    loss = loss + cfg.critic.vf_coef * v_loss
+                    stats["loss/value"] += v_loss.item() / updates  # micro-batch shares sum to the minibatch's loss
+                    stats["value/clip_ratio"] += masked_mean(v_clipped.float(), mb["mask"]).item() * w
+                if not torch.isfinite(loss):
+                    done = list_checkpoints(ctx.run.dir)
+                    raise TrainingError(
+                        f"loss became {loss.item()} at step {step} (pass {it + 1}): try a lower train.lr or check the "
+                        f"rewards; last intact checkpoint: {done[-1] if done else 'none'}")
+                loss.backward()
+                stats["loss/policy"] += pg_loss.item() / updates
+                stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
+                stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
+                if entropy is not None and it == 0:
+                    stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                raise TrainingError(f"gradient norm became {grad_norm.item()} at step {step}: try a lower train.lr")
+            stats["grad_norm"] += grad_norm.item() / updates
+            if critic is not None:
+                stats["value/grad_norm"] += torch.nn.utils.clip_grad_norm_(critic.parameters(),
+                                                                           cfg.train.max_grad_norm).item() / updates
+            optimizer.step()
+            ctx.scheduler.step()
+    if ctx.device.type == "cuda":  # kernels run asynchronously: the update ends when they have
+        torch.cuda.synchronize(ctx.device)
+    return stats

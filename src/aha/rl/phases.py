@@ -1,0 +1,185 @@
+"""The phases of one RL step, each a function of the context and the batch:
+
+    collect     ─ rollout (G samples per prompt) + rewards (+ DAPO dynamic resampling)
+    score       ─ no-grad passes: old policy, reference, critic values
+    advantages  ─ the estimator rl.algo names (aha.algos.advantages)
+    update      ─ μ passes × minibatches, one optimizer step each (aha.rl.optimize)
+    sync        ─ the engine samples from the new weights
+    step_metrics / log_samples
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aha.algos.advantages import explained_variance, zero_std_groups
+from aha.algos.kl import kl_estimate
+from aha.algos.losses import masked_mean
+from aha.data.templates import render_prompt
+from aha.evaluate import columns_of
+from aha.modeling.forward import policy_forward
+from aha.modeling.options import autocast
+from aha.rewards import compute_rewards
+from aha.rl.batch import RolloutBatch
+from aha.rl.context import RLContext
+from aha.rollout import pack_rollouts
+
+# ============================================================ collect
+
+
+def sample(ctx: RLContext, rows: list[dict]) -> tuple[RolloutBatch, int]:
+    """G completions for each row, decoded and rewarded; returns the batch and how many (function, sample) pairs a
+    failing reward function skipped (``rl.reward_on_error: skip``)."""
+    G, tok = ctx.cfg.rollout.group_size, ctx.tokenizer
+    prompt_ids = [render_prompt(r["prompt"], tok, ctx.template) for r in rows]
+    roll = ctx.engine.generate(prompt_ids, G, ctx.sampling)
+    texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+    rewards, per_fn, skipped = compute_rewards(
+        ctx.reward_fns, [r["prompt"] for r in rows for _ in range(G)], texts, columns_of(rows, G),
+        on_error=ctx.cfg.rl.reward_on_error, completion_ids=roll.completion_ids,
+        max_completion_length=ctx.cfg.rollout.max_new_tokens)
+    return RolloutBatch(G, rows, roll, texts, rewards, per_fn), skipped
+
+
+def collect(ctx: RLContext) -> tuple[RolloutBatch | None, dict]:
+    """``rl.prompts_per_step`` groups of rewarded completions. With DAPO's dynamic sampling only groups whose
+    rewards differ are kept, and more prompts are sampled until enough are (at most ``rl.max_resample_rounds``
+    more rounds). Returns ``(batch or None when no group was kept, info)``; ``info`` has ``rounds``,
+    ``zero_std_frac`` (of the first round), ``skipped`` and ``last_reward_mean`` (of the last round)."""
+    rl, G = ctx.cfg.rl, ctx.cfg.rollout.group_size
+    kept, info = None, {"rounds": 0, "skipped": 0}
+    while True:
+        fresh, skipped = sample(ctx, [ctx.task.train[i] for i in ctx.sampler.take(rl.prompts_per_step)])
+        info["skipped"] += skipped
+        zero = zero_std_groups(torch.tensor(fresh.rewards, dtype=torch.float32), G)
+        if info["rounds"] == 0:
+            info["zero_std_frac"] = zero.float().mean().item()
+        keep = (~zero if rl.dynamic_sampling else torch.ones_like(zero)).tolist()
+        kept = fresh.select(keep) if kept is None else kept.concat(fresh.select(keep))
+        info["rounds"] += 1
+        if not rl.dynamic_sampling or kept.n_groups >= rl.prompts_per_step or info["rounds"] > rl.max_resample_rounds:
+            break
+    info["last_reward_mean"] = float(torch.tensor(fresh.rewards).mean())
+    if kept.n_groups == 0:  # every group agreed: nothing to learn from this step
+        return None, info
+    return kept.head(rl.prompts_per_step), info
+
+
+# ============================================================ score (no grad)
+
+
+def micro_batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def no_grad_pass(model, critic, batch: dict, micro: list[slice], temperature: float, device, amp,
+                 logprobs: bool = True):
+    """``(logp [B, C] or None, values [B, C] or None)`` of the whole batch, micro-batch by micro-batch.
+    ``logprobs=False`` skips the policy's pass unless a ``head`` critic needs its hidden states."""
+    C = batch["mask"].shape[1]
+    logps, values = [], []
+    for sl in micro:
+        ids, attn = batch["input_ids"][sl], batch["attention_mask"][sl]
+        with autocast(device, amp):
+            if logprobs or (critic is not None and critic.shared):
+                logp, _, v = policy_forward(model, critic, ids, attn, C, temperature)
+                logps.append(logp.float())
+            else:
+                v = critic(ids, attn, C)
+        if critic is not None:
+            values.append(v.float())
+    return (torch.cat(logps) if logps else None), (torch.cat(values) if values else None)
+
+
+def score(ctx: RLContext, batch: RolloutBatch) -> None:
+    """Pack the batch into tensors and run the no-grad passes it needs: the old policy's logprobs (when μ > 1 or
+    KL goes into the reward, and the engine's own are not exact), the critic's values, the reference's logprobs
+    (β > 0) and, for the estimators that put β·KL into the reward, the per-token KL."""
+    rl, T = ctx.cfg.rl, ctx.cfg.rollout.temperature
+    t = pack_rollouts(batch.rollouts, ctx.tokenizer.pad_token_id, ctx.device)
+    if rl.mask_truncated:
+        t["mask"] *= t["truncated"].logical_not().unsqueeze(-1).to(t["mask"].dtype)
+    micro = micro_batches(len(batch), ctx.cfg.train.micro_batch_size)
+    old_logp = t["sampler_logp"]
+    need_old = ctx.updates > 1 or (ctx.estimator.kl_in_reward and rl.beta > 0)  # on-policy μ = 1 needs none
+    recompute = need_old and (rl.old_logprobs == "recompute" or (rl.old_logprobs == "auto" and not ctx.engine.exact_logprobs))
+    if recompute or ctx.critic is not None:
+        logp_new, batch.values = no_grad_pass(ctx.policy, ctx.critic, t, micro, T, ctx.device, ctx.amp, logprobs=recompute)
+        old_logp = logp_new if recompute else old_logp
+    if rl.beta > 0:
+        model, adapters_off = ctx.reference()
+        with adapters_off:
+            batch.ref_logp, _ = no_grad_pass(model, None, t, micro, T, ctx.device, ctx.amp)
+        if ctx.estimator.kl_in_reward:
+            batch.kl = kl_estimate(old_logp, batch.ref_logp, rl.kl_estimator)
+    batch.tensors, batch.old_logp = t, old_logp
+
+
+# ============================================================ advantages
+
+
+def advantages(ctx: RLContext, batch: RolloutBatch) -> None:
+    """The estimator ``rl.algo`` names: group-relative (GRPO), leave-one-out (RLOO), whitened returns (REINFORCE++),
+    GAE over the critic's values (PPO)."""
+    rl = ctx.cfg.rl
+    batch.advantages, batch.returns = ctx.estimator.fn(
+        torch.tensor(batch.rewards, dtype=torch.float32).to(ctx.device), batch.mask, batch.group_size,
+        kl=batch.kl if rl.beta > 0 else None, beta=rl.beta, values=batch.values, gamma=rl.gamma, lam=rl.lam,
+        scale_rewards=rl.scale_rewards, whiten_advantages=rl.whiten_advantages)
+
+
+# ============================================================ sync
+
+
+def sync(ctx: RLContext) -> int:
+    """The engine samples from the policy's new weights (free in-process: it shares them); the weights version."""
+    return ctx.engine.sync(ctx.policy)
+
+
+# ============================================================ log
+
+
+def step_metrics(ctx: RLContext, batch: RolloutBatch, info: dict, stats: dict, times: dict) -> dict:
+    """The step's metrics: rewards, lengths, the update's statistics, the critic's fit, times."""
+    rewards = torch.tensor(batch.rewards, dtype=torch.float32)
+    lengths = torch.tensor([len(c) for c in batch.rollouts.completion_ids], dtype=torch.float32)
+    mask = batch.mask
+    if batch.kl is not None:
+        stats["kl"] = masked_mean(batch.kl, mask).item()
+    if ctx.critic is not None:
+        stats["value/mean"] = masked_mean(batch.values, mask).item()
+        stats["value/explained_variance"] = explained_variance(batch.values, batch.returns, mask)
+    metrics = {
+        "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        **{f"reward/{name}/mean": _mean_not_none(v) for name, v in batch.per_fn.items()},
+        "completions/mean_length": lengths.mean().item(), "completions/max_length": lengths.max().item(),
+        "completions/clipped_ratio": batch.tensors["truncated"].float().mean().item(),
+        "frac_reward_zero_std": info["zero_std_frac"], **stats, "lr": ctx.scheduler.get_last_lr()[0],
+        "time/rollout_s": times["rollout"], "time/train_s": times["train"], "time/step_s": times["step"],
+        "throughput/tokens_per_s": lengths.sum().item() / max(times["rollout"], 1e-9),
+    }
+    if ctx.cfg.rl.beta == 0:
+        metrics.pop("kl")
+    if ctx.cfg.rl.dynamic_sampling:
+        metrics["dynamic_sampling/rounds"] = info["rounds"]
+    if info["skipped"]:
+        metrics["reward/skipped_samples"] = info["skipped"]
+    return metrics
+
+
+def log_samples(ctx: RLContext, step: int, batch: RolloutBatch) -> None:
+    """The first ``log.samples_per_step`` completions to samples.jsonl."""
+    n, G = ctx.cfg.log.samples_per_step, batch.group_size
+    if n:
+        rewards = torch.tensor(batch.rewards, dtype=torch.float32)  # as the advantages saw them
+        ctx.run.logger.log_samples([
+            {"step": step, "prompt": str(batch.rows[i // G]["prompt"]), "completion": batch.texts[i],
+             "reward": rewards[i].item(), "rewards": {name: v[i] for name, v in batch.per_fn.items()},
+             "answer": batch.rows[i // G].get("answer")}
+            for i in range(min(n, len(batch)))])
+
+
+def _mean_not_none(values: list) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None

@@ -1,0 +1,99 @@
+"""The run skeleton every stage shares (RL, SFT, and the reward-model stage): the run directory, resume-or-clear,
+the resolved config, the metrics logger, the eval and checkpoint cadence, the progress bar and the report.
+
+A stage reads::
+
+    run = Run(cfg, run_dir, resume, "sft")
+    ... build the model, optimizer, sampler ...
+    start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler))
+    if run.eval_due(0): run.log(0, evaluate())
+    for step in run.steps(start):
+        metrics = ...one step...
+        if run.eval_due(step): metrics.update(evaluate())
+        run.log(step, metrics, shown={"loss": ...})
+        if run.save_due(step): run.save(step, model, tokenizer, training_state(...))
+    return run.finish(metrics)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from aha.checkpoint import clear_run, list_checkpoints, save_checkpoint
+from aha.config import RunConfig, save_config
+from aha.track.metrics import MetricsLogger
+
+
+class Run:
+    """One stage's run in ``run_dir``. ``resume=True`` continues from its newest complete checkpoint."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, name: str):
+        self.cfg, self.dir, self.resume, self.name = cfg, Path(run_dir), resume, name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoints = list_checkpoints(self.dir) if resume else []
+        self.logger: MetricsLogger | None = None
+        self.bar = None
+        self.start = 0
+
+    @property
+    def resuming(self) -> bool:
+        """A checkpoint will be restored: work that only a fresh start needs (e.g. a warm-up) can be skipped."""
+        return bool(self.checkpoints)
+
+    def begin(self, restore: Callable[[Path], int]) -> int:
+        """Restore the newest checkpoint with ``restore`` (returns its step), or clear what an earlier run left in the
+        directory; then write the resolved config and open the logger. Returns the step to continue after."""
+        start = 0
+        if self.checkpoints:
+            start = restore(self.checkpoints[-1])
+            print(f"resumed from {self.checkpoints[-1]} (step {start})")
+        else:  # a fresh start: nothing of an earlier run in run_dir may mix with this one (the CLI asks first)
+            clear_run(self.dir)
+        save_config(self.cfg, self.dir / "config.yaml")
+        log = self.cfg.log
+        self.logger = MetricsLogger(self.dir, log.tensorboard, log.wandb, log.wandb_project,
+                                    self.cfg.model_dump(mode="json"), resume_step=start if self.checkpoints else None)
+        self.start = start
+        return start
+
+    def steps(self, start: int):
+        """The steps after ``start`` up to ``train.steps``, under a progress bar."""
+        self.bar = tqdm(range(start + 1, self.cfg.train.steps + 1), desc=self.name, disable=not self.cfg.log.progress,
+                        dynamic_ncols=True)
+        return self.bar
+
+    def eval_due(self, step: int) -> bool:
+        """Evaluate every ``log.eval_every`` steps, at the last step, and at step 0 of a fresh run."""
+        every = self.cfg.log.eval_every
+        if step == 0:
+            return bool(every) and self.start == 0
+        return bool(every) and (step % every == 0 or step == self.cfg.train.steps)
+
+    def save_due(self, step: int) -> bool:
+        every = self.cfg.log.save_every
+        return bool(every and step % every == 0) or step == self.cfg.train.steps
+
+    def save(self, step: int, model, tokenizer, state: dict) -> Path:
+        return save_checkpoint(self.dir, step, model, tokenizer, state, self.cfg.log.keep_checkpoints)
+
+    def log(self, step: int, metrics: dict, shown: dict | None = None) -> None:
+        """Write one step's metrics; ``shown`` goes to the progress bar (with eval/accuracy when it was measured)."""
+        self.logger.log(step, metrics)
+        if shown is not None and self.bar is not None:
+            if "eval/accuracy" in metrics:
+                shown = {**shown, "acc": f"{metrics['eval/accuracy']:.3f}"}
+            self.bar.set_postfix(shown)
+
+    def finish(self, last: dict) -> dict:
+        """Close the bar and the logger, write report.html (``log.report``); returns ``last``."""
+        if self.bar is not None:
+            self.bar.close()
+        self.logger.close()
+        if self.cfg.log.report:
+            from aha.track.report import write_report
+
+            write_report(self.dir)
+        return last
