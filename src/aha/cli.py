@@ -14,6 +14,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="aha — RL post-training for language models that you can read, run on a laptop, and watch learn.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
 app.add_typer(config_app, name="config")
+from aha.label.cli import label_app  # noqa: E402  (light: FastAPI and uvicorn are imported by its commands)
+app.add_typer(label_app, name="label")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -21,6 +23,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aha.config import ConfigError
     from aha.critic import CriticError
     from aha.gguf import ModelLoadError as GGUFError
+    from aha.label.store import LabelError
     from aha.models import ModelLoadError
     from aha.rewards import RewardConfigError, RewardError
     from aha.runtime import TrainingError
@@ -28,7 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aha.track.report import ReportError
 
     return (ConfigError, ModelLoadError, GGUFError, DataError, RewardConfigError, RewardError, TrainingError,
-            CheckpointError, CriticError, ReportError)
+            CheckpointError, CriticError, ReportError, LabelError)
 
 
 def _out_dir(out: Path) -> None:
