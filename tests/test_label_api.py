@@ -86,7 +86,7 @@ def test_another_labelers_task_id_is_refused(env):
     msg = assert_one_line_error(env.rank("bob", alice_task, [0, 1, 2]), 403, "not assigned to you")
     # a task id that does not exist reads the same: ids reveal nothing
     assert assert_one_line_error(env.rank("bob", 999999, [0, 1, 2]), 403) == msg.replace(str(alice_task), "999999")
-    assert env.store.stats()["progress"]["rankings"] == 0
+    assert env.store.stats()["progress"]["answered"] == 0
 
 
 @pytest.mark.parametrize("ranking, pattern", [
@@ -118,7 +118,7 @@ def test_oversized_body_is_413(env):
     # a chunked body has no Content-Length to check: it is counted as it arrives
     chunks = (big[i:i + 8192].encode() for i in range(0, len(big), 8192))
     assert_one_line_error(env.client.post("/api/rankings", content=chunks, headers=headers), 413, "64 KiB")
-    assert env.store.stats()["progress"]["rankings"] == 0
+    assert env.store.stats()["progress"]["answered"] == 0
 
 
 @pytest.mark.parametrize("headers, pattern", [
@@ -294,7 +294,7 @@ def test_admin_stats_progress_labelers_agreement(tmp_path):
         task = env.next(name).json()["task_id"]
         assert env.rank(name, task, ranking).status_code == 201
     s = env.client.get("/api/admin/stats", headers=env.auth("admin")).json()
-    assert s["progress"] == {"tasks": 2, "per_task": 2, "target": 4, "rankings": 4, "tasks_complete": 2,
+    assert s["progress"] == {"tasks": 2, "per_task": 2, "target": 4, "answered": 4, "tasks_complete": 2,
                              "skipped": 0, "open": 0}
     assert [(lab["name"], lab["ranked"]) for lab in s["labelers"]] == [("alice", 2), ("bob", 2)]
     assert s["labelers"][0]["median_seconds"] is not None

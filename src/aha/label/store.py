@@ -337,7 +337,7 @@ class Store:
                 "name": lab["name"], "ranked": sum(r["ranked"] for r in rows),
                 "skipped": sum(r["skipped"] for r in rows), "flagged": sum(r["flagged"] for r in rows),
                 "median_seconds": round(statistics.median(secs), 1) if secs else None,
-                "per_hour": round((len(rows) - 1) / span_h, 1) if span_h > 0 else None,
+                "per_hour": round((len(rows) - 1) / span_h, 1) if span_h * 3600 >= 60 else None,  # a rate needs a minute
                 "last_at": rows[-1]["created_at"] if rows else None})
         by_task: dict[int, list] = {}
         k_of: dict[int, int] = {}
@@ -352,7 +352,7 @@ class Store:
                                       "JOIN labelers l ON l.id = r.labeler_id JOIN tasks t ON t.id = r.task_id "
                                       "WHERE r.flagged = 1 ORDER BY r.created_at DESC LIMIT 200").fetchall()]
         return {
-            "progress": {"tasks": n_tasks, "per_task": per_task, "target": n_tasks * per_task, "rankings": done,
+            "progress": {"tasks": n_tasks, "per_task": per_task, "target": n_tasks * per_task, "answered": done,
                          "tasks_complete": complete,
                          "skipped": c.execute("SELECT COUNT(*) FROM rankings WHERE skipped = 1").fetchone()[0],
                          "open": c.execute("SELECT COUNT(*) FROM assignments WHERE status = 'open'").fetchone()[0]},

@@ -25,9 +25,9 @@ async function refresh() {
     const { data } = await api("GET", "/api/admin/stats");
     const p = data.progress;
     $("progress-bar").max = Math.max(1, p.target);
-    $("progress-bar").value = p.rankings;
+    $("progress-bar").value = p.answered;
     $("progress-text").textContent =
-      `${p.rankings} / ${p.target} rankings (${p.tasks} tasks × ${p.per_task} labelers) · ` +
+      `${p.answered} / ${p.target} answered (${p.tasks} tasks × ${p.per_task} labelers) · ` +
       `${p.tasks_complete} tasks complete · ${p.open} open · ${p.skipped} skipped`;
     const a = data.agreement;
     $("agreement").textContent = a.tasks

@@ -145,14 +145,22 @@ async function loadNext() {
 async function send(body, what) {
   if (busy || !task) return;
   busy = true;
+  let sent = false;
   try {
     await api("POST", "/api/rankings", { task_id: task.task_id, ...body });
-    await loadNext();
-    say(what);
+    sent = true;
   } catch (e) {
     say(e.message, true);
   } finally {
     busy = false;
+  }
+  if (!sent) return;
+  task = null;  // keys wait for the next task instead of answering this one twice
+  try {
+    await loadNext();
+    say(what);
+  } catch (e) {
+    say(e.message, true);
   }
 }
 
