@@ -14,10 +14,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="aha — RL post-training for language models that you can read, run on a laptop, and watch learn.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
 app.add_typer(config_app, name="config")
+from aha.label.cli import label_app  # noqa: E402  (light: FastAPI and uvicorn are imported by its commands)
+app.add_typer(label_app, name="label")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from aha.errors import AhaError  # every error a user can cause (config, data, paths, rewards, checkpoints)
+    from aha.errors import AhaError  # every error a user can cause (config, data, paths, rewards, rankings, …)
 
     return (AhaError,)
 

@@ -1,0 +1,176 @@
+"""``aha label``: serve the ranking app, add labelers, export rankings for ``stage: reward_model``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+label_app = typer.Typer(no_args_is_help=True, help="The ranking app: people rank model outputs in a browser; "
+                        "their rankings train the reward model.")
+
+DB_HELP = "The SQLite database (created on first use)."
+
+
+def _friendly(fn):
+    """aha.cli's ``friendly`` (one-line errors, exit code 2), looked up at call time: aha.cli imports this module."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from aha.cli import friendly
+
+        return friendly(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def read_prompts(path: Path) -> list[dict]:
+    """Rows of a prompts JSONL file (``{"prompt": ...}`` plus any columns, kept), or LabelError."""
+    from aha.label.store import LabelError
+
+    if not path.is_file():
+        raise LabelError(f"--prompts {path}: file not found")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LabelError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), (str, list)):
+            raise LabelError(f"{path} line {n}: expected an object with a 'prompt' (a text or chat messages)")
+        rows.append(row)
+    if not rows:
+        raise LabelError(f"--prompts {path}: no prompts in it (one JSON object per line with a 'prompt')")
+    return rows
+
+
+def sample_tasks(model_name: str, prompts: list[dict], k: int, max_new_tokens: int, temperature: float,
+                 seed: int = 0) -> list[dict]:
+    """K sampled completions per prompt from ``model_name`` with aha's own sampler, as task rows."""
+    import torch
+
+    from aha.config import ModelConfig
+    from aha.data.templates import render_prompt, resolve_template
+    from aha.models import load_policy
+    from aha.rollout import SamplingParams
+    from aha.rollout.hf import HFEngine
+    from aha.runtime import seed_everything
+
+    seed_everything(seed)
+    model, tok = load_policy(ModelConfig(name=model_name))
+    model.eval()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    engine = HFEngine(model, tok, device, None)
+    template = resolve_template("auto", tok)
+    sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+    tasks = []
+    for start in range(0, len(prompts), 16):
+        chunk = prompts[start:start + 16]
+        roll = engine.generate([render_prompt(r["prompt"], tok, template) for r in chunk], k, sampling)
+        texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+        for i, row in enumerate(chunk):
+            extra = {key: v for key, v in row.items() if key not in ("prompt", "completions")}
+            tasks.append({"prompt": row["prompt"], "completions": texts[i * k:(i + 1) * k], **extra,
+                          "model": model_name})
+    return tasks
+
+
+@label_app.command()
+@_friendly
+def serve(
+    db: Path = typer.Option(Path("rankings.sqlite"), "--db", help=DB_HELP),
+    tasks: Optional[Path] = typer.Option(None, "--tasks", help="Tasks JSONL: {\"prompt\", \"completions\": [K texts]} "
+                                         "per line, extra columns kept. Imported idempotently (a task already in "
+                                         "--db is not added twice). With --model: where the sampled tasks are "
+                                         "written (default: next to --db)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Sample the K completions first with this model "
+                                        "(a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="With --model: prompts JSONL ({\"prompt\"} per "
+                                           "line, extra columns kept)."),
+    k: int = typer.Option(4, "--k", min=2, max=9, help="With --model: completions sampled per prompt."),
+    max_new_tokens: int = typer.Option(128, min=1, help="With --model: the longest completion, in tokens."),
+    temperature: float = typer.Option(1.0, min=0.01, help="With --model: sampling temperature."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to let other machines in)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    per_task: Optional[int] = typer.Option(None, "--per-task", min=1, help="Labelers per task (default: the value "
+                                           "stored in --db, else 1). 2+ gives inter-annotator agreement."),
+    secure_cookies: bool = typer.Option(False, help="Mark the login cookie Secure (when served over HTTPS)."),
+):
+    """Start the ranking app: the labelers' page at /, the admin page at /admin, the API at /api/."""
+    import uvicorn
+
+    from aha.label.app import create_app
+    from aha.label.store import LabelError, Store, read_tasks
+
+    if (model is None) != (prompts is None):
+        raise LabelError("--model and --prompts go together: the model samples --k completions for each prompt")
+    rows = None
+    if model is not None:
+        prompt_rows = read_prompts(prompts)
+        t0 = time.perf_counter()
+        rows = sample_tasks(model, prompt_rows, k, max_new_tokens, temperature)
+        out = tasks or db.with_name(db.stem + "-samples.jsonl")
+        out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        typer.echo(f"sampled {k} completions for each of {len(rows)} prompts with {model} "
+                   f"in {time.perf_counter() - t0:.0f} s → {out}")
+    elif tasks is not None:
+        rows = read_tasks(tasks)
+    store = Store(db)
+    if per_task is not None:
+        store.set_per_task(per_task)
+    if rows is not None:
+        added, present = store.add_tasks(rows)
+        typer.echo(f"tasks: {added} added, {present} already in {db}; {store.task_count()} in all")
+    elif store.task_count() == 0:
+        raise LabelError(f"{db} holds no tasks yet: pass --tasks FILE (or --model CKPT --prompts FILE)")
+    token = store.ensure_admin()
+    if token:
+        typer.echo(f"admin token (shown once, store it): {token}")
+    typer.echo(f"each task goes to {store.per_task} labeler(s); add labelers with `aha label add-labeler NAME "
+               f"--db {db}`")
+    typer.echo(f"serving http://{host}:{port}/  (labelers: /, admin: /admin, log in: /login)")
+    uvicorn.run(create_app(db, store=store, secure_cookies=secure_cookies), host=host, port=port,
+                log_level="warning")
+
+
+@label_app.command("add-labeler")
+@_friendly
+def add_labeler(
+    name: str = typer.Argument(..., help="The labeler's name (shown on the admin page and in the export)."),
+    db: Path = typer.Option(Path("rankings.sqlite"), "--db", help=DB_HELP),
+):
+    """Create a labeler and print their token (stored only as a hash: keep it)."""
+    from aha.label.store import Store
+
+    typer.echo(Store(db).add_labeler(name))
+
+
+@label_app.command()
+@_friendly
+def export(
+    db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the JSONL (the ranking format that "
+                             "stage: reward_model reads)."),
+):
+    """Write every ranking as a row {prompt, completions, ranking (ties nested), labeler, task_id, …}."""
+    from aha.label.store import LabelError, Store
+
+    if not db.is_file():
+        raise LabelError(f"--db {db}: file not found")
+    n = 0
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8") as f:
+            for row in Store(db).export_rows():
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+    except OSError as e:
+        raise LabelError(f"--out {out}: cannot write it ({e.strerror or e})") from None
+    typer.echo(f"wrote {n} rankings to {out}")
