@@ -66,7 +66,8 @@ def train(
     overwrite: bool = typer.Option(False, help="Start afresh in an --out that holds a run: deletes its checkpoints, "
                                    "metrics and samples."),
 ):
-    """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++) or sft."""
+    """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++, reinforce++_baseline, or any
+    registered estimator) or sft."""
     from aha.checkpoint import list_checkpoints, run_contents
     from aha.config import load_config
     from aha.runtime import TrainingError

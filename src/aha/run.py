@@ -34,6 +34,10 @@ class Run:
         self.cfg, self.dir, self.resume, self.name = cfg, Path(run_dir), resume, name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = list_checkpoints(self.dir) if resume else []
+        if resume and not self.checkpoints:  # every stage: resuming nothing must not start afresh and clear the run
+            from aha.runtime import TrainingError
+
+            raise TrainingError(f"--resume: no complete checkpoint in {self.dir / 'checkpoints'}")
         self.logger: MetricsLogger | None = None
         self.bar = None
         self.start = 0

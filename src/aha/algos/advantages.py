@@ -24,7 +24,9 @@ def group_relative_advantages(
     grouped = rewards.view(-1, group_size)
     mean = grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
-    adv = grouped - mean
+    # a group whose rewards all agree carries no signal: exactly 0 (the mean's rounding, divided by eps, is ~1e-3)
+    agree = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)
+    adv = torch.where(agree, torch.zeros_like(grouped), grouped - mean)
     if scale_rewards == "group":
         adv = adv / (std + eps)
     elif scale_rewards == "batch":
@@ -183,7 +185,7 @@ def advantage_estimator(name: str) -> AdvantageEstimator:
     return ADVANTAGE_ESTIMATORS[name]
 
 
-@register_advantage("grpo", kl_in_reward=False, description="group-relative: each reward minus its group's mean, "
+@register_advantage("grpo", kl_in_reward=False, min_group_size=2, description="group-relative: each reward minus its group's mean, "
                     "divided by a std (rl.scale_rewards); β·KL in the loss")
 def _grpo(scores, mask, group_size, *, scale_rewards="group", **_):
     return group_relative_advantages(scores, group_size, scale_rewards)[0], None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+LOG_RATIO_CLAMP = 20.0  # as verl: k3 is computed from log r clamped to ±20
+
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
     """Per-token KL estimate with ``r = π_ref / π_θ`` evaluated at the sampled token:
@@ -16,6 +18,8 @@ def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3
     k1 = 0.5, k2 = 0.125, k3 = e^−0.5 − 1 + 0.5 = 0.1065.
     """
     log_r = ref_logp - logp
+    if estimator == "k3":  # one token with π_ref ≫ π_θ would make exp(log r) blow up the loss and its gradient
+        log_r = log_r.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     if estimator == "k1":
         return -log_r
     if estimator == "k2":

@@ -260,7 +260,7 @@ def overlong(
     """
     if max_completion_length is None:
         raise ValueError(
-            "overlong needs max_completion_length (the trainer passes it; set rl.max_completion_length)"
+            "overlong needs max_completion_length (the trainer passes rollout.max_new_tokens; called directly, pass it)"
         )
     max_len = int(max_completion_length)
     buffer = max_len // 4 if overlong_buffer is None else int(overlong_buffer)

@@ -22,15 +22,12 @@ from aha.rl.context import RLContext, build_context, restore
 from aha.rl.phases import advantages, collect, log_samples, score, step_metrics, sync
 from aha.rl.optimize import update
 from aha.run import Run
-from aha.runtime import TrainingError
 
 
 def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     """Run the RL algorithm ``cfg.rl.algo`` as configured, writing everything to ``run_dir``.
     Returns the last logged metrics."""
     run = Run(cfg, run_dir, resume, cfg.rl.algo)
-    if resume and not run.resuming:
-        raise TrainingError(f"--resume: no complete checkpoint in {run.dir / 'checkpoints'}")
     ctx = build_context(cfg, run)
     start = run.begin(lambda ckpt: restore(ctx, ckpt))
     sync(ctx)  # a sampler with its own copy (rollout.compile) starts from the weights RL starts from
