@@ -10,8 +10,9 @@ Each program runs as ``python3 -I`` inside, by order of preference (``isolation=
 - ``unshare`` (util-linux): the same namespaces and the same view, built by a short shell script
   (tmpfs root + read-only bind mounts + ``chroot``) where bubblewrap is not installed.
 - ``none``: a plain child process in its own session with the rlimits only. Not a boundary: the
-  network and files are NOT hidden and an ``os.setsid()`` + fork escapes the group kill. It is used
-  only where no namespaces are allowed, with one warning per process.
+  network and every world-readable file are reachable, and a process that leaves the group with
+  ``os.setsid()`` is found afterwards only by the tag in its argv (so not once it ``exec``s
+  something else). ``auto`` falls back to it only where no namespaces are allowed, and warns once.
 
 In every mode: rlimits for CPU seconds, address space, processes (``RLIMIT_NPROC``, counted per
 user namespace, so per program), file size and core dumps; a wall-clock deadline and an output cap,
@@ -58,7 +59,7 @@ _MAX_SOURCE = 4 << 20
 
 # Runs inside the sandbox: argv = cpu_s memory_bytes nproc fsize_bytes tag; the source comes on stdin.
 _LAUNCHER = r"""
-import linecache, os, resource, sys
+import os, resource, sys
 cpu, mem, nproc, fsize = (int(a) for a in sys.argv[1:5])
 src = sys.stdin.buffer.read().decode("utf-8", "replace")
 fd = os.open(os.devnull, os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
@@ -67,13 +68,17 @@ for res, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, mem), (resou
     resource.setrlimit(res, (value, value + 1 if res == resource.RLIMIT_CPU else value))
 os.write(2, START)
 sys.argv = ["main.py"]
-linecache.cache["main.py"] = (len(src), None, src.splitlines(True), "main.py")
 try:
-    code = compile(src, "main.py", "exec")
-    del src
-    exec(code, {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
+    exec(compile(src, "main.py", "exec"), {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
 except MemoryError:
     os.write(2, MEMORY); os._exit(1)
+except SystemExit:
+    raise
+except BaseException as exc:  # a traceback with the program's lines, not the launcher's (imported late: slow)
+    import linecache, traceback
+    linecache.cache["main.py"] = (len(src), None, src.splitlines(True), "main.py")
+    traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))
+    sys.stdout.flush(); sys.stderr.flush(); os._exit(1)
 """.replace("START", repr(_START)).replace("MEMORY", repr(_MEMORY))
 
 
@@ -181,9 +186,11 @@ def _run(source: str, limits: Limits, isolation: str) -> Result:
     if len(payload) > _MAX_SOURCE:
         return Result("error", None, "", "", 0.0, isolation, detail=f"program is {len(payload)} bytes (> {_MAX_SOURCE})")
     tag = f"aha-sandbox-{uuid.uuid4().hex[:12]}"
-    workdir = tempfile.mkdtemp(prefix="aha-sandbox-")
+    workdir = tempfile.mkdtemp(prefix="aha-sandbox-")  # bwrap needs none; unshare's root, none's cwd
     try:
         os.chmod(workdir, 0o755)
+        if isolation == "none" and os.geteuid() == 0:
+            os.chown(workdir, SANDBOX_UID, SANDBOX_UID)
         python = sandbox_python()
         args = [str(math.ceil(limits.cpu_s)), str(int(limits.memory_mb) << 20), str(int(limits.max_processes)),
                 str(int(limits.max_file_mb) << 20), tag]
@@ -191,8 +198,6 @@ def _run(source: str, limits: Limits, isolation: str) -> Result:
         cmd = drop_privileges() + BUILDERS[isolation](limits.disk_mb, python, workdir) + inner
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         cwd = workdir if isolation == "none" else "/"
-        if isolation == "none":
-            os.chown(workdir, SANDBOX_UID, SANDBOX_UID) if os.geteuid() == 0 else None
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 cwd=cwd, env=env, start_new_session=True, close_fds=True)
     except (OSError, SandboxError) as exc:
@@ -200,6 +205,9 @@ def _run(source: str, limits: Limits, isolation: str) -> Result:
         return Result("error", None, "", "", time.monotonic() - start, isolation, detail=f"cannot start: {exc}", tag=tag)
     try:
         out, err, why = _communicate(proc, payload, limits, start)
+    except Exception as exc:  # a bug here must cost one program, never the training run
+        log.warning("code sandbox: reading a program's output failed: %s: %s", type(exc).__name__, exc)
+        out, err, why = b"", b"", f"error: {type(exc).__name__}: {exc}"
     finally:
         _kill_tree(proc, tag)
         shutil.rmtree(workdir, ignore_errors=True)  # (bwrap/unshare: the tmpfs lived in the namespace only)
@@ -304,7 +312,9 @@ def _verdict(rc: int | None, out: bytes, err: bytes, why: str, limits: Limits, i
     err = err.replace(_START, b"").replace(_MEMORY, b"")
     stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
     signo = -rc if rc is not None and rc < 0 else (rc - 128 if rc is not None and 128 < rc < 160 else 0)
-    if why == "timeout":
+    if why.startswith("error"):
+        status, detail = "error", why
+    elif why == "timeout":
         status, detail = "timeout", f"wall clock > {limits.timeout_s:g} s"
     elif why == "output_limit":
         status, detail = "output_limit", f"output > {limits.max_output_bytes} bytes"
