@@ -52,8 +52,9 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    name: Literal["arithmetic", "countdown", "jsonl"] = Field(
-        "arithmetic", description="Prompt source: 'arithmetic' and 'countdown' are generated; 'jsonl' reads task.path."
+    name: Literal["arithmetic", "countdown", "jsonl", "code"] = Field(
+        "arithmetic", description="Prompt source: 'arithmetic' and 'countdown' are generated; 'jsonl' reads task.path; "
+        "'code': Python function problems run against their tests in a sandbox (task.path: your own JSONL)."
     )
     path: Path | None = Field(None, description="jsonl: training file (one JSON object per line).")
     eval_path: Path | None = Field(None, description="jsonl: held-out file; default: the last task.num_eval rows of task.path.")

@@ -35,6 +35,7 @@ from aha.rewards.builtin import (
     tag_count,
     think_format,
 )
+from aha.rewards import code as _code  # (the module: aha.rewards.code stays importable as one)
 
 __all__ = [
     "BUILTIN_REWARDS",
@@ -61,6 +62,7 @@ BUILTIN_REWARDS: dict[str, RewardFn] = {
     "tag_count": tag_count,
     "overlong": overlong,
     "repetition": repetition,
+    "code": _code.code,  # runs programs in aha.sandbox; exposes .last_metrics
 }
 
 

@@ -36,6 +36,10 @@ def build_task(cfg: TaskConfig) -> Task:
         from aha.tasks.countdown import countdown_task
 
         return countdown_task(cfg)
+    if cfg.name == "code":
+        from aha.tasks.code import code_task
+
+        return code_task(cfg)
     from aha.tasks.jsonl import jsonl_task
 
     return jsonl_task(cfg)

@@ -1,0 +1,191 @@
+"""The ``code`` reward: run the completion's program, then the row's tests, in a sandbox.
+
+The program is the completion's first fenced Python block (```python ...```, ```py``` or a bare
+```...```; an unclosed fence runs to the end of the text), or the whole text when there is none.
+The ``tests`` column (Python source: asserts, or HumanEval's ``check(candidate)``) is appended and
+both run in one sandboxed process (:mod:`aha.sandbox`). Score: 1.0 when the tests ran to their end
+and the process exited 0, else 0.0. With ``partial=True``: the fraction of the tests' top-level
+``assert`` statements that passed (each one is run on its own, so one failing assert does not hide
+the next).
+
+The end of the tests prints a line with a random per-call nonce; without it there is no score, so a
+program that calls ``os._exit(0)`` before the tests gets 0. (A program that introspects the
+interpreter could still find the nonce: in-process tests cannot be made forgery-proof, only costly.)
+
+A program that times out, runs out of memory, floods its output or cannot start scores 0.0 and is
+counted; the call never raises for a program's sake. Its ``last_metrics`` (logged by the trainer as
+``reward/code/<key>``) describe the last call, e.g. for 8 completions of which one loops forever::
+
+    {'programs': 8.0, 'passed': 5.0, 'pass_rate': 0.625, 'failed': 2.0, 'timeouts': 1.0, 'memory': 0.0,
+     'output_limit': 0.0, 'errors': 0.0, 'no_code_block': 0.0, 'seconds': 2.4, 'programs_per_s': 3.3}
+
+>>> code(["Write add."], ["```python\\ndef add(a, b):\\n    return a + b\\n```"],
+...      tests=["assert add(1, 2) == 3"])                                        # doctest: +SKIP
+[1.0]
+
+Limits are keyword arguments, so a config binds them: ``rewards: [{name: code, args: {timeout_s: 5}}]``.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import re
+import secrets
+import time
+from typing import Any
+
+from aha.rewards.builtin import completion_text
+from aha.sandbox import Limits, default_workers, run_many
+
+__all__ = ["CodeReward", "code", "extract_program", "with_counted_asserts"]
+
+log = logging.getLogger(__name__)
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = {"", "python", "python3", "py"}
+
+
+def extract_program(text: str) -> tuple[str, bool]:
+    """The first fenced Python block of ``text`` and whether there was one (else the whole text).
+
+    >>> extract_program("Here:\\n```python\\nprint(1)\\n```\\nand ```js\\nx\\n```")
+    ('print(1)\\n', True)
+    >>> extract_program("```js\\nalert(1)\\n```\\n```\\nprint(2)\\n```")
+    ('print(2)\\n', True)
+    >>> extract_program("print(3)")
+    ('print(3)', False)
+    """
+    for match in _FENCE.finditer(text):
+        if match.group(1).lower() in _PYTHON_TAGS:
+            return match.group(2), True
+    return text, False
+
+
+def with_counted_asserts(tests: str, counter: str) -> tuple[str, int]:
+    """``tests`` with each top-level ``assert`` wrapped so a failure is counted, not fatal.
+
+    Returns the new source and the number of asserts; ``counter`` is the variable that counts passes.
+
+    >>> src, n = with_counted_asserts("x = 2\\nassert x == 2\\nassert x == 3", "_ok")
+    >>> n, src.splitlines()[:5]
+    (2, ['_ok = 0', 'x = 2', 'try:', '    assert x == 2', '    _ok += 1'])
+    """
+    tree = ast.parse(tests)
+    body: list[ast.stmt] = [ast.parse(f"{counter} = 0").body[0]]
+    count = 0
+    for node in tree.body:
+        if isinstance(node, ast.Assert):
+            count += 1
+            wrapped = ast.parse(f"try:\n    pass\n    {counter} += 1\nexcept Exception:\n    pass").body[0]
+            wrapped.body[0] = node
+            body.append(wrapped)
+        else:
+            body.append(node)
+    return ast.unparse(ast.fix_missing_locations(ast.Module(body=body, type_ignores=[]))), count
+
+
+class CodeReward:
+    """The ``code`` reward function (TRL signature) with ``last_metrics`` about its last call."""
+
+    __name__ = "code"
+
+    def __init__(self) -> None:
+        self.last_metrics: dict[str, float] = {}
+
+    def __call__(
+        self,
+        prompts: list,
+        completions: list,
+        tests: list | None = None,
+        partial: bool = False,
+        timeout_s: float = 10.0,
+        cpu_s: float = 5.0,
+        memory_mb: int = 512,
+        max_processes: int = 32,
+        max_file_mb: int = 16,
+        disk_mb: int = 64,
+        max_output_bytes: int = 1 << 16,
+        workers: int | None = None,
+        isolation: str = "auto",
+        **kwargs: Any,
+    ) -> list[float]:
+        """1.0 per completion whose program passes its row's ``tests`` in the sandbox, else 0.0.
+
+        ``timeout_s`` (wall clock), ``cpu_s``, ``memory_mb``, ``max_processes``, ``max_file_mb``,
+        ``disk_mb`` and ``max_output_bytes`` bound each program (see :class:`aha.sandbox.Limits`);
+        ``workers`` programs run at once (default: the cores this process may use); ``isolation`` is
+        'auto', 'bwrap', 'unshare' or 'none'.
+        """
+        limits = Limits(timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, max_processes=max_processes,
+                        max_file_mb=max_file_mb, disk_mb=disk_mb, max_output_bytes=max_output_bytes)
+        if tests is not None and len(tests) != len(completions):
+            raise ValueError(f"code got {len(tests)} tests for {len(completions)} completions")
+        start = time.monotonic()
+        nonce = secrets.token_hex(8)
+        sources, totals, no_block = [], [], 0
+        for i, completion in enumerate(completions):
+            program, fenced = extract_program(completion_text(completion))
+            no_block += not fenced
+            source, total = self._source(program, tests[i] if tests is not None else None, partial, nonce)
+            sources.append(source)
+            totals.append(total)
+        results = run_many(sources, limits, isolation, workers or default_workers())
+
+        scores, counts = [], {"failed": 0, "timeouts": 0, "memory": 0, "output_limit": 0, "errors": 0}
+        for result, total in zip(results, totals):
+            passed = _passed_count(result.stdout, nonce)
+            if passed is None:  # the tests never reached their end (or the program never started)
+                score = 0.0
+            elif partial and total:
+                score = min(passed, total) / total
+            else:
+                score = 1.0 if result.ok else 0.0
+            scores.append(score)
+            if score < 1.0:
+                key = {"ok": "failed", "timeout": "timeouts", "error": "errors"}.get(result.status, result.status)
+                counts[key if key in counts else "failed"] += 1
+        seconds = time.monotonic() - start
+        errors = [r.detail for r in results if r.status == "error"]
+        if errors:
+            log.warning("code reward: %d of %d programs could not run in the sandbox (%s); they score 0",
+                        len(errors), len(results), errors[0])
+        n = len(results)
+        self.last_metrics = {
+            "programs": float(n),
+            "passed": float(sum(s == 1.0 for s in scores)),
+            "pass_rate": sum(scores) / n if n else 0.0,
+            **{key: float(value) for key, value in counts.items()},
+            "no_code_block": float(no_block),
+            "seconds": seconds,
+            "programs_per_s": n / seconds if seconds > 0 else 0.0,
+        }
+        return scores
+
+    @staticmethod
+    def _source(program: str, tests: str | None, partial: bool, nonce: str) -> tuple[str, int]:
+        """Program + tests + the end line ``<nonce> <passed asserts>``, and the number of asserts."""
+        total = 0
+        if tests and partial:
+            try:
+                tests, total = with_counted_asserts(tests, "_aha_passed")
+            except SyntaxError as exc:  # the dataset's fault: every program will fail
+                log.warning("code reward: a tests cell does not parse (%s); it scores 0", exc)
+                total = 0
+        counter = "_aha_passed" if total else "0"
+        end = f"\nprint('\\n{nonce}', {counter}, flush=True)\n"
+        return program + "\n\n" + (tests or "") + "\n" + end, total
+
+
+def _passed_count(stdout: str, nonce: str) -> int | None:
+    """The number after the nonce on the tests' end line, or None when the tests did not reach it."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(nonce + " "):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+code = CodeReward()
