@@ -172,6 +172,40 @@ class SFTConfig(_Section):
     warmup_lr: float = Field(1e-3, gt=0, description="Learning rate of the SFT warm-up.")
 
 
+class GuardConfig(_Section):
+    """The reward-hacking guard (aha.guard): watches every RL step's metrics and stops or rolls back."""
+
+    enabled: bool = Field(False, description="Watch the run for reward hacking (KL budget, gold vs proxy, ensemble "
+                          "disagreement) and act as guard.action says. The trainer then measures KL to a frozen copy of "
+                          "the starting policy every step, even at rl.beta = 0 (for measurement only, not in the loss).")
+    action: Literal["stop", "rollback"] = Field(
+        "rollback", description="On a trigger: 'stop' the run where it is, or 'rollback' = restore the best step's "
+        "weights (by smoothed gold where guard.gold is set, else the highest smoothed proxy while the ensemble still "
+        "agreed, else the highest proxy under the KL budget), then stop.")
+    kl_budget: float | None = Field(None, gt=0, description="Act as soon as the logged kl (per-token KL to the "
+                                    "reference, rl.kl_estimator) exceeds this; None = no budget.")
+    gold: str | None = Field(None, description="Name of a held-out judge among rewards (give it weight 0: logged as "
+                             "reward/<name>/mean, never optimised). Warning sign: smoothed gold falls while the smoothed "
+                             "proxy rises.")
+    proxy: str | None = Field(None, description="Name of the optimised reward among rewards to watch as the proxy; "
+                              "None = the weighted total reward/mean.")
+    disagreement: str | None = Field(None, description="Name of a reward-model reward (rm:PATH with ensemble heads) "
+                                     "whose reward/<name>/ensemble_std is watched when guard.gold is not set. Warning "
+                                     "sign: it rises above its early baseline.")
+    window: int = Field(5, ge=1, description="Steps in the moving averages of proxy, gold and disagreement.")
+    patience: int = Field(5, ge=1, description="Consecutive steps the warning sign must last before the guard acts.")
+    gold_tolerance: float = Field(0.02, ge=0, description="Gold counts as fallen when its moving average is this "
+                                  "fraction of its best below that best.")
+    baseline_steps: int = Field(10, ge=1, description="Disagreement baseline: the mean ensemble_std of the first "
+                                "this many steps.")
+    disagreement_rise: float = Field(0.5, gt=0, description="Disagreement counts as risen when its moving average "
+                                     "exceeds (1 + this) × the baseline.")
+    min_steps: int = Field(10, ge=0, description="No warning counts before this many steps (moving averages settle).")
+    fit_gao: bool = Field(True, description="Fit Gao et al. 2022's R(d) = d(α − β log d), d = √KL, to gold online "
+                          "(least squares; gold relative to its first window) and log the predicted peak √KL, "
+                          "exp(α/β − 1), as guard/predicted_peak_sqrt_kl.")
+
+
 class LogConfig(_Section):
     eval_every: int = Field(10, ge=0, description="Greedy eval/accuracy every N steps (and at step 0); 0 = off.")
     save_every: int = Field(50, ge=0, description="Checkpoint every N steps (and at the end); 0 = only at the end.")
@@ -200,6 +234,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT data.")
     log: LogConfig = Field(default_factory=LogConfig, description="Metrics, eval, checkpoints.")
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="Reward-hacking guard (RL stages).")
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
