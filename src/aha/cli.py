@@ -23,12 +23,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aha.gguf import ModelLoadError as GGUFError
     from aha.models import ModelLoadError
     from aha.rewards import RewardConfigError, RewardError
+    from aha.rm import RewardModelError
     from aha.runtime import TrainingError
     from aha.tasks import DataError
     from aha.track.report import ReportError
 
     return (ConfigError, ModelLoadError, GGUFError, DataError, RewardConfigError, RewardError, TrainingError,
-            CheckpointError, CriticError, ReportError)
+            CheckpointError, CriticError, ReportError, RewardModelError)
 
 
 def _out_dir(out: Path) -> None:
@@ -73,7 +74,7 @@ def train(
     overwrite: bool = typer.Option(False, help="Start afresh in an --out that holds a run: deletes its checkpoints, "
                                    "metrics and samples."),
 ):
-    """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++) or sft."""
+    """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++), sft or reward_model."""
     from aha.checkpoint import list_checkpoints, run_contents
     from aha.config import load_config
     from aha.runtime import TrainingError
@@ -93,11 +94,17 @@ def train(
         from aha.sft import train_sft
 
         last = train_sft(cfg, out, resume=resume)
+    elif cfg.stage == "reward_model":
+        from aha.rm import train_reward_model
+
+        last = train_reward_model(cfg, out, resume=resume)
     else:
         from aha.trainer import train_rl
 
         last = train_rl(cfg, out, resume=resume)
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")}
+    if cfg.stage == "reward_model":
+        shown["model"] = str(out / "model")
     typer.echo(f"done: {out}  {json.dumps(shown)}")
 
 

@@ -172,6 +172,37 @@ class SFTConfig(_Section):
     warmup_lr: float = Field(1e-3, gt=0, description="Learning rate of the SFT warm-up.")
 
 
+class RewardModelConfig(_Section):
+    path: Path | None = Field(None, description="stage reward_model: preference data — rankings {prompt, completions, "
+                              "ranking (indices best-first, ties as nested lists)} or TRL pairs {prompt, chosen, "
+                              "rejected} — as .jsonl, .json, .parquet or a datasets save_to_disk directory.")
+    eval_path: Path | None = Field(None, description="Held-out preference data; default: the last eval_fraction of the "
+                                   "rows of path.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of path's rows held out when eval_path is not set "
+                                 "(at least one row).")
+    loss: Literal["bt", "pl"] = Field("bt", description="'bt' = Bradley-Terry on every ordered pair a ranking implies "
+                                      "(each ranking weighted once in total); 'pl' = Plackett-Luce on the whole ranking "
+                                      "(listwise; ties share a position, Breslow). On pairs the two are the same.")
+    margin: float = Field(0.0, ge=0, description="bt: the better completion must win by this much: −log σ(r_b − r_w − "
+                          "margin).")
+    center_coef: float = Field(0.0, ge=0, description="Reward centering: add center_coef × mean over rankings of (their "
+                               "mean score)², so scores stay near 0 per prompt (TRL's center_rewards_coefficient c on "
+                               "pairs is center_coef = 4c).")
+    num_heads: int = Field(1, ge=1, le=64, description="Ensemble: scalar heads on one trunk, each initialised "
+                           "differently and trained on its own Poisson(1) bootstrap weighting of every batch. The "
+                           "saved score head is their mean (what plain transformers returns); the heads themselves go "
+                           "to aha_ensemble.json beside it, for the rm: reward's mean − std_coef·std and disagreement.")
+    bootstrap: bool = Field(True, description="Ensemble (num_heads > 1): each head weighs every ranking by its own "
+                            "Poisson(1) draw (online bootstrap); false = every head sees the same data.")
+    template: Literal["auto", "plain", "chat"] = Field(
+        "auto", description="How prompt + completion become one text: 'chat' = the tokenizer's chat template (user "
+        "turn, assistant turn); 'plain' = the prompt's text followed by the completion's; 'auto' = chat where the "
+        "tokenizer has a template. Saved with the model, so the rm: reward scores the same way.")
+    max_length: int = Field(512, ge=8, description="Longest input in tokens; a longer one keeps its last max_length "
+                            "tokens (the completion's end, where the score is read).")
+    head_lr: float | None = Field(None, gt=0, description="Learning rate of the scalar head(s) (default: train.lr).")
+
+
 class GuardConfig(_Section):
     """The reward-hacking guard (aha.guard): watches every RL step's metrics and stops or rolls back."""
 
@@ -221,8 +252,9 @@ class LogConfig(_Section):
 class RunConfig(_Section):
     """A whole run: ``stage`` picks the trainer; the other sections configure it."""
 
-    stage: Literal["rl", "grpo", "sft"] = Field(
-        "rl", description="Which trainer runs: 'rl' (the algorithm rl.algo names; 'grpo' is a synonym) or 'sft' (imitation).")
+    stage: Literal["rl", "grpo", "sft", "reward_model"] = Field(
+        "rl", description="Which trainer runs: 'rl' (the algorithm rl.algo names; 'grpo' is a synonym), 'sft' (imitation) "
+        "or 'reward_model' (a scalar reward model from rankings or pairs; see reward_model).")
     init_from: Path | None = Field(None, description="Start from this checkpoint's model dir instead of model.name's weights.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Prompts, answers and held-out split.")
@@ -233,6 +265,7 @@ class RunConfig(_Section):
     critic: CriticConfig = Field(default_factory=CriticConfig, description="PPO's value model.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="SFT data.")
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward-model training.")
     log: LogConfig = Field(default_factory=LogConfig, description="Metrics, eval, checkpoints.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Reward-hacking guard (RL stages).")
 
@@ -240,6 +273,11 @@ class RunConfig(_Section):
     def _check(self) -> "RunConfig":
         if self.stage == "sft" and self.sft.path is None:
             raise ValueError("stage 'sft' needs sft.path (a prompt/completion JSONL)")
+        if self.stage == "reward_model" and self.reward_model.path is None:
+            raise ValueError("stage 'reward_model' needs reward_model.path (rankings or pairs: .jsonl, .json, .parquet "
+                             "or a datasets directory)")
+        if self.reward_model.loss == "pl" and self.reward_model.margin:
+            raise ValueError("reward_model.margin applies to loss 'bt' only (set margin: 0 or loss: bt)")
         if self.rl.algo in ("rloo", "reinforce++_baseline") and self.rollout.group_size < 2:
             raise ValueError(f"rl.algo {self.rl.algo!r} needs rollout.group_size ≥ 2 (its baseline is the prompt's other samples)")
         if self.rollout.compile is True and self.model.lora.enabled:
