@@ -14,6 +14,7 @@ Each phase below is marked by a banner; the maths lives in ``aha.algos`` as pure
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from aha.config import RunConfig, save_config
 from aha.critic import build_critic, policy_forward
 from aha.data.templates import render_prompt
 from aha.evaluate import columns_of, evaluate
+from aha.guard import Guard, check_guard_config  # [guard]
 from aha.models import reference_model
 from aha.rewards import compute_rewards, resolve_reward
 from aha.rollout import Rollouts, SamplingParams, pack_rollouts
@@ -58,6 +60,11 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     updates = rl.mu * rl.num_minibatches  # optimizer steps per batch of rollouts
     kl_in_reward = rl.algo != "grpo"  # GRPO keeps β·KL in the loss; RLOO, REINFORCE++ and PPO put it in the reward
     sampler = PromptSampler(len(task.train), tr.seed)
+    # [guard] reward-hacking guard (aha.guard): it needs KL to the reference every step, even at β = 0
+    guard = Guard(cfg.guard) if cfg.guard.enabled else None
+    if guard is not None and (problem := check_guard_config(cfg)):
+        raise TrainingError(problem)
+    best_state = None  # [guard] a CPU copy of the best step's weights, the rollback target
 
     start_step = 0
     ckpts = list_checkpoints(run_dir) if resume else []
@@ -69,7 +76,8 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         from aha.sft import sft_warmup  # optional: imitate reference answers first (see sft.warmup_steps)
 
         sft_warmup(policy, tok, task.train, template, cfg, device, amp)
-    ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
+    # frozen copy of the policy RL starts from ([guard]: also at β = 0, then for measuring KL only, not in the loss)
+    ref = reference_model(policy, rl.beta if guard is None else max(rl.beta, 1.0), cfg.model.lora.enabled)
     critic = build_critic(cfg, policy, device)  # PPO's value model; None for the critic-free algorithms
     set_attention([critic.trunk if critic is not None else None], training_attention(tr.attention, device))
     optimizer, scheduler = make_optimizer(policy, tr, tr.steps * updates, critic, cfg.critic.lr)
@@ -160,11 +168,11 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             logp_new, old_values = _no_grad_pass(policy, critic, batch, micro, ro.temperature, device, amp, logprobs=recompute)
             old_logp = logp_new if recompute else old_logp
         ref_logp, kl_tokens = None, None
-        if rl.beta > 0:
+        if rl.beta > 0 or guard is not None:  # [guard]
             ref_ctx = policy.disable_adapter() if ref is None else contextlib.nullcontext()
             with ref_ctx:
                 ref_logp, _ = _no_grad_pass(ref if ref is not None else policy, None, batch, micro, ro.temperature, device, amp)
-            if kl_in_reward:
+            if kl_in_reward and rl.beta > 0:  # [guard] β = 0: measured below, not in the reward
                 kl_tokens = kl_estimate(old_logp, ref_logp, rl.kl_estimator)
 
         # ============================================================ advantages (grpo/rloo/reinforce++: no critic; ppo: GAE)
@@ -195,7 +203,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                                                            rl.epsilon_high, rl.importance_sampling_level)
                     pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
                     loss = pg_loss
-                    if ref_logp is not None and not kl_in_reward:  # GRPO: β·KL in the loss
+                    if ref_logp is not None and not kl_in_reward and rl.beta > 0:  # GRPO: β·KL in the loss
                         kl = kl_estimate(logp, ref_logp[rows_idx], rl.kl_estimator)
                         loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
                         stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
@@ -231,6 +239,8 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         t_train = time.perf_counter() - t1
         if kl_tokens is not None:
             stats["kl"] = masked_mean(kl_tokens, mask).item()
+        elif ref_logp is not None and rl.beta == 0:  # [guard] KL of the sampled batch, measured only
+            stats["kl"] = masked_mean(kl_estimate(old_logp, ref_logp, rl.kl_estimator), mask).item()
         if critic is not None:
             stats["value/mean"] = masked_mean(old_values, mask).item()
             stats["value/explained_variance"] = explained_variance(old_values, returns, mask)
@@ -243,13 +253,15 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         metrics = {
             "reward/mean": rewards_t.mean().item(), "reward/std": rewards_t.std().item() if len(rewards_t) > 1 else 0.0,
             **{f"reward/{name}/mean": _mean_not_none(v[: len(roll)]) for name, v in per_fn.items()},
+            # [guard] a reward's own batch statistics (e.g. the rm: reward's ensemble_std)
+            **{f"reward/{name}/{k}": v for name, fn, _ in reward_fns for k, v in (getattr(fn, "last_metrics", None) or {}).items()},
             "completions/mean_length": lengths.mean().item(), "completions/max_length": lengths.max().item(),
             "completions/clipped_ratio": batch["truncated"].float().mean().item(),
             "frac_reward_zero_std": zero_std_frac, **stats, "lr": scheduler.get_last_lr()[0],
             "time/rollout_s": t_rollout, "time/train_s": t_train, "time/step_s": time.perf_counter() - t0,
             "throughput/tokens_per_s": lengths.sum().item() / max(t_rollout, 1e-9),
         }
-        if rl.beta == 0:
+        if rl.beta == 0 and guard is None:  # [guard]
             metrics.pop("kl")
         if rl.dynamic_sampling:
             metrics["dynamic_sampling/rounds"] = rounds
@@ -257,6 +269,9 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             metrics["reward/skipped_samples"] = n_skipped
         if eval_due(step):
             metrics.update(run_eval())
+        decision = guard.observe(step, metrics) if guard is not None else None  # [guard]
+        if decision is not None:
+            metrics.update(decision.metrics)
         logger.log(step, metrics)
         if cfg.log.samples_per_step:
             logger.log_samples([
@@ -267,6 +282,20 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         last = metrics
         bar.set_postfix({"reward": f"{metrics['reward/mean']:.3f}", "s/step": f"{metrics['time/step_s']:.2f}",
                          **({"acc": f"{metrics['eval/accuracy']:.3f}"} if "eval/accuracy" in metrics else {})})
+        # [guard] keep the best weights (rollback target); on a trigger say why, restore them if asked, and stop
+        if decision is not None and decision.new_best and cfg.guard.action == "rollback":
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
+        if decision is not None and decision.action != "continue":
+            print(f"guard: step {step}: {decision.action}: {decision.reason}")
+            if decision.action == "rollback" and best_state is not None:
+                policy.load_state_dict(best_state)
+                engine.update_weights()
+            (run_dir / "guard.json").write_text(json.dumps(
+                {"step": step, "action": decision.action, "reason": decision.reason, "best_step": decision.best_step,
+                 "stop_reason": decision.metrics.get("guard/stop_reason")}, indent=2))
+            save_checkpoint(run_dir, step, policy, tok, training_state(optimizer, scheduler, sampler, critic),
+                            cfg.log.keep_checkpoints)
+            break
         save_if_due(step)
     bar.close()
     logger.close()
