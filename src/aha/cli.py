@@ -67,7 +67,7 @@ def train(
                                    "metrics and samples."),
 ):
     """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++, reinforce++_baseline, or any
-    registered estimator) or sft."""
+    registered estimator), sft or reward_model."""
     from aha.checkpoint import list_checkpoints, run_contents
     from aha.config import load_config
     from aha.runtime import TrainingError
@@ -87,11 +87,17 @@ def train(
         from aha.sft import train_sft
 
         last = train_sft(cfg, out, resume=resume)
+    elif cfg.stage == "reward_model":
+        from aha.rm import train_reward_model
+
+        last = train_reward_model(cfg, out, resume=resume)
     else:
         from aha.rl import train_rl
 
         last = train_rl(cfg, out, resume=resume)
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")}
+    if cfg.stage == "reward_model":
+        shown["model"] = str(out / "model")
     typer.echo(f"done: {out}  {json.dumps(shown)}")
 
 

@@ -101,11 +101,14 @@ def _load_file_module(path: Path, spec: str) -> Any:
     return module
 
 
-def resolve_reward(spec: str) -> RewardFn:
+def resolve_reward(spec: str, args: dict | None = None) -> RewardFn:
     """The reward function named by ``spec``.
 
-    ``spec`` is a built-in name (``"accuracy"``), ``"package.module:function"``, or
-    ``"path/to/file.py:function"`` (a path relative to the working directory, or absolute).
+    ``spec`` is a built-in name (``"accuracy"``), ``"package.module:function"``,
+    ``"path/to/file.py:function"`` (a path relative to the working directory, or absolute), or
+    ``"rm:PATH"``: a trained reward model's directory, as a
+    :class:`~aha.rewards.reward_model.RewardModelReward` built with ``args`` as keyword arguments
+    (``batch_size``, ``aggregate``, ``std_coef``, ``device``). ``args`` of other specs are left to the caller.
     Raises ``RewardConfigError`` with a one-line message when it cannot.
 
     >>> resolve_reward("accuracy").__name__
@@ -114,6 +117,8 @@ def resolve_reward(spec: str) -> RewardFn:
     if not isinstance(spec, str) or not spec.strip():
         raise RewardConfigError(f"a reward must be named by a non-empty string ({_SPEC_FORMS})")
     spec = spec.strip()
+    if spec.startswith("rm:"):
+        return _reward_model(spec, args)
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
     if ":" not in spec:
@@ -149,6 +154,30 @@ def resolve_reward(spec: str) -> RewardFn:
             f"reward '{spec}': '{attr}' in {where} is a {type(fn).__name__}, not a function"
         )
     return fn
+
+
+def _reward_model(spec: str, args: dict | None) -> RewardFn:
+    """``rm:PATH`` → a RewardModelReward; a missing path, a directory that is no reward model or a wrong
+    argument is one line."""
+    import inspect
+
+    from aha.rewards.reward_model import RewardModelReward
+    from aha.rm import RewardModelError
+
+    path = Path(spec[3:]).expanduser()
+    if not spec[3:].strip():
+        raise RewardConfigError(f"reward '{spec}': give the reward model's directory, e.g. rm:runs/rm/model")
+    if not path.exists():
+        raise RewardConfigError(f"reward '{spec}': {path} not found (the reward-model stage writes RUN_DIR/model)")
+    args = dict(args or {})
+    allowed = [p for p in inspect.signature(RewardModelReward).parameters if p != "path"]
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise RewardConfigError(f"reward '{spec}': unknown args {', '.join(unknown)} (allowed: {', '.join(allowed)})")
+    try:
+        return RewardModelReward(path, **args)
+    except (RewardModelError, ValueError, TypeError) as exc:
+        raise RewardConfigError(f"reward '{spec}': {exc}") from None
 
 
 # ─────────────────────────────── calling & checking ───────────────────────────────

@@ -19,7 +19,7 @@ from pathlib import Path
 from aha.config import RunConfig
 from aha.evaluate import evaluate
 from aha.rl.context import RLContext, build_context, restore
-from aha.rl.phases import advantages, collect, log_samples, score, step_metrics, sync
+from aha.rl.phases import advantages, collect, guard_act, guard_check, log_samples, score, step_metrics, sync
 from aha.rl.optimize import update
 from aha.run import Run
 
@@ -53,10 +53,13 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             last = step_metrics(ctx, batch, info, stats, times)
         if run.eval_due(step):
             last.update(run_eval(ctx))
+        decision = guard_check(ctx, step, last) if batch is not None else None  # the reward-hacking guard
         run.log(step, last, shown=None if batch is None else
                 {"reward": f"{last['reward/mean']:.3f}", "s/step": f"{last['time/step_s']:.2f}"})
         if batch is not None:
             log_samples(ctx, step, batch)
+        if guard_act(ctx, step, decision):  # stopped (rolled back to the best weights where asked)
+            break
         if run.save_due(step):
             run.save(step, ctx.policy, ctx.tokenizer, ctx.state())
     return run.finish(last)

@@ -13,12 +13,13 @@ from aha.algos.advantages import AdvantageEstimator, advantage_estimator
 from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
 from aha.critic import Critic, build_critic
+from aha.guard import Guard, check_guard_config
 from aha.models import reference_model
 from aha.modeling.options import set_attention, training_attention
 from aha.rewards import resolve_reward
 from aha.rollout import Engine, SamplingParams, build_engine
 from aha.run import Run
-from aha.runtime import PromptSampler, make_optimizer, prepare
+from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
 from aha.tasks import Task
 
 
@@ -41,6 +42,8 @@ class RLContext:
     critic: Critic | None = None  # PPO's value model
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
+    guard: Guard | None = None  # the reward-hacking guard (aha.guard), when guard.enabled
+    best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's weights
 
     @property
     def updates(self) -> int:
@@ -69,13 +72,18 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
     ctx = RLContext(cfg, run, device, amp, task, policy, tok, template, engine, reward_fns, sampling,
                     PromptSampler(len(task.train), tr.seed), advantage_estimator(rl.algo))
+    if cfg.guard.enabled:  # it needs KL to the reference every step, even at β = 0
+        if problem := check_guard_config(cfg):
+            raise TrainingError(problem)
+        ctx.guard = Guard(cfg.guard)
     # the reference is the policy RL starts from, so it is built before a checkpoint's weights are loaded
     # (on resume the deterministic warm-up is replayed only when the reference needs it)
     if cfg.sft.warmup_steps and (not run.resuming or (rl.beta > 0 and not cfg.model.lora.enabled)):
         from aha.sft import sft_warmup  # optional: imitate reference answers first (see sft.warmup_steps)
 
         sft_warmup(policy, tok, task.train, template, cfg, device, amp)
-    ctx.ref = reference_model(policy, rl.beta, cfg.model.lora.enabled)  # frozen copy of the policy RL starts from
+    # frozen copy of the policy RL starts from (with the guard also at β = 0, then for measuring KL, not in the loss)
+    ctx.ref = reference_model(policy, rl.beta if ctx.guard is None else max(rl.beta, 1.0), cfg.model.lora.enabled)
     ctx.critic = build_critic(cfg, policy, device)  # PPO's value model; None for the critic-free algorithms
     set_attention([ctx.critic.trunk if ctx.critic is not None else None], training_attention(tr.attention, device))
     ctx.optimizer, ctx.scheduler = make_optimizer(policy, tr, tr.steps * ctx.updates, ctx.critic, cfg.critic.lr)

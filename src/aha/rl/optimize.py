@@ -31,7 +31,7 @@ def update(ctx: RLContext, batch: RolloutBatch, step: int) -> dict:
     cfg, rl, ro = ctx.cfg, ctx.cfg.rl, ctx.cfg.rollout
     policy, critic, optimizer, updates = ctx.policy, ctx.critic, ctx.optimizer, ctx.updates
     loss_fn = policy_loss(rl.policy_loss)
-    kl_in_loss = batch.ref_logp is not None and not ctx.estimator.kl_in_reward  # GRPO: β·KL in the loss
+    kl_in_loss = batch.ref_logp is not None and not ctx.estimator.kl_in_reward and rl.beta > 0  # GRPO: β·KL in the loss
     mask, n_seq = batch.mask, len(batch)
     n_tok = mask.sum().clamp(min=1).item()
     stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)

@@ -107,11 +107,11 @@ def score(ctx: RLContext, batch: RolloutBatch) -> None:
     if recompute or ctx.critic is not None:
         logp_new, batch.values = no_grad_pass(ctx.policy, ctx.critic, t, micro, T, ctx.device, ctx.amp, logprobs=recompute)
         old_logp = logp_new if recompute else old_logp
-    if rl.beta > 0:
+    if rl.beta > 0 or ctx.guard is not None:  # (the guard measures KL to the reference even at β = 0)
         model, adapters_off = ctx.reference()
         with adapters_off:
             batch.ref_logp, _ = no_grad_pass(model, None, t, micro, T, ctx.device, ctx.amp)
-        if ctx.estimator.kl_in_reward:
+        if ctx.estimator.kl_in_reward and rl.beta > 0:
             batch.kl = kl_estimate(old_logp, batch.ref_logp, rl.kl_estimator)
     batch.tensors, batch.old_logp = t, old_logp
 
@@ -147,19 +147,23 @@ def step_metrics(ctx: RLContext, batch: RolloutBatch, info: dict, stats: dict, t
     mask = batch.mask
     if batch.kl is not None:
         stats["kl"] = masked_mean(batch.kl, mask).item()
+    elif batch.ref_logp is not None and ctx.cfg.rl.beta == 0:  # the guard's: KL of the sampled batch, measured only
+        stats["kl"] = masked_mean(kl_estimate(batch.old_logp, batch.ref_logp, ctx.cfg.rl.kl_estimator), mask).item()
     if ctx.critic is not None:
         stats["value/mean"] = masked_mean(batch.values, mask).item()
         stats["value/explained_variance"] = explained_variance(batch.values, batch.returns, mask)
     metrics = {
         "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
         **{f"reward/{name}/mean": _mean_not_none(v) for name, v in batch.per_fn.items()},
+        # a reward's own statistics of its last call (e.g. the rm: reward's ensemble_std, the code reward's timeouts)
+        **{f"reward/{name}/{k}": v for name, fn, _ in ctx.reward_fns for k, v in (_last_metrics(fn) or {}).items()},
         "completions/mean_length": lengths.mean().item(), "completions/max_length": lengths.max().item(),
         "completions/clipped_ratio": batch.tensors["truncated"].float().mean().item(),
         "frac_reward_zero_std": info["zero_std_frac"], **stats, "lr": ctx.scheduler.get_last_lr()[0],
         "time/rollout_s": times["rollout"], "time/train_s": times["train"], "time/step_s": times["step"],
         "throughput/tokens_per_s": lengths.sum().item() / max(times["rollout"], 1e-9),
     }
-    if ctx.cfg.rl.beta == 0:
+    if ctx.cfg.rl.beta == 0 and ctx.guard is None:
         metrics.pop("kl")
     if ctx.cfg.rl.dynamic_sampling:
         metrics["dynamic_sampling/rounds"] = info["rounds"]
@@ -183,3 +187,39 @@ def log_samples(ctx: RLContext, step: int, batch: RolloutBatch) -> None:
 def _mean_not_none(values: list) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def _last_metrics(fn) -> dict | None:
+    """A reward callable's ``last_metrics`` (also through a functools.partial)."""
+    return getattr(fn, "last_metrics", None) or getattr(getattr(fn, "func", None), "last_metrics", None)
+
+
+def guard_check(ctx: RLContext, step: int, metrics: dict):
+    """The guard's decision on this step's metrics (which it extends with its own), or None without a guard."""
+    if ctx.guard is None:
+        return None
+    decision = ctx.guard.observe(step, metrics)
+    metrics.update(decision.metrics)
+    return decision
+
+
+def guard_act(ctx: RLContext, step: int, decision) -> bool:
+    """Keep the best weights (the rollback target); on a trigger say why, restore them if asked, write
+    RUN_DIR/guard.json and a checkpoint. Returns True when the run must stop."""
+    import json
+
+    if decision is None:
+        return False
+    if decision.new_best and ctx.cfg.guard.action == "rollback":
+        ctx.best_state = {k: v.detach().to("cpu", copy=True) for k, v in ctx.policy.state_dict().items()}
+    if decision.action == "continue":
+        return False
+    print(f"guard: step {step}: {decision.action}: {decision.reason}")
+    if decision.action == "rollback" and ctx.best_state is not None:
+        ctx.policy.load_state_dict(ctx.best_state)
+        sync(ctx)
+    (ctx.run.dir / "guard.json").write_text(json.dumps(
+        {"step": step, "action": decision.action, "reason": decision.reason, "best_step": decision.best_step,
+         "stop_reason": decision.metrics.get("guard/stop_reason")}, indent=2))
+    ctx.run.save(step, ctx.policy, ctx.tokenizer, ctx.state())
+    return True

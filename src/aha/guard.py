@@ -1,0 +1,227 @@
+"""The reward-hacking guard: watch an RL run's metrics, say when the optimised reward stopped meaning what it should.
+
+Optimising a learned reward (the *proxy*) first improves what people want (the *gold* reward), then — once the
+policy leaves the reward model's data behind — makes it worse while the proxy keeps rising (Gao et al. 2022). The
+guard reads each step's metrics and returns a :class:`Decision`:
+
+    guard = Guard(cfg.guard)
+    for step ...:
+        metrics = {...}                       # reward/mean, reward/<fn>/mean, kl, reward/<rm>/ensemble_std ...
+        decision = guard.observe(step, metrics)
+        metrics.update(decision.metrics)      # reward/proxy, reward/gold, guard/* — logged with the step
+        if decision.new_best: keep a copy of the weights (rollback target)
+        if decision.action != "continue": stop (and for "rollback" restore that copy); decision.reason says why
+
+Signals, each optional:
+  - **KL budget**: ``kl`` (to the reference) above ``kl_budget`` → act at once.
+  - **gold vs proxy** (a held-out judge exists: a reward function logged with weight 0, never optimised): the
+    smoothed gold has fallen more than ``gold_tolerance`` (relative) below its best while the smoothed proxy is
+    above its value at that best — for ``patience`` consecutive steps.
+  - **ensemble disagreement** (no gold, the real case): the smoothed ``ensemble_std`` of the reward model's heads
+    is more than ``disagreement_rise`` (relative) above its early baseline (the mean over the first
+    ``baseline_steps`` steps) — for ``patience`` consecutive steps. Heads agree where their data was and disagree
+    off it (Coste et al. 2023), so rising disagreement says the policy has left the reward model's support.
+
+The best step (what "rollback" restores): with gold, the highest smoothed gold; without, the highest smoothed proxy
+among the steps whose smoothed disagreement was still within the baseline's tolerance ("the proxy where the reward
+model was still trusted"); with neither, the highest smoothed proxy under the KL budget.
+
+Optionally the gold curve is fitted online to Gao et al.'s R(d) = d(α − β log d), d = √KL (gold measured relative
+to its start), giving the predicted peak d* = exp(α/β − 1) as ``guard/predicted_peak_sqrt_kl``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+STOP_CODES = {"kl_budget": 1, "gold_vs_proxy": 2, "disagreement": 3}  # guard/stop_code in metrics
+
+
+@dataclass
+class Decision:
+    action: str = "continue"  # "continue" | "stop" | "rollback"
+    reason: str = ""  # one line, empty while continuing
+    new_best: bool = False  # this step is the best so far: keep its weights when rollback is configured
+    best_step: int | None = None
+    metrics: dict = field(default_factory=dict)  # reward/proxy, reward/gold, guard/* for this step's log line
+
+
+def fit_gao(d: list[float], r: list[float]) -> tuple[float, float] | None:
+    """Least squares fit of Gao et al.'s RL gold curve R(d) = d(α − β·log d) (no intercept: R(0) = 0).
+
+    Linear in (α, β) with features (d, −d·log d). Returns None when the points cannot determine both.
+
+    >>> a, b = fit_gao([0.5, 1.0, 2.0, 3.0], [0.5 * (1.0 - 0.5 * math.log(0.5)), 1.0, 2.0 * (1.0 - 0.5 * math.log(2.0)),
+    ...                                         3.0 * (1.0 - 0.5 * math.log(3.0))])
+    >>> round(a, 6), round(b, 6)
+    (1.0, 0.5)
+    """
+    pts = [(x, y) for x, y in zip(d, r) if x > 0 and math.isfinite(x) and math.isfinite(y)]
+    if len(pts) < 3:
+        return None
+    s11 = s12 = s22 = t1 = t2 = 0.0
+    for x, y in pts:
+        f1, f2 = x, -x * math.log(x)
+        s11, s12, s22 = s11 + f1 * f1, s12 + f1 * f2, s22 + f2 * f2
+        t1, t2 = t1 + f1 * y, t2 + f2 * y
+    det = s11 * s22 - s12 * s12
+    if abs(det) < 1e-12 * max(s11 * s22, 1e-30):
+        return None
+    return (t1 * s22 - t2 * s12) / det, (s11 * t2 - s12 * t1) / det
+
+
+def gao_peak(alpha: float, beta: float) -> float | None:
+    """The d = √KL where R(d) = d(α − β log d) peaks: R'(d) = α − β(log d + 1) = 0 → d* = exp(α/β − 1).
+    None when β ≤ 0 (the fit sees no downturn yet).
+
+    >>> round(gao_peak(1.0, 0.5), 4)  # e^(2 − 1)
+    2.7183
+    """
+    if beta <= 0:
+        return None
+    exponent = alpha / beta - 1
+    return math.exp(exponent) if exponent < 50 else None
+
+
+class Guard:
+    """Stateful: feed it every step's metrics in order with :meth:`observe`. ``cfg`` is a ``GuardConfig``."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.gold_key = f"reward/{cfg.gold}/mean" if cfg.gold else None
+        self.proxy_key = f"reward/{cfg.proxy}/mean" if cfg.proxy else "reward/mean"
+        self.std_key = f"reward/{cfg.disagreement}/ensemble_std" if cfg.disagreement else None
+        w = cfg.window
+        self._gold, self._proxy, self._std = deque(maxlen=w), deque(maxlen=w), deque(maxlen=w)
+        self._baseline_std: list[float] = []
+        self._gold0: list[float] = []  # the first window's gold: the start Gao's R(d) is measured from
+        self._fit_d: list[float] = []
+        self._fit_r: list[float] = []
+        self.best_step: int | None = None
+        self.best_score = -math.inf
+        self._proxy_at_best = -math.inf
+        self.warning_steps = 0
+        self.n = 0
+        self.stopped: Decision | None = None
+
+    @property
+    def mode(self) -> str:
+        return "gold" if self.gold_key else ("disagreement" if self.std_key else "kl")
+
+    def observe(self, step: int, metrics: dict) -> Decision:
+        c = self.cfg
+        self.n += 1
+        out: dict = {}
+        proxy, gold, std, kl = (_num(metrics.get(k)) for k in (self.proxy_key, self.gold_key, self.std_key, "kl"))
+        if proxy is not None:
+            self._proxy.append(proxy)
+            out["reward/proxy"] = proxy
+        if gold is not None:
+            self._gold.append(gold)
+            out["reward/gold"] = gold
+            if len(self._gold0) < c.window:
+                self._gold0.append(gold)
+        if std is not None:
+            self._std.append(std)
+            if len(self._baseline_std) < c.baseline_steps:
+                self._baseline_std.append(std)
+        p_s, g_s, s_s = _mean(self._proxy), _mean(self._gold), _mean(self._std)
+        for key, v in (("guard/proxy_smooth", p_s), ("guard/gold_smooth", g_s), ("guard/disagreement_smooth", s_s)):
+            if v is not None:
+                out[key] = v
+        baseline = _mean(self._baseline_std) if len(self._baseline_std) >= c.baseline_steps else None
+        if baseline is not None:
+            out["guard/disagreement_baseline"] = baseline
+        if kl is not None:
+            out["guard/sqrt_kl"] = math.sqrt(max(kl, 0.0))
+
+        # ---------------------------------------------------------------- the best step so far
+        warmed = self.n >= max(c.min_steps, 1)
+        score = None
+        if self.mode == "gold":
+            score = g_s
+        elif self.mode == "disagreement":
+            trusted = baseline is None or (s_s is not None and s_s <= baseline * (1 + c.disagreement_rise))
+            score = p_s if trusted else None
+        else:
+            score = p_s if (c.kl_budget is None or kl is None or kl <= c.kl_budget) else None
+        new_best = score is not None and score > self.best_score
+        if new_best:
+            self.best_score, self.best_step, self._proxy_at_best = score, step, p_s if p_s is not None else -math.inf
+
+        # ---------------------------------------------------------------- the warning sign
+        warning = False
+        if warmed and self.mode == "gold" and g_s is not None and p_s is not None and self.best_step is not None:
+            fallen = g_s < self.best_score - c.gold_tolerance * max(abs(self.best_score), 1e-8)
+            warning = fallen and p_s > self._proxy_at_best
+        elif warmed and self.mode == "disagreement" and baseline is not None and s_s is not None:
+            warning = s_s > baseline * (1 + c.disagreement_rise)
+        self.warning_steps = self.warning_steps + 1 if warning else 0
+        out["guard/warning"] = float(warning)
+        out["guard/warning_steps"] = float(self.warning_steps)
+        if self.best_step is not None:
+            out["guard/best_step"] = float(self.best_step)
+
+        # ---------------------------------------------------------------- Gao et al.'s R(d), fitted online
+        if c.fit_gao and gold is not None and kl is not None and len(self._gold0) >= c.window:
+            self._fit_d.append(math.sqrt(max(kl, 0.0)))
+            self._fit_r.append(gold - _mean(self._gold0))
+            fit = fit_gao(self._fit_d, self._fit_r)
+            if fit is not None:
+                out["guard/gao_alpha"], out["guard/gao_beta"] = fit
+                peak = gao_peak(*fit)
+                if peak is not None:
+                    out["guard/predicted_peak_sqrt_kl"] = peak
+
+        # ---------------------------------------------------------------- decide
+        reason, code = "", None
+        if c.kl_budget is not None and kl is not None and kl > c.kl_budget:
+            reason, code = f"KL to the reference {kl:.4g} exceeded the budget guard.kl_budget = {c.kl_budget:g}", "kl_budget"
+        elif self.warning_steps >= c.patience and self.mode == "gold":
+            reason, code = (f"gold reward fell while the proxy rose for {self.warning_steps} steps (patience "
+                            f"{c.patience}): smoothed gold {g_s:.4g} vs its best {self.best_score:.4g} at step "
+                            f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then"), "gold_vs_proxy"
+        elif self.warning_steps >= c.patience and self.mode == "disagreement":
+            reason, code = (f"reward-model ensemble disagreement rose for {self.warning_steps} steps (patience "
+                            f"{c.patience}): smoothed std {s_s:.4g} > (1 + {c.disagreement_rise:g}) × baseline "
+                            f"{baseline:.4g}"), "disagreement"
+        action = "continue"
+        if code is not None:
+            action = c.action
+            if action == "rollback" and self.best_step is None:
+                action, reason = "stop", reason + "; no best step seen yet, so stopping instead of rolling back"
+            elif action == "rollback":
+                reason += f"; rolling back to step {self.best_step}"
+            out["guard/stop_code"] = float(STOP_CODES[code])
+            out["guard/stop_reason"] = code
+        decision = Decision(action, reason, bool(new_best), self.best_step, out)
+        if action != "continue":
+            self.stopped = decision
+        return decision
+
+
+def _num(v) -> float | None:
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _mean(xs) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def check_guard_config(cfg) -> str | None:
+    """A one-line problem with ``cfg.guard`` against ``cfg.rewards`` (a RunConfig), or None."""
+    g = cfg.guard
+    weights = {r.name: r.weight for r in cfg.rewards}
+    for field_name in ("gold", "proxy", "disagreement"):
+        name = getattr(g, field_name)
+        if name is not None and name not in weights:
+            return (f"guard.{field_name} {name!r} is not among the rewards (names: {', '.join(weights)}); add it to "
+                    "rewards" + (" with weight 0" if field_name == "gold" else ""))
+    if g.gold is not None and weights[g.gold] != 0:
+        return (f"guard.gold {g.gold!r} has weight {weights[g.gold]:g}: a gold judge must not be optimised "
+                "(give it weight 0 in rewards)")
+    return None
