@@ -28,7 +28,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    """bf16 autocast for a training or scoring pass (None: fp32). Its weight-cast cache is off: lean activations
+    replay each layer in the backward pass, and a cast the cache served in the forward pass would be recomputed
+    there, which torch's selective checkpointing rejects ("aten._to_copy … not found in storage", seen on an
+    AVX512-BF16 CPU, where 'auto' turns bf16 on)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def training_attention(choice: str, device: torch.device) -> str | None:
