@@ -30,24 +30,13 @@ def _friendly(fn):
 
 def read_prompts(path: Path) -> list[dict]:
     """Rows of a prompts JSONL file (``{"prompt": ...}`` plus any columns, kept), or LabelError."""
-    from aha.label.store import LabelError
+    from aha.label.store import LabelError, jsonl_rows
 
-    if not path.is_file():
-        raise LabelError(f"--prompts {path}: file not found")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LabelError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+    rows = jsonl_rows(path, "--prompts", "no prompts in it (one JSON object per line with a 'prompt')")
+    for n, row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), (str, list)):
             raise LabelError(f"{path} line {n}: expected an object with a 'prompt' (a text or chat messages)")
-        rows.append(row)
-    if not rows:
-        raise LabelError(f"--prompts {path}: no prompts in it (one JSON object per line with a 'prompt')")
-    return rows
+    return [row for _, row in rows]
 
 
 def sample_tasks(model_name: str, prompts: list[dict], k: int, max_new_tokens: int, temperature: float,

@@ -383,24 +383,31 @@ def _preview(prompt: Any, n: int = 200) -> str:
     return text if len(text) <= n else text[:n] + "…"
 
 
-def read_tasks(path: Path) -> list[dict]:
-    """Rows of a tasks JSONL file, each checked; LabelError naming the file and line of a bad one."""
+def jsonl_rows(path: Path, option: str, if_empty: str) -> list[tuple[int, Any]]:
+    """``(line number, parsed value)`` of each non-blank line of the JSONL file given as ``option``; LabelError for a
+    missing or unreadable file, a line that is not JSON, or no rows (``if_empty`` says what is missing)."""
     if not path.is_file():
-        raise LabelError(f"--tasks {path}: file not found")
-    rows = []
+        raise LabelError(f"{option} {path}: file not found")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise LabelError(f"--tasks {path}: cannot read it ({e})") from None
+        raise LabelError(f"{option} {path}: cannot read it ({e})") from None
+    rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append((n, json.loads(line)))
         except json.JSONDecodeError as e:
             raise LabelError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-        check_task(row, f"{path} line {n}")
-        rows.append(row)
     if not rows:
-        raise LabelError(f"--tasks {path}: no tasks in it (one JSON object per line: prompt, completions)")
+        raise LabelError(f"{option} {path}: {if_empty}")
     return rows
+
+
+def read_tasks(path: Path) -> list[dict]:
+    """Rows of a tasks JSONL file, each checked; LabelError naming the file and line of a bad one."""
+    rows = jsonl_rows(path, "--tasks", "no tasks in it (one JSON object per line: prompt, completions)")
+    for n, row in rows:
+        check_task(row, f"{path} line {n}")
+    return [row for _, row in rows]
