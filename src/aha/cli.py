@@ -142,17 +142,29 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (has metric
     typer.echo(str(write_report(run_dir)))
 
 
+DEMOS = {  # name → (module with run_demo(out, seed), one line for --help)
+    "alphago": ("aha.demo", "a teacher, SFT on its traces, then GRPO past it (the AlphaGo lesson)"),
+    "rlhf": ("aha.demos.rlhf", "a simulated labeller ranks samples, a reward model learns them, GRPO games it; the guard"),
+    "r1": ("aha.demos.r1", "R1-Zero-style RL on SmolLM2: accuracy, format, response length and reflection"),
+}
+
+
 @app.command()
 @friendly
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the demo writes its runs and summary."),
+    name: str = typer.Argument("alphago", help="Which demo: " + "; ".join(f"'{k}': {v[1]}" for k, v in DEMOS.items())),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the demo writes its runs and summary "
+                                       "(default: runs/demo for alphago, runs/demo-NAME otherwise)."),
     seed: int = typer.Option(0, help="Seed for model init, data and sampling."),
 ):
-    """The AlphaGo lesson in minutes on a CPU: a teacher, SFT on its traces, then GRPO past it."""
-    from aha.demo import run_demo
+    """A demo on embedded defaults, minutes on a CPU (default: the AlphaGo lesson: imitation, then RL past it)."""
+    import importlib
 
+    if name not in DEMOS:
+        raise typer.BadParameter(f"unknown demo '{name}'; choose one of: {', '.join(DEMOS)}", param_hint="NAME")
+    out = out or Path("runs/demo" if name == "alphago" else f"runs/demo-{name}")
     _out_dir(out)
-    run_demo(out, seed)
+    importlib.import_module(DEMOS[name][0]).run_demo(out, seed)
 
 
 @config_app.command("show")
