@@ -53,6 +53,6 @@ def test_malformed_row_is_one_line_naming_file_and_row(tmp_path, row, needle):
 
 
 def test_unknown_format_names_the_formats(tmp_path):
-    (tmp_path / "r.csv").write_text("prompt\n")
-    with pytest.raises(DataError, match=r"accepted: \.jsonl.*\.json.*\.parquet.*save_to_disk"):
-        read_preferences(tmp_path / "r.csv")
+    (tmp_path / "r.txt").write_text("prompt\n")
+    with pytest.raises(DataError, match=r"accepted: \.jsonl.*\.json.*\.csv.*\.parquet.*save_to_disk"):
+        read_preferences(tmp_path / "r.txt")

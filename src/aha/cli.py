@@ -110,10 +110,12 @@ def eval_(
     k: int = typer.Option(1, min=1, help="Also report sampled pass@k (k > 1)."),
     temperature: float = typer.Option(1.0, help="Temperature of the pass@k samples (> 0)."),
     limit: int = typer.Option(0, min=0, help="Evaluate only the first N held-out rows (0 = all)."),
+    reward: Optional[str] = typer.Option(None, "--reward", help="Judge with this reward spec instead of the task's "
+                                         "check (e.g. code, file.py:fn, rm:DIR): right = scores above 0.5."),
 ):
     """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split."""
     from aha.config import load_config
-    from aha.evaluate import evaluate
+    from aha.evaluate import eval_verifier, evaluate
     from aha.rollout.hf import HFEngine
     from aha.runtime import prepare
 
@@ -125,11 +127,15 @@ def eval_(
         config = next((g for g in guess if g.is_file()), None)
     cfg = load_config(config, [*set_, f"model.name={checkpoint}"])
     cfg = cfg.model_copy(update={"init_from": None})  # evaluate CHECKPOINT itself, not the run's starting point
+    if reward:
+        cfg.log = cfg.log.model_copy(update={"eval_reward": reward})
+    cfg.log.eval_every = max(1, cfg.log.eval_every)  # (prepare checks the held-out rows can be judged)
     device, amp, task, model, tok, template = prepare(cfg)
     rows = task.eval[:limit] if limit else task.eval
     res = evaluate(HFEngine(model, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens,
-                   k=k, temperature=temperature)
-    shown = {key: v for key, v in res.items() if key not in ("correct", "completions")}
+                   k=k, temperature=temperature, scorer=eval_verifier(cfg, task))
+    hidden = ("correct", "completions") if reward else ("correct", "completions", "reward_mean")
+    shown = {key: v for key, v in res.items() if key not in hidden}
     typer.echo(json.dumps({"model": checkpoint, "task": task.name, "n": len(rows), **shown}))
 
 

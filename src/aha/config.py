@@ -52,14 +52,26 @@ class ModelConfig(_Section):
 
 
 class TaskConfig(_Section):
-    name: Literal["arithmetic", "countdown", "jsonl", "code"] = Field(
-        "arithmetic", description="Prompt source: 'arithmetic' and 'countdown' are generated; 'jsonl' reads task.path; "
-        "'code': Python function problems run against their tests in a sandbox (task.path: your own JSONL)."
+    name: Literal["arithmetic", "countdown", "jsonl", "dataset", "code"] = Field(
+        "arithmetic", description="Prompt source: 'arithmetic' and 'countdown' are generated; 'dataset' (or its older "
+        "name 'jsonl') reads your data from task.path; 'code': Python function problems run against their tests in a "
+        "sandbox (task.path: your own JSONL)."
     )
-    path: Path | None = Field(None, description="jsonl: training file (one JSON object per line).")
-    eval_path: Path | None = Field(None, description="jsonl: held-out file; default: the last task.num_eval rows of task.path.")
-    prompt_column: str = Field("prompt", description="jsonl: the column holding the prompt.")
-    answer_column: str = Field("answer", description="jsonl: the column holding the reference answer.")
+    path: Path | None = Field(None, description="dataset: the training data: a .jsonl, .json, .csv or .parquet file, a "
+                              "directory written by datasets' save_to_disk, or hf:OWNER/NAME[:SPLIT] (needs a network). "
+                              "A relative path is found next to the config file first, then in the working directory.")
+    eval_path: Path | None = Field(None, description="dataset: held-out data (same formats); default: the last "
+                                   "min(task.num_eval, a fifth of the rows) rows of task.path (the run says how many).")
+    prompt_column: str = Field("prompt", description="dataset: the column holding the prompt (text, or a list of chat "
+                               "messages); it also reaches rewards as 'prompts'.")
+    answer_column: str = Field("answer", description="dataset: the column holding the reference answer. Every column "
+                               "reaches reward functions under its own name (TRL's convention: solution=[...]); this "
+                               "one also as 'answer', the built-in accuracy's keyword.")
+    answer_match: Literal["auto", "exact", "math"] = Field(
+        "auto", description="How the built-in accuracy (and so eval/accuracy) compares answers: 'exact' = equal text "
+        "(whitespace collapsed, case counts); 'math' = equal numbers, then math-verify (0.5 = 1/2 = \\frac{1}{2}); "
+        "'auto' = math where the reference answer reads as mathematics (digits, LaTeX, x+1), else exact (a word, a "
+        "reversed string: math-verify would read 'abc' as a·b·c, equal to 'cba').")
     digits: int = Field(2, ge=1, le=12, description="arithmetic: digits per operand.")
     operations: list[Literal["+", "-", "*"]] = Field(["+"], description="arithmetic: operations to draw from.")
     reverse_answer: bool = Field(False, description="arithmetic: answer written least-significant digit first.")
@@ -79,6 +91,9 @@ class RewardSpec(_Section):
     name: str = Field(..., description="Built-in name (accuracy, think_format, tag_count, overlong, repetition, ...), "
                       "'module:function' or 'path/to/file.py:function'.")
     weight: float = Field(1.0, allow_inf_nan=False, description="Weight of this function in the summed reward.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the function (e.g. "
+                                 "{match: exact} for accuracy); for rm:PATH, the reward model's (batch_size, aggregate, "
+                                 "std_coef, device).")
 
 
 class RolloutConfig(_Section):
@@ -171,7 +186,9 @@ class TrainConfig(_Section):
 
 
 class SFTConfig(_Section):
-    path: Path | None = Field(None, description="Prompt/completion JSONL for SFT.")
+    path: Path | None = Field(None, description="stage sft: demonstrations, prompt + completion columns or TRL's "
+                              "conversational 'messages' (the last assistant message is the completion), in any format "
+                              "task.path takes (.jsonl, .json, .csv, .parquet, a save_to_disk directory, hf:OWNER/NAME).")
     prompt_column: str = Field("prompt", description="Column holding the prompt.")
     completion_column: str = Field("completion", description="Column holding the target completion.")
     warmup_steps: int = Field(0, ge=0, description="GRPO stage: first imitate the task's reference answers for this many "
@@ -254,6 +271,9 @@ class LogConfig(_Section):
     wandb_project: str = Field("aha", description="W&B project name.")
     progress: bool = Field(True, description="Show a progress bar.")
     report: bool = Field(True, description="Write RUN_DIR/report.html at the end of the run.")
+    eval_reward: str | None = Field(None, description="The reward that scores eval (a reward spec, e.g. 'code', "
+                                    "'file.py:fn'; a row counts as right when it scores above 0.5; eval/reward_mean "
+                                    "is its mean); default: the task's own check (accuracy, or code for task code).")
 
 
 class RunConfig(_Section):
@@ -376,12 +396,65 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        data.update(loaded)
+        data.update(relative_to(loaded, path.parent))
     data = apply_overrides(data, overrides or [])
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
+
+
+_PATH_FIELDS = (("task", "path"), ("task", "eval_path"), ("sft", "path"), ("reward_model", "path"),
+                ("reward_model", "eval_path"), ("critic", "init_from"), ("model", "name"), ("init_from",))
+_REWARD_REFS = (("guard", "gold"), ("guard", "proxy"), ("guard", "disagreement"), ("log", "eval_reward"))
+
+
+def _near(value: Any, base: Path) -> Any:
+    """``value`` as the path next to the config file, where it is a relative path found there and not in the
+    working directory; otherwise unchanged."""
+    if not isinstance(value, str) or not value or value.startswith(("hf:", "tiny", "smollm2")):
+        return value
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute() or candidate.exists() or not (base / candidate).exists():
+        return value
+    return str((base / candidate).resolve())
+
+
+def _near_spec(spec: Any, base: Path) -> Any:
+    """A reward spec whose file (``file.py:fn``, ``rm:DIR``) lies next to the config file, made absolute."""
+    if not isinstance(spec, str):
+        return spec
+    if spec.startswith("rm:"):
+        return "rm:" + _near(spec[3:], base)
+    target, sep, attr = spec.rpartition(":")
+    if sep and (target.endswith(".py") or "/" in target):
+        return f"{_near(target, base)}:{attr}"
+    return spec
+
+
+def relative_to(data: dict, base: Path) -> dict:
+    """A config mapping whose relative paths (data files, reward files, model dirs) are looked up next to the config
+    file first, then in the working directory (a recipe runs from anywhere; --set values stay relative to the
+    working directory). A reward spec made absolute is renamed everywhere the config names it."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for keys in _PATH_FIELDS:
+        section = data
+        for key in keys[:-1]:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and keys[-1] in section:
+            section[keys[-1]] = _near(section[keys[-1]], base)
+    renamed = {}
+    for spec in data.get("rewards") or []:
+        if isinstance(spec, dict) and "name" in spec:
+            new = _near_spec(spec["name"], base)
+            renamed[spec["name"]], spec["name"] = new, new
+    for section, key in _REWARD_REFS:
+        part = data.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str):
+            part[key] = renamed.get(part[key], _near_spec(part[key], base))
+    return data
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:

@@ -1,17 +1,46 @@
-"""Held-out evaluation: greedy accuracy and sampled pass@k with the task's verifier."""
+"""Held-out evaluation: greedy accuracy and sampled pass@k, judged by the task's verifier or ``log.eval_reward``."""
 
 from __future__ import annotations
 
 from aha.data.templates import render_prompt
+from aha.rewards import as_completions
 from aha.rollout import SamplingParams
 
 
-def verifier(task, name: str | None = None):
-    """The reward function that decides correctness on this task (its own, else the built-in accuracy)."""
-    from aha.rewards import resolve_reward
+def verifier(task, name: str | None = None, answer_match: str = "auto", args: dict | None = None):
+    """The reward function that decides correctness: ``name`` (a reward spec), else the task's own verifier
+    (accuracy, or code for the code task); the built-in accuracy compares answers by ``answer_match``."""
+    from aha.rewards.specs import resolve_task_reward
 
-    name = name or getattr(task, "verifier", "accuracy")
-    return task.rewards.get(name) or resolve_reward(name)
+    return resolve_task_reward(name or getattr(task, "verifier", "accuracy"), task, args, answer_match)
+
+
+def eval_verifier(cfg, task):
+    """The verifier a run's eval uses: ``log.eval_reward`` (with its ``args`` where it is one of the run's rewards),
+    else the task's."""
+    name = cfg.log.eval_reward
+    args = next((r.args for r in cfg.rewards if r.name == name), None) if name else None
+    return verifier(task, name, cfg.task.answer_match, args)
+
+
+def check_eval_data(cfg, task) -> None:
+    """Fail before training, in one line, where eval could not run: no held-out rows, or rows without the reference
+    answer the built-in accuracy needs."""
+    from aha.tasks import DataError
+
+    if not task.eval:
+        raise DataError(NO_EVAL_ROWS.format(name=task.name))
+    if cfg.log.eval_reward is None and getattr(task, "verifier", "accuracy") == "accuracy":
+        missing = sum(1 for r in task.eval if r.get("answer") in (None, ""))
+        if missing:
+            raise DataError(f"task {task.name!r}: {missing} of {len(task.eval)} held-out rows have no reference answer "
+                            f"(task.answer_column={cfg.task.answer_column!r}) for eval/accuracy: name the column that "
+                            "holds it with task.answer_column, score eval with another reward (log.eval_reward), "
+                            "or turn eval off (log.eval_every=0)")
+
+
+NO_EVAL_ROWS = ("task {name!r} has no held-out rows to evaluate (a dataset task holds out a fifth of its rows, none "
+                "under 5): set task.eval_path, or log.eval_every=0 to train without evaluation")
 
 
 def columns_of(rows: list[dict], repeat: int = 1) -> dict[str, list]:
@@ -20,25 +49,30 @@ def columns_of(rows: list[dict], repeat: int = 1) -> dict[str, list]:
 
 
 def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_tokens: int,
-             k: int = 1, temperature: float = 1.0, batch_size: int = 256) -> dict:
-    """Greedy accuracy over ``rows`` (and pass@k with ``k`` samples at ``temperature`` when k > 1).
+             k: int = 1, temperature: float = 1.0, batch_size: int = 256, scorer=None) -> dict:
+    """Greedy accuracy over ``rows`` (and pass@k with ``k`` samples at ``temperature`` when k > 1), judged by
+    ``scorer`` (a reward function; default: the task's verifier): a completion is right when it scores above 0.5.
 
-    Returns ``{"accuracy": float, "correct": [bool per row], "completions": [str per row], "pass@k": float?}``.
+    Returns ``{"accuracy": float, "reward_mean": float, "correct": [bool per row], "completions": [str per row],
+    "pass@k": float?}``.
     """
     if not rows:
         from aha.tasks import DataError
 
-        raise DataError(f"task {task.name!r} has no held-out rows to evaluate (a JSONL task holds out a fifth of its "
-                        "rows, none under 5): set task.eval_path, or log.eval_every=0 to train without evaluation")
-    fn = verifier(task)
+        raise DataError(NO_EVAL_ROWS.format(name=task.name))
+    fn = scorer or verifier(task)
+    scores_seen: list[float] = []
 
     def sample_and_score(chunk: list[dict], n: int, sampling: SamplingParams) -> tuple[list[bool], list[str]]:
-        """``n`` completions per row (grouped), each judged right or wrong by the task's verifier."""
+        """``n`` completions per row (grouped), each judged right or wrong by the scorer."""
         ids = [render_prompt(r["prompt"], tokenizer, template) for r in chunk]
         roll = engine.generate(ids, n, sampling)
         comps = [tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
-        scores = fn([r["prompt"] for r in chunk for _ in range(n)], comps, **columns_of(chunk, n))
-        return [bool(s and s > 0.5) for s in scores], comps
+        prompts = [r["prompt"] for r in chunk for _ in range(n)]
+        scores = fn(prompts=prompts, completions=as_completions(prompts, comps), **columns_of(chunk, n))
+        if n == 1:
+            scores_seen.extend(float(s) for s in scores if s is not None)
+        return [bool(s is not None and s > 0.5) for s in scores], comps
 
     correct, texts = [], []
     greedy = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
@@ -46,7 +80,8 @@ def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_t
         ok, comps = sample_and_score(rows[start:start + batch_size], 1, greedy)
         correct += ok
         texts += comps
-    out = {"accuracy": sum(correct) / max(1, len(correct)), "correct": correct, "completions": texts}
+    out = {"accuracy": sum(correct) / max(1, len(correct)), "correct": correct, "completions": texts,
+           "reward_mean": sum(scores_seen) / len(scores_seen) if scores_seen else float("nan")}
     if k > 1:
         hits, step = [], max(1, batch_size // k)
         sampled = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)

@@ -17,6 +17,7 @@ A stage reads::
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -47,9 +48,12 @@ class Run:
         """A checkpoint will be restored: work that only a fresh start needs (e.g. a warm-up) can be skipped."""
         return bool(self.checkpoints)
 
-    def begin(self, restore: Callable[[Path], int]) -> int:
+    def begin(self, restore: Callable[[Path], int], note: str | None = None) -> int:
         """Restore the newest checkpoint with ``restore`` (returns its step), or clear what an earlier run left in the
-        directory; then write the resolved config and open the logger. Returns the step to continue after."""
+        directory; then write the resolved config and open the logger. Returns the step to continue after. ``note``
+        (e.g. the task's word on its held-out split) is printed on stderr once all is set up."""
+        if note:
+            print(note, file=sys.stderr)
         start = 0
         if self.checkpoints:
             start = restore(self.checkpoints[-1])

@@ -41,16 +41,22 @@ def pick_device(name: str) -> torch.device:
 def prepare(cfg: RunConfig):
     """What every stage starts with: seeds set, ``(device, autocast dtype, task, model, tokenizer, template)``,
     the model on its device in train mode."""
-    from aha.data.templates import resolve_template
+    from aha.data.templates import check_prompts, resolve_template
     from aha.tasks import build_task
 
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
     amp = autocast_dtype(cfg.train.precision, device)
     task = build_task(cfg.task)
+    if cfg.log.eval_every > 0:
+        from aha.evaluate import check_eval_data
+
+        check_eval_data(cfg, task)
     model, tok = load_policy(cfg.model, task.alphabet, cfg.train.seed, cfg.init_from)
     model.to(device).train()
-    return device, amp, task, model, tok, resolve_template(cfg.task.template, tok)
+    template = resolve_template(cfg.task.template, tok)
+    check_prompts(task.train + task.eval, tok, char_level=cfg.model.name.startswith("tiny") and task.alphabet is None)
+    return device, amp, task, model, tok, template
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, critic: torch.nn.Module | None = None,

@@ -11,15 +11,42 @@ from tqdm.auto import tqdm
 
 from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
+from aha.data.load import DataError, labelled_rows
 from aha.data.templates import encode_text, render_prompt
-from aha.evaluate import evaluate
+from aha.evaluate import eval_verifier, evaluate
 from aha.modeling.logprobs import completion_logprobs
+from aha.rewards.builtin import completion_text
 from aha.modeling.options import autocast, set_attention, training_attention
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
 from aha.run import Run
 from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
-from aha.tasks.jsonl import read_jsonl
+
+
+def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "completion") -> list[dict]:
+    """SFT rows ``{"prompt", "completion"}`` from any source :func:`aha.data.load.load_rows` reads. A row is either
+    ``prompt`` + ``completion`` columns (text, or a chat prompt as a message list) or TRL's conversational
+    ``messages``: the last assistant message is the completion, the messages before it the prompt.
+
+    >>> demonstrations([{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}])
+    [{'prompt': [{'role': 'user', 'content': '2+2?'}], 'completion': '4'}]
+    """
+    out = []
+    for where, row in labelled_rows(source, "SFT data"):
+        if isinstance(row, dict) and isinstance(row.get("messages"), list) and completion_col not in row:
+            msgs = row["messages"]
+            last = max((i for i, m in enumerate(msgs) if isinstance(m, dict) and m.get("role") == "assistant"),
+                       default=None)
+            if not last:  # None (no assistant message) or 0 (nothing before it)
+                raise DataError(f"{where}: 'messages' needs an assistant message after at least one other message")
+            out.append({"prompt": msgs[:last], "completion": completion_text([msgs[last]])})
+            continue
+        if not isinstance(row, dict) or any(row.get(c) in (None, "") for c in (prompt_col, completion_col)):
+            keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise DataError(f"{where}: an SFT row needs {prompt_col!r} and {completion_col!r} (or TRL's 'messages'); "
+                            f"it has: {keys or 'nothing'}")
+        out.append({"prompt": row[prompt_col], "completion": row[completion_col]})
+    return out
 
 
 def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt", completion_col: str = "completion"):
@@ -63,17 +90,26 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     run = Run(cfg, run_dir, resume, "sft")
     tr = cfg.train
     device, amp, task, model, tok, template = prepare(cfg)
-    if rows is None:
-        rows = read_jsonl(cfg.sft.path, (cfg.sft.prompt_column, cfg.sft.completion_column))
-    pairs = encode_pairs(rows, tok, template, cfg.sft.prompt_column, cfg.sft.completion_column)
+    rows = demonstrations(cfg.sft.path if rows is None else rows, cfg.sft.prompt_column, cfg.sft.completion_column)
+    try:
+        pairs = encode_pairs(rows, tok, template)
+    except DataError as e:
+        if not cfg.model.name.startswith("tiny") or cfg.task.name in ("dataset", "jsonl"):
+            raise
+        raise DataError(f"{e}; a tiny model's characters come from its task (task.name={cfg.task.name}): to train "
+                        "on your SFT data, set task.name=dataset and task.path to a file of your prompts "
+                        "(e.g. the SFT file itself)") from None
     optimizer, scheduler = make_optimizer(model, tr, total_steps=tr.steps)
     sampler = PromptSampler(len(pairs), tr.seed)
     engine = HFEngine(model, tok, device, amp)  # samples with the model's own attention kernel
+    scorer = eval_verifier(cfg, task)
     set_attention([model], training_attention(tr.attention, device))
-    start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler))
+    start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler), task.note)
 
     def run_eval() -> dict:
-        return {"eval/accuracy": evaluate(engine, tok, task, task.eval, template, cfg.rollout.max_new_tokens)["accuracy"]}
+        result = evaluate(engine, tok, task, task.eval, template, cfg.rollout.max_new_tokens, scorer=scorer)
+        return {"eval/accuracy": result["accuracy"], **({"eval/reward_mean": result["reward_mean"]}
+                                                        if cfg.log.eval_reward else {})}
 
     last: dict = {}
     if run.eval_due(0):

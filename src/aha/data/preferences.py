@@ -9,16 +9,17 @@ Every index 0..K-1 appears exactly once, K ≥ 2. A pair row (TRL's format) is `
 "rejected"}``, read as the ranking ``[0, 1]`` of ``[chosen, rejected]``; its texts may be plain strings or
 conversational message lists. Extra columns (``labeler``, ``task_id`` …) are kept.
 
-:func:`read_preferences` reads such rows from JSONL, JSON, Parquet or a ``datasets`` directory (``save_to_disk``);
+:func:`read_preferences` reads such rows from every format :mod:`aha.data.load` reads;
 a malformed row is one :class:`~aha.tasks.DataError` line naming the file, the row and the fix.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aha.data.load import ACCEPTED_FORMATS, DataError, labelled_rows  # noqa: F401 (ACCEPTED_FORMATS: re-exported)
 
 
 @dataclass
@@ -106,47 +107,23 @@ def ranking_row(pref: PreferenceRow) -> dict:
     return {"prompt": pref.prompt, "completions": list(pref.completions), "ranking": ranking, **pref.extra}
 
 
-ACCEPTED_FORMATS = ".jsonl (one JSON object per line), .json (a list of objects), .parquet, or a directory written " \
-    "by datasets' save_to_disk"
+def read_preferences(path: Any) -> list[PreferenceRow]:
+    """Every row of a preference file (or an in-memory dataset) as a :class:`PreferenceRow`.
 
-
-def read_preferences(path: str | Path) -> list[PreferenceRow]:
-    """Every row of a preference file as a :class:`PreferenceRow`.
-
-    Reads ``.jsonl``/``.ndjson`` (row = line number), ``.json`` (a list of objects, or ``{"data": [...]}``),
-    ``.parquet`` and a directory written by ``datasets.Dataset.save_to_disk`` (a ``DatasetDict``: its ``train``
-    split, or its only split); rows are numbered from 1. In Parquet and ``datasets``, where a column holds one
+    Reads what :func:`aha.data.load.load_rows` reads: ``.jsonl``/``.ndjson`` (row = line number), ``.json``, ``.csv``,
+    ``.parquet``, a ``save_to_disk`` directory, ``hf:OWNER/NAME``, a ``datasets.Dataset`` or a list of dicts. In Parquet and ``datasets``, where a column holds one
     type, write ties as a ranking of lists only: ``[[0, 2], [1], [3]]``. A missing file, an unknown format or a
     malformed row raise :class:`~aha.tasks.DataError` with one line, e.g.
     ``prefs.jsonl:3: ranking index 4 is out of range for 4 completions (0..3)``.
     """
-    from aha.tasks import DataError
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"preference data not found: {path}")
-    if path.is_dir():
-        rows, where = _read_dataset_dir(path), "row"
-    elif path.suffix in (".jsonl", ".ndjson"):
-        rows, where = _read_jsonl_rows(path), "line"
-    elif path.suffix == ".json":
-        rows, where = _read_json_rows(path), "row"
-    elif path.suffix == ".parquet":
-        rows, where = _read_parquet(path), "row"
-    else:
-        raise DataError(f"{path}: cannot read {path.suffix or 'a file without a suffix'} as preference data "
-                        f"(accepted: {ACCEPTED_FORMATS})")
     out = []
-    for number, row in rows:
+    for where, row in labelled_rows(path, "preference data"):
         try:
             pref = parse_preference(row)
             _check_texts(pref)
         except ValueError as e:
-            at = f"{path}:{number}" if where == "line" else f"{path}: row {number}"
-            raise DataError(f"{at}: {e}") from None
+            raise DataError(f"{where}: {e}") from None
         out.append(pref)
-    if not out:
-        raise DataError(f"{path}: no preference rows")
     return out
 
 
@@ -156,89 +133,3 @@ def _check_texts(pref: PreferenceRow) -> None:
     for i, c in enumerate(pref.completions):
         if not isinstance(c, (str, list)):
             raise ValueError(f"completion {i} must be text or a list of chat messages, got {type(c).__name__}")
-
-
-def _read_jsonl_rows(path: Path) -> list[tuple[int, Any]]:
-    from aha.tasks import DataError
-
-    text = _read_text(path)
-    rows = []
-    for lineno, line in enumerate(text.split("\n"), 1):  # (not splitlines: U+2028 may sit inside a JSON string)
-        if not line.strip():
-            continue
-        try:
-            rows.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); write one JSON object per line") from None
-    return rows
-
-
-def _read_json_rows(path: Path) -> list[tuple[int, Any]]:
-    from aha.tasks import DataError
-
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); for one object per line name it "
-                        ".jsonl") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows (or {{\"data\": [...]}}), got {type(data).__name__}")
-    return list(enumerate(data, 1))
-
-
-def _read_text(path: Path) -> str:
-    from aha.tasks import DataError
-
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
-
-
-def _read_parquet(path: Path) -> list[tuple[int, Any]]:
-    from aha.tasks import DataError
-
-    try:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-    except ImportError:
-        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install datasets)") from None
-    except Exception as e:  # pyarrow's ArrowInvalid on a file that is not Parquet
-        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
-    return list(enumerate(_drop_nulls(table.to_pylist()), 1))
-
-
-def _read_dataset_dir(path: Path) -> list[tuple[int, Any]]:
-    from aha.tasks import DataError
-
-    try:
-        import datasets
-    except ImportError:
-        raise DataError(f"{path}: reading a datasets directory needs the datasets package (pip install datasets)") from None
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as e:  # FileNotFoundError for a directory that save_to_disk did not write
-        raise DataError(f"{path}: a directory, but not one written by datasets' save_to_disk ({_first_line(e)}); "
-                        f"accepted: {ACCEPTED_FORMATS}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" in ds:
-            ds = ds["train"]
-        elif len(ds) == 1:
-            ds = next(iter(ds.values()))
-        else:
-            raise DataError(f"{path}: a DatasetDict with splits {', '.join(ds)} and no 'train': save the split to "
-                            "train on by itself")
-    return list(enumerate(_drop_nulls(ds.to_list()), 1))
-
-
-def _drop_nulls(rows: list[dict]) -> list[dict]:
-    """A columnar file has every column in every row: a null means 'not in this row' (pairs beside rankings)."""
-    return [{k: v for k, v in r.items() if v is not None} for r in rows]
-
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

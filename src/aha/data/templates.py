@@ -37,6 +37,23 @@ def encode_text(text: str, tokenizer) -> list[int]:
                         + " (a tiny model knows only its task's characters)") from None
 
 
+def check_prompts(rows: list[dict], tokenizer, char_level: bool = False) -> None:
+    """Fail before training, in one line, on prompts this model cannot take: chat messages where its tokenizer has
+    no chat template, or (``char_level``: a tiny model's character tokenizer) text it has no token for."""
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    seen: set[str] = set()
+    for i, row in enumerate(rows, 1):
+        prompt = row.get("prompt")
+        if isinstance(prompt, list) and not has_chat:
+            from aha.config import ConfigError
+
+            raise ConfigError(f"row {i}: the prompt is a list of chat messages, but this model's tokenizer has no chat "
+                              "template: use a chat model (e.g. model.name=smollm2-135m) or text prompts")
+        if char_level and isinstance(prompt, str) and prompt not in seen:
+            seen.add(prompt)
+            encode_text(prompt, tokenizer)
+
+
 def render_prompt(prompt: str | list, tokenizer, template: str) -> list[int]:
     """Token ids for one prompt. ``template`` is already resolved ('plain', 'chat' or 'r1').
 

@@ -7,23 +7,19 @@ A reward function has TRL's signature, so users bring theirs unchanged::
 ``None`` means "no opinion" for that sample: it is left out of the weighted sum.
 
 - ``BUILTIN_REWARDS`` maps names (``accuracy``, ``think_format``, ...) to functions.
-- ``resolve_reward(spec)`` turns a config string into a function: a built-in name,
-  ``package.module:function``, or ``path/to/file.py:function``.
+- ``resolve_reward(spec, args)`` (in :mod:`aha.rewards.specs`) turns a config string into a function: a built-in
+  name, ``package.module:function``, ``path/to/file.py:function``, ``rm:PATH`` or ``py:NAME``.
+- ``as_completions(prompts, texts)``: completions as TRL passes them (message lists for chat prompts).
 - ``compute_rewards(funcs, prompts, completions, columns)`` calls each function once on the
   batch, checks what it returns, and sums ``weight × value`` per sample.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import logging
 import math
 import numbers
-import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from aha.errors import AhaError
@@ -35,17 +31,31 @@ from aha.rewards.builtin import (
     tag_count,
     think_format,
 )
-from aha.rewards import code as _code  # (the module: aha.rewards.code stays importable as one)
+from aha.rewards.specs import (
+    BUILTIN_REWARDS,
+    PYTHON_REWARDS,
+    RewardConfigError,
+    RewardFn,
+    bind_args,
+    build_rewards,
+    register_reward,
+    resolve_reward,
+)
 
 __all__ = [
     "BUILTIN_REWARDS",
+    "PYTHON_REWARDS",
     "RewardConfigError",
     "RewardError",
     "RewardFn",
     "accuracy",
+    "as_completions",
+    "bind_args",
+    "build_rewards",
     "completion_text",
     "compute_rewards",
     "overlong",
+    "register_reward",
     "repetition",
     "resolve_reward",
     "tag_count",
@@ -54,130 +64,19 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RewardFn = Callable[..., list]
 
-BUILTIN_REWARDS: dict[str, RewardFn] = {
-    "accuracy": accuracy,
-    "think_format": think_format,
-    "tag_count": tag_count,
-    "overlong": overlong,
-    "repetition": repetition,
-    "code": _code.code,  # runs programs in aha.sandbox; exposes .last_metrics
-}
+def as_completions(prompts: Sequence, texts: Sequence[str]) -> list:
+    """What reward functions receive as ``completions``, as TRL passes them: the text where the prompt is text, a
+    one-message list ``[{"role": "assistant", "content": text}]`` where the prompt is a list of chat messages.
 
-
-class RewardConfigError(AhaError, ValueError):
-    """A reward spec in the config cannot be turned into a function (one-line message)."""
+    >>> as_completions(["2+2=", [{"role": "user", "content": "2+2?"}]], ["4", "4"])
+    ['4', [{'role': 'assistant', 'content': '4'}]]
+    """
+    return [[{"role": "assistant", "content": t}] if isinstance(p, list) else t for p, t in zip(prompts, texts)]
 
 
 class RewardError(AhaError, RuntimeError):
     """A reward function raised, or returned something other than one number/None per sample."""
-
-
-# ─────────────────────────────── resolving specs ───────────────────────────────
-
-_SPEC_FORMS = "a built-in name, 'package.module:function' or 'path/to/file.py:function'"
-
-
-def _load_file_module(path: Path, spec: str) -> Any:
-    """Import a Python file under a unique module name (registered in ``sys.modules``)."""
-    resolved = path.resolve()
-    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
-    name = f"aha_user_rewards_{resolved.stem}_{digest}"
-    if name in sys.modules:
-        return sys.modules[name]
-    module_spec = importlib.util.spec_from_file_location(name, resolved)
-    if module_spec is None or module_spec.loader is None:
-        raise RewardConfigError(f"reward '{spec}': cannot import {path} as a Python file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # so dataclasses/pickle inside the file can find it
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as exc:
-        del sys.modules[name]
-        raise RewardConfigError(
-            f"reward '{spec}': importing {path} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    return module
-
-
-def resolve_reward(spec: str, args: dict | None = None) -> RewardFn:
-    """The reward function named by ``spec``.
-
-    ``spec`` is a built-in name (``"accuracy"``), ``"package.module:function"``,
-    ``"path/to/file.py:function"`` (a path relative to the working directory, or absolute), or
-    ``"rm:PATH"``: a trained reward model's directory, as a
-    :class:`~aha.rewards.reward_model.RewardModelReward` built with ``args`` as keyword arguments
-    (``batch_size``, ``aggregate``, ``std_coef``, ``device``). ``args`` of other specs are left to the caller.
-    Raises ``RewardConfigError`` with a one-line message when it cannot.
-
-    >>> resolve_reward("accuracy").__name__
-    'accuracy'
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise RewardConfigError(f"a reward must be named by a non-empty string ({_SPEC_FORMS})")
-    spec = spec.strip()
-    if spec.startswith("rm:"):
-        return _reward_model(spec, args)
-    if spec in BUILTIN_REWARDS:
-        return BUILTIN_REWARDS[spec]
-    if ":" not in spec:
-        raise RewardConfigError(
-            f"unknown reward '{spec}'; built-ins are: {', '.join(sorted(BUILTIN_REWARDS))} "
-            f"(or use 'package.module:function' or 'path/to/file.py:function')"
-        )
-    target, attr = spec.rsplit(":", 1)
-    if not target or not attr:
-        raise RewardConfigError(f"reward '{spec}' must look like {_SPEC_FORMS}")
-
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
-    if is_file:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise RewardConfigError(f"reward '{spec}': file not found: {path}")
-        module = _load_file_module(path, spec)
-        where = str(path)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as exc:
-            raise RewardConfigError(
-                f"reward '{spec}': cannot import module '{target}': {type(exc).__name__}: {exc}"
-            ) from exc
-        where = f"module '{target}'"
-
-    if not hasattr(module, attr):
-        raise RewardConfigError(f"reward '{spec}': {where} has no attribute '{attr}'")
-    fn = getattr(module, attr)
-    if not callable(fn):
-        raise RewardConfigError(
-            f"reward '{spec}': '{attr}' in {where} is a {type(fn).__name__}, not a function"
-        )
-    return fn
-
-
-def _reward_model(spec: str, args: dict | None) -> RewardFn:
-    """``rm:PATH`` → a RewardModelReward; a missing path, a directory that is no reward model or a wrong
-    argument is one line."""
-    import inspect
-
-    from aha.rewards.reward_model import RewardModelReward
-    from aha.rm import RewardModelError
-
-    path = Path(spec[3:]).expanduser()
-    if not spec[3:].strip():
-        raise RewardConfigError(f"reward '{spec}': give the reward model's directory, e.g. rm:runs/rm/model")
-    if not path.exists():
-        raise RewardConfigError(f"reward '{spec}': {path} not found (the reward-model stage writes RUN_DIR/model)")
-    args = dict(args or {})
-    allowed = [p for p in inspect.signature(RewardModelReward).parameters if p != "path"]
-    unknown = sorted(set(args) - set(allowed))
-    if unknown:
-        raise RewardConfigError(f"reward '{spec}': unknown args {', '.join(unknown)} (allowed: {', '.join(allowed)})")
-    try:
-        return RewardModelReward(path, **args)
-    except (RewardModelError, ValueError, TypeError) as exc:
-        raise RewardConfigError(f"reward '{spec}': {exc}") from None
 
 
 # ─────────────────────────────── calling & checking ───────────────────────────────

@@ -18,9 +18,12 @@ import threading
 from typing import Any
 
 __all__ = [
+    "ANSWER_MATCHES",
     "accuracy",
+    "answer_matches",
     "completion_text",
     "extract_answer",
+    "looks_mathematical",
     "overlong",
     "repetition",
     "tag_count",
@@ -156,22 +159,71 @@ def _is_correct(pred: str, tagged: bool, gold: str) -> bool:
     return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=_timeout()))
 
 
+_MATH_WORDS = frozenset({"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "pi", "inf", "oo",
+                         "mod", "gcd", "lcm", "min", "max", "abs", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh"})
+_WORD_RE = re.compile(r"[A-Za-z]+")
+_MATH_OP_RE = re.compile(r"[-+*/^=()<>]")
+ANSWER_MATCHES = ("auto", "exact", "math")
+
+
+def looks_mathematical(text: str) -> bool:
+    r"""Whether an answer reads as mathematics: LaTeX, or digits and operators with at most single-letter variables
+    and function names (``sin``, ``sqrt`` …). A word is not mathematics, though math-verify would read ``abc`` as the
+    product ``a·b·c`` (so ``cba`` would equal it).
+
+    >>> [looks_mathematical(t) for t in ["42", "-0.5", r"\frac{1}{2}", "2x+1", "x^2", "sqrt(2)", "abc", "Paris", "x"]]
+    [True, True, True, True, True, True, False, False, False]
+    """
+    text = text.strip()
+    if "\\" in text or "$" in text:
+        return True
+    words = _WORD_RE.findall(text)
+    if any(len(w) > 1 and w.lower() not in _MATH_WORDS for w in words):
+        return False
+    return bool(_INT_DIGIT_RE.search(text)) or bool(words and _MATH_OP_RE.search(text))
+
+
+_INT_DIGIT_RE = re.compile(r"\d")
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def answer_matches(pred: str, tagged: bool, gold: str, match: str = "auto") -> bool:
+    """Whether a predicted answer equals the gold one. ``exact``: equal strings after collapsing whitespace (case
+    counts); ``math``: equal numbers, then math-verify (``0.5`` = ``1/2`` = ``\\frac{1}{2}``); ``auto``: ``math``
+    where the gold answer reads as mathematics (:func:`looks_mathematical`), else ``exact``.
+
+    >>> answer_matches("cba", True, "abc"), answer_matches("ba", True, "ab"), answer_matches("1/2", True, "0.5")
+    (False, False, True)
+    """
+    if match not in ANSWER_MATCHES:
+        raise ValueError(f"match must be one of {', '.join(ANSWER_MATCHES)}, got {match!r}")
+    if match == "exact" or (match == "auto" and not looks_mathematical(gold)):
+        return _normalised(pred) == _normalised(gold)
+    return _is_correct(pred, tagged, gold)
+
+
 def accuracy(
-    prompts: list, completions: list, answer: list | None = None, **kwargs: Any
+    prompts: list, completions: list, answer: list | None = None, match: str = "auto", **kwargs: Any
 ) -> list[float | None]:
     """1.0 when the completion's answer equals the ``answer`` column, else 0.0.
 
-    The answer is the inside of ``<answer>...</answer>`` when present, else the whole text.
-    Equal strings (after stripping) and equal integers are decided directly; anything else
-    goes to math-verify, so ``0.5``, ``1/2`` and ``\\frac{1}{2}`` all match. A row whose
-    ``answer`` is None or empty gets None (no opinion).
+    The answer is the inside of ``<answer>...</answer>`` when present, else the whole text. ``match`` (config:
+    ``task.answer_match``) says how answers compare (:func:`answer_matches`): by default numbers and expressions as
+    mathematics (``0.5``, ``1/2`` and ``\\frac{1}{2}`` all match; ``04`` = ``4``) and anything else, e.g. a word or
+    a reversed string, as text. A row whose ``answer`` is None or empty gets None (no opinion).
 
     >>> accuracy(["2+2="] * 4, ["4", "<answer>04</answer>", "5", "x"], answer=["4", "4", "4", None])
     [1.0, 1.0, 0.0, None]
+    >>> accuracy(["reverse abc"] * 2, ["cba", "abc"], answer=["cba", "cba"])
+    [1.0, 0.0]
     """
     if answer is None:
         raise ValueError(
-            "accuracy needs an 'answer' column in the dataset (the gold answer of each prompt)"
+            "accuracy needs an 'answer' column in the dataset (the gold answer of each prompt; "
+            "task.answer_column names yours)"
         )
     if len(answer) != len(completions):
         raise ValueError(
@@ -179,15 +231,12 @@ def accuracy(
         )
     rewards: list[float | None] = []
     for completion, gold in zip(completions, answer):
-        if gold is None:
-            rewards.append(None)
-            continue
-        gold_text = str(gold).strip()
+        gold_text = "" if gold is None else str(gold).strip()
         if not gold_text:
             rewards.append(None)
             continue
         pred, tagged = extract_answer(completion_text(completion))
-        rewards.append(1.0 if _is_correct(pred, tagged, gold_text) else 0.0)
+        rewards.append(1.0 if answer_matches(pred, tagged, gold_text, match) else 0.0)
     return rewards
 
 

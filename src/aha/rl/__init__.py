@@ -29,7 +29,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     Returns the last logged metrics."""
     run = Run(cfg, run_dir, resume, cfg.rl.algo)
     ctx = build_context(cfg, run)
-    start = run.begin(lambda ckpt: restore(ctx, ckpt))
+    start = run.begin(lambda ckpt: restore(ctx, ckpt), ctx.task.note)
     sync(ctx)  # a sampler with its own copy (rollout.compile) starts from the weights RL starts from
     last: dict = {}
     if run.eval_due(0):
@@ -66,9 +66,13 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
 
 def run_eval(ctx: RLContext) -> dict:
-    """Greedy accuracy on the task's held-out rows, with the task's verifier."""
-    result = evaluate(ctx.engine, ctx.tokenizer, ctx.task, ctx.task.eval, ctx.template, ctx.cfg.rollout.max_new_tokens)
-    return {"eval/accuracy": result["accuracy"]}
+    """Greedy accuracy on the task's held-out rows, judged by the task's verifier or ``log.eval_reward``."""
+    result = evaluate(ctx.engine, ctx.tokenizer, ctx.task, ctx.task.eval, ctx.template, ctx.cfg.rollout.max_new_tokens,
+                      scorer=ctx.eval_scorer)
+    out = {"eval/accuracy": result["accuracy"]}
+    if ctx.cfg.log.eval_reward:
+        out["eval/reward_mean"] = result["reward_mean"]
+    return out
 
 
 train_grpo = train_rl  # the name the first releases used

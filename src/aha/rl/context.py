@@ -16,7 +16,8 @@ from aha.critic import Critic, build_critic
 from aha.guard import Guard, check_guard_config
 from aha.models import reference_model
 from aha.modeling.options import set_attention, training_attention
-from aha.rewards import resolve_reward
+from aha.evaluate import eval_verifier
+from aha.rewards import build_rewards
 from aha.rollout import Engine, SamplingParams, build_engine
 from aha.run import Run
 from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
@@ -42,6 +43,7 @@ class RLContext:
     critic: Critic | None = None  # PPO's value model
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
+    eval_scorer: Callable | None = None  # what judges eval (aha.evaluate.eval_verifier)
     guard: Guard | None = None  # the reward-hacking guard (aha.guard), when guard.enabled
     best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's weights
 
@@ -68,10 +70,11 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     device, amp, task, policy, tok, template = prepare(cfg)
     engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled)
     set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
-    reward_fns = [(r.name, task.rewards.get(r.name) or resolve_reward(r.name), r.weight) for r in cfg.rewards]
+    reward_fns = build_rewards(cfg, task)
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
     ctx = RLContext(cfg, run, device, amp, task, policy, tok, template, engine, reward_fns, sampling,
                     PromptSampler(len(task.train), tr.seed), advantage_estimator(rl.algo))
+    ctx.eval_scorer = eval_verifier(cfg, task)
     if cfg.guard.enabled:  # it needs KL to the reference every step, even at β = 0
         if problem := check_guard_config(cfg):
             raise TrainingError(problem)

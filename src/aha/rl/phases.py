@@ -19,7 +19,7 @@ from aha.data.templates import render_prompt
 from aha.evaluate import columns_of
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast
-from aha.rewards import compute_rewards
+from aha.rewards import as_completions, compute_rewards
 from aha.rl.batch import RolloutBatch
 from aha.rl.context import RLContext
 from aha.rollout import pack_rollouts
@@ -34,8 +34,9 @@ def sample(ctx: RLContext, rows: list[dict]) -> tuple[RolloutBatch, int]:
     prompt_ids = [render_prompt(r["prompt"], tok, ctx.template) for r in rows]
     roll = ctx.engine.generate(prompt_ids, G, ctx.sampling)
     texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+    prompts = [r["prompt"] for r in rows for _ in range(G)]
     rewards, per_fn, skipped = compute_rewards(
-        ctx.reward_fns, [r["prompt"] for r in rows for _ in range(G)], texts, columns_of(rows, G),
+        ctx.reward_fns, prompts, as_completions(prompts, texts), columns_of(rows, G),
         on_error=ctx.cfg.rl.reward_on_error, completion_ids=roll.completion_ids,
         max_completion_length=ctx.cfg.rollout.max_new_tokens)
     return RolloutBatch(G, rows, roll, texts, rewards, per_fn), skipped

@@ -10,11 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from aha.config import TaskConfig
-from aha.errors import AhaError
-
-
-class DataError(AhaError, ValueError):
-    """A malformed dataset (missing file, bad row); the message names the file, line and fix."""
+from aha.data.load import DataError  # noqa: F401 (its historical home)
 
 
 @dataclass
@@ -25,6 +21,7 @@ class Task:
     alphabet: str | None = None  # characters a tiny char-level model needs; None = any text
     rewards: dict[str, Callable] = field(default_factory=dict)  # task-specific reward functions by name
     verifier: str = "accuracy"  # the reward that decides correctness for eval/accuracy
+    note: str | None = None  # what a run should tell the user about the data (e.g. how the held-out split was made)
 
 
 def build_task(cfg: TaskConfig) -> Task:
