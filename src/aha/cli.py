@@ -68,33 +68,11 @@ def train(
 ):
     """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++, reinforce++_baseline, or any
     registered estimator), sft or reward_model."""
-    from aha.checkpoint import list_checkpoints, run_contents
-    from aha.config import load_config
-    from aha.runtime import TrainingError
+    from aha.api import _check_out, load_config, run_stage
 
     cfg = load_config(config, set_)
-    if resume and overwrite:
-        raise TrainingError("--resume continues the run in --out and --overwrite deletes it: choose one")
-    if resume:  # checked here for every stage: train_sft would otherwise start afresh and wipe metrics.jsonl
-        if not list_checkpoints(out):
-            raise TrainingError(f"--resume: no complete checkpoint in {out / 'checkpoints'} "
-                                "(run without --resume to start afresh)")
-    elif (held := run_contents(out)) and not overwrite:  # a fresh start would delete them: ask first
-        raise TrainingError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start afresh "
-                            "with --overwrite (deletes it), or choose another --out")
-    _out_dir(out)
-    if cfg.stage == "sft":
-        from aha.sft import train_sft
-
-        last = train_sft(cfg, out, resume=resume)
-    elif cfg.stage == "reward_model":
-        from aha.rm import train_reward_model
-
-        last = train_reward_model(cfg, out, resume=resume)
-    else:
-        from aha.rl import train_rl
-
-        last = train_rl(cfg, out, resume=resume)
+    _check_out(out, resume, overwrite)
+    last = run_stage(cfg, out, resume)
     shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")}
     if cfg.stage == "reward_model":
         shown["model"] = str(out / "model")

@@ -1,0 +1,218 @@
+"""The Python API: what the ``aha`` command does, callable with Python objects (the CLI is a thin layer over it).
+
+    import aha
+    from datasets import Dataset
+
+    def reverse_ok(prompts, completions, solution, **kw):           # TRL's reward signature, TRL's column names
+        return [float(c.strip() == s) for c, s in zip(completions, solution)]
+
+    ds = Dataset.from_list([{"prompt": f"reverse {w}:", "solution": w[::-1]} for w in ["abc", "pots", ...]])
+    summary = aha.train({"task": {"answer_column": "solution"}, "train": {"steps": 50}},
+                        reward_funcs=[reverse_ok], train_dataset=ds, out="runs/reverse")
+    print(summary["metrics"]["eval/accuracy"], summary["model"])
+    aha.evaluate(summary["model"], summary["run_dir"] + "/config.yaml")
+
+A dataset given in memory is written into the run directory (``RUN/data/train.parquet`` or ``.jsonl``) and the run's
+config points at it, so the run is reproducible and resumable from the CLI. A Python reward function is registered
+as ``py:NAME`` (config.yaml records that name); resuming needs the function again: ``aha.train(..., resume=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aha.config import ConfigError, RunConfig
+from aha.config import load_config as _load_yaml
+from aha.runtime import TrainingError
+
+__all__ = ["evaluate", "load_config", "train"]
+
+
+def load_config(config: str | Path | Mapping | RunConfig | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] | None = None) -> RunConfig:
+    """A validated :class:`~aha.config.RunConfig` from a YAML path, a dict (sections as in the YAML) or a config,
+    with ``overrides`` (``["rl.beta=0.04"]`` or ``{"rl.beta": 0.04}``) applied. A wrong field is a one-line
+    :class:`~aha.config.ConfigError`.
+
+    >>> load_config({"rl": {"beta": 0.04}}, {"train.steps": 3}).train.steps
+    3
+    """
+    sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()] if isinstance(overrides, Mapping) \
+        else list(overrides or [])
+    if isinstance(config, RunConfig):
+        return _load_yaml(None, sets, **config.model_dump(mode="json"))
+    if isinstance(config, Mapping):
+        return _load_yaml(None, sets, **dict(config))
+    if config is None or isinstance(config, (str, Path)):
+        return _load_yaml(config, sets)
+    raise ConfigError(f"config: expected a YAML path, a dict or a RunConfig, got {type(config).__name__}")
+
+
+def train(config: str | Path | Mapping | RunConfig | None = None, *, out: str | Path = "runs/aha",
+          reward_funcs: Sequence[Any] | Mapping[str, Callable] | None = None, train_dataset: Any = None,
+          eval_dataset: Any = None, overrides: Sequence[str] | Mapping[str, Any] | None = None,
+          resume: bool = False, overwrite: bool = False) -> dict:
+    """Train as ``aha train`` does, with the stage the config names (rl, sft or reward_model).
+
+    ``reward_funcs`` (rl) replaces the config's rewards: callables with TRL's signature, reward specs (``"accuracy"``,
+    ``"file.py:fn"``, ``"rm:DIR"``), ``(reward, weight)`` pairs, or a dict ``{name: callable}``. ``train_dataset`` /
+    ``eval_dataset``: a ``datasets.Dataset``, a list of dicts, or a path in any format the loader reads; for rl the
+    prompts (``task.name`` becomes ``dataset``), for sft the demonstrations, for reward_model the preferences.
+
+    Returns the run's summary: ``{"run_dir", "stage", "model" (the final model's directory), "metrics" (the last
+    logged)}``.
+    """
+    cfg = load_config(config, overrides)
+    out = Path(out)
+    _check_out(out, resume, overwrite)
+    if reward_funcs is not None:
+        cfg.rewards = _reward_specs(reward_funcs)
+    if train_dataset is not None or eval_dataset is not None:
+        cfg = _with_data(cfg, out, train_dataset, eval_dataset)
+    metrics = run_stage(cfg, out, resume)
+    return {"run_dir": str(out), "stage": cfg.stage, "model": str(final_model(cfg, out)), "metrics": metrics}
+
+
+def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None = None, *, dataset: Any = None,
+             reward: str | Callable | None = None, k: int = 1, temperature: float = 1.0, limit: int = 0,
+             overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict:
+    """Greedy accuracy (and pass@k for k > 1) of ``model`` (a checkpoint's model dir, an HF dir, .gguf, alias or tiny
+    spec) on the task's held-out rows — or on ``dataset`` (every row) — judged by the task's check or ``reward`` (a
+    spec or a callable; right = above 0.5). Returns ``{"accuracy", "reward_mean", "n", "completions", "correct",
+    "pass@k"?}``."""
+    from aha.evaluate import eval_verifier, evaluate as _evaluate
+    from aha.rollout.hf import HFEngine
+    from aha.runtime import prepare
+
+    cfg = load_config(config, overrides)
+    cfg.model.name, cfg.init_from = str(model), None
+    if dataset is not None:
+        cfg.task.name, cfg.task.path = "dataset", _store(dataset, Path(tempfile.mkdtemp(prefix="aha-eval-")), "eval")
+        cfg.task.eval_path = cfg.task.path  # every row is held out
+    if reward is not None:
+        cfg.log.eval_reward = reward if isinstance(reward, str) else _register(reward, None)
+    cfg.log.eval_every = max(1, cfg.log.eval_every)
+    device, amp, task, policy, tok, template = prepare(cfg)
+    rows = task.eval[:limit] if limit else task.eval
+    result = _evaluate(HFEngine(policy, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens,
+                       k=k, temperature=temperature, scorer=eval_verifier(cfg, task))
+    return {"n": len(rows), **result}
+
+
+# ----------------------------------------------------------------------------- what train and the CLI share
+
+
+def run_stage(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
+    """Run ``cfg.stage`` in ``out``; returns the last logged metrics."""
+    if cfg.stage == "sft":
+        from aha.sft import train_sft
+
+        return train_sft(cfg, out, resume=resume)
+    if cfg.stage == "reward_model":
+        from aha.rm import train_reward_model
+
+        return train_reward_model(cfg, out, resume=resume)
+    from aha.rl import train_rl
+
+    return train_rl(cfg, out, resume=resume)
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """``out`` usable for this start: a fresh start never silently deletes a run, a resume needs a checkpoint."""
+    from aha.checkpoint import list_checkpoints, run_contents
+
+    if resume and overwrite:
+        raise TrainingError("--resume continues the run in --out and --overwrite deletes it: choose one")
+    if resume:  # checked here for every stage: train_sft would otherwise start afresh and wipe metrics.jsonl
+        if not list_checkpoints(out):
+            raise TrainingError(f"--resume: no complete checkpoint in {out / 'checkpoints'} "
+                                "(run without --resume to start afresh)")
+    elif (held := run_contents(out)) and not overwrite:  # a fresh start would delete them: ask first
+        raise TrainingError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start afresh "
+                            "with --overwrite (deletes it), or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+
+
+def final_model(cfg: RunConfig, out: Path) -> Path:
+    """Where the run's final model is: RUN/model for a reward model, else the newest checkpoint's model dir."""
+    from aha.checkpoint import list_checkpoints
+
+    if cfg.stage == "reward_model":
+        return out / "model"
+    ckpts = list_checkpoints(out)
+    return ckpts[-1] / "model" if ckpts else out
+
+
+# ----------------------------------------------------------------------------- Python objects → config
+
+
+def _register(fn: Callable, name: str | None) -> str:
+    from aha.rewards import register_reward
+
+    return register_reward(fn, name)
+
+
+def _reward_specs(reward_funcs: Sequence[Any] | Mapping[str, Callable]) -> list:
+    from aha.config import RewardSpec
+
+    items = list(reward_funcs.items()) if isinstance(reward_funcs, Mapping) else [(None, r) for r in reward_funcs]
+    specs = []
+    for name, item in items:
+        fn, weight = item if isinstance(item, tuple) and len(item) == 2 else (item, 1.0)
+        if isinstance(fn, str):
+            specs.append(RewardSpec(name=fn, weight=weight))
+        elif callable(fn):
+            specs.append(RewardSpec(name=_register(fn, name), weight=weight))
+        else:
+            raise ConfigError(f"reward_funcs: {fn!r} is neither a callable nor a reward spec string")
+    if not specs:
+        raise ConfigError("reward_funcs is empty: give at least one reward function")
+    return specs
+
+
+def _with_data(cfg: RunConfig, out: Path, train_data: Any, eval_data: Any) -> RunConfig:
+    """The config pointing at the datasets (written into ``out/data`` where they are Python objects)."""
+    train_path = None if train_data is None else _store(train_data, out / "data", "train")
+    eval_path = None if eval_data is None else _store(eval_data, out / "data", "eval")
+    if cfg.stage == "sft":
+        if eval_path is not None:
+            raise ConfigError("eval_dataset with stage sft: eval uses the task's held-out rows (configure task)")
+        cfg.sft.path = train_path
+    elif cfg.stage == "reward_model":
+        cfg.reward_model.path = train_path or cfg.reward_model.path
+        cfg.reward_model.eval_path = eval_path or cfg.reward_model.eval_path
+    else:
+        if train_path is not None:
+            cfg.task.name, cfg.task.path = "dataset", train_path
+        cfg.task.eval_path = eval_path or cfg.task.eval_path
+    return cfg
+
+
+def _store(data: Any, folder: Path, name: str) -> Path:
+    """A path for ``data``: a path as given; a datasets.Dataset as Parquet, a list of dicts as JSONL, in ``folder``."""
+    if isinstance(data, (str, Path)):
+        return Path(data)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(data, "to_parquet") and hasattr(data, "column_names"):
+        path = folder / f"{name}.parquet"
+        data.to_parquet(str(path))
+        return path
+    if isinstance(data, (list, tuple)):
+        path = folder / f"{name}.jsonl"
+        try:
+            text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in data)
+        except TypeError as e:
+            raise ConfigError(f"{name}_dataset: a row is not JSON-serialisable ({e}); pass a datasets.Dataset") from None
+        path.write_text(text, encoding="utf-8")
+        return path
+    raise ConfigError(f"{name}_dataset: expected a datasets.Dataset, a list of dicts or a path, "
+                      f"got {type(data).__name__}")
