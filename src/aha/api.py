@@ -83,24 +83,27 @@ def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None 
     """Greedy accuracy (and pass@k for k > 1) of ``model`` (a checkpoint's model dir, an HF dir, .gguf, alias or tiny
     spec) on the task's held-out rows — or on ``dataset`` (every row) — judged by the task's check or ``reward`` (a
     spec or a callable; right = above 0.5). Returns ``{"accuracy", "reward_mean", "n", "completions", "correct",
-    "pass@k"?}``."""
-    from aha.evaluate import eval_verifier, evaluate as _evaluate
+    "pass@k"?, "task"}``. Without ``config``, a checkpoint's run config (``RUN/config.yaml``) is used where found."""
+    from aha.evaluation import eval_verifier, evaluate as _evaluate
     from aha.rollout.hf import HFEngine
     from aha.runtime import prepare
 
+    if config is None:  # a checkpoint's model dir lives at RUN/checkpoints/step-N/model: use RUN/config.yaml
+        config = next((p / "config.yaml" for p in Path(model).resolve().parents[:4] if (p / "config.yaml").is_file()),
+                      None)
     cfg = load_config(config, overrides)
-    cfg.model.name, cfg.init_from = str(model), None
+    cfg.model.name, cfg.init_from = str(model), None  # evaluate the model itself, not the run's starting point
     if dataset is not None:
         cfg.task.name, cfg.task.path = "dataset", _store(dataset, Path(tempfile.mkdtemp(prefix="aha-eval-")), "eval")
         cfg.task.eval_path = cfg.task.path  # every row is held out
     if reward is not None:
         cfg.log.eval_reward = reward if isinstance(reward, str) else _register(reward, None)
-    cfg.log.eval_every = max(1, cfg.log.eval_every)
+    cfg.log.eval_every = max(1, cfg.log.eval_every)  # (prepare checks that the held-out rows can be judged)
     device, amp, task, policy, tok, template = prepare(cfg)
     rows = task.eval[:limit] if limit else task.eval
     result = _evaluate(HFEngine(policy, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens,
                        k=k, temperature=temperature, scorer=eval_verifier(cfg, task))
-    return {"n": len(rows), **result}
+    return {"task": task.name, "n": len(rows), **result}
 
 
 # ----------------------------------------------------------------------------- what train and the CLI share

@@ -92,29 +92,14 @@ def eval_(
                                          "check (e.g. code, file.py:fn, rm:DIR): right = scores above 0.5."),
 ):
     """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split."""
-    from aha.config import load_config
-    from aha.evaluate import eval_verifier, evaluate
-    from aha.rollout.hf import HFEngine
-    from aha.runtime import prepare
+    from aha.api import evaluate
 
     if temperature <= 0:
         raise typer.BadParameter(f"{temperature} is not > 0 (greedy accuracy is always reported)",
                                  param_hint="'--temperature'")
-    if config is None:  # checkpoints live at RUN/checkpoints/step-N/model
-        guess = [p / "config.yaml" for p in Path(checkpoint).resolve().parents][:4]
-        config = next((g for g in guess if g.is_file()), None)
-    cfg = load_config(config, [*set_, f"model.name={checkpoint}"])
-    cfg = cfg.model_copy(update={"init_from": None})  # evaluate CHECKPOINT itself, not the run's starting point
-    if reward:
-        cfg.log = cfg.log.model_copy(update={"eval_reward": reward})
-    cfg.log.eval_every = max(1, cfg.log.eval_every)  # (prepare checks the held-out rows can be judged)
-    device, amp, task, model, tok, template = prepare(cfg)
-    rows = task.eval[:limit] if limit else task.eval
-    res = evaluate(HFEngine(model, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens,
-                   k=k, temperature=temperature, scorer=eval_verifier(cfg, task))
+    res = evaluate(checkpoint, config, reward=reward, k=k, temperature=temperature, limit=limit, overrides=set_)
     hidden = ("correct", "completions") if reward else ("correct", "completions", "reward_mean")
-    shown = {key: v for key, v in res.items() if key not in hidden}
-    typer.echo(json.dumps({"model": checkpoint, "task": task.name, "n": len(rows), **shown}))
+    typer.echo(json.dumps({"model": checkpoint, **{key: v for key, v in res.items() if key not in hidden}}))
 
 
 @app.command()
@@ -149,6 +134,23 @@ def demo(
     out = out or Path("runs/demo" if name == "alphago" else f"runs/demo-{name}")
     _out_dir(out)
     importlib.import_module(DEMOS[name][0]).run_demo(out, seed)
+
+
+@app.command("list")
+@friendly
+def list_(what: Optional[str] = typer.Argument(None, help="rewards, tasks or models (omit for all three).")):
+    """The built-in rewards, tasks and model names, one line each."""
+    from aha.catalog import catalog
+
+    sections = catalog()
+    if what is not None and what not in sections:
+        raise typer.BadParameter(f"'{what}' is not one of: {', '.join(sections)}", param_hint="WHAT")
+    for section, items in sections.items():
+        if what in (None, section):
+            typer.echo(f"{section}:")
+            width = max(map(len, items))
+            for name, line in items.items():
+                typer.echo(f"  {name:<{width}}  {line}")
 
 
 @config_app.command("show")

@@ -39,6 +39,9 @@ class ModelConfig(_Section):
         "(needs a network).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
+    chat_template: str | None = Field(None, description="A Jinja chat template for the tokenizer (as in tokenizer_config"
+                                      ".json), for a model without one or to replace its own; chat prompts and "
+                                      "task.template chat/r1 need one.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the policy's backward pass.")
     lean_activations: bool | Literal["auto"] = Field(
         "auto",
@@ -91,6 +94,9 @@ class RewardSpec(_Section):
     name: str = Field(..., description="Built-in name (accuracy, think_format, tag_count, overlong, repetition, ...), "
                       "'module:function' or 'path/to/file.py:function'.")
     weight: float = Field(1.0, allow_inf_nan=False, description="Weight of this function in the summed reward.")
+    label: str | None = Field(None, pattern=r"^[\w.-]+$", description="Its name in the metrics (reward/<label>/mean), "
+                              "samples and guard.gold/proxy/disagreement; default: the function's name (file.py:fn → fn, "
+                              "rm:PATH → rm, a built-in → itself).")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the function (e.g. "
                                  "{match: exact} for accuracy); for rm:PATH, the reward model's (batch_size, aggregate, "
                                  "std_coef, device).")

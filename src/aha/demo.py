@@ -77,7 +77,7 @@ def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
 
 def evaluate_model(model_dir: Path, cfg: RunConfig, rows: list[dict]) -> list[bool]:
     """Greedy correctness of a saved model on ``rows``."""
-    from aha.evaluate import evaluate
+    from aha.evaluation import evaluate
     from aha.rollout.hf import HFEngine
     from aha.runtime import prepare
 

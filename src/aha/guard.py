@@ -88,11 +88,14 @@ def gao_peak(alpha: float, beta: float) -> float | None:
 class Guard:
     """Stateful: feed it every step's metrics in order with :meth:`observe`. ``cfg`` is a ``GuardConfig``."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, labels: dict[str, str] | None = None):
+        """``labels``: how the rewards' specs map to their labels in the metrics (aha.rewards.specs.label_map)."""
         self.cfg = cfg
-        self.gold_key = f"reward/{cfg.gold}/mean" if cfg.gold else None
-        self.proxy_key = f"reward/{cfg.proxy}/mean" if cfg.proxy else "reward/mean"
-        self.std_key = f"reward/{cfg.disagreement}/ensemble_std" if cfg.disagreement else None
+        label = (labels or {}).get
+        self.gold_key = f"reward/{label(cfg.gold, cfg.gold)}/mean" if cfg.gold else None
+        self.proxy_key = f"reward/{label(cfg.proxy, cfg.proxy)}/mean" if cfg.proxy else "reward/mean"
+        self.std_key = (f"reward/{label(cfg.disagreement, cfg.disagreement)}/ensemble_std" if cfg.disagreement
+                        else None)
         w = cfg.window
         self._gold, self._proxy, self._std = deque(maxlen=w), deque(maxlen=w), deque(maxlen=w)
         self._baseline_std: list[float] = []
@@ -214,12 +217,17 @@ def _mean(xs) -> float | None:
 
 def check_guard_config(cfg) -> str | None:
     """A one-line problem with ``cfg.guard`` against ``cfg.rewards`` (a RunConfig), or None."""
+    from aha.rewards.specs import reward_labels
+
     g = cfg.guard
-    weights = {r.name: r.weight for r in cfg.rewards}
+    labels = reward_labels(cfg.rewards)
+    weights = {}  # a reward is named by its spec or its label
+    for spec, label in zip(cfg.rewards, labels):
+        weights[spec.name] = weights[label] = spec.weight
     for field_name in ("gold", "proxy", "disagreement"):
         name = getattr(g, field_name)
         if name is not None and name not in weights:
-            return (f"guard.{field_name} {name!r} is not among the rewards (names: {', '.join(weights)}); add it to "
+            return (f"guard.{field_name} {name!r} is not among the rewards (names: {', '.join(labels)}); add it to "
                     "rewards" + (" with weight 0" if field_name == "gold" else ""))
     if g.gold is not None and weights[g.gold] != 0:
         return (f"guard.gold {g.gold!r} has weight {weights[g.gold]:g}: a gold judge must not be optimised "

@@ -127,6 +127,8 @@ def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, in
             raise ModelLoadError(f"could not load model from {path}: {first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if cfg.chat_template:
+        tok.chat_template = cfg.chat_template
     model.generation_config.pad_token_id = tok.pad_token_id
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -151,9 +153,11 @@ def reference_model(policy: torch.nn.Module, beta: float, lora: bool):
 
 def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
     """HF-format save (safetensors + tokenizer); LoRA is merged into a copy so the result loads with
-    plain ``AutoModelForCausalLM.from_pretrained``."""
+    plain ``AutoModelForCausalLM.from_pretrained``, and its adapters are saved as well, in ``out_dir/adapter``
+    (peft's format: ``PeftModel.from_pretrained(base, out_dir / "adapter")``)."""
     to_save = model
     if hasattr(model, "merge_and_unload"):
+        model.save_pretrained(Path(out_dir) / "adapter", safe_serialization=True)
         to_save = copy.deepcopy(model).merge_and_unload()
     to_save.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -49,7 +49,7 @@ def prepare(cfg: RunConfig):
     amp = autocast_dtype(cfg.train.precision, device)
     task = build_task(cfg.task)
     if cfg.log.eval_every > 0:
-        from aha.evaluate import check_eval_data
+        from aha.evaluation import check_eval_data
 
         check_eval_data(cfg, task)
     model, tok = load_policy(cfg.model, task.alphabet, cfg.train.seed, cfg.init_from)

@@ -13,7 +13,7 @@ from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
 from aha.data.load import DataError, labelled_rows
 from aha.data.templates import encode_text, render_prompt
-from aha.evaluate import eval_verifier, evaluate
+from aha.evaluation import eval_verifier, evaluate
 from aha.modeling.logprobs import completion_logprobs
 from aha.rewards.builtin import completion_text
 from aha.modeling.options import autocast, set_attention, training_attention

@@ -86,7 +86,7 @@ def with_counted_asserts(tests: str, counter: str) -> tuple[str, int]:
 
 
 class CodeReward:
-    """The ``code`` reward function (TRL signature) with ``last_metrics`` about its last call."""
+    """1.0 when the completion's Python program passes the row's tests, run in a sandbox (exposes last_metrics)."""
 
     __name__ = "code"
 

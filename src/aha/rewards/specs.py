@@ -186,12 +186,43 @@ def _reward_model(spec: str, args: dict | None) -> RewardFn:
         raise RewardConfigError(f"reward '{spec}': {exc}") from None
 
 
+def default_label(spec: str) -> str:
+    """A reward's short name: ``file.py:fn`` and ``module:fn`` → ``fn``, ``py:NAME`` → ``NAME``, ``rm:PATH`` → ``rm``,
+    a built-in → itself.
+
+    >>> [default_label(s) for s in ["accuracy", "/a/b/my_rewards.py:exact", "trl.rewards:think_format_reward", "rm:x"]]
+    ['accuracy', 'exact', 'think_format_reward', 'rm']
+    """
+    if spec.startswith("rm:"):
+        return "rm"
+    return spec.rsplit(":", 1)[-1] or spec
+
+
+def reward_labels(specs) -> list[str]:
+    """Each spec's label (its own ``label``, else :func:`default_label`), made distinct with ``_2``, ``_3``, …"""
+    labels: list[str] = []
+    for spec in specs:
+        base = spec.label or default_label(spec.name)
+        label, n = base, 1
+        while label in labels:
+            n += 1
+            label = f"{base}_{n}"
+        labels.append(label)
+    return labels
+
+
+def label_map(specs) -> dict[str, str]:
+    """Every way the config may name a reward (its spec or its label) → its label."""
+    labels = reward_labels(specs)
+    return {**{spec.name: label for spec, label in zip(specs, labels)}, **{label: label for label in labels}}
+
+
 def build_rewards(cfg, task) -> list[tuple[str, RewardFn, float]]:
-    """``(name, function, weight)`` for every reward the run optimises: the config's specs (a task's own reward
+    """``(label, function, weight)`` for every reward the run optimises: the config's specs (a task's own reward
     first, then the registries), ``args`` bound; the built-in accuracy uses ``task.answer_match`` unless its args
     say otherwise."""
-    return [(spec.name, resolve_task_reward(spec.name, task, spec.args, cfg.task.answer_match), spec.weight)
-            for spec in cfg.rewards]
+    return [(label, resolve_task_reward(spec.name, task, spec.args, cfg.task.answer_match), spec.weight)
+            for spec, label in zip(cfg.rewards, reward_labels(cfg.rewards))]
 
 
 def resolve_task_reward(spec: str, task, args: dict | None, answer_match: str) -> RewardFn:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from aha.config import RunConfig
-from aha.evaluate import evaluate
+from aha.evaluation import evaluate
 from aha.rl.context import RLContext, build_context, restore
 from aha.rl.phases import advantages, collect, guard_act, guard_check, log_samples, score, step_metrics, sync
 from aha.rl.optimize import update

@@ -16,8 +16,9 @@ from aha.critic import Critic, build_critic
 from aha.guard import Guard, check_guard_config
 from aha.models import reference_model
 from aha.modeling.options import set_attention, training_attention
-from aha.evaluate import eval_verifier
+from aha.evaluation import eval_verifier
 from aha.rewards import build_rewards
+from aha.rewards.specs import label_map
 from aha.rollout import Engine, SamplingParams, build_engine
 from aha.run import Run
 from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
@@ -43,7 +44,7 @@ class RLContext:
     critic: Critic | None = None  # PPO's value model
     optimizer: torch.optim.Optimizer | None = None
     scheduler: object = None
-    eval_scorer: Callable | None = None  # what judges eval (aha.evaluate.eval_verifier)
+    eval_scorer: Callable | None = None  # what judges eval (aha.evaluation.eval_verifier)
     guard: Guard | None = None  # the reward-hacking guard (aha.guard), when guard.enabled
     best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's weights
 
@@ -78,7 +79,7 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     if cfg.guard.enabled:  # it needs KL to the reference every step, even at β = 0
         if problem := check_guard_config(cfg):
             raise TrainingError(problem)
-        ctx.guard = Guard(cfg.guard)
+        ctx.guard = Guard(cfg.guard, label_map(cfg.rewards))
     # the reference is the policy RL starts from, so it is built before a checkpoint's weights are loaded
     # (on resume the deterministic warm-up is replayed only when the reference needs it)
     if cfg.sft.warmup_steps and (not run.resuming or (rl.beta > 0 and not cfg.model.lora.enabled)):

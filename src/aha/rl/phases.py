@@ -16,7 +16,7 @@ from aha.algos.advantages import explained_variance, zero_std_groups
 from aha.algos.kl import kl_estimate
 from aha.algos.losses import masked_mean
 from aha.data.templates import render_prompt
-from aha.evaluate import columns_of
+from aha.evaluation import columns_of
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast
 from aha.rewards import as_completions, compute_rewards
@@ -179,7 +179,7 @@ def log_samples(ctx: RLContext, step: int, batch: RolloutBatch) -> None:
     if n:
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)  # as the advantages saw them
         ctx.run.logger.log_samples([
-            {"step": step, "prompt": str(batch.rows[i // G]["prompt"]), "completion": batch.texts[i],
+            {"step": step, "prompt": batch.rows[i // G]["prompt"], "completion": batch.texts[i],  # text or messages
              "reward": rewards[i].item(), "rewards": {name: v[i] for name, v in batch.per_fn.items()},
              "answer": batch.rows[i // G].get("answer")}
             for i in range(min(n, len(batch)))])

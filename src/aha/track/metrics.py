@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from aha.errors import AhaError
+
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False, wandb_project: str = "aha",
@@ -22,12 +24,15 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            # on resume, TensorBoard hides the events a killed run wrote after the checkpoint (purge_step)
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         if wandb:
             try:
                 import wandb as _wandb
             except ImportError:
-                raise RuntimeError("log.wandb is on but wandb is not installed: pip install wandb") from None
+                raise AhaError("log.wandb is on but wandb is not installed: pip install wandb "
+                               "(or set log.wandb=false)") from None
             self._wandb = _wandb.init(project=wandb_project, dir=str(self.run_dir), config=config)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

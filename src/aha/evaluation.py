@@ -18,9 +18,11 @@ def verifier(task, name: str | None = None, answer_match: str = "auto", args: di
 def eval_verifier(cfg, task):
     """The verifier a run's eval uses: ``log.eval_reward`` (with its ``args`` where it is one of the run's rewards),
     else the task's."""
+    from aha.rewards.specs import reward_labels
+
     name = cfg.log.eval_reward
-    args = next((r.args for r in cfg.rewards if r.name == name), None) if name else None
-    return verifier(task, name, cfg.task.answer_match, args)
+    spec = next((r for r, label in zip(cfg.rewards, reward_labels(cfg.rewards)) if name in (r.name, label)), None)
+    return verifier(task, spec.name if spec else name, cfg.task.answer_match, spec.args if spec else None)
 
 
 def check_eval_data(cfg, task) -> None:
