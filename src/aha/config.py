@@ -282,6 +282,19 @@ class LogConfig(_Section):
                                     "is its mean); default: the task's own check (accuracy, or code for task code).")
 
 
+class DistributedConfig(_Section):
+    backend: Literal["none", "ray"] = Field("none", description="'ray': rollouts sampled by Ray actors (pip install "
+                                            "'aha[ray]'), each with its own copy of the policy; 'none': in-process.")
+    rollout_workers: int = Field(2, ge=1, description="ray: rollout worker actors; the prompts of a step are split "
+                                 "between them.")
+    address: str | None = Field(None, description="ray: a running cluster's address ('auto', or HOST:PORT of `ray "
+                                "start --head`); unset = a local Ray instance aha starts and stops itself.")
+    timeout_s: float = Field(600.0, gt=0, description="ray: longest wait for one remote call; a worker that takes "
+                             "longer is restarted and its prompts sampled again.")
+    max_restarts: int = Field(3, ge=0, description="ray: restarts of a failing worker within one call before the run "
+                              "stops.")
+
+
 class RunConfig(_Section):
     """A whole run: ``stage`` picks the trainer; the other sections configure it."""
 
@@ -301,6 +314,7 @@ class RunConfig(_Section):
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward-model training.")
     log: LogConfig = Field(default_factory=LogConfig, description="Metrics, eval, checkpoints.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Reward-hacking guard (RL stages).")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Scale-out on Ray.")
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":

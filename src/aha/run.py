@@ -42,6 +42,7 @@ class Run:
         self.logger: MetricsLogger | None = None
         self.bar = None
         self.start = 0
+        self.on_finish: list = []  # callables run by finish (e.g. stopping Ray rollout workers)
 
     @property
     def resuming(self) -> bool:
@@ -97,6 +98,8 @@ class Run:
 
     def finish(self, last: dict) -> dict:
         """Close the bar and the logger, write report.html (``log.report``); returns ``last``."""
+        for close in self.on_finish:
+            close()
         if self.bar is not None:
             self.bar.close()
         self.logger.close()

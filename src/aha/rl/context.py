@@ -69,7 +69,9 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     """Dataset, models, engine; the SFT warm-up, reference, critic and optimizer; a checkpoint's state on resume."""
     rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
     device, amp, task, policy, tok, template = prepare(cfg)
-    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled)
+    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled, cfg.distributed)
+    if hasattr(engine, "close"):  # remote workers (Ray) stop with the run
+        run.on_finish.append(engine.close)
     set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
     reward_fns = build_rewards(cfg, task)
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
