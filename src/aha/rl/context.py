@@ -66,7 +66,7 @@ class RLContext:
 
 
 def build_context(cfg: RunConfig, run: Run) -> RLContext:
-    """Dataset, models, engine; the SFT warm-up, reference, critic and optimizer; a checkpoint's state on resume."""
+    """Dataset, models, engine; the imitation steps, reference, critic and optimizer; a checkpoint's state on resume."""
     rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
     device, amp, task, policy, tok, template = prepare(cfg)
     engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled)
