@@ -42,17 +42,20 @@ def final_weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "checkpoints" / f"step-{step}" / "model" / "model.safetensors")
 
 
-@pytest.fixture(params=["grpo", "ppo"])
+@pytest.fixture(params=["grpo", "ppo", "grpo-lora"])
 def resume_cfg(write_config, digits_reward, request):
     # β > 0 after an SFT warm-up (a reference model that is neither the init nor a checkpoint), μ = 2
     # (ratios ≠ 1) and a decaying LR: every piece of trainer state — weights, reference, Adam moments,
     # schedule, data position, RNG — must survive the restart; under PPO also the critic and its optimizer
     # state, and the RNG that shuffles the minibatches
+    # (LoRA: a checkpoint holds only the adapters, over base weights that hold the imitation steps)
     ppo = {"algo": "ppo", "num_minibatches": 2} if request.param == "ppo" else {}
+    lora = {"model": {"lora": {"enabled": True, "r": 4}}} if request.param == "grpo-lora" else {}
     return load_config(write_config({
+        **lora,
         "rewards": [{"name": "accuracy"}, {"name": digits_reward}],
         "rl": {"beta": 0.04, "mu": 2, **ppo},
-        "sft": {"warmup_steps": 3},
+        "sft": {"imitation_steps": 3},
         "train": {"steps": 4, "lr_schedule": "linear", "warmup_steps": 1, "batch_size": 16},
         "log": {"save_every": 2, "eval_every": 2, "keep_checkpoints": 3},
     }))
@@ -107,6 +110,12 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
     critic_a, critic_b = (torch.load(r / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=False).get("critic")
                           for r in (a, b))
     assert (critic_a is None) == (resume_cfg.rl.algo == "grpo")
+    if resume_cfg.model.lora.enabled:
+        adapters = [torch.load(r / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=False)["adapter"]
+                    for r in (a, b)]
+        assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+        for name in adapters[0]:
+            assert torch.equal(adapters[0][name], adapters[1][name]), name
     for name in critic_a or {}:
         assert torch.equal(critic_a[name], critic_b[name]), name
 

@@ -46,7 +46,7 @@ class Run:
 
     @property
     def resuming(self) -> bool:
-        """A checkpoint will be restored: work that only a fresh start needs (e.g. a warm-up) can be skipped."""
+        """A checkpoint will be restored: work that only a fresh start needs (e.g. the imitation steps) can be skipped."""
         return bool(self.checkpoints)
 
     def begin(self, restore: Callable[[Path], int], note: str | None = None) -> int:

@@ -17,6 +17,7 @@ from aha.evaluation import eval_verifier, evaluate
 from aha.modeling.logprobs import completion_logprobs
 from aha.rewards.builtin import completion_text
 from aha.modeling.options import autocast, set_attention, training_attention
+from aha.models import fold_adapters
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
 from aha.run import Run
@@ -69,19 +70,22 @@ def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, devic
     return -(logp.float() * mask).sum() / mask.sum().clamp(min=1)
 
 
-def sft_warmup(model, tok, rows: list[dict], template: str, cfg: RunConfig, device, amp) -> float:
-    """A short SFT on the task's own (prompt, answer) rows before RL; returns the last loss."""
+def imitate_answers(model, tok, rows: list[dict], template: str, cfg: RunConfig, device, amp) -> float:
+    """``sft.imitation_steps`` of SFT on the task's own (prompt, answer) rows before RL; returns the last loss.
+    Under LoRA the trained adapters are then folded into the base weights (:func:`aha.models.fold_adapters`), so
+    the KL reference (the policy with its adapters off) is the model after imitation, as with full fine-tuning."""
     pairs = encode_pairs(rows, tok, template, "prompt", "answer")
-    tr = cfg.train.model_copy(update={"lr": cfg.sft.warmup_lr, "warmup_steps": 0, "lr_schedule": "constant"})
-    optimizer, _ = make_optimizer(model, tr, cfg.sft.warmup_steps)
+    tr = cfg.train.model_copy(update={"lr": cfg.sft.imitation_lr, "warmup_steps": 0, "lr_schedule": "constant"})
+    optimizer, _ = make_optimizer(model, tr, cfg.sft.imitation_steps)
     sampler = PromptSampler(len(pairs), cfg.train.seed + 1)
     loss = torch.tensor(float("nan"))
-    for _ in tqdm(range(cfg.sft.warmup_steps), desc="sft warm-up", disable=not cfg.log.progress, dynamic_ncols=True):
+    for _ in tqdm(range(cfg.sft.imitation_steps), desc="imitation", disable=not cfg.log.progress, dynamic_ncols=True):
         optimizer.zero_grad(set_to_none=True)
         loss = sft_loss(model, [pairs[i] for i in sampler.take(cfg.train.batch_size)], tok.pad_token_id, device, amp)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
+    fold_adapters(model)
     return loss.item()
 
 

@@ -55,7 +55,7 @@ def update(ctx: RLContext, batch: RolloutBatch, step: int) -> dict:
                 mb_old = logp.detach() if updates == 1 else batch.old_logp[rows_idx]
                 per_token, clipped = loss_fn(logp, mb_old, batch.advantages[rows_idx], mb["mask"],
                                              epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
-                                             level=rl.importance_sampling_level)
+                                             level=rl.importance_sampling_level, dual_clip=rl.dual_clip)
                 pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
                 loss = pg_loss
                 if kl_in_loss:
