@@ -22,7 +22,8 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            # resumed: TensorBoard hides the events a killed process logged after the checkpoint (purge_step)
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
         if wandb:
             try:
                 import wandb as _wandb
