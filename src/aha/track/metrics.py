@@ -23,7 +23,8 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # resumed: TensorBoard hides the events a killed process logged after the checkpoint (purge_step)
-            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         if wandb:
             try:
                 import wandb as _wandb
