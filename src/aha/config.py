@@ -196,6 +196,10 @@ class TrainConfig(_Section):
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.99), description="AdamW betas, each in [0, 1).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
+    max_skipped_steps: int = Field(3, ge=1, description="A step whose loss or gradient norm is not finite (NaN, "
+                                   "inf) is skipped (the weights, the optimizer's state and the LR schedule stay as "
+                                   "they were) with a warning, and counted in train/skipped_steps; this many in a row "
+                                   "stop the run.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward; the rest is gradient accumulation.")
     batch_size: int = Field(64, ge=1, description="SFT: sequences per optimizer step.")
     precision: Literal["auto", "fp32", "bf16"] = Field(

@@ -21,7 +21,7 @@ from aha.models import fold_adapters
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
 from aha.run import Run
-from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
+from aha.runtime import PromptSampler, finite_step, make_optimizer, prepare
 
 
 def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "completion") -> list[dict]:
@@ -126,18 +126,18 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         for i in range(0, len(batch), tr.micro_batch_size):
             part = batch[i:i + tr.micro_batch_size]
             loss = sft_loss(model, part, tok.pad_token_id, device, amp) * len(part) / len(batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"SFT loss became {loss.item()} at step {step}: try a lower train.lr")
             loss.backward()
             loss_total += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        metrics = {"loss/sft": loss_total, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
-                   "time/train_s": time.perf_counter() - t0}
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.max_grad_norm).item()
+        skipped = finite_step(optimizer, loss_total, grad_norm)  # None: the step was taken
+        if skipped is None:
+            scheduler.step()
+        metrics = {"loss/sft": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                   "time/train_s": time.perf_counter() - t0, **run.count_skipped(step, skipped)}
         if run.eval_due(step):
             metrics.update(run_eval())
         run.log(step, metrics, shown={"loss": f"{loss_total:.3f}"})
+        run.stop_if_failing(step)  # train.max_skipped_steps skipped in a row
         last = metrics
         if run.save_due(step):
             run.save(step, model, tok, training_state(optimizer, scheduler, sampler))
