@@ -23,9 +23,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from tqdm.auto import tqdm
-
 import torch
+from tqdm.auto import tqdm
 
 from aha.checkpoint import clear_run, list_checkpoints, remove_partial_checkpoints, save_checkpoint
 from aha.config import RunConfig, save_config
