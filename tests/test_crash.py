@@ -80,7 +80,7 @@ def configs(tmp_path_factory) -> dict[str, Path]:
               "log": {"save_every": 2, "eval_every": 2, "keep_checkpoints": 4, "tensorboard": True}}
     stages = {
         "rl": {"rewards": [{"name": "accuracy"}, {"name": f"{root / 'pausing_reward.py'}:digits"}],
-               "rl": {"beta": 0.04, "mu": 2}, "sft": {"warmup_steps": 3}},
+               "rl": {"beta": 0.04, "mu": 2}, "sft": {"imitation_steps": 3}},
         "sft": {"stage": "sft", "sft": {"path": str(root / "sums.jsonl")}, "train": {"batch_size": 8}},
     }
     for stage, extra in stages.items():
