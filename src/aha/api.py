@@ -83,10 +83,13 @@ def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None 
     """Greedy accuracy (and pass@k for k > 1) of ``model`` (a checkpoint's model dir, an HF dir, .gguf, alias or tiny
     spec) on the task's held-out rows — or on ``dataset`` (every row) — judged by the task's check or ``reward`` (a
     spec or a callable; right = above 0.5). Returns ``{"accuracy", "reward_mean", "n", "completions", "correct",
-    "pass@k"?, "task"}``. Without ``config``, a checkpoint's run config (``RUN/config.yaml``) is used where found."""
+    "lengths", "pass@k"?, "task"}`` and, where ``log.reasoning_metrics`` is on (the R1 templates), ``reasoning/*``
+    (:mod:`aha.track.reasoning`). Without ``config``, a checkpoint's run config (``RUN/config.yaml``) is used where
+    found."""
     from aha.evaluation import eval_verifier, evaluate as _evaluate
     from aha.rollout.hf import HFEngine
     from aha.runtime import prepare
+    from aha.track.reasoning import reasoning_meter
 
     if config is None:  # a checkpoint's model dir lives at RUN/checkpoints/step-N/model: use RUN/config.yaml
         config = next((p / "config.yaml" for p in Path(model).resolve().parents[:4] if (p / "config.yaml").is_file()),
@@ -102,7 +105,10 @@ def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None 
     device, amp, task, policy, tok, template = prepare(cfg)
     rows = task.eval[:limit] if limit else task.eval
     result = _evaluate(HFEngine(policy, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens,
-                       k=k, temperature=temperature, scorer=eval_verifier(cfg, task))
+                       k=k, temperature=temperature, scorer=eval_verifier(cfg, task),
+                       response_prefix=cfg.task.response_prefix)
+    if meter := reasoning_meter(cfg, task):  # format, strict/lenient accuracy, reflection (log.reasoning_metrics)
+        result.update(meter.of_eval(rows, result))
     return {"task": task.name, "n": len(rows), **result}
 
 

@@ -79,14 +79,15 @@ def eval_(
     reward: Optional[str] = typer.Option(None, "--reward", help="Judge with this reward spec instead of the task's "
                                          "check (e.g. code, file.py:fn, rm:DIR): right = scores above 0.5."),
 ):
-    """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split."""
+    """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split; with the R1 templates (or
+    log.reasoning_metrics=true) also format compliance, strict and lenient accuracy and the reflection rate."""
     from aha.api import evaluate
 
     if temperature <= 0:
         raise typer.BadParameter(f"{temperature} is not > 0 (greedy accuracy is always reported)",
                                  param_hint="'--temperature'")
     res = evaluate(checkpoint, config, reward=reward, k=k, temperature=temperature, limit=limit, overrides=set_)
-    hidden = ("correct", "completions") if reward else ("correct", "completions", "reward_mean")
+    hidden = ("correct", "completions", "lengths") + (() if reward else ("reward_mean",))
     typer.echo(json.dumps({"model": checkpoint, **{key: v for key, v in res.items() if key not in hidden}}))
 
 

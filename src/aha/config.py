@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aha.errors import AhaError, first_line
+from aha.track.reasoning import REFLECTION_PHRASES
 
 
 class ConfigError(AhaError, ValueError):
@@ -82,11 +83,16 @@ class TaskConfig(_Section):
     num_numbers: int = Field(3, ge=2, le=6, description="countdown: how many numbers to combine.")
     num_train: int = Field(20000, ge=1, description="Generated tasks: training prompts.")
     num_eval: int = Field(200, ge=1, description="Held-out prompts for eval/accuracy.")
-    template: Literal["auto", "plain", "chat", "r1"] = Field(
+    template: Literal["auto", "plain", "chat", "r1", "r1_plain"] = Field(
         "auto",
         description="How prompts reach the model: 'plain' text; 'chat' via the tokenizer's chat template; "
-        "'r1' chat with the R1-Zero <think>/<answer> instruction; 'auto' = chat if the tokenizer has a template.",
+        "'r1' chat with the R1-Zero <think>/<answer> instruction as the system prompt; 'r1_plain' R1-Zero's text "
+        "prompt for a base model ('A conversation between User and Assistant. … User: PROMPT\\nAssistant:', no chat "
+        "template); 'auto' = chat if the tokenizer has a template.",
     )
+    response_prefix: str = Field("", description="Text the model's answer starts with, appended to every prompt (RL "
+                                 "rollouts and eval), e.g. '<think>' as Oat-Zero and TinyZero start R1-Zero's answer "
+                                 "turn: rewards, metrics and samples see it as the completion's first words.")
     seed: int = Field(1234, description="Seed of the generated data (independent of the training seed).")
 
 
@@ -301,6 +307,14 @@ class LogConfig(_Section):
     wandb_project: str = Field("aha", description="W&B project name.")
     progress: bool = Field(True, description="Show a progress bar.")
     report: bool = Field(True, description="Write RUN_DIR/report.html at the end of the run.")
+    reasoning_metrics: bool | Literal["auto"] = Field(
+        "auto", description="Log the reasoning metrics every step (reasoning/*: format compliance, strict and lenient "
+        "accuracy, reflection rate, accuracy of reflecting vs other completions, mean length of right and wrong "
+        "completions, aha moments; see aha.track.reasoning), at eval (eval/reasoning/*) and in `aha eval`; "
+        "'auto' = on for task.template r1 and r1_plain.")
+    reflection_phrases: list[str] = Field(
+        list(REFLECTION_PHRASES), description="Phrases that count as reflection (whole words, any case): Oat-Zero's "
+        "keywords plus wait, alternatively, however, verify.")
     eval_reward: str | None = Field(None, description="The reward that scores eval (a reward spec, e.g. 'code', "
                                     "'file.py:fn'; a row counts as right when it scores above 0.5; eval/reward_mean "
                                     "is its mean); default: the task's own check (accuracy, or code for task code).")

@@ -51,12 +51,13 @@ def columns_of(rows: list[dict], repeat: int = 1) -> dict[str, list]:
 
 
 def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_tokens: int,
-             k: int = 1, temperature: float = 1.0, batch_size: int = 256, scorer=None) -> dict:
+             k: int = 1, temperature: float = 1.0, batch_size: int = 256, scorer=None, response_prefix: str = "") -> dict:
     """Greedy accuracy over ``rows`` (and pass@k with ``k`` samples at ``temperature`` when k > 1), judged by
     ``scorer`` (a reward function; default: the task's verifier): a completion is right when it scores above 0.5.
+    ``response_prefix`` (``task.response_prefix``) ends every prompt and starts every completion's text.
 
     Returns ``{"accuracy": float, "reward_mean": float, "correct": [bool per row], "completions": [str per row],
-    "pass@k": float?}``.
+    "lengths": [completion tokens per row], "pass@k": float?}``.
     """
     if not rows:
         from aha.tasks import DataError
@@ -64,16 +65,18 @@ def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_t
         raise DataError(NO_EVAL_ROWS.format(name=task.name))
     fn = scorer or verifier(task)
     scores_seen: list[float] = []
+    lengths: list[int] = []
 
     def sample_and_score(chunk: list[dict], n: int, sampling: SamplingParams) -> tuple[list[bool], list[str]]:
-        """``n`` completions per row (grouped), each judged right or wrong by the scorer."""
-        ids = [render_prompt(r["prompt"], tokenizer, template) for r in chunk]
+        """``n`` completions per row (grouped), each judged right or wrong by the scorer (greedy: their lengths kept)."""
+        ids = [render_prompt(r["prompt"], tokenizer, template, response_prefix) for r in chunk]
         roll = engine.generate(ids, n, sampling)
-        comps = [tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+        comps = [response_prefix + tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
         prompts = [r["prompt"] for r in chunk for _ in range(n)]
         scores = fn(prompts=prompts, completions=as_completions(prompts, comps), **columns_of(chunk, n))
         if n == 1:
             scores_seen.extend(float(s) for s in scores if s is not None)
+            lengths.extend(len(c) for c in roll.completion_ids)
         return [bool(s is not None and s > 0.5) for s in scores], comps
 
     correct, texts = [], []
@@ -82,7 +85,7 @@ def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_t
         ok, comps = sample_and_score(rows[start:start + batch_size], 1, greedy)
         correct += ok
         texts += comps
-    out = {"accuracy": sum(correct) / max(1, len(correct)), "correct": correct, "completions": texts,
+    out = {"accuracy": sum(correct) / max(1, len(correct)), "correct": correct, "completions": texts, "lengths": lengths,
            "reward_mean": sum(scores_seen) / len(scores_seen) if scores_seen else float("nan")}
     if k > 1:
         hits, step = [], max(1, batch_size // k)

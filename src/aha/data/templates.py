@@ -11,6 +11,8 @@ R1_SYSTEM = (
     "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>."
 )
 
+R1_PLAIN = R1_SYSTEM + " User: {prompt}\nAssistant:"  # R1-Zero's text prompt, for a base model (no chat template)
+
 
 def resolve_template(template: str, tokenizer) -> str:
     if template == "auto":
@@ -54,13 +56,24 @@ def check_prompts(rows: list[dict], tokenizer, char_level: bool = False) -> None
             encode_text(prompt, tokenizer)
 
 
-def render_prompt(prompt: str | list, tokenizer, template: str) -> list[int]:
-    """Token ids for one prompt. ``template`` is already resolved ('plain', 'chat' or 'r1').
+def render_prompt(prompt: str | list, tokenizer, template: str, response_prefix: str = "") -> list[int]:
+    """Token ids for one prompt. ``template`` is already resolved ('plain', 'chat', 'r1' or 'r1_plain').
 
-    Conversational prompts (lists of messages) always go through the chat template.
+    Conversational prompts (lists of messages) go through the chat template, except under 'r1_plain', which puts
+    the last user message into R1-Zero's text prompt (:data:`R1_PLAIN`). ``response_prefix`` (``task.response_prefix``,
+    e.g. ``<think>``) is appended: the model's answer continues from it.
     """
+    prefix = encode_text(response_prefix, tokenizer) if response_prefix else []
+    return _render(prompt, tokenizer, template) + prefix
+
+
+def _render(prompt: str | list, tokenizer, template: str) -> list[int]:
     if template == "plain" and isinstance(prompt, str):
         return encode_text(prompt, tokenizer)
+    if template == "r1_plain":
+        if isinstance(prompt, list):
+            prompt = next((m.get("content", "") for m in reversed(prompt) if m.get("role") == "user"), "")
+        return encode_text(R1_PLAIN.format(prompt=prompt), tokenizer)
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if template == "r1" and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": R1_SYSTEM}, *messages]

@@ -23,6 +23,7 @@ __all__ = [
     "answer_matches",
     "completion_text",
     "extract_answer",
+    "has_think_format",
     "looks_mathematical",
     "overlong",
     "repetition",
@@ -206,11 +207,13 @@ def answer_matches(pred: str, tagged: bool, gold: str, match: str = "auto") -> b
 
 
 def accuracy(
-    prompts: list, completions: list, answer: list | None = None, match: str = "auto", **kwargs: Any
+    prompts: list, completions: list, answer: list | None = None, match: str = "auto", strict: bool = False,
+    **kwargs: Any
 ) -> list[float | None]:
     """1.0 when the completion's answer equals the ``answer`` column, else 0.0.
 
-    The answer is the inside of ``<answer>...</answer>`` when present, else the whole text. ``match`` (config:
+    The answer is the inside of ``<answer>...</answer>`` when present, else the whole text (``strict=True``: only the
+    inside of the tags counts, a completion without them scores 0; R1-Zero's rule). ``match`` (config:
     ``task.answer_match``) says how answers compare (:func:`answer_matches`): by default numbers and expressions as
     mathematics (``0.5``, ``1/2`` and ``\\frac{1}{2}`` all match; ``04`` = ``4``) and anything else, e.g. a word or
     a reversed string, as text. A row whose ``answer`` is None or empty gets None (no opinion).
@@ -219,6 +222,8 @@ def accuracy(
     [1.0, 1.0, 0.0, None]
     >>> accuracy(["reverse abc"] * 2, ["cba", "abc"], answer=["cba", "cba"])
     [1.0, 0.0]
+    >>> accuracy(["2+2="] * 2, ["4", "<think>2+2</think><answer>4</answer>"], answer=["4", "4"], strict=True)
+    [0.0, 1.0]
     """
     if answer is None:
         raise ValueError(
@@ -236,7 +241,8 @@ def accuracy(
             rewards.append(None)
             continue
         pred, tagged = extract_answer(completion_text(completion))
-        rewards.append(1.0 if answer_matches(pred, tagged, gold_text, match) else 0.0)
+        ok = (tagged or not strict) and answer_matches(pred, tagged, gold_text, match)
+        rewards.append(1.0 if ok else 0.0)
     return rewards
 
 
@@ -249,6 +255,15 @@ _THINK_FORMAT_RE = re.compile(
 )
 
 
+def has_think_format(text: str) -> bool:
+    """Whether the whole text is ``<think>...</think> <answer>...</answer>`` (R1-Zero's format), one block each.
+
+    >>> has_think_format("<think>2+2</think>\\n<answer>4</answer>"), has_think_format("<answer>4</answer>")
+    (True, False)
+    """
+    return _THINK_FORMAT_RE.fullmatch(text) is not None
+
+
 def think_format(prompts: list, completions: list, **kwargs: Any) -> list[float]:
     """1.0 when the whole completion is ``<think>...</think> <answer>...</answer>`` (R1-Zero).
 
@@ -256,9 +271,7 @@ def think_format(prompts: list, completions: list, **kwargs: Any) -> list[float]
     ...                           "<think>a</think><answer>4</answer> extra"])
     [1.0, 0.0, 0.0]
     """
-    return [
-        1.0 if _THINK_FORMAT_RE.fullmatch(completion_text(c)) else 0.0 for c in completions
-    ]
+    return [1.0 if has_think_format(completion_text(c)) else 0.0 for c in completions]
 
 
 _TAGS = ("<think>", "</think>", "<answer>", "</answer>")

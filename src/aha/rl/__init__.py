@@ -70,10 +70,12 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 def run_eval(ctx: RLContext) -> dict:
     """Greedy accuracy on the task's held-out rows, judged by the task's verifier or ``log.eval_reward``."""
     result = evaluate(ctx.engine, ctx.tokenizer, ctx.task, ctx.task.eval, ctx.template, ctx.cfg.rollout.max_new_tokens,
-                      scorer=ctx.eval_scorer)
+                      scorer=ctx.eval_scorer, response_prefix=ctx.cfg.task.response_prefix)
     out = {"eval/accuracy": result["accuracy"]}
     if ctx.cfg.log.eval_reward:
         out["eval/reward_mean"] = result["reward_mean"]
+    if ctx.reasoning is not None:
+        out.update(ctx.reasoning.of_eval(ctx.task.eval, result, "eval/reasoning/"))
     return out
 
 

@@ -31,6 +31,8 @@ class RolloutBatch:
     # ---- the advantages phase
     advantages: torch.Tensor | None = None  # [B] or [B, C]
     returns: torch.Tensor | None = None  # [B, C] the critic's regression target (PPO)
+    # ---- the log phase
+    judgements: list | None = None  # aha.track.reasoning's verdict on each completion (log.reasoning_metrics)
 
     def __len__(self) -> int:
         return len(self.rollouts)

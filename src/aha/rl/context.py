@@ -24,6 +24,7 @@ from aha.rollout import Engine, SamplingParams, build_engine
 from aha.run import Run
 from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
 from aha.tasks import Task
+from aha.track.reasoning import ReasoningMeter, reasoning_meter
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RLContext:
     eval_scorer: Callable | None = None  # what judges eval (aha.evaluation.eval_verifier)
     guard: Guard | None = None  # the reward-hacking guard (aha.guard), when guard.enabled
     best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's weights
+    reasoning: ReasoningMeter | None = None  # judges completions for the reasoning metrics (log.reasoning_metrics)
 
     @property
     def updates(self) -> int:
@@ -79,6 +81,7 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     ctx = RLContext(cfg, run, device, amp, task, policy, tok, template, engine, reward_fns, sampling,
                     PromptSampler(len(task.train), tr.seed), advantage_estimator(rl.algo))
     ctx.eval_scorer = eval_verifier(cfg, task)
+    ctx.reasoning = reasoning_meter(cfg, task)
     if cfg.guard.enabled:  # it needs KL to the reference every step, even at β = 0
         if problem := check_guard_config(cfg):
             raise TrainingError(problem)

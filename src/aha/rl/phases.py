@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 
 from aha.algos.advantages import explained_variance, zero_std_groups
@@ -23,6 +25,7 @@ from aha.rewards import as_completions, compute_rewards
 from aha.rl.batch import RolloutBatch
 from aha.rl.context import RLContext
 from aha.rollout import pack_rollouts
+from aha.track.reasoning import reasoning_metrics
 
 # ============================================================ collect
 
@@ -31,9 +34,10 @@ def sample(ctx: RLContext, rows: list[dict]) -> tuple[RolloutBatch, int]:
     """G completions for each row, decoded and rewarded; returns the batch and how many (function, sample) pairs a
     failing reward function skipped (``rl.reward_on_error: skip``)."""
     G, tok = ctx.cfg.rollout.group_size, ctx.tokenizer
-    prompt_ids = [render_prompt(r["prompt"], tok, ctx.template) for r in rows]
+    prefix = ctx.cfg.task.response_prefix  # (e.g. '<think>': rewards judge the answer turn from its start)
+    prompt_ids = [render_prompt(r["prompt"], tok, ctx.template, prefix) for r in rows]
     roll = ctx.engine.generate(prompt_ids, G, ctx.sampling)
-    texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+    texts = [prefix + tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
     prompts = [r["prompt"] for r in rows for _ in range(G)]
     rewards, per_fn, skipped = compute_rewards(
         ctx.reward_fns, prompts, as_completions(prompts, texts), columns_of(rows, G),
@@ -172,19 +176,34 @@ def step_metrics(ctx: RLContext, batch: RolloutBatch, info: dict, stats: dict, t
         metrics["reward/skipped_samples"] = info["skipped"]
     if hasattr(ctx.engine, "restarts"):  # remote rollout workers (Ray): restarts so far
         metrics["distributed/worker_restarts"] = ctx.engine.restarts
+    if ctx.reasoning is not None:
+        metrics.update(reasoning(ctx, batch, lengths.tolist()))
     return metrics
 
 
+def reasoning(ctx: RLContext, batch: RolloutBatch, lengths: list) -> dict:
+    """The batch's reasoning metrics (format, strict/lenient accuracy, reflection, lengths; aha.track.reasoning);
+    the verdicts stay on the batch for :func:`log_samples`."""
+    G = batch.group_size
+    batch.judgements = ctx.reasoning.judge([batch.rows[i // G]["prompt"] for i in range(len(batch))], batch.texts,
+                                           [batch.rows[i // G].get("answer") for i in range(len(batch))])
+    return reasoning_metrics(batch.judgements, lengths)
+
+
 def log_samples(ctx: RLContext, step: int, batch: RolloutBatch) -> None:
-    """The first ``log.samples_per_step`` completions to samples.jsonl."""
+    """The first ``log.samples_per_step`` completions to samples.jsonl, and with the reasoning metrics on, every
+    aha moment of the batch too (marked ``aha``: the phrase, the answer before it and the right one after)."""
     n, G = ctx.cfg.log.samples_per_step, batch.group_size
-    if n:
+    ahas = [i for i, j in enumerate(batch.judgements or []) if j.aha is not None]
+    picked = sorted(set(range(min(n, len(batch)))) | set(ahas))
+    if picked:
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)  # as the advantages saw them
         ctx.run.logger.log_samples([
             {"step": step, "prompt": batch.rows[i // G]["prompt"], "completion": batch.texts[i],  # text or messages
              "reward": rewards[i].item(), "rewards": {name: v[i] for name, v in batch.per_fn.items()},
-             "answer": batch.rows[i // G].get("answer")}
-            for i in range(min(n, len(batch)))])
+             "answer": batch.rows[i // G].get("answer"),
+             **({"aha": asdict(batch.judgements[i].aha)} if i in ahas else {})}
+            for i in picked])
 
 
 def _mean_not_none(values: list) -> float | None:

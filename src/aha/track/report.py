@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from aha.errors import AhaError
+from aha.track.reasoning_report import is_reasoning_key, render_section
 
 # Keys that get a plot of their own, in page order. The reward plot also draws reward/std as a
 # band and every reward/<fn>/mean as its own line.
@@ -189,7 +190,7 @@ def plot_metric(metrics: dict[str, Series], key: str, title: str) -> str | None:
 def other_keys(metrics: dict[str, Series]) -> list[str]:
     """Numeric keys not shown in a plot of their own (loss/*, grad_norm, lr, value/*, time/*, ...)."""
     shown = {"reward/mean", "reward/std", *reward_fn_keys(metrics), *(k for k, _ in MAIN_PLOTS)}
-    return sorted(k for k in metrics if k not in shown)
+    return sorted(k for k in metrics if k not in shown and not is_reasoning_key(k))  # (the reasoning section's)
 
 
 def plot_other(metrics: dict[str, Series], ncols: int = 4) -> str | None:
@@ -304,8 +305,10 @@ def _headline(metrics: dict[str, Series]) -> str:
 
 
 def render_html(run_dir: Path, metrics: dict[str, Series], plots: list[tuple[str, str]],
-                picked: list[tuple[int, list[dict]]], summary: dict | None, config_text: str | None) -> str:
-    """The whole page as one string; every piece of run data is HTML-escaped."""
+                picked: list[tuple[int, list[dict]]], summary: dict | None, config_text: str | None,
+                reasoning: str = "") -> str:
+    """The whole page as one string; every piece of run data is HTML-escaped. ``reasoning``: the reasoning and
+    aha-moments sections (:func:`aha.track.reasoning_report.render_section`)."""
     generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -326,6 +329,7 @@ def render_html(run_dir: Path, metrics: dict[str, Series], plots: list[tuple[str
     for title, uri in plots:
         if title == "Other metrics":
             parts += ["<h2>Other metrics</h2>", f"<div class='card wide'><img alt='Other metrics' src='{uri}'></div>"]
+    parts.append(reasoning)
     parts.append("<h2>Sample completions</h2>")
     parts.append(render_samples(picked) if picked else "<p class='empty'>No samples.jsonl in this run directory.</p>")
     parts.append("<h2>Config</h2>")
@@ -351,8 +355,10 @@ def write_report(run_dir: Path, out: Path | None = None, summary: dict | None = 
     metrics = load_metrics(run_dir)
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
-    html = render_html(run_dir.resolve(), metrics, plot_all(metrics), pick_samples(load_jsonl(run_dir / "samples.jsonl")),
-                       summary if summary is not None else load_summary(run_dir), config_text)
+    samples = load_jsonl(run_dir / "samples.jsonl")
+    html = render_html(run_dir.resolve(), metrics, plot_all(metrics), pick_samples(samples),
+                       summary if summary is not None else load_summary(run_dir), config_text,
+                       render_section(metrics, samples))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out
