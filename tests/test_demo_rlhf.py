@@ -43,3 +43,12 @@ def test_quick_demo_writes_every_summary_key_and_the_report(tmp_path):
     for run in ("rl-unguarded", "rl-gold", "rl-ensemble"):
         rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         assert all("kl" in r and f"reward/{'aha.demos.rlhf_world:gold'}/mean" in r for r in rows if r["step"] > 0)
+
+
+def test_the_char_tokenizer_encodes_every_text_a_tiny_policy_can_write():
+    """The reward model re-encodes the policy's decoded text: a blank line ("\\n\\n") must split into characters too."""
+    from aha.models import DEFAULT_ALPHABET, char_tokenizer
+
+    tok = char_tokenizer(DEFAULT_ALPHABET)
+    text = "note on sea:\n\n glad sun!\n"
+    assert tok.decode(tok(text).input_ids) == text and len(tok(text).input_ids) == len(text)

@@ -38,9 +38,9 @@ def settings(quick: bool) -> dict:
     return dict(FULL)
 
 
-FULL = {"corpus": 20000, "sft_steps": 400, "rankings": 800, "label_temperature": 0.2, "rm_steps": 250, "rl_steps": 120,
-        "rl_lr": 3e-4, "prompts_per_step": 16, "eval_prompts": 96, "eval_samples": 8, "window": 8, "baseline_steps": 10,
-        "min_steps": 10, "patience": 5}
+FULL = {"corpus": 20000, "sft_steps": 400, "rankings": 1000, "label_temperature": 0.2, "rm_steps": 300, "rl_steps": 100,
+        "rl_lr": 2e-4, "prompts_per_step": 32, "eval_prompts": 128, "eval_samples": 8, "window": 4, "baseline_steps": 8,
+        "min_steps": 8, "patience": 5}
 
 
 def _log(**extra) -> dict:

@@ -6,10 +6,12 @@ The **gold preference** (:func:`gold_score`) is what the "human" wants from a no
   - a little enthusiasm: the first ``!`` +0.6, a second +0.3 — and every ``!`` past the second −0.9 (nobody likes
     "!!!!!");
   - no rambling: each word repeated −0.8, each word past eight −0.4.
-The policy never sees this function: RL optimises a reward model trained on the human's *rankings* only. The warm
-writer it starts from (SFT on :func:`corpus`) rarely writes more than two ``!`` or repeats a word, so the rankings
-say little about those regions — the reward model learns "``!`` is good, warm words are good" and extrapolates
-that past what it saw. Gold itself is only logged (weight 0), never optimised.
+The policy never sees this function: RL optimises a reward model trained on the human's *rankings* only, of notes the
+warm-ish writer it starts from (SFT on :func:`corpus`) happened to write. That writer rarely repeats a warm word, never
+writes a note of nothing but warm words and rarely passes two ``!``, so the rankings say little there; and a
+character-level reward model learns "warm words are good" partly as letter patterns. GRPO against it first improves
+the notes, then fills them with repeated warm words and warm-looking fragments that the reward model scores ever higher
+and gold punishes. Gold itself is only logged (weight 0), never optimised.
 
 The **simulated human** (:func:`simulate_ranking`) ranks K notes by sampling a Plackett-Luce ranking from
 ``gold / temperature``: near-equal notes are often swapped, clearly different ones rarely (Bradley-Terry noise);
