@@ -43,6 +43,8 @@ def guard_stop(run_dir: Path, curve: dict) -> dict | None:
     if stop["step"] in curve["steps"]:
         i = curve["steps"].index(stop["step"])
         stop.update(gold_at_stop=curve["gold_smooth"][i], sqrt_kl_at_stop=curve["sqrt_kl"][i])
+    if stop.get("best_step") in curve["steps"]:  # the guarded run's own peak (its best smoothed gold or proxy step)
+        stop["gold_at_best"] = curve["gold_smooth"][curve["steps"].index(stop["best_step"])]
     return stop
 
 
