@@ -40,6 +40,7 @@ from aha.rewards.builtin import completion_text
 from aha.errors import AhaError
 from aha.modeling.options import autocast, autocast_dtype, set_attention, training_attention
 from aha.runtime import PromptSampler, TrainingError, make_optimizer, pick_device, seed_everything
+from aha.threads import refresh as refresh_threads, use_threads
 from aha.track.metrics import MetricsLogger
 
 ENSEMBLE_FILE = "aha_ensemble.json"
@@ -328,6 +329,7 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     plain_texts = [render_text(r.prompt, c, None, "plain") for r in train_rows + eval_rows for c in r.completions]
     alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(plain_texts)) - set(DEFAULT_ALPHABET)))
     model, tok = build_reward_backbone(cfg, alphabet)
+    use_threads(tr.threads)
     template = rm_template(rc.template, tok)
     setattr(_unwrap(model).config, CONFIG_KEY, {"template": template, "max_length": rc.max_length,
                                                 "num_heads": rc.num_heads, "loss": rc.loss})
@@ -403,6 +405,7 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
         logger.log(0, last)
     bar = tqdm(range(start + 1, tr.steps + 1), desc="reward model", disable=not cfg.log.progress, dynamic_ncols=True)
     for step in bar:
+        refresh_threads()  # another aha run started or ended: take an even share of the cores
         t0 = time.perf_counter()
         batch = sampler.take(tr.batch_size)
         # bootstrap: head k weighs ranking r by w[r, k] ~ Poisson(1); the loss of head k is its weighted mean
