@@ -28,6 +28,7 @@ VARIANTS = {  # name → environment on top of the caller's (OMP_NUM_THREADS, AH
     "old": {"AHA_THREADS": "off"},
     "OMP_WAIT_POLICY=PASSIVE": {"AHA_THREADS": "off", "OMP_WAIT_POLICY": "PASSIVE"},
     "KMP_BLOCKTIME=0": {"AHA_THREADS": "off", "KMP_BLOCKTIME": "0"},
+    "GOMP_SPINCOUNT=10000": {"AHA_THREADS": "off", "GOMP_SPINCOUNT": "10000"},
     "OMP_NUM_THREADS=1": {"AHA_THREADS": "off", "OMP_NUM_THREADS": "1"},
     "new": {},
 }

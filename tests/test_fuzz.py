@@ -4,6 +4,7 @@ accepts it or says what is wrong in one line (an :class:`aha.errors.AhaError`), 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from aha.rm import render_text
 from aha.sft import demonstrations, encode_pairs
 from aha.tasks.jsonl import jsonl_task
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# AHA_FUZZ_EXAMPLES=2000 for a longer hunt; 150 keeps the file at ~15 s
+FUZZ = settings(max_examples=int(os.environ.get("AHA_FUZZ_EXAMPLES", 150)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 FIELDS = [name for name, _, _ in describe()]
 SECTIONS = sorted({name.split(".")[0] for name in FIELDS})
 

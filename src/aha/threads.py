@@ -7,8 +7,8 @@ in barriers that wait for a descheduled thread (``benchmarks/two_runs.py`` measu
 - splits the cores it may use (CPU affinity, a cgroup CPU quota, an ``OMP_NUM_THREADS`` cap) evenly between the aha
   runs of this user on the machine (each run registers its pid in a temporary directory while it runs), and looks
   again every few seconds, so a run gives up threads when another starts and takes them back when it ends;
-- lets idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``; the ``aha`` command sets it before
-  torch loads, unless it is set already).
+- lets idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``, unless it is set already; the ``aha``
+  command and ``aha.train`` set it where torch has not been loaded yet: OpenMP reads it once, as torch loads).
 
 ``AHA_THREADS=N`` (or ``train.threads: N``) fixes the count; ``AHA_THREADS=off`` leaves threads and wait policy to
 torch, as aha did before.
@@ -47,9 +47,9 @@ def env_setting() -> int | str:
 
 
 def set_wait_policy() -> None:
-    """Idle OpenMP threads sleep rather than spin (read by OpenMP when torch loads, so call this before importing
-    torch); not where the user set a policy, nor with ``AHA_THREADS=off``."""
-    if os.environ.get(ENV, "").strip().lower() != "off":
+    """Idle OpenMP threads sleep rather than spin: ``OMP_WAIT_POLICY=PASSIVE``, which OpenMP reads when torch loads,
+    so only while torch is not loaded yet; not where the user set a policy, nor with ``AHA_THREADS=off``."""
+    if "torch" not in sys.modules and os.environ.get(ENV, "").strip().lower() != "off":
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

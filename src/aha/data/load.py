@@ -47,9 +47,14 @@ def load_rows(source: Any, required: Sequence[str] = (), what: str = "data") -> 
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for col in required:
             if row.get(col) in (None, ""):
-                raise DataError(f"{where}: row has no {col!r} column (keys: {', '.join(row) or 'none'})")
+                raise DataError(f"{where}: row has no {col!r} column (keys: {column_names(row) or 'none'})")
         rows.append(row)
     return rows
+
+
+def column_names(row: dict) -> str:
+    """A row's keys for a one-line message (a key with a line break or other unprintable character quoted)."""
+    return ", ".join(k if isinstance(k, str) and k.isprintable() else repr(k) for k in row)
 
 
 def text_problem(value: Any) -> str | None:
