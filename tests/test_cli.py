@@ -19,7 +19,8 @@ runner = CliRunner()
 
 STEP_KEYS = {"reward/mean", "reward/std", "reward/accuracy/mean", "completions/mean_length",
              "completions/clipped_ratio", "frac_reward_zero_std", "entropy", "clip_ratio", "loss/policy",
-             "grad_norm", "lr", "time/rollout_s", "time/train_s", "throughput/tokens_per_s", "kl"}
+             "grad_norm", "lr", "time/rollout_s", "time/train_s", "throughput/tokens_per_s", "kl",
+             "train/skipped_steps"}
 
 
 def aha(*args: str):

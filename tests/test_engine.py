@@ -343,7 +343,7 @@ def test_compiled_sampler_starts_from_the_warmed_up_policy(tmp_path, write_confi
     first = {}
     for compile_ in (False, True):
         cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rollout": {"compile": compile_},
-                                        "sft": {"warmup_steps": 30}, "train": {"steps": 1},
+                                        "sft": {"imitation_steps": 30}, "train": {"steps": 1},
                                         "log": {"eval_every": 0, "save_every": 0, "samples_per_step": 16}},
                                        name=f"c{compile_}.yaml"))
         train_rl(cfg, tmp_path / f"run-{compile_}")

@@ -297,3 +297,22 @@ def test_aha_list_shows_rewards_tasks_and_models():
         line = next((ln for ln in lines if ln.strip().startswith(name)), None)
         assert line is not None and len(line.split()) > 2, (name, result.stdout)
     assert aha("list", "rewards").stdout.count("\n") == len(BUILTIN_REWARDS) + 3
+
+
+def test_sft_takes_trls_messages_format(tmp_path, write_config):
+    data = tmp_path / "chat_sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
+                                                     {"role": "assistant", "content": r["solution"]}],
+                                        "prompt": [{"role": "user", "content": r["prompt"]}],
+                                        "solution": r["solution"]}) + "\n" for r in ROWS))
+    cfg = write_config({"stage": "sft", "sft": {"path": str(data)}, "model": {"chat_template": CHAT_TEMPLATE},
+                        "task": {"name": "dataset", "path": str(data), "answer_column": "solution", "num_eval": 1},
+                        "train": {"steps": 3, "batch_size": 4}})
+    result = aha("train", cfg, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    losses = [json.loads(line).get("loss/sft") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x for x in losses if x is not None][-1] < [x for x in losses if x is not None][0]  # it imitates them
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    line = one_line_error(aha("train", cfg, "-o", tmp_path / "run2", "--set", f"sft.path={bad}"))
+    assert "bad.jsonl:1" in line and "assistant message" in line

@@ -137,6 +137,11 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     elif (held := run_contents(out)) and not overwrite:  # a fresh start would delete them: ask first
         raise TrainingError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start afresh "
                             "with --overwrite (deletes it), or choose another --out")
+    make_out_dir(out)
+
+
+def make_out_dir(out: Path) -> None:
+    """Create the output directory up front, so a bad --out fails before any work, in one line."""
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} is a file, not a directory")
     try:

@@ -1,6 +1,10 @@
 """Checkpoints: ``RUN_DIR/checkpoints/step-N/`` holds an HF-format model + tokenizer (``model/``) and
 ``trainer_state.pt`` (optimizer, scheduler, RNG states, data position, step). Written into a temporary
-directory and renamed, so a killed process never leaves a half-written checkpoint behind."""
+directory, flushed to disk (fsync) and renamed, so a process killed at any point (or a power cut) leaves either the
+whole checkpoint or none: a ``.tmp-step-N-PID`` directory is never taken for one, and a resumed run removes it.
+
+Test hook: ``AHA_TEST_SLOW_CHECKPOINT=SECONDS`` sleeps that long between writing a checkpoint's weights and its
+trainer state, a stand-in for a slow filesystem that gives a test time to kill the process mid-write."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +50,50 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tokenizer, tmp / "model")
+    if slow := os.environ.get("AHA_TEST_SLOW_CHECKPOINT"):  # the test hook (see the module's docstring)
+        time.sleep(float(slow))
     adapter = _adapter_state(model)
     if adapter is not None:
         trainer_state = {**trainer_state, "adapter": adapter}
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
-    if final.exists():
+    _fsync_tree(tmp)  # the files are on disk before the name says the checkpoint is complete
+    if final.exists():  # only debris: a run resumes from its newest complete checkpoint and saves later steps
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync(root)  # the rename itself
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_partial_checkpoints(run_dir: Path) -> list[Path]:
+    """Delete the ``.tmp-step-…`` directories a killed process left half-written; returns what it removed."""
+    root = Path(run_dir) / "checkpoints"
+    partial = sorted(p for p in root.glob(".tmp-step-*") if p.is_dir()) if root.is_dir() else []
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a directory on a system that cannot open one (Windows): its entries are written anyway
+        if path.is_dir():
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file under ``root``, then the directories (their entries), deepest first."""
+    for dirpath, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync(Path(dirpath) / name)
+        _fsync(Path(dirpath))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -28,18 +28,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (AhaError,)
 
 
-def _out_dir(out: Path) -> None:
-    """Create the output directory up front, so a bad --out fails before any work, in one line."""
-    from aha.runtime import TrainingError
-
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"--out {out} is a file, not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f"--out {out}: cannot create it ({e.strerror or e})") from None
-
-
 def friendly(fn):
     """Turn the errors a user can cause into one line on stderr and exit code 2 (no traceback)."""
 
@@ -135,8 +123,10 @@ def demo(
 
     if name not in DEMOS:
         raise typer.BadParameter(f"unknown demo '{name}'; choose one of: {', '.join(DEMOS)}", param_hint="NAME")
+    from aha.api import make_out_dir
+
     out = out or Path("runs/demo" if name == "alphago" else f"runs/demo-{name}")
-    _out_dir(out)
+    make_out_dir(out)
     importlib.import_module(DEMOS[name][0]).run_demo(out, seed)
 
 

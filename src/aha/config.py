@@ -127,7 +127,10 @@ class RLConfig(_Section):
         "reinforce++_baseline (group mean subtracted first), ppo (a critic + GAE; see the critic section). KL to the "
         "reference goes into the loss for grpo, into the reward for the others.")
     policy_loss: str = Field("clip", description="Policy loss (registered in aha.algos.losses): 'clip' = the clipped "
-                             "surrogate of PPO / GRPO / DAPO / GSPO.")
+                             "surrogate of PPO / GRPO / DAPO / GSPO; 'cispo' = MiniMax-M1's CISPO, −sg(clip(ρ, "
+                             "1−epsilon_low, 1+epsilon_high))·A·log π: the clip bounds each token's weight instead of "
+                             "dropping its gradient (the paper sets no lower bound, epsilon_low: 1.0, and tunes "
+                             "epsilon_high; μ > 1 is where it differs from the clip).")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per step; the batch holds prompts_per_step × group_size completions.")
     mu: int = Field(1, ge=1, description="μ: optimisation passes (PPO epochs) over each batch of rollouts (the ratio departs "
                     "from 1 after the first optimizer step).")
@@ -137,13 +140,20 @@ class RLConfig(_Section):
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator (Schulman's k1/k2/k3).")
     epsilon_low: float = Field(0.2, ge=0, description="Clip range below 1 for the ratio.")
     epsilon_high: float | None = Field(None, ge=0, description="Clip range above 1 (DAPO clip-higher, e.g. 0.28); default = epsilon_low.")
+    dual_clip: float | None = Field(None, gt=1, description="PPO's dual clip (Ye et al. 2020; 3 is typical): where the "
+                                    "advantage is negative a token's clipped-surrogate loss is at most dual_clip × |A| "
+                                    "(a token whose ratio soared cannot dominate the batch); None = off. Policy loss "
+                                    "'clip' only.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
         "dapo", description="Loss aggregation: grpo = per-sequence mean; bnpo/dapo = token mean over the batch; "
-        "dr_grpo = token sum / (sequences × max_new_tokens).")
+        "dr_grpo = token sum / (sequences × max_new_tokens). Left unset it is dapo, or grpo (the mean over "
+        "sequences, GSPO's objective) with importance_sampling_level: sequence, where a token mean would weigh each "
+        "sequence by its length.")
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="Divide advantages by the group std ('group', GRPO), the batch std, or not at all (Dr. GRPO).")
     importance_sampling_level: Literal["token", "sequence"] = Field(
-        "token", description="'sequence' = GSPO's length-normalised sequence ratio.")
+        "token", description="'sequence' = GSPO's length-normalised sequence ratio (its paper's clip range is far "
+        "narrower, e.g. epsilon_low 3e-4, epsilon_high 4e-4); loss_type then defaults to grpo (a mean over sequences).")
     mask_truncated: bool = Field(False, description="Exclude completions cut at max_new_tokens from the loss (DAPO).")
     dynamic_sampling: bool = Field(False, description="Drop groups whose rewards all agree and sample more prompts (DAPO).")
     max_resample_rounds: int = Field(3, ge=0, description="Dynamic sampling: extra sampling rounds per step at most.")
@@ -156,6 +166,14 @@ class RLConfig(_Section):
     entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus: subtract entropy_coef × mean token entropy from the loss.")
     reward_on_error: Literal["raise", "skip"] = Field(
         "raise", description="A reward function that raises: stop the run naming it, or give that sample no opinion (None).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_aggregation(cls, data: Any) -> Any:
+        """GSPO's objective is a mean over sequences: an unset loss_type follows importance_sampling_level."""
+        if isinstance(data, dict) and data.get("loss_type") is None and data.get("importance_sampling_level") == "sequence":
+            data = {**data, "loss_type": "grpo"}
+        return data
 
 
 class CriticConfig(_Section):
@@ -178,6 +196,10 @@ class TrainConfig(_Section):
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.99), description="AdamW betas, each in [0, 1).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
+    max_skipped_steps: int = Field(3, ge=1, description="A step whose loss or gradient norm is not finite (NaN, "
+                                   "inf) is skipped (the weights, the optimizer's state and the LR schedule stay as "
+                                   "they were) with a warning, and counted in train/skipped_steps; this many in a row "
+                                   "stop the run.")
     micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward; the rest is gradient accumulation.")
     batch_size: int = Field(64, ge=1, description="SFT: sequences per optimizer step.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -201,9 +223,11 @@ class SFTConfig(_Section):
                               "task.path takes (.jsonl, .json, .csv, .parquet, a save_to_disk directory, hf:OWNER/NAME).")
     prompt_column: str = Field("prompt", description="Column holding the prompt.")
     completion_column: str = Field("completion", description="Column holding the target completion.")
-    warmup_steps: int = Field(0, ge=0, description="GRPO stage: first imitate the task's reference answers for this many "
-                              "SFT steps (a short warm-up so a model built from scratch produces answers RL can rank).")
-    warmup_lr: float = Field(1e-3, gt=0, description="Learning rate of the SFT warm-up.")
+    imitation_steps: int = Field(0, ge=0, description="RL stages: first imitate the task's reference answers for this "
+                                 "many SFT steps (so a model built from scratch produces answers RL can rank); the KL "
+                                 "reference is the model after them. Formerly sft.warmup_steps (not the LR warm-up, "
+                                 "train.warmup_steps).")
+    imitation_lr: float = Field(1e-3, gt=0, description="Learning rate of the imitation steps (formerly sft.warmup_lr).")
 
 
 class RewardModelConfig(_Section):
@@ -286,6 +310,19 @@ class LogConfig(_Section):
                                     "is its mean); default: the task's own check (accuracy, or code for task code).")
 
 
+class DistributedConfig(_Section):
+    backend: Literal["none", "ray"] = Field("none", description="'ray': rollouts sampled by Ray actors (pip install "
+                                            "'aha[ray]'), each with its own copy of the policy; 'none': in-process.")
+    rollout_workers: int = Field(2, ge=1, description="ray: rollout worker actors; the prompts of a step are split "
+                                 "between them.")
+    address: str | None = Field(None, description="ray: a running cluster's address ('auto', or HOST:PORT of `ray "
+                                "start --head`); unset = a local Ray instance aha starts and stops itself.")
+    timeout_s: float = Field(600.0, gt=0, description="ray: longest wait for one remote call; a worker that takes "
+                             "longer is restarted and its prompts sampled again.")
+    max_restarts: int = Field(3, ge=0, description="ray: restarts of a failing worker within one call before the run "
+                              "stops.")
+
+
 class RunConfig(_Section):
     """A whole run: ``stage`` picks the trainer; the other sections configure it."""
 
@@ -305,6 +342,7 @@ class RunConfig(_Section):
     reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig, description="Reward-model training.")
     log: LogConfig = Field(default_factory=LogConfig, description="Metrics, eval, checkpoints.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Reward-hacking guard (RL stages).")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Scale-out on Ray.")
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -322,6 +360,9 @@ class RunConfig(_Section):
             raise ValueError(f"rl.algo {self.rl.algo!r} is not a registered estimator ({', '.join(ADVANTAGE_ESTIMATORS)})")
         if self.rl.policy_loss not in POLICY_LOSSES:
             raise ValueError(f"rl.policy_loss {self.rl.policy_loss!r} is not a registered loss ({', '.join(POLICY_LOSSES)})")
+        if self.rl.dual_clip is not None and self.rl.policy_loss == "cispo":
+            raise ValueError("rl.dual_clip bounds the clipped surrogate (policy_loss: clip); CISPO's weight is already "
+                             "clipped (unset one of them)")
         if self.rollout.group_size < ADVANTAGE_ESTIMATORS[self.rl.algo].min_group_size:
             raise ValueError(f"rl.algo {self.rl.algo!r} needs rollout.group_size ≥ "
                              f"{ADVANTAGE_ESTIMATORS[self.rl.algo].min_group_size} (its baseline is the prompt's other samples)")
@@ -337,13 +378,18 @@ class RunConfig(_Section):
 # ----------------------------------------------------------------------------- loading
 
 
+RENAMED = {"sft.warmup_steps": "sft.imitation_steps", "sft.warmup_lr": "sft.imitation_lr"}  # old name → new
+
+
 def _format_error(err: ValidationError) -> str:
     """One line per problem: ``rl.betta: unknown field (allowed: beta, mu, ...)``."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         loc = loc if loc.isprintable() else repr(loc)  # a key with a line break stays on the line
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and loc in RENAMED:
+            lines.append(f"{loc} was renamed to {RENAMED[loc]}")
+        elif e["type"] == "extra_forbidden":
             parent = _model_at(RunConfig, e["loc"][:-1])
             allowed = ", ".join(parent.model_fields) if parent is not None else "?"
             lines.append(f"{loc}: unknown field (allowed: {allowed})")

@@ -58,7 +58,7 @@ class Critic(nn.Module):
 def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Critic | None:
     """The critic ``rl.algo: ppo`` needs (None for the critic-free algorithms), on ``device`` in train mode.
 
-    Built after any SFT warm-up, so 'policy' means the policy RL starts from."""
+    Built after any SFT imitation steps (sft.imitation_steps), so 'policy' means the policy RL starts from."""
     from aha.algos.advantages import advantage_estimator
 
     if not advantage_estimator(cfg.rl.algo).needs_critic:

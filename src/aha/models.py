@@ -151,6 +151,27 @@ def reference_model(policy: torch.nn.Module, beta: float, lora: bool):
     return ref
 
 
+def fold_adapters(model: torch.nn.Module) -> None:
+    """Under LoRA, in place: add the adapters' update ``ΔW = B·A·scale`` into the base weights and restart the
+    adapters from ``B = 0``. The policy computes what it did (up to rounding), and its adapters-off view — the KL
+    reference under LoRA — is now that same model. No-op for a model without adapters."""
+    if not hasattr(model, "peft_config"):
+        return
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            for name in module.active_adapters:
+                if name in module.lora_A:
+                    module.get_base_layer().weight += module.get_delta_weight(name)
+                    module.lora_B[name].weight.zero_()
+                elif name in module.lora_embedding_A:
+                    module.get_base_layer().weight += module.get_delta_weight(name)
+                    module.lora_embedding_B[name].zero_()
+
+
 def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
     """HF-format save (safetensors + tokenizer); LoRA is merged into a copy so the result loads with
     plain ``AutoModelForCausalLM.from_pretrained``, and its adapters are saved as well, in ``out_dir/adapter``

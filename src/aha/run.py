@@ -8,9 +8,11 @@ A stage reads::
     start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler))
     if run.eval_due(0): run.log(0, evaluate())
     for step in run.steps(start):
-        metrics = ...one step...
+        metrics = ...one step (an update with a non-finite loss or gradient norm skipped: aha.runtime.finite_step)...
+        metrics.update(run.count_skipped(step, problem))  # None, or what was not finite
         if run.eval_due(step): metrics.update(evaluate())
         run.log(step, metrics, shown={"loss": ...})
+        run.stop_if_failing(step)  # train.max_skipped_steps skipped in a row
         if run.save_due(step): run.save(step, model, tokenizer, training_state(...))
     return run.finish(metrics)
 """
@@ -21,9 +23,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
 from tqdm.auto import tqdm
 
-from aha.checkpoint import clear_run, list_checkpoints, save_checkpoint
+from aha.checkpoint import clear_run, list_checkpoints, remove_partial_checkpoints, save_checkpoint
 from aha.config import RunConfig, save_config
 from aha.threads import refresh as refresh_threads
 from aha.track.metrics import MetricsLogger
@@ -43,10 +46,12 @@ class Run:
         self.logger: MetricsLogger | None = None
         self.bar = None
         self.start = 0
+        self.on_finish: list = []  # callables run by finish (e.g. stopping Ray rollout workers)
+        self.skipped = SkippedSteps()
 
     @property
     def resuming(self) -> bool:
-        """A checkpoint will be restored: work that only a fresh start needs (e.g. a warm-up) can be skipped."""
+        """A checkpoint will be restored: work that only a fresh start needs (e.g. the imitation steps) can be skipped."""
         return bool(self.checkpoints)
 
     def begin(self, restore: Callable[[Path], int], note: str | None = None) -> int:
@@ -57,7 +62,11 @@ class Run:
             print(note, file=sys.stderr)
         start = 0
         if self.checkpoints:
+            for partial in remove_partial_checkpoints(self.dir):  # what a process killed mid-write left
+                print(f"removed the half-written checkpoint {partial}", file=sys.stderr)
             start = restore(self.checkpoints[-1])
+            self.skipped.load_state_dict(torch.load(self.checkpoints[-1] / "trainer_state.pt", mmap=True,
+                                                    weights_only=False).get("skipped_steps", {}))
             print(f"resumed from {self.checkpoints[-1]} (step {start})")
         else:  # a fresh start: nothing of an earlier run in run_dir may mix with this one (the CLI asks first)
             clear_run(self.dir)
@@ -86,7 +95,31 @@ class Run:
         return bool(every and step % every == 0) or step == self.cfg.train.steps
 
     def save(self, step: int, model, tokenizer, state: dict) -> Path:
+        state = {**state, "skipped_steps": self.skipped.state_dict()}
         return save_checkpoint(self.dir, step, model, tokenizer, state, self.cfg.log.keep_checkpoints)
+
+    def count_skipped(self, step: int, problem: str | None) -> dict:
+        """Count a step whose update was skipped (``problem`` says what was not finite; None: it was taken), with a
+        one-line warning; returns the metric ``train/skipped_steps`` (cumulative)."""
+        self.skipped.count(problem is not None)
+        if problem is not None:
+            tqdm.write(f"warning: step {step}: {problem}: update skipped ({self.skipped.in_a_row} in a row, "
+                       f"train.max_skipped_steps={self.cfg.train.max_skipped_steps})", file=sys.stderr)
+        return {"train/skipped_steps": self.skipped.total}
+
+    def stop_if_failing(self, step: int) -> None:
+        """Stop the run once ``train.max_skipped_steps`` steps in a row were skipped, naming the last intact checkpoint
+        (a skipped step leaves the weights as they were, so every checkpoint on disk holds finite ones)."""
+        limit = self.cfg.train.max_skipped_steps
+        if self.skipped.in_a_row < limit:
+            return
+        from aha.runtime import TrainingError
+
+        self.finish({})  # the logs flushed and the report written, for a look at what led here
+        done = list_checkpoints(self.dir)
+        raise TrainingError(f"stopped at step {step}: the loss or gradient norm was not finite {limit} steps in a row "
+                            f"(train.max_skipped_steps): try a lower train.lr or check the rewards; last intact "
+                            f"checkpoint: {done[-1] if done else 'none'}")
 
     def log(self, step: int, metrics: dict, shown: dict | None = None) -> None:
         """Write one step's metrics; ``shown`` goes to the progress bar (with eval/accuracy when it was measured).
@@ -100,6 +133,8 @@ class Run:
 
     def finish(self, last: dict) -> dict:
         """Close the bar and the logger, write report.html (``log.report``); returns ``last``."""
+        for close in self.on_finish:
+            close()
         if self.bar is not None:
             self.bar.close()
         self.logger.close()
@@ -108,3 +143,20 @@ class Run:
 
             write_report(self.dir)
         return last
+
+
+class SkippedSteps:
+    """How many steps skipped their update (a non-finite loss or gradient norm): in all, and in a row up to now."""
+
+    def __init__(self):
+        self.total = self.in_a_row = 0
+
+    def count(self, skipped: bool) -> None:
+        self.total += skipped
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.in_a_row = state.get("total", 0), state.get("in_a_row", 0)

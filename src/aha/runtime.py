@@ -88,6 +88,22 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, c
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def finite_step(optimizer: torch.optim.Optimizer, loss, *grad_norms) -> str | None:
+    """Take the optimizer step if the loss and the gradient norms are all finite and return None; otherwise drop
+    the gradients, leaving the parameters and the optimizer's state (Adam's moments, its step count) as they
+    were, and return what was not finite, e.g. ``"loss is nan"`` or ``"gradient norm is inf"``. (The caller
+    advances its LR schedule only after a step taken.)"""
+    problem = None if math.isfinite(float(loss)) else f"loss is {float(loss)}"
+    for norm in grad_norms:
+        if problem is None and not math.isfinite(float(norm)):
+            problem = f"gradient norm is {float(norm)}"
+    if problem is None:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return problem
+
+
 class PromptSampler:
     """Walks through the training rows in a seeded random order, epoch after epoch; its position is part
     of a checkpoint so a resumed run sees the same prompts as an uninterrupted one."""

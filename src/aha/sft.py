@@ -17,10 +17,11 @@ from aha.evaluation import eval_verifier, evaluate
 from aha.modeling.logprobs import completion_logprobs
 from aha.rewards.builtin import completion_text
 from aha.modeling.options import autocast, set_attention, training_attention
+from aha.models import fold_adapters
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
 from aha.run import Run
-from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
+from aha.runtime import PromptSampler, finite_step, make_optimizer, prepare
 
 
 def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "completion") -> list[dict]:
@@ -73,19 +74,22 @@ def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, devic
     return -(logp.float() * mask).sum() / mask.sum().clamp(min=1)
 
 
-def sft_warmup(model, tok, rows: list[dict], template: str, cfg: RunConfig, device, amp) -> float:
-    """A short SFT on the task's own (prompt, answer) rows before RL; returns the last loss."""
+def imitate_answers(model, tok, rows: list[dict], template: str, cfg: RunConfig, device, amp) -> float:
+    """``sft.imitation_steps`` of SFT on the task's own (prompt, answer) rows before RL; returns the last loss.
+    Under LoRA the trained adapters are then folded into the base weights (:func:`aha.models.fold_adapters`), so
+    the KL reference (the policy with its adapters off) is the model after imitation, as with full fine-tuning."""
     pairs = encode_pairs(rows, tok, template, "prompt", "answer")
-    tr = cfg.train.model_copy(update={"lr": cfg.sft.warmup_lr, "warmup_steps": 0, "lr_schedule": "constant"})
-    optimizer, _ = make_optimizer(model, tr, cfg.sft.warmup_steps)
+    tr = cfg.train.model_copy(update={"lr": cfg.sft.imitation_lr, "warmup_steps": 0, "lr_schedule": "constant"})
+    optimizer, _ = make_optimizer(model, tr, cfg.sft.imitation_steps)
     sampler = PromptSampler(len(pairs), cfg.train.seed + 1)
     loss = torch.tensor(float("nan"))
-    for _ in tqdm(range(cfg.sft.warmup_steps), desc="sft warm-up", disable=not cfg.log.progress, dynamic_ncols=True):
+    for _ in tqdm(range(cfg.sft.imitation_steps), desc="imitation", disable=not cfg.log.progress, dynamic_ncols=True):
         optimizer.zero_grad(set_to_none=True)
         loss = sft_loss(model, [pairs[i] for i in sampler.take(cfg.train.batch_size)], tok.pad_token_id, device, amp)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
+    fold_adapters(model)
     return loss.item()
 
 
@@ -126,18 +130,18 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         for i in range(0, len(batch), tr.micro_batch_size):
             part = batch[i:i + tr.micro_batch_size]
             loss = sft_loss(model, part, tok.pad_token_id, device, amp) * len(part) / len(batch)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"SFT loss became {loss.item()} at step {step}: try a lower train.lr")
             loss.backward()
             loss_total += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        metrics = {"loss/sft": loss_total, "grad_norm": grad_norm.item(), "lr": scheduler.get_last_lr()[0],
-                   "time/train_s": time.perf_counter() - t0}
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.max_grad_norm).item()
+        skipped = finite_step(optimizer, loss_total, grad_norm)  # None: the step was taken
+        if skipped is None:
+            scheduler.step()
+        metrics = {"loss/sft": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                   "time/train_s": time.perf_counter() - t0, **run.count_skipped(step, skipped)}
         if run.eval_due(step):
             metrics.update(run_eval())
         run.log(step, metrics, shown={"loss": f"{loss_total:.3f}"})
+        run.stop_if_failing(step)  # train.max_skipped_steps skipped in a row
         last = metrics
         if run.save_due(step):
             run.save(step, model, tok, training_state(optimizer, scheduler, sampler))

@@ -1,10 +1,23 @@
-"""The clipped surrogate objective and its loss aggregations (GRPO, BNPO, Dr. GRPO, DAPO, GSPO)."""
+"""Policy losses (the clipped surrogate of PPO / GRPO / DAPO / GSPO, with PPO's dual clip; CISPO) and their
+aggregations (GRPO, BNPO, Dr. GRPO, DAPO)."""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+
+def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str = "token") -> torch.Tensor:
+    """``ρ [B, T]``: ``π_θ(o_t)/π_old(o_t)`` per token (``level='token'``), or GSPO's one ratio per completion
+    (``level='sequence'``): ``exp(mean_t log ρ_t)`` over its unmasked tokens, shared by all its tokens."""
+    log_ratio = logp - old_logp
+    if level == "sequence":
+        seq = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        log_ratio = seq.unsqueeze(-1).expand_as(logp)
+    elif level != "token":
+        raise ValueError(f"importance sampling level must be 'token' or 'sequence', got {level!r}")
+    return torch.exp(log_ratio)
 
 
 def clipped_surrogate(
@@ -15,36 +28,68 @@ def clipped_surrogate(
     epsilon_low: float = 0.2,
     epsilon_high: float | None = None,
     level: str = "token",
+    dual_clip: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO/GRPO loss ``−min(ρ·A, clip(ρ, 1−ε_low, 1+ε_high)·A)`` and where clipping is active.
 
     ``logp``/``old_logp``/``mask`` are ``[B, T]``; ``advantages`` is ``[B]`` (one per completion: GRPO, RLOO) or
     ``[B, T]`` (one per token: PPO's GAE, REINFORCE++).
     ``level='token'``: ρ_t = π_θ(o_t)/π_old(o_t). ``level='sequence'`` (GSPO): one ratio per completion,
-    ρ = exp(mean_t log ρ_t) over its unmasked tokens, shared by all its tokens.
+    ρ = exp(mean_t log ρ_t) over its unmasked tokens, shared by all its tokens (:func:`importance_ratio`).
     ``epsilon_high`` > ``epsilon_low`` is DAPO's clip-higher (default: symmetric).
+    ``dual_clip = c > 1`` (Ye et al. 2020): where A < 0 the loss is at most ``c·|A|`` — the pessimistic min
+    would otherwise grow without bound with ρ (a token the old policy found unlikely, now likely).
 
     Returns ``(per_token_loss [B, T], clipped [B, T] bool)``; ``clipped`` marks tokens whose gradient
-    the clip removed (ρ > 1+ε_high with A > 0, or ρ < 1−ε_low with A < 0).
+    the clip removed (ρ > 1+ε_high with A > 0, ρ < 1−ε_low with A < 0, or the dual clip's ρ > c with A < 0).
 
     Worked example, one token, ε = 0.2: logp − old_logp = ln 1.5 (ρ = 1.5), A = 2 → unclipped 3.0,
     clipped 1.2·2 = 2.4, loss = −2.4 and the token counts as clipped. With A = −2 the min picks
-    ρ·A = −3.0 → loss = 3.0, not clipped (the pessimistic bound keeps the full penalty).
+    ρ·A = −3.0 → loss = 3.0, not clipped (the pessimistic bound keeps the full penalty). With ρ = 4, A = −2
+    that penalty is 8.0; a dual clip c = 3 caps it at 3·2 = 6.0 (its gradient then 0: clipped).
     """
     eps_high = epsilon_low if epsilon_high is None else epsilon_high
-    log_ratio = logp - old_logp
-    if level == "sequence":
-        seq = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        log_ratio = seq.unsqueeze(-1).expand_as(logp)
-    elif level != "token":
-        raise ValueError(f"importance sampling level must be 'token' or 'sequence', got {level!r}")
-    ratio = torch.exp(log_ratio)
+    ratio = importance_ratio(logp, old_logp, mask, level)
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
     unclipped = ratio * adv
     clipped_obj = torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped_obj)
     is_clipped = ((ratio > 1 + eps_high) & (adv > 0)) | ((ratio < 1 - epsilon_low) & (adv < 0))
+    if dual_clip is not None:
+        bound = -dual_clip * adv  # c·|A| where A < 0
+        dual = (adv < 0) & (per_token > bound)
+        per_token = torch.where(dual, bound, per_token)
+        is_clipped = is_clipped | dual
     return per_token, is_clipped
+
+
+def cispo_surrogate(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float | None = None,
+    level: str = "token",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax-M1, 2025): the REINFORCE term weighted by a clipped, stop-gradient importance weight,
+    per token ``−sg(clip(ρ, 1−ε_low, 1+ε_high))·A·log π_θ(o_t)``.
+
+    Unlike the clipped surrogate, no token loses its gradient: the clip bounds the *weight* of a token's
+    ``∇log π_θ``, it does not zero it (PPO's clip drops exactly the rare tokens — "However", "Wait" — whose
+    ratio moves most). The paper sets no lower bound (here: ``epsilon_low = 1``) and tunes only ε_high.
+    Shapes and ``level`` as :func:`clipped_surrogate`. Returns ``(per_token_loss [B, T], clipped [B, T] bool)``
+    where ``clipped`` marks tokens whose weight was clipped (their gradient is scaled, not removed).
+
+    Worked example, ε_low = ε_high = 0.2, A = 2: log π_θ = −1, ρ = 1.5 → weight clip(1.5) = 1.2,
+    loss = −1.2·2·(−1) = 2.4, gradient d loss / d log π_θ = −1.2·2 = −2.4 (the surrogate's would be 0);
+    ρ = 1.1 → weight 1.1, loss 2.2, gradient −2.2.
+    """
+    eps_high = epsilon_low if epsilon_high is None else epsilon_high
+    ratio = importance_ratio(logp, old_logp, mask, level).detach()
+    weight = torch.clamp(ratio, 1 - epsilon_low, 1 + eps_high)
+    adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
+    return -weight * adv * logp, (ratio > 1 + eps_high) | (ratio < 1 - epsilon_low)
 
 
 def aggregate_loss(
@@ -122,8 +167,8 @@ POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]]] = {}
 
 
 def register_policy_loss(name: str):
-    """Register ``fn(logp, old_logp, advantages, mask, *, epsilon_low, epsilon_high, level, **_) -> (per_token_loss
-    [B, T], clipped [B, T] bool)`` as ``rl.policy_loss: name``."""
+    """Register ``fn(logp, old_logp, advantages, mask, *, epsilon_low, epsilon_high, level, dual_clip, **_) ->
+    (per_token_loss [B, T], clipped [B, T] bool)`` as ``rl.policy_loss: name``."""
 
     def register(fn):
         POLICY_LOSSES[name] = fn
@@ -139,6 +184,16 @@ def policy_loss(name: str):
 
 
 @register_policy_loss("clip")
-def clip_loss(logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", **_):
-    """The clipped surrogate of PPO, GRPO, DAPO (clip-higher) and GSPO (``level='sequence'``): :func:`clipped_surrogate`."""
-    return clipped_surrogate(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, level)
+def clip_loss(logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", dual_clip=None,
+              **_):
+    """The clipped surrogate of PPO, GRPO, DAPO (clip-higher) and GSPO (``level='sequence'``), with PPO's optional
+    dual clip: :func:`clipped_surrogate`."""
+    return clipped_surrogate(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, level, dual_clip)
+
+
+@register_policy_loss("cispo")
+def cispo_loss(logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", dual_clip=None,
+               **_):
+    """MiniMax-M1's clipped, stop-gradient importance weight on the REINFORCE term: :func:`cispo_surrogate`.
+    (``dual_clip`` bounds the clipped surrogate only: CISPO's weight is already bounded.)"""
+    return cispo_surrogate(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, level)

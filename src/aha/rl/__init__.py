@@ -4,7 +4,8 @@
             ─► score (no grad): old policy, reference, critic values
             ─► advantages: group-relative (GRPO), leave-one-out (RLOO), whitened returns (REINFORCE++), GAE (PPO)
             ─► update: μ passes × minibatches: policy loss vs the old policy (+ β·KL in the loss for GRPO; in the
-               reward for the others) (+ clipped value loss) (− entropy bonus) ─► backprop + step
+               reward for the others) (+ clipped value loss) (− entropy bonus) ─► backprop + step (skipped where
+               the loss or gradient norm is not finite; train.max_skipped_steps in a row stop the run)
             ─► sync: the engine samples from the new weights ─► log / eval / checkpoint ─► repeat
 
 The phases are in :mod:`aha.rl.phases` and :mod:`aha.rl.optimize`, the data they pass in :mod:`aha.rl.batch`, the maths
@@ -46,11 +47,11 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             t1 = time.perf_counter()
             score(ctx, batch)
             advantages(ctx, batch)
-            stats = update(ctx, batch, step)
+            stats, skipped = update(ctx, batch)  # skipped: what was not finite, if an optimizer step was skipped
             times = {"rollout": t_rollout, "train": time.perf_counter() - t1}
             sync(ctx)
             times["step"] = time.perf_counter() - t0
-            last = step_metrics(ctx, batch, info, stats, times)
+            last = step_metrics(ctx, batch, info, stats, times) | run.count_skipped(step, skipped)
         if run.eval_due(step):
             last.update(run_eval(ctx))
         decision = guard_check(ctx, step, last) if batch is not None else None  # the reward-hacking guard
@@ -58,6 +59,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
                 {"reward": f"{last['reward/mean']:.3f}", "s/step": f"{last['time/step_s']:.2f}"})
         if batch is not None:
             log_samples(ctx, step, batch)
+        run.stop_if_failing(step)  # train.max_skipped_steps skipped in a row
         if guard_act(ctx, step, decision):  # stopped (rolled back to the best weights where asked)
             break
         if run.save_due(step):

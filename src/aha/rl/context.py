@@ -4,6 +4,7 @@ Built once by :func:`build_context` (the order matters: it is the order the rand
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,10 +67,12 @@ class RLContext:
 
 
 def build_context(cfg: RunConfig, run: Run) -> RLContext:
-    """Dataset, models, engine; the SFT warm-up, reference, critic and optimizer; a checkpoint's state on resume."""
+    """Dataset, models, engine; the imitation steps, reference, critic and optimizer; a checkpoint's state on resume."""
     rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
     device, amp, task, policy, tok, template = prepare(cfg)
-    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled)
+    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled, cfg.distributed)
+    if hasattr(engine, "close"):  # remote workers (Ray) stop with the run
+        run.on_finish.append(engine.close)
     set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
     reward_fns = build_rewards(cfg, task)
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
@@ -80,14 +83,20 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
         if problem := check_guard_config(cfg):
             raise TrainingError(problem)
         ctx.guard = Guard(cfg.guard, label_map(cfg.rewards))
-    # the reference is the policy RL starts from, so it is built before a checkpoint's weights are loaded
-    # (on resume the deterministic warm-up is replayed only when the reference needs it)
-    if cfg.sft.warmup_steps and (not run.resuming or (rl.beta > 0 and not cfg.model.lora.enabled)):
-        from aha.sft import sft_warmup  # optional: imitate reference answers first (see sft.warmup_steps)
+    # the reference is the policy RL starts from (after the imitation steps, under LoRA too), so it is built before a
+    # checkpoint's weights are loaded; on resume the deterministic imitation is replayed where the reference needs it,
+    # and always under LoRA, where a checkpoint holds only the adapters over the imitated base weights
+    lora, needs_ref = cfg.model.lora.enabled, rl.beta > 0 or ctx.guard is not None
+    if cfg.sft.imitation_steps and (not run.resuming or lora or needs_ref):
+        from aha.sft import imitate_answers  # optional: imitate the task's answers first (sft.imitation_steps)
 
-        sft_warmup(policy, tok, task.train, template, cfg, device, amp)
+        imitate_answers(policy, tok, task.train, template, cfg, device, amp)
     # frozen copy of the policy RL starts from (with the guard also at β = 0, then for measuring KL, not in the loss)
     ctx.ref = reference_model(policy, rl.beta if ctx.guard is None else max(rl.beta, 1.0), cfg.model.lora.enabled)
+    if rl.importance_sampling_level == "sequence" and rl.loss_type != "grpo":
+        print(f"note: rl.loss_type {rl.loss_type} with importance_sampling_level: sequence weighs each sequence by its "
+              "length; GSPO's objective is the mean over sequences (rl.loss_type: grpo, the default at sequence level)",
+              file=sys.stderr)
     ctx.critic = build_critic(cfg, policy, device)  # PPO's value model; None for the critic-free algorithms
     set_attention([ctx.critic.trunk if ctx.critic is not None else None], training_attention(tr.attention, device))
     ctx.optimizer, ctx.scheduler = make_optimizer(policy, tr, tr.steps * ctx.updates, ctx.critic, cfg.critic.lr)

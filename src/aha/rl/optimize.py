@@ -3,8 +3,13 @@ each, with gradient accumulation over micro-batches. Per micro-batch:
 
     loss = aggregate(policy_loss(ρ, A) [+ β·KL to the reference: GRPO]) [− c_H·entropy] [+ c_V·value loss]
 
+An optimizer step whose loss or gradient norm is not finite is skipped (:func:`aha.runtime.finite_step`): the
+weights, the optimizer's state and the learning-rate schedule stay as they were (as Megatron and DeepSpeed skip an
+overflowing fp16 step).
+
 Returns the statistics of the pass: each a mean over the batch's samples and the μ passes (losses and gradient
-norms: over the optimizer steps).
+norms: over the optimizer steps; NaN where a skipped step's was); and what was not finite in the first skipped
+optimizer step, or None when every one was taken.
 """
 
 from __future__ import annotations
@@ -13,12 +18,11 @@ import torch
 
 from aha.algos.kl import kl_estimate
 from aha.algos.losses import aggregate_loss, approx_kl, clipped_value_loss, masked_mean, policy_loss
-from aha.checkpoint import list_checkpoints
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast, lean_activations
 from aha.rl.batch import RolloutBatch
 from aha.rl.context import RLContext
-from aha.runtime import TrainingError
+from aha.runtime import finite_step
 
 
 def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
@@ -27,7 +31,7 @@ def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
     return [chunk.to(device) for chunk in order.tensor_split(k) if len(chunk)]
 
 
-def update(ctx: RLContext, batch: RolloutBatch, step: int) -> dict:
+def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
     cfg, rl, ro = ctx.cfg, ctx.cfg.rl, ctx.cfg.rollout
     policy, critic, optimizer, updates = ctx.policy, ctx.critic, ctx.optimizer, ctx.updates
     loss_fn = policy_loss(rl.policy_loss)
@@ -37,9 +41,11 @@ def update(ctx: RLContext, batch: RolloutBatch, step: int) -> dict:
     stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
     if critic is not None:
         stats.update(dict.fromkeys(["loss/value", "value/clip_ratio", "value/grad_norm"], 0.0))
+    skipped = None
     for it in range(rl.mu):
         for mb_rows in minibatches(n_seq, rl.num_minibatches, ctx.device):
             optimizer.zero_grad(set_to_none=True)
+            mb_loss = 0.0
             mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()
             for rows_idx in mb_rows.split(cfg.train.micro_batch_size):
                 mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
@@ -55,7 +61,7 @@ def update(ctx: RLContext, batch: RolloutBatch, step: int) -> dict:
                 mb_old = logp.detach() if updates == 1 else batch.old_logp[rows_idx]
                 per_token, clipped = loss_fn(logp, mb_old, batch.advantages[rows_idx], mb["mask"],
                                              epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
-                                             level=rl.importance_sampling_level)
+                                             level=rl.importance_sampling_level, dual_clip=rl.dual_clip)
                 pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
                 loss = pg_loss
                 if kl_in_loss:
@@ -72,26 +78,23 @@ def update(ctx: RLContext, batch: RolloutBatch, step: int) -> dict:
                     loss = loss + cfg.critic.vf_coef * v_loss
                     stats["loss/value"] += v_loss.item() / updates  # micro-batch shares sum to the minibatch's loss
                     stats["value/clip_ratio"] += masked_mean(v_clipped.float(), mb["mask"]).item() * w
-                if not torch.isfinite(loss):
-                    done = list_checkpoints(ctx.run.dir)
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step} (pass {it + 1}): try a lower train.lr or check the "
-                        f"rewards; last intact checkpoint: {done[-1] if done else 'none'}")
                 loss.backward()
+                mb_loss += loss.item()
                 stats["loss/policy"] += pg_loss.item() / updates
                 stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
                 stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
                 if entropy is not None and it == 0:
                     stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
-            if not torch.isfinite(grad_norm):
-                raise TrainingError(f"gradient norm became {grad_norm.item()} at step {step}: try a lower train.lr")
-            stats["grad_norm"] += grad_norm.item() / updates
+            grad_norms = [torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm).item()]
+            stats["grad_norm"] += grad_norms[0] / updates
             if critic is not None:
-                stats["value/grad_norm"] += torch.nn.utils.clip_grad_norm_(critic.parameters(),
-                                                                           cfg.train.max_grad_norm).item() / updates
-            optimizer.step()
-            ctx.scheduler.step()
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.train.max_grad_norm).item())
+                stats["value/grad_norm"] += grad_norms[1] / updates
+            problem = finite_step(optimizer, mb_loss, *grad_norms)  # None: the step was taken
+            if problem is None:
+                ctx.scheduler.step()
+            elif skipped is None:
+                skipped = f"{problem} (pass {it + 1})" if rl.mu > 1 else problem
     if ctx.device.type == "cuda":  # kernels run asynchronously: the update ends when they have
         torch.cuda.synchronize(ctx.device)
-    return stats
+    return stats, skipped

@@ -170,6 +170,8 @@ def step_metrics(ctx: RLContext, batch: RolloutBatch, info: dict, stats: dict, t
         metrics["dynamic_sampling/rounds"] = info["rounds"]
     if info["skipped"]:
         metrics["reward/skipped_samples"] = info["skipped"]
+    if hasattr(ctx.engine, "restarts"):  # remote rollout workers (Ray): restarts so far
+        metrics["distributed/worker_restarts"] = ctx.engine.restarts
     return metrics
 
 

@@ -24,7 +24,7 @@ class MetricsLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # on resume, TensorBoard hides the events a killed run wrote after the checkpoint (purge_step)
+            # resumed: TensorBoard hides the events a killed process logged after the checkpoint (purge_step)
             purge = None if resume_step is None else resume_step + 1
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
         if wandb:

@@ -1,22 +1,5 @@
-"""Reward-model training (``stage: reward_model``): an LM trunk with a scalar head, from rankings or pairs.
-
-The saved model is a plain HF sequence-classification model (``num_labels = 1``, ``pad_token_id`` set), so
-``AutoModelForSequenceClassification.from_pretrained(DIR)`` loads it and scores a text as
-``model(**tok(text, return_tensors="pt")).logits[0, 0]`` — the text being :func:`render_text` of the prompt and
-completion (the chat template's user and assistant turns, or the two texts joined; the choice is saved in
-``config.aha_reward_model``).
-
-**Ensembles** (``reward_model.num_heads = N > 1``): N linear heads on one trunk, initialised differently, each
-trained on its own Poisson(1) bootstrap weighting of every batch (an online bootstrap, as in Coste et al. 2023's
-ensembles, at the cost of one trunk). The heads are linear and bias-free on the same pooled hidden state, so the
-mean of their scores *is* the score of their mean head: the saved ``score.weight`` is that mean head, and plain
-transformers (and ``critic.init_from``) returns the ensemble mean. The N heads themselves are saved beside it in
-``aha_ensemble.json``; :class:`RewardModel` (and the ``rm:`` reward) reads them for the per-head scores, their
-disagreement (std) and the conservative reward mean − λ·std.
-
-Layout: ``RUN_DIR/checkpoints/step-N/model`` (resumable, as for the other stages) and ``RUN_DIR/model``, the final
-reward model — the directory to give ``rm:`` or ``critic.init_from``.
-"""
+"""The reward-model stage (``stage: reward_model``) on the shared run skeleton (:class:`aha.run.Run`): a backbone
+with ``reward_model.num_heads`` scalar heads, trained on rankings or pairs; the final model goes to ``RUN_DIR/model``."""
 
 from __future__ import annotations
 
@@ -24,184 +7,22 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from aha.algos.preference import (plackett_luce_loss, ranked_pairs, ranking_bt_loss, ranking_metrics,
                                   reward_centering)
-from aha.checkpoint import clear_run, list_checkpoints, resume_from, save_checkpoint, training_state
-from aha.config import RunConfig, save_config
+from aha.checkpoint import list_checkpoints, resume_from, training_state
+from aha.config import RunConfig
 from aha.data.preferences import PreferenceRow, read_preferences
-from aha.rewards.builtin import completion_text
-from aha.errors import AhaError
+from aha.errors import first_line
 from aha.modeling.options import autocast, autocast_dtype, set_attention, training_attention
+from aha.rm.model import CONFIG_KEY, ENSEMBLE_FILE, _unwrap, encode_for_rm, pad_batch, pooled_hidden, render_text, rm_template
+from aha.run import Run
 from aha.runtime import PromptSampler, TrainingError, make_optimizer, pick_device, seed_everything
-from aha.threads import refresh as refresh_threads, use_threads
-from aha.track.metrics import MetricsLogger
-
-ENSEMBLE_FILE = "aha_ensemble.json"
-CONFIG_KEY = "aha_reward_model"  # in config.json: {"template", "max_length", "num_heads", "loss"}
-
-
-# ============================================================================ text → tokens
-
-
-def rm_template(template: str, tokenizer) -> str:
-    """'chat' or 'plain': ``auto`` is chat where the tokenizer has a chat template."""
-    has_chat = bool(getattr(tokenizer, "chat_template", None))
-    if template == "chat" and not has_chat:
-        from aha.config import ConfigError
-
-        raise ConfigError("reward_model.template 'chat': this model's tokenizer has no chat template (use 'plain')")
-    return "chat" if template == "chat" or (template == "auto" and has_chat) else "plain"
-
-
-def _messages_text(prompt) -> str:
-    return prompt if isinstance(prompt, str) else "\n".join(completion_text([m]) for m in prompt)
-
-
-def render_text(prompt, completion, tokenizer, template: str) -> str:
-    """The one text a reward model scores for ``(prompt, completion)``; ``template`` is 'chat' or 'plain'.
-
-    chat: ``[*prompt messages (a text prompt is one user turn), {"role": "assistant", "content": completion}]``
-    through the tokenizer's chat template; plain: the prompt's text followed directly by the completion's.
-
-    >>> render_text("2+2=", "4", None, "plain")
-    '2+2=4'
-    """
-    answer = completion_text(completion)
-    if template == "plain":
-        return _messages_text(prompt) + answer
-    messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=False)
-
-
-def encode_for_rm(text: str, tokenizer, max_length: int) -> list[int]:
-    """Token ids of ``text`` as ``tokenizer(text)`` gives them, cut to the last ``max_length`` (where the score is read)."""
-    from aha.data.templates import encode_text
-
-    ids = encode_text(text, tokenizer)
-    if not ids:
-        ids = [tokenizer.eos_token_id]  # an empty completion of an empty prompt: score something defined
-    return ids[-max_length:]
-
-
-def pad_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask)``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pooled_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """``[B, H]``: the trunk's last hidden state at each row's rightmost non-pad token — the position transformers'
-    ``*ForSequenceClassification`` reads its score from, so a head applied here gives the same score."""
-    hidden = trunk(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    idx = torch.arange(input_ids.shape[1], device=input_ids.device)
-    last = (idx * (input_ids != pad_id)).argmax(-1)
-    return hidden[torch.arange(input_ids.shape[0], device=input_ids.device), last]
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The HF model under a peft wrapper (with its LoRA layers in place)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-# ============================================================================ a trained reward model, for scoring
-
-
-@dataclass
-class RewardModel:
-    """A reward model loaded for scoring: ``score(prompts, completions) → [N, heads]`` in fp32, no grad."""
-
-    model: nn.Module
-    tokenizer: object
-    heads: torch.Tensor  # [num_heads, hidden]; one row (the score head) for a single model
-    template: str
-    max_length: int
-    device: torch.device
-    path: Path
-
-    @property
-    def num_heads(self) -> int:
-        return self.heads.shape[0]
-
-    @torch.no_grad()
-    def score_ids(self, seqs: list[list[int]], batch_size: int = 32) -> torch.Tensor:
-        """Per-head scores ``[N, heads]`` of token-id sequences, in batches of similar length."""
-        pad = self.model.config.pad_token_id
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # less padding; results put back in order
-        out = torch.empty(len(seqs), self.num_heads)
-        trunk = self.model.base_model
-        for start in range(0, len(order), batch_size):
-            part = order[start:start + batch_size]
-            ids, mask = pad_batch([seqs[i] for i in part], pad, self.device)
-            pooled = pooled_hidden(trunk, ids, mask, pad).float()
-            out[part] = (pooled @ self.heads.T).cpu()
-        return out
-
-    def encode(self, prompt, completion) -> list[int]:
-        return encode_for_rm(render_text(prompt, completion, self.tokenizer, self.template), self.tokenizer,
-                             self.max_length)
-
-    def score(self, prompts: list, completions: list, batch_size: int = 32) -> torch.Tensor:
-        """``[N, heads]`` scores of ``(prompts[i], completions[i])`` (plain or conversational)."""
-        return self.score_ids([self.encode(p, c) for p, c in zip(prompts, completions)], batch_size)
-
-
-_CACHE: dict[tuple, RewardModel] = {}
-
-
-class RewardModelError(AhaError, ValueError):
-    """A path that is not a loadable reward model (one-line message)."""
-
-
-def load_reward_model(path: str | Path, device: str | torch.device | None = None) -> RewardModel:
-    """Load a reward model directory (written by this stage, or any HF ``*ForSequenceClassification`` with one
-    label) in fp32, in eval mode; cached per (directory, its weights' mtime, device)."""
-    from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = Path(path).expanduser()
-    if not (path / "config.json").is_file():
-        raise RewardModelError(f"{path}: not a reward-model directory (no config.json); give the RM stage's "
-                               "RUN_DIR/model or a checkpoint's model directory")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()))
-    key = (str(path.resolve()), stamp, str(device))
-    if key in _CACHE:
-        return _CACHE[key]
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, SafetensorError) as e:
-        raise RewardModelError(f"{path}: could not load it as a sequence-classification model ({_first_line(e)})") from None
-    if model.config.num_labels != 1:
-        raise RewardModelError(f"{path}: a classifier with {model.config.num_labels} labels, not a reward model (1 label)")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.pad_token_id
-    meta = getattr(model.config, CONFIG_KEY, None) or {}
-    heads = model.score.weight.detach().float()
-    if (path / ENSEMBLE_FILE).is_file():
-        heads = torch.tensor(json.loads((path / ENSEMBLE_FILE).read_text())["weight"], dtype=torch.float32)
-    rm = RewardModel(model.to(device).eval(), tok, heads.to(device), rm_template(meta.get("template", "auto"), tok),
-                     int(meta.get("max_length", 512)), device, path)
-    _CACHE.clear()  # one reward model held at a time: a run uses one, and they are large
-    _CACHE[key] = rm
-    return rm
-
-
-# ============================================================================ training
+from aha.threads import use_threads
 
 
 def build_reward_backbone(cfg: RunConfig, alphabet: str):
@@ -240,7 +61,7 @@ def build_reward_backbone(cfg: RunConfig, alphabet: str):
                 transformers.logging.set_verbosity(verbosity)
             tok = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError, SafetensorError) as e:
-            raise ModelLoadError(f"could not load a reward-model backbone from {path}: {_first_line(e)}") from None
+            raise ModelLoadError(f"could not load a reward-model backbone from {path}: {first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
@@ -314,8 +135,7 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
 
     A step takes ``train.batch_size`` rankings (all their completions), forwarded ``train.micro_batch_size``
     sequences at a time (whole rankings per pass, since the loss couples a ranking's scores)."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(cfg, run_dir, resume, "reward model")
     rc, tr = cfg.reward_model, cfg.train
     t_start = time.perf_counter()
 
@@ -353,20 +173,9 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     optimizer, scheduler = make_optimizer(model, tr, tr.steps, heads, rc.head_lr)
     sampler = PromptSampler(len(train_rows), tr.seed)
     loss_of = _loss_fn(rc.loss, rc.margin)
-
-    start = 0
-    ckpts = list_checkpoints(run_dir) if resume else []
-    if resume and not ckpts:
-        raise TrainingError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}")
-    if ckpts:
-        start = resume_from(ckpts[-1], model, optimizer, scheduler, sampler, heads)
-        print(f"resumed from {ckpts[-1]} (step {start})")
-    else:  # a fresh start: nothing of an earlier run in run_dir may mix with this one (the CLI asks first)
-        clear_run(run_dir)
-        shutil.rmtree(reward_model_dir(run_dir), ignore_errors=True)
-    save_config(cfg, run_dir / "config.yaml")
-    logger = MetricsLogger(run_dir, cfg.log.tensorboard, cfg.log.wandb, cfg.log.wandb_project,
-                           cfg.model_dump(mode="json"), resume_step=start if ckpts else None)
+    start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler, heads))
+    if not run.resuming:  # a fresh start: no final model of an earlier run either
+        shutil.rmtree(reward_model_dir(run.dir), ignore_errors=True)
 
     def forward_scores(seqs: list[list[int]]) -> torch.Tensor:
         ids, mask = pad_batch(seqs, pad_id, device)
@@ -391,21 +200,7 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
             metrics["eval/head_pairwise_accuracy_min"] = min(head_acc)
         return metrics
 
-    def save(step: int) -> None:
-        _sync_score(model, heads)
-        ckpt = save_checkpoint(run_dir, step, model, tok, training_state(optimizer, scheduler, sampler, heads),
-                               cfg.log.keep_checkpoints)
-        if rc.num_heads > 1:
-            write_ensemble(ckpt / "model", heads)
-
-    # ============================================================ the loop
-    last: dict = {}
-    if start == 0 and cfg.log.eval_every:
-        last = run_eval()
-        logger.log(0, last)
-    bar = tqdm(range(start + 1, tr.steps + 1), desc="reward model", disable=not cfg.log.progress, dynamic_ncols=True)
-    for step in bar:
-        refresh_threads()  # another aha run started or ended: take an even share of the cores
+    def train_step(step: int) -> dict:
         t0 = time.perf_counter()
         batch = sampler.take(tr.batch_size)
         # bootstrap: head k weighs ranking r by w[r, k] ~ Poisson(1); the loss of head k is its weighted mean
@@ -442,18 +237,30 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
                    "lr": scheduler.get_last_lr()[0], "time/train_s": time.perf_counter() - t0}
         if rc.center_coef:
             metrics["loss/center"] = center_total
-        if cfg.log.eval_every and (step % cfg.log.eval_every == 0 or step == tr.steps):
-            metrics.update(run_eval())
-        logger.log(step, metrics)
-        last = metrics
-        bar.set_postfix({"loss": f"{loss_total:.3f}", **({"acc": f"{metrics['eval/pairwise_accuracy']:.3f}"}
-                                                         if "eval/pairwise_accuracy" in metrics else {})})
-        if (cfg.log.save_every and step % cfg.log.save_every == 0) or step == tr.steps:
-            save(step)
-    bar.close()
-    logger.close()
+        return metrics
 
-    # ============================================================ the final reward model: RUN_DIR/model
+    # ============================================================ the loop
+    last: dict = {}
+    if run.eval_due(0):
+        last = run_eval()
+        run.log(0, last)
+    for step in run.steps(start):
+        last = train_step(step)
+        if run.eval_due(step):
+            last.update(run_eval())
+        run.log(step, last, shown={"loss": f"{last['loss/rm']:.3f}", **(
+            {"acc": f"{last['eval/pairwise_accuracy']:.3f}"} if "eval/pairwise_accuracy" in last else {})})
+        if run.save_due(step):
+            _sync_score(model, heads)
+            ckpt = run.save(step, model, tok, training_state(optimizer, scheduler, sampler, heads))
+            if rc.num_heads > 1:
+                write_ensemble(ckpt / "model", heads)
+    publish_final_model(run.dir)
+    return {**run.finish(last), "time/total_s": time.perf_counter() - t_start}
+
+
+def publish_final_model(run_dir: Path) -> None:
+    """Copy the newest checkpoint's model to ``RUN_DIR/model`` (atomically: a copy, then a rename)."""
     final = list_checkpoints(run_dir)[-1] / "model"
     out = reward_model_dir(run_dir)
     tmp = run_dir / f".tmp-model-{os.getpid()}"
@@ -461,11 +268,6 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     shutil.copytree(final, tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    if cfg.log.report:
-        from aha.track.report import write_report
-
-        write_report(run_dir)
-    return {**last, "time/total_s": time.perf_counter() - t_start}
 
 
 def _chunks(rankings: list[list], max_seqs: int) -> list[list[int]]:
@@ -491,7 +293,3 @@ def _groups(per_row: list[torch.Tensor]) -> list[list[int]]:
         pos += len(s)
     return out
 
-
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__

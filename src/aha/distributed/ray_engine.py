@@ -1,0 +1,174 @@
+"""Rollout workers on Ray: an :class:`~aha.rollout.Engine` whose ``generate`` runs in ``N`` Ray actors, each with
+its own copy of the policy (an in-process :class:`~aha.rollout.hf.HFEngine` inside).
+
+- ``generate``: the prompts are split into ``N`` contiguous shards, one per worker; each worker samples its shard
+  with a seed drawn from the trainer's RNG (so a run is reproducible for a given worker count), and the shards are
+  joined in order.
+- ``sync(policy)``: the trainer's weights go into Ray's object store once (``ray.put``) and every worker loads them;
+  each call to a worker names the weights version it must sample from, and a worker that holds another version
+  (a restarted one) is sent the current weights first.
+- Faults: every remote call has a timeout (``distributed.timeout_s``). A worker that dies or times out is killed and
+  restarted by Ray (its actor restarts), given the current weights, and its shard is sampled again; after
+  ``distributed.max_restarts`` failures in one call the run stops with one line naming the worker and the cause.
+
+Ray is imported here only: the single-process path never imports it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+import torch
+
+from aha.rollout import Rollouts, SamplingParams
+from aha.runtime import TrainingError
+
+
+def plain_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights a worker's plain model loads: LoRA adapters merged into a copy (peft), else the state dict."""
+    if hasattr(policy, "merge_and_unload"):
+        policy = copy.deepcopy(policy).merge_and_unload()
+    return {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
+
+
+class RolloutWorker:
+    """One worker process: a plain copy of the policy and an HFEngine over it (the Ray actor's class)."""
+
+    def __init__(self, model_config, tokenizer, threads: int, fail_at: str | None = None):
+        from transformers import AutoModelForCausalLM
+
+        from aha.rollout.hf import HFEngine
+
+        torch.set_num_threads(max(1, threads))
+        self.model = AutoModelForCausalLM.from_config(model_config).eval()
+        self.engine = HFEngine(self.model, tokenizer, torch.device("cpu"), None)
+        self.version = -1  # no weights yet
+        self.calls, self.fail_at = 0, fail_at
+
+    def load(self, state: dict[str, torch.Tensor], version: int) -> int:
+        self.model.load_state_dict(state, strict=False)
+        self.version = version
+        return os.getpid()
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int, version: int):
+        if version != self.version:
+            return None  # stale weights: the engine sends the current ones and asks again
+        self.calls += 1
+        if self.fail_at:  # test hook "N:MARKER": the worker process dies on its N-th call, once (MARKER says so)
+            at, marker = self.fail_at.split(":", 1)
+            if self.calls == int(at) and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+        torch.manual_seed(seed)
+        return self.engine.generate(prompts, n, sampling)
+
+
+class RayEngine:
+    """Samples with ``workers`` Ray actors; see the module docstring."""
+
+    def __init__(self, policy: torch.nn.Module, tokenizer, workers: int = 2, address: str | None = None,
+                 timeout_s: float = 600.0, max_restarts: int = 3, threads_per_worker: int | None = None,
+                 exact: bool = True):
+        """``exact``: the trainer computes in fp32 on a CPU, as the workers sample, so their logprobs are the
+        trainer's (else ``rl.old_logprobs: auto`` recomputes them)."""
+        self.exact_logprobs = exact
+        try:
+            import ray
+        except ImportError:
+            raise TrainingError("distributed.backend=ray needs Ray: pip install 'aha[ray]' (or pip install ray)") \
+                from None
+        self.ray, self.timeout_s, self.max_restarts = ray, timeout_s, max_restarts
+        self.started_ray = not ray.is_initialized()
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time: Ray sends no usage stats
+        if self.started_ray:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+            except Exception as e:  # ConnectionError for an address with no cluster behind it
+                raise TrainingError(f"distributed.address={address!r}: cannot reach a Ray cluster ({e}); start one "
+                                    "with `ray start --head`, or leave distributed.address unset for a local one")\
+                    from None
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
+        fail = os.environ.get("AHA_TEST_WORKER_FAIL_AT")  # test hook "N:MARKER": worker 0 dies on its N-th call
+        # workers idle while the trainer trains: their OpenMP threads must sleep, not spin, or they slow it down
+        actor = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=0,
+                           runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})(RolloutWorker)
+        self.workers = [actor.remote(base.config, tokenizer, threads, fail if i == 0 else None)
+                        for i in range(workers)]
+        self.weights_version, self.restarts = 0, 0
+        self._state_ref = None
+
+    # ----------------------------------------------------------------------------- the Engine contract
+
+    def sync(self, policy: torch.nn.Module) -> int:
+        """Send ``policy``'s weights to every worker (one copy in the object store); returns the new version."""
+        self.weights_version += 1
+        self._state_ref = self.ray.put(plain_state(policy))
+        self._wait([w.load.remote(self._state_ref, self.weights_version) for w in self.workers], "load weights")
+        return self.weights_version
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
+        if self._state_ref is None:
+            raise TrainingError("the Ray rollout workers have no weights yet: call sync(policy) first")
+        seed = int(torch.randint(2**31 - 1, (1,)).item())  # from the trainer's RNG: reproducible runs
+        shards = [s.tolist() for s in torch.arange(len(prompt_token_ids)).tensor_split(len(self.workers))]
+        parts: list[Rollouts | None] = [None] * len(self.workers)
+        for attempt in range(self.max_restarts + 1):
+            todo = [i for i, p in enumerate(parts) if p is None and shards[i]]
+            if not todo:
+                break
+            calls = {i: self.workers[i].generate.remote([prompt_token_ids[j] for j in shards[i]], n, sampling,
+                                                         seed + i, self.weights_version) for i in todo}
+            for i, ref in calls.items():
+                try:
+                    parts[i] = self.ray.get(ref, timeout=self.timeout_s)
+                except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as e:
+                    if attempt == self.max_restarts:
+                        raise TrainingError(f"Ray rollout worker {i} failed {attempt + 1} times in one call "
+                                            f"({type(e).__name__}); see the Ray logs under /tmp/ray") from None
+                    self._restart(i, e)
+                    continue
+                if parts[i] is None:  # it held other weights (a restarted actor): send the current ones
+                    self._wait([self.workers[i].load.remote(self._state_ref, self.weights_version)], "load weights")
+        joined = Rollouts([], [], [], [])
+        for part in parts:
+            if part is not None:
+                joined = joined.concat(part)
+        if len(joined) != len(prompt_token_ids) * n:
+            raise TrainingError(f"Ray rollout workers returned {len(joined)} completions for "
+                                f"{len(prompt_token_ids) * n}: a worker kept failing")
+        return joined
+
+    def close(self) -> None:
+        for w in self.workers:
+            self.ray.kill(w)
+        self.workers = []
+        if self.started_ray:
+            self.ray.shutdown()
+
+    # ----------------------------------------------------------------------------- faults
+
+    def _restart(self, i: int, error: Exception) -> None:
+        """Kill worker ``i`` where it hangs (Ray restarts a dead actor by itself), then give it the current weights."""
+        self.restarts += 1
+        if isinstance(error, self.ray.exceptions.GetTimeoutError):
+            self.ray.kill(self.workers[i], no_restart=False)
+        self._wait([self.workers[i].load.remote(self._state_ref, self.weights_version)], "reload weights", i)
+
+    def _wait(self, refs: list, what: str, worker: int | None = None):
+        """``ray.get(refs)`` within ``distributed.timeout_s``; an actor that is still restarting is asked again."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return self.ray.get(refs, timeout=max(0.1, deadline - time.monotonic()))
+            except self.ray.exceptions.ActorUnavailableError:  # restarting: ask again until the deadline
+                if time.monotonic() > deadline or worker is None:
+                    raise TrainingError(f"Ray rollout workers could not {what}: a worker stayed unavailable "
+                                        f"for {self.timeout_s:g} s (distributed.timeout_s)") from None
+                time.sleep(0.5)
+                refs = [self.workers[worker].load.remote(self._state_ref, self.weights_version)]
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as e:
+                raise TrainingError(f"Ray rollout workers could not {what} ({type(e).__name__}) within "
+                                    f"{self.timeout_s:g} s (distributed.timeout_s)") from None
