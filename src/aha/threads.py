@@ -123,6 +123,8 @@ def _alive(pid: int, started: str) -> bool:
 
 def other_runs(folder: Path | None = None, me: int | None = None) -> int:
     """How many other live processes are registered in ``folder``; the entries of dead ones are removed."""
+    if os.name == "nt":  # (os.kill(pid, 0) would end the process there: no registry on Windows)
+        return 0
     folder = folder or registry_dir()
     me = os.getpid() if me is None else me
     count = 0
@@ -146,6 +148,8 @@ def other_runs(folder: Path | None = None, me: int | None = None) -> int:
 
 def register(folder: Path | None = None) -> None:
     """Enter this process in the registry until it exits."""
+    if os.name == "nt":
+        return
     folder = folder or registry_dir()
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
