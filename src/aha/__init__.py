@@ -15,6 +15,9 @@ __all__ = ["evaluate", "load_config", "train"]
 
 def __getattr__(name: str):  # the API imports torch: only when it is used, so `import aha.config` stays light
     if name in __all__:
+        from aha.threads import set_wait_policy
+
+        set_wait_policy()  # before the API loads torch (aha.threads)
         from aha import api
 
         return getattr(api, name)

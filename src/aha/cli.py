@@ -10,6 +10,10 @@ from typing import Optional
 
 import typer
 
+from aha.threads import set_wait_policy
+
+set_wait_policy()  # before anything loads torch: OpenMP reads its wait policy once (aha.threads)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="aha — RL post-training for language models that you can read, run on a laptop, and watch learn.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")

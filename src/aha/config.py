@@ -217,6 +217,10 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for sampling, initialisation and data order.")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N' or 'mps' (Apple GPU).")
+    threads: int = Field(0, ge=0, description="CPU threads of the tensor maths; 0 = auto: the usable cores (affinity, "
+                         "cgroup quota, OMP_NUM_THREADS) shared evenly with the other aha runs on the machine, rechecked "
+                         "as they start and end. The AHA_THREADS environment variable overrides it (a count, or 'off' = "
+                         "torch's defaults).")
 
 
 class SFTConfig(_Section):
@@ -396,6 +400,7 @@ def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        loc = loc if loc.isprintable() else repr(loc)  # a key with a line break stays on the line
         if e["type"] == "extra_forbidden" and loc in RENAMED:
             lines.append(f"{loc} was renamed to {RENAMED[loc]}")
         elif e["type"] == "extra_forbidden":
@@ -423,6 +428,11 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+# what PyYAML raises on text it cannot read: bad syntax; a date that does not exist (2020-13-45: ValueError); nesting
+# deeper than Python's recursion limit
+YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``'rl.beta=0.04'`` → ``(['rl', 'beta'], 0.04)``; the value is parsed as YAML (so lists and bools work)."""
     if "=" not in text:
@@ -430,7 +440,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     try:
         return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as e:
+    except YAML_ERRORS as e:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({first_line(e)}); quote a value meant "
                           "as text") from None
 
@@ -458,7 +468,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except yaml.YAMLError as e:
+        except YAML_ERRORS as e:
             raise ConfigError(f"{path}: not valid YAML ({first_line(e)})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
@@ -512,7 +522,7 @@ def relative_to(data: dict, base: Path) -> dict:
         if isinstance(section, dict) and keys[-1] in section:
             section[keys[-1]] = _near(section[keys[-1]], base)
     renamed = {}
-    for spec in data.get("rewards") or []:
+    for spec in data["rewards"] if isinstance(data.get("rewards"), list) else []:  # (validation names a non-list)
         if isinstance(spec, dict) and "name" in spec:
             new = _near_spec(spec["name"], base)
             renamed[spec["name"]], spec["name"] = new, new

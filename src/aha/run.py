@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from aha.checkpoint import clear_run, list_checkpoints, remove_partial_checkpoints, save_checkpoint
 from aha.config import RunConfig, save_config
+from aha.threads import refresh as refresh_threads
 from aha.track.metrics import MetricsLogger
 
 
@@ -121,7 +122,9 @@ class Run:
                             f"checkpoint: {done[-1] if done else 'none'}")
 
     def log(self, step: int, metrics: dict, shown: dict | None = None) -> None:
-        """Write one step's metrics; ``shown`` goes to the progress bar (with eval/accuracy when it was measured)."""
+        """Write one step's metrics; ``shown`` goes to the progress bar (with eval/accuracy when it was measured).
+        Between steps, the run's thread count follows the other aha runs starting and ending (:mod:`aha.threads`)."""
+        refresh_threads()
         self.logger.log(step, metrics)
         if shown is not None and self.bar is not None:
             if "eval/accuracy" in metrics:

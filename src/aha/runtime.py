@@ -14,6 +14,7 @@ from aha.config import RunConfig, TrainConfig
 from aha.errors import AhaError
 from aha.models import load_policy
 from aha.modeling.options import autocast_dtype
+from aha.threads import use_threads
 
 
 class TrainingError(AhaError, RuntimeError):
@@ -56,6 +57,7 @@ def prepare(cfg: RunConfig):
     model.to(device).train()
     template = resolve_template(cfg.task.template, tok)
     check_prompts(task.train + task.eval, tok, char_level=cfg.model.name.startswith("tiny") and task.alphabet is None)
+    use_threads(cfg.train.threads)  # (after the checks: a user error is the run's only line)
     return device, amp, task, model, tok, template
 
 

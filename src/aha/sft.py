@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
-from aha.data.load import DataError, labelled_rows
+from aha.data.load import DataError, column_names, labelled_rows, text_problem
 from aha.data.templates import encode_text, render_prompt
 from aha.evaluation import eval_verifier, evaluate
 from aha.modeling.logprobs import completion_logprobs
@@ -40,12 +40,16 @@ def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "co
                        default=None)
             if not last:  # None (no assistant message) or 0 (nothing before it)
                 raise DataError(f"{where}: 'messages' needs an assistant message after at least one other message")
+            if problem := text_problem(msgs[: last + 1]):
+                raise DataError(f"{where}: 'messages' {problem}")
             out.append({"prompt": msgs[:last], "completion": completion_text([msgs[last]])})
             continue
         if not isinstance(row, dict) or any(row.get(c) in (None, "") for c in (prompt_col, completion_col)):
-            keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            keys = column_names(row) if isinstance(row, dict) else type(row).__name__
             raise DataError(f"{where}: an SFT row needs {prompt_col!r} and {completion_col!r} (or TRL's 'messages'); "
                             f"it has: {keys or 'nothing'}")
+        if problem := text_problem(row[prompt_col]):
+            raise DataError(f"{where}: {prompt_col!r} {problem}")
         out.append({"prompt": row[prompt_col], "completion": row[completion_col]})
     return out
 

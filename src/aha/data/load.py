@@ -47,9 +47,35 @@ def load_rows(source: Any, required: Sequence[str] = (), what: str = "data") -> 
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for col in required:
             if row.get(col) in (None, ""):
-                raise DataError(f"{where}: row has no {col!r} column (keys: {', '.join(row) or 'none'})")
+                raise DataError(f"{where}: row has no {col!r} column (keys: {column_names(row) or 'none'})")
         rows.append(row)
     return rows
+
+
+def column_names(row: dict) -> str:
+    """A row's keys for a one-line message (a key with a line break or other unprintable character quoted)."""
+    return ", ".join(k if isinstance(k, str) and k.isprintable() else repr(k) for k in row)
+
+
+def text_problem(value: Any) -> str | None:
+    """What keeps ``value`` from being a prompt or a completion — text, or a list of chat messages
+    ``[{"role": "user", "content": "..."}, ...]`` — as the end of a sentence about it, or None.
+
+    >>> text_problem("hi"), text_problem([{"role": "user", "content": "hi"}]), text_problem(3), text_problem(["hi"])
+    (None, None, 'must be text or a list of chat messages, got int', "has a message 1 that is not {'role': ..., 'content': ...}")
+    """
+    if isinstance(value, str):
+        return None
+    if not isinstance(value, list):
+        return f"must be text or a list of chat messages, got {type(value).__name__}"
+    if not value:
+        return "is an empty list of chat messages"
+    for i, m in enumerate(value, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), (str, list)):
+            return f"has a message {i} that is not {{'role': ..., 'content': ...}}"
+        if not m["role"]:
+            return f"has a message {i} with an empty role"
+    return None
 
 
 def labelled_rows(source: Any, what: str = "data") -> Labelled:
@@ -102,6 +128,17 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8{hint}") from None
 
 
+# what json.loads raises: JSONDecodeError; ValueError for an integer of over 4300 digits; RecursionError for nesting
+# deeper than Python's recursion limit
+JSON_ERRORS = (ValueError, RecursionError)
+
+
+def _json_problem(e: Exception) -> str:
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at line {e.lineno} column {e.colno}"
+    return "nested too deeply" if isinstance(e, RecursionError) else first_line(e)
+
+
 def _jsonl(path: Path) -> Labelled:
     rows = []
     for lineno, line in enumerate(_read_text(path).split("\n"), 1):  # (not splitlines: U+2028 may sit in a string)
@@ -109,17 +146,18 @@ def _jsonl(path: Path) -> Labelled:
             continue
         try:
             rows.append((f"{path}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); write one JSON object per line") from None
+        except JSON_ERRORS as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({_json_problem(e)}); write one JSON object per line") \
+                from None
     return rows
 
 
 def _json(path: Path) -> Labelled:
     try:
         data = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); for one object per line name it "
-                        ".jsonl") from None
+    except JSON_ERRORS as e:
+        raise DataError(f"{path}: not valid JSON ({_json_problem(e)}); for one object per line name it .jsonl") \
+            from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aha.data.load import ACCEPTED_FORMATS, DataError, labelled_rows  # noqa: F401 (ACCEPTED_FORMATS: re-exported)
+from aha.data.load import ACCEPTED_FORMATS, DataError, labelled_rows, text_problem  # noqa: F401 (ACCEPTED_FORMATS: re-exported)
 
 
 @dataclass
@@ -128,8 +128,6 @@ def read_preferences(path: Any) -> list[PreferenceRow]:
 
 
 def _check_texts(pref: PreferenceRow) -> None:
-    if not isinstance(pref.prompt, (str, list)):
-        raise ValueError(f"'prompt' must be text or a list of chat messages, got {type(pref.prompt).__name__}")
-    for i, c in enumerate(pref.completions):
-        if not isinstance(c, (str, list)):
-            raise ValueError(f"completion {i} must be text or a list of chat messages, got {type(c).__name__}")
+    for what, text in (("'prompt'", pref.prompt), *((f"completion {i}", c) for i, c in enumerate(pref.completions))):
+        if problem := text_problem(text):
+            raise ValueError(f"{what} {problem}")

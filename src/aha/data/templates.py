@@ -74,10 +74,21 @@ def _render(prompt: str | list, tokenizer, template: str) -> list[int]:
         if isinstance(prompt, list):
             prompt = next((m.get("content", "") for m in reversed(prompt) if m.get("role") == "user"), "")
         return encode_text(R1_PLAIN.format(prompt=prompt), tokenizer)
+    if not getattr(tokenizer, "chat_template", None):  # (check_prompts says so before a run; SFT data meets it here)
+        from aha.config import ConfigError
+
+        raise ConfigError("a prompt is a list of chat messages, but this model's tokenizer has no chat template: use "
+                          "a chat model (e.g. model.name=smollm2-135m), set model.chat_template, or use text prompts")
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if template == "r1" and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": R1_SYSTEM}, *messages]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    try:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except Exception as e:  # a character the tokenizer has no token for (a bare Exception), a template that raises
+        from aha.tasks import DataError
+
+        raise DataError(f"{str(prompt)[:60]!r}: the model's chat template and tokenizer cannot encode this prompt "
+                        f"({first_line(e)})") from None
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)

@@ -22,6 +22,7 @@ from aha.modeling.options import autocast, autocast_dtype, set_attention, traini
 from aha.rm.model import CONFIG_KEY, ENSEMBLE_FILE, _unwrap, encode_for_rm, pad_batch, pooled_hidden, render_text, rm_template
 from aha.run import Run
 from aha.runtime import PromptSampler, TrainingError, make_optimizer, pick_device, seed_everything
+from aha.threads import use_threads
 
 
 def build_reward_backbone(cfg: RunConfig, alphabet: str):
@@ -148,6 +149,7 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     plain_texts = [render_text(r.prompt, c, None, "plain") for r in train_rows + eval_rows for c in r.completions]
     alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(plain_texts)) - set(DEFAULT_ALPHABET)))
     model, tok = build_reward_backbone(cfg, alphabet)
+    use_threads(tr.threads)
     template = rm_template(rc.template, tok)
     setattr(_unwrap(model).config, CONFIG_KEY, {"template": template, "max_length": rc.max_length,
                                                 "num_heads": rc.num_heads, "loss": rc.loss})

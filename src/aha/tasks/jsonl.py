@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.config import TaskConfig
-from aha.data.load import load_rows
+from aha.data.load import load_rows, text_problem
 from aha.tasks import DataError, Task
 
 
@@ -28,9 +28,8 @@ def normalise_rows(rows: list[dict], cfg: TaskConfig, name: Any) -> list[dict]:
     for i, row in enumerate(rows, 1):
         row = dict(row)
         prompt = row.get(cfg.prompt_column)
-        if not isinstance(prompt, (str, list)):
-            raise DataError(f"{name}: row {i}: {cfg.prompt_column!r} must be text or a list of chat messages, "
-                            f"got {type(prompt).__name__}")
+        if problem := text_problem(prompt):
+            raise DataError(f"{name}: row {i}: {cfg.prompt_column!r} {problem}")
         row["prompt"] = prompt
         if cfg.answer_column in row and (cfg.answer_column == "answer" or "answer" not in row):
             row["answer"] = str(row[cfg.answer_column])
