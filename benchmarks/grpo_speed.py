@@ -152,7 +152,7 @@ def run_aha(spec: dict) -> dict:
 def run_trl(spec: dict) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from aha.config import ModelConfig

@@ -16,7 +16,6 @@ a malformed row is one :class:`~aha.tasks.DataError` line naming the file, the r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aha.data.load import ACCEPTED_FORMATS, DataError, labelled_rows, text_problem  # noqa: F401 (ACCEPTED_FORMATS: re-exported)
