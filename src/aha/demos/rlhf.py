@@ -25,6 +25,7 @@ from aha.config import RunConfig
 from aha.demos import rlhf_world as world
 
 GOLD = "aha.demos.rlhf_world:gold"
+GOLD_LABEL, PROXY_LABEL = "gold", "rm"  # their names in the metrics: reward/gold/mean, reward/rm/mean
 POLICY = "tiny:layers=2,hidden=64,heads=4,ff=256,ctx=96"
 K = 4  # notes per ranking
 
@@ -75,12 +76,12 @@ def rl_config(out: Path, seed: int, s: dict, guard: str) -> RunConfig:
     g = {"enabled": True, "action": "stop"}  # unguarded: no signal configured, so it only measures KL
     if guard != "none":
         g = {"enabled": True, "action": "rollback", "window": s["window"], "patience": s["patience"],
-             "min_steps": s["min_steps"], "baseline_steps": s["baseline_steps"], "proxy": rm,
-             **({"gold": GOLD} if guard == "gold" else {"disagreement": rm})}
+             "min_steps": s["min_steps"], "baseline_steps": s["baseline_steps"],
+             "proxy": PROXY_LABEL, **({"gold": GOLD_LABEL} if guard == "gold" else {"disagreement": PROXY_LABEL})}
     return RunConfig.model_validate({
         "stage": "grpo", "init_from": str(out / "sft" / "model"),
         "task": {"name": "dataset", "path": str(out / "prompts.jsonl"), "template": "plain"},
-        "rewards": [{"name": rm, "weight": 1.0}, {"name": GOLD, "weight": 0.0}],
+        "rewards": [{"name": rm, "weight": 1.0, "label": PROXY_LABEL}, {"name": GOLD, "weight": 0.0, "label": GOLD_LABEL}],
         "rollout": {"group_size": 8, "temperature": 1.0, "max_new_tokens": 64},
         "rl": {"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
         "train": {"steps": s["rl_steps"], "lr": s["rl_lr"], "micro_batch_size": 128, "seed": seed, "precision": "fp32",
@@ -219,7 +220,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
     start = score_policy(sft_dir, rm_dir, seed, s)
 
     # ------------------------------------------------------------------ summary and report
-    curve = curves(out / "rl-unguarded", GOLD, f"rm:{rm_dir}", s["window"])
+    curve = curves(out / "rl-unguarded", GOLD_LABEL, PROXY_LABEL, s["window"])
     peak = max(range(len(curve["gold_smooth"])), key=curve["gold_smooth"].__getitem__)
     summary = {
         "seed": seed, "quick": quick,

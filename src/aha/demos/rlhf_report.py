@@ -95,7 +95,7 @@ def render_notes(title: str, rows: list[dict], gold: str) -> str:
 
 
 def write_demo_report(out: Path, summary: dict, curve: dict, runs: dict) -> Path:
-    from aha.demos.rlhf import GOLD
+    from aha.demos.rlhf import GOLD_LABEL as GOLD
 
     run = out / "rl-unguarded"
     parts = [
