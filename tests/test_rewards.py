@@ -314,3 +314,12 @@ def test_config_errors():
     f = lambda prompts, completions, **kw: [0.0]  # noqa: E731
     with pytest.raises(RewardConfigError, match="repeated: f"):
         compute_rewards([("f", f, 1.0), ("f", f, 1.0)], ["p"], ["c"], {})
+
+
+def test_accuracy_refuses_the_question_restated_as_the_answer():
+    """A policy learned to write <answer>80+51</answer> for "80+51": math-verify evaluates it to 131 and called it
+    right. Where the gold is a number, a sum/difference/product left to compute is not an answer; a fraction is."""
+    completions = ["<answer>80+51</answer>", "80+51", "<answer>$80 \\times 1 + 51$</answer>", "<answer>131</answer>",
+                   "80+51=131", "So the answer is 131.", "<answer>262/2</answer>"]
+    assert accuracy(["80+51="] * 7, completions, answer=["131"] * 7) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert accuracy([""], ["<answer>1+x</answer>"], answer=["x+1"]) == [1.0]  # symbolic golds keep math-verify

@@ -21,6 +21,7 @@ __all__ = [
     "ANSWER_MATCHES",
     "accuracy",
     "answer_matches",
+    "unevaluated",
     "completion_text",
     "extract_answer",
     "has_think_format",
@@ -141,13 +142,32 @@ def _parse_prediction(pred: str, tagged: bool) -> tuple:
     return tuple(first() or second())
 
 
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+# a sum, difference, product or power of numbers (a fraction is a value: 1/2 and \frac{1}{2} stay allowed)
+_OPERATION_RE = re.compile(r"[\d)}]\s*(?:[-+*×^]|\\times|\\cdot)\s*[-+(]?\s*\d")
+
+
+def unevaluated(pred: str, gold: str) -> bool:
+    """Whether ``pred`` is an arithmetic expression left to compute where the gold answer is a number: ``80+51`` for
+    131 restates the question rather than answering it (math-verify would evaluate it and call it right). A fraction
+    counts as a value, and so does what follows the last ``=``. Only a bare answer is judged so — the inside of ``<answer>`` or a text without words; in free
+    text math-verify picks out the answer.
+
+    >>> [unevaluated(p, "131") for p in ["80+51", "$80 + 51$", "\\boxed{131}", "-131", "131.0", "262/2", "2*65+1"]]
+    [True, True, False, False, False, False, True]
+    >>> unevaluated("80+51=131", "131"), unevaluated("80+51", "x+1")  # worked to a value; a symbolic gold
+    (False, False)
+    """
+    return bool(_NUMBER_RE.fullmatch(gold.strip())) and bool(_OPERATION_RE.search(pred.rsplit("=", 1)[-1]))
+
+
 def _is_correct(pred: str, tagged: bool, gold: str) -> bool:
-    """Fast exact/integer comparison, then math-verify."""
+    """Fast exact/integer comparison, then math-verify; an unevaluated expression for a numeric gold is wrong."""
     if pred == gold:
         return True
     if _INT_RE.fullmatch(gold) and _INT_RE.fullmatch(pred) and len(pred) < 4000:
         return int(pred) == int(gold)  # "007" == "7"; no sympy needed
-    if not pred:
+    if not pred or ((tagged or not _WORD_RE.search(pred)) and unevaluated(pred, gold)):
         return False
     gold_parsed = _parse_gold(gold)
     if not gold_parsed:
