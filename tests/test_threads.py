@@ -123,3 +123,27 @@ def test_off_leaves_torch_alone(policy, monkeypatch, capsys):
     threads.use_threads(1)
     assert torch.get_num_threads() == 2 and capsys.readouterr().err == ""
     assert not list(policy.iterdir())  # not registered either
+
+
+@pytest.mark.parametrize("busy, others, user, expected", [
+    (0.0, 0, None, None),            # an idle machine: spinning is fastest, torch's default stays
+    (1.2, 0, None, "PASSIVE"),       # other work keeps a core busy
+    (0.0, 1, None, "PASSIVE"),       # another aha run
+    (1.2, 1, "ACTIVE", "ACTIVE"),    # the user's own policy wins
+])
+def test_idle_threads_sleep_only_on_a_busy_machine(monkeypatch, busy, others, user, expected):
+    monkeypatch.delitem(sys.modules, "torch")  # (OpenMP reads the policy as torch loads: decided only before that)
+    monkeypatch.delenv("AHA_THREADS", raising=False)
+    if user is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", user)
+    monkeypatch.setattr(threads, "busy_cores", lambda: busy)
+    monkeypatch.setattr(threads, "other_runs", lambda: others)
+    threads.set_wait_policy()
+    assert os.environ.get("OMP_WAIT_POLICY") == expected
+
+
+def test_busy_cores_reads_the_machine():
+    busy = threads.busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1)

@@ -7,8 +7,11 @@ in barriers that wait for a descheduled thread (``benchmarks/two_runs.py`` measu
 - splits the cores it may use (CPU affinity, a cgroup CPU quota, an ``OMP_NUM_THREADS`` cap) evenly between the aha
   runs of this user on the machine (each run registers its pid in a temporary directory while it runs), and looks
   again every few seconds, so a run gives up threads when another starts and takes them back when it ends;
-- lets idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``, unless it is set already; the ``aha``
-  command and ``aha.train`` set it where torch has not been loaded yet: OpenMP reads it once, as torch loads).
+- lets idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) where the machine is busy as the run
+  starts — another aha run is registered, or other work keeps half a core or more busy — unless a policy is set
+  already; the ``aha`` command and ``aha.train`` decide where torch has not been loaded yet (OpenMP reads it once, as
+  torch loads). On an idle machine spinning is faster (the tiny model's SFT: 23 s spinning, 32 s passive, measured),
+  and a run that later shares the cores with another aha run drops to one thread, which has nothing to spin for.
 
 ``AHA_THREADS=N`` (or ``train.threads: N``) fixes the count; ``AHA_THREADS=off`` leaves threads and wait policy to
 torch, as aha did before.
@@ -47,10 +50,32 @@ def env_setting() -> int | str:
 
 
 def set_wait_policy() -> None:
-    """Idle OpenMP threads sleep rather than spin: ``OMP_WAIT_POLICY=PASSIVE``, which OpenMP reads when torch loads,
-    so only while torch is not loaded yet; not where the user set a policy, nor with ``AHA_THREADS=off``."""
-    if "torch" not in sys.modules and os.environ.get(ENV, "").strip().lower() != "off":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """On a busy machine idle OpenMP threads sleep rather than spin: ``OMP_WAIT_POLICY=PASSIVE``, which OpenMP reads
+    when torch loads, so only while torch is not loaded yet; not where the user set a policy, nor with
+    ``AHA_THREADS=off``. Busy: another aha run is registered, or other work keeps ≥ 0.5 cores busy (:func:`busy_cores`).
+    """
+    if "torch" in sys.modules or os.environ.get(ENV, "").strip().lower() == "off" or "OMP_WAIT_POLICY" in os.environ:
+        return
+    if other_runs() > 0 or (busy_cores() or 0.0) >= 0.5:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def busy_cores(interval: float = 0.1, stat: Path = Path("/proc/stat")) -> float | None:
+    """How many cores of the machine other work kept busy over the next ``interval`` seconds (this process sleeps
+    meanwhile), from ``/proc/stat``; None where it cannot be read."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in stat.read_text().splitlines()[0].split()[1:9]]  # user … steal (guest is in user)
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
 
 
 # ----------------------------------------------------------------------------- what this process may use
