@@ -7,8 +7,12 @@ An optimizer step whose loss or gradient norm is not finite is skipped (:func:`a
 weights, the optimizer's state and the learning-rate schedule stay as they were (as Megatron and DeepSpeed skip an
 overflowing fp16 step).
 
-Returns the statistics of the pass: each a mean over the batch's samples and the μ passes (losses and gradient
-norms: over the optimizer steps; NaN where a skipped step's was); and what was not finite in the first skipped
+With ``distributed.trainers`` > 1 the ranks (:mod:`aha.distributed.trainers`) each take a share of every minibatch's
+rows, keep its normalisers, and sum their gradients before the clip and the step: the one-process update.
+
+Returns the statistics of the pass: the ratios and KLs each a mean over the batch's completion tokens and the μ
+passes (the same however the batch is split into minibatches, micro-batches and ranks); losses and gradient norms a
+mean over the optimizer steps (NaN where a skipped step's was); and what was not finite in the first skipped
 optimizer step, or None when every one was taken.
 """
 
@@ -51,7 +55,6 @@ def update_rows(ctx: RLContext, batch: RolloutBatch, plan: list[list[torch.Tenso
     loss_fn = policy_loss(rl.policy_loss)
     kl_in_loss = batch.ref_logp is not None and not ctx.estimator.kl_in_reward and rl.beta > 0  # GRPO: β·KL in the loss
     mask = batch.mask
-    n_seq = mask.shape[0]
     n_tok = mask.sum().clamp(min=1).item()
     stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
     if critic is not None:
@@ -64,7 +67,7 @@ def update_rows(ctx: RLContext, batch: RolloutBatch, plan: list[list[torch.Tenso
             mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()  # the whole minibatch's
             for rows_idx in (mb_rows if share is None else share.rows(mb_rows)).split(cfg.train.micro_batch_size):
                 mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
-                w = len(rows_idx) / n_seq / rl.mu  # this micro-batch's share of the step's metrics
+                w = mb["mask"].sum().item() / n_tok / rl.mu  # this micro-batch's share of the step's token means
                 with autocast(ctx.device, ctx.amp):
                     logp, entropy, values = policy_forward(
                         policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
