@@ -11,7 +11,8 @@ others. The gradients and the minibatch's loss are then summed over the ranks wi
 buffer (what DDP does, in one bucket, without its wrapper: the forward stays
 :func:`~aha.modeling.forward.policy_forward`), and each rank clips and steps identically: the weights stay the same
 on every rank, and rank 0's are what the rollout workers load and what checkpoints hold. The statistics are summed
-once at the end of the update, so the logged metrics are the one-process ones.
+once at the end of the update, so the logged metrics are the one-process ones. (A model with dropout draws its masks
+from each rank's own RNG: not the one process's.)
 
 Faults: every Ray call and the process group have ``distributed.timeout_s``; while rank 0 waits in an all-reduce it
 watches the other ranks, and a rank that fails stops the run with one line (no restart: ``--resume`` continues from
@@ -74,7 +75,11 @@ class Share:
                     raise TrainingError(f"the trainer ranks did not meet within {self.timeout_s:g} s "
                                         "(distributed.timeout_s)")
                 time.sleep(0.0002)
-        work.wait()
+        try:
+            work.wait()
+        except RuntimeError as e:  # a rank's process died: gloo says its connection closed
+            raise TrainingError(f"trainer rank {self.rank}: the all-reduce failed ({str(e).splitlines()[0][:200]})") \
+                from None
         return tensor
 
 
