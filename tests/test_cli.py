@@ -92,6 +92,11 @@ MISTAKES = [
     ("too few rows to hold any out", "three rows", [], ["no held-out rows", "task.eval_path"]),
     ("a character the tiny model has no token for", "unknown character", [], ["cannot be tokenized", "'é'"]),
     ("an init_from that does not exist", {"init_from": "/nonexistent/ckpt"}, [], ["init_from", "/nonexistent/ckpt"]),
+    ("trainer ranks without Ray", {}, ["distributed.trainers=2"], ["distributed.trainers=2", "distributed.backend: ray"]),
+    ("trainer ranks with a critic", {"distributed": {"backend": "ray", "trainers": 2}}, ["rl.algo=ppo"],
+     ["distributed.trainers=2", "critic", "'ppo'"]),
+    ("trainer ranks with LoRA", {"distributed": {"backend": "ray", "trainers": 2}}, ["model.lora.enabled=true"],
+     ["distributed.trainers=2", "LoRA"]),
 ]
 
 

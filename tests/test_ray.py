@@ -25,6 +25,7 @@ def run_in_loopback_namespace(case: str) -> None:
 @pytest.mark.parametrize("case", [
     "test_workers_sample_what_the_trainer_would_and_follow_each_sync",
     "test_a_rollout_worker_that_dies_mid_run_is_restarted_and_the_run_completes",
+    "test_two_trainer_ranks_update_as_one_process_and_resume_alike",
 ])
 def test_ray_rollout_workers(case):
     run_in_loopback_namespace(case)

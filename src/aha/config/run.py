@@ -111,6 +111,26 @@ class DistributedConfig(_Section):
                              "longer is restarted and its prompts sampled again.")
     max_restarts: int = Field(3, ge=0, description="ray: restarts of a failing worker within one call before the run "
                               "stops.")
+    trainers: int = Field(1, ge=1, description="ray: data-parallel trainer ranks (torch.distributed: gloo on CPU, NCCL "
+                          "on GPU): this process is rank 0 and M-1 Ray actors the others; each takes a share of every "
+                          "minibatch and the gradients are summed over the ranks (critic-free algorithms, no LoRA).")
+
+    def trainer_problem(self, cfg) -> str | None:
+        """Why ``trainers`` > 1 cannot serve the run ``cfg`` (a RunConfig), or None."""
+        if self.trainers == 1:
+            return None
+        from aha.algos.advantages import ADVANTAGE_ESTIMATORS
+
+        what = f"distributed.trainers={self.trainers}"
+        if self.backend != "ray":
+            return f"{what} needs distributed.backend: ray (the other trainer ranks are Ray actors)"
+        if cfg.stage not in ("rl", "grpo"):
+            return f"{what} applies to the RL stages only (stage {cfg.stage!r} trains in one process)"
+        if cfg.rl.algo in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[cfg.rl.algo].needs_critic:
+            return f"{what} does not support a critic yet (rl.algo {cfg.rl.algo!r}): use a critic-free rl.algo or trainers: 1"
+        if cfg.model.lora.enabled:
+            return f"{what} does not support LoRA yet (model.lora.enabled): set one of them back"
+        return None
 
 
 class RunConfig(_Section):
@@ -160,6 +180,8 @@ class RunConfig(_Section):
             raise ValueError("rollout.compile does not support LoRA policies yet (set one of them to false)")
         if self.rl.dynamic_sampling and self.rollout.group_size < 2:
             raise ValueError("rl.dynamic_sampling needs rollout.group_size ≥ 2 (it drops groups whose rewards all agree)")
+        if problem := self.distributed.trainer_problem(self):
+            raise ValueError(problem)
         if self.task.name == "jsonl" and self.task.path is None:
             raise ValueError("task.name 'jsonl' needs task.path")
         return self

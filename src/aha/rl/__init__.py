@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aha.config import RunConfig
 from aha.evaluation import evaluate
-from aha.rl.context import RLContext, build_context, restore
+from aha.rl.context import RLContext, build_context, restore, trainer_group
 from aha.rl.phases import advantages, collect, guard_act, guard_check, log_samples, score, step_metrics, sync
 from aha.rl.optimize import update
 from aha.run import Run
@@ -31,6 +31,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     run = Run(cfg, run_dir, resume, cfg.rl.algo)
     ctx = build_context(cfg, run)
     start = run.begin(lambda ckpt: restore(ctx, ckpt), ctx.task.note)
+    ctx.trainers = trainer_group(ctx)  # distributed.trainers > 1: ranks 1..M−1 join, from these weights (else None)
     sync(ctx)  # a sampler with its own copy (rollout.compile) starts from the weights RL starts from
     last: dict = {}
     if run.eval_due(0):

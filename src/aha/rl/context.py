@@ -50,6 +50,7 @@ class RLContext:
     guard: Guard | None = None  # the reward-hacking guard (aha.guard), when guard.enabled
     best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's weights
     reasoning: ReasoningMeter | None = None  # judges completions for the reasoning metrics (log.reasoning_metrics)
+    trainers: object = None  # data-parallel trainer ranks 1..M−1 (distributed.trainers > 1; aha.distributed.trainers)
 
     @property
     def updates(self) -> int:
@@ -109,3 +110,13 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
 def restore(ctx: RLContext, checkpoint) -> int:
     """Load a checkpoint into the context (weights, optimizer, schedule, data order, RNG, critic); returns its step."""
     return resume_from(checkpoint, ctx.policy, ctx.optimizer, ctx.scheduler, ctx.sampler, ctx.critic)
+
+
+def trainer_group(ctx: RLContext):
+    """The data-parallel trainer ranks ``distributed.trainers`` > 1 asks for (:mod:`aha.distributed.trainers`, which
+    imports Ray), started from the context's weights and optimizer state; None for one trainer process."""
+    if ctx.cfg.distributed.trainers == 1:
+        return None
+    from aha.distributed.trainers import start_trainers
+
+    return start_trainers(ctx)

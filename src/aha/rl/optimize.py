@@ -7,8 +7,12 @@ An optimizer step whose loss or gradient norm is not finite is skipped (:func:`a
 weights, the optimizer's state and the learning-rate schedule stay as they were (as Megatron and DeepSpeed skip an
 overflowing fp16 step).
 
-Returns the statistics of the pass: each a mean over the batch's samples and the μ passes (losses and gradient
-norms: over the optimizer steps; NaN where a skipped step's was); and what was not finite in the first skipped
+With ``distributed.trainers`` > 1 the ranks (:mod:`aha.distributed.trainers`) each take a share of every minibatch's
+rows, keep its normalisers, and sum their gradients before the clip and the step: the one-process update.
+
+Returns the statistics of the pass: the ratios and KLs each a mean over the batch's completion tokens and the μ
+passes (the same however the batch is split into minibatches, micro-batches and ranks); losses and gradient norms a
+mean over the optimizer steps (NaN where a skipped step's was); and what was not finite in the first skipped
 optimizer step, or None when every one was taken.
 """
 
@@ -32,24 +36,38 @@ def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
 
 
 def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
+    """The update phase; with ``distributed.trainers`` > 1 the data-parallel ranks share every minibatch."""
+    plan = [minibatches(len(batch), ctx.cfg.rl.num_minibatches, ctx.device) for _ in range(ctx.cfg.rl.mu)]
+    if ctx.trainers is not None:  # (aha.distributed.trainers) rank 0 is this process; the others take the same plan
+        return ctx.trainers.update(batch, plan)
+    return update_rows(ctx, batch, plan)
+
+
+def update_rows(ctx: RLContext, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None) \
+        -> tuple[dict, str | None]:
+    """The passes and minibatches ``plan`` holds (each pass's minibatches of row indices), one optimizer step each.
+    ``share`` (a :class:`~aha.distributed.trainers.Share`: one data-parallel rank's part) takes that rank's rows of
+    every minibatch, with the whole minibatch's normalisers, and sums the gradients, the loss and the statistics over
+    the ranks; None: one process takes every row. ``ctx`` needs ``cfg, policy, critic, optimizer, scheduler,
+    updates, estimator, device, amp``."""
     cfg, rl, ro = ctx.cfg, ctx.cfg.rl, ctx.cfg.rollout
     policy, critic, optimizer, updates = ctx.policy, ctx.critic, ctx.optimizer, ctx.updates
     loss_fn = policy_loss(rl.policy_loss)
     kl_in_loss = batch.ref_logp is not None and not ctx.estimator.kl_in_reward and rl.beta > 0  # GRPO: β·KL in the loss
-    mask, n_seq = batch.mask, len(batch)
+    mask = batch.mask
     n_tok = mask.sum().clamp(min=1).item()
     stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
     if critic is not None:
         stats.update(dict.fromkeys(["loss/value", "value/clip_ratio", "value/grad_norm"], 0.0))
     skipped = None
-    for it in range(rl.mu):
-        for mb_rows in minibatches(n_seq, rl.num_minibatches, ctx.device):
+    for it, passes in enumerate(plan):
+        for mb_rows in passes:
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
-            mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()
-            for rows_idx in mb_rows.split(cfg.train.micro_batch_size):
+            mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()  # the whole minibatch's
+            for rows_idx in (mb_rows if share is None else share.rows(mb_rows)).split(cfg.train.micro_batch_size):
                 mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
-                w = len(rows_idx) / n_seq / rl.mu  # this micro-batch's share of the step's metrics
+                w = mb["mask"].sum().item() / n_tok / rl.mu  # this micro-batch's share of the step's token means
                 with autocast(ctx.device, ctx.amp):
                     logp, entropy, values = policy_forward(
                         policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
@@ -85,6 +103,8 @@ def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
                 stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
                 if entropy is not None and it == 0:
                     stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
+            if share is not None:  # data-parallel: every rank now holds the sums over all ranks (one all-reduce)
+                mb_loss = share.sum_gradients([policy] if critic is None else [policy, critic], mb_loss)
             grad_norms = [torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm).item()]
             stats["grad_norm"] += grad_norms[0] / updates
             if critic is not None:
@@ -95,6 +115,8 @@ def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
                 ctx.scheduler.step()
             elif skipped is None:
                 skipped = f"{problem} (pass {it + 1})" if rl.mu > 1 else problem
+    if share is not None:  # the ranks' shares of the statistics (the gradient norms are already the same on each)
+        stats = share.sum_stats(stats, same={"grad_norm", "value/grad_norm"})
     if ctx.device.type == "cuda":  # kernels run asynchronously: the update ends when they have
         torch.cuda.synchronize(ctx.device)
     return stats, skipped
