@@ -98,7 +98,9 @@ class RankContext:
 
     @property
     def updates(self) -> int:
-        return self.cfg.rl.mu * self.cfg.rl.num_minibatches
+        from aha.rl.context import updates_per_batch
+
+        return updates_per_batch(self.cfg.rl)
 
 
 class TrainerRank:
@@ -117,13 +119,13 @@ class TrainerRank:
     def load(self, cfg, blob: bytes, amp: torch.dtype | None, cuda: bool) -> None:
         """Rank 0's policy (pickled whole: its attention and checkpointing settings too), optimizer and schedule."""
         from aha.algos.advantages import advantage_estimator
+        from aha.rl.context import updates_per_batch
         from aha.runtime import make_optimizer
 
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         state = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
         policy = state["policy"]
-        updates = cfg.rl.mu * cfg.rl.num_minibatches
-        optimizer, scheduler = make_optimizer(policy, cfg.train, cfg.train.steps * updates)
+        optimizer, scheduler = make_optimizer(policy, cfg.train, cfg.train.steps * updates_per_batch(cfg.rl))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         self.ctx = RankContext(cfg, policy, optimizer, scheduler, device, amp, advantage_estimator(cfg.rl.algo))

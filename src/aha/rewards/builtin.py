@@ -21,7 +21,6 @@ __all__ = [
     "ANSWER_MATCHES",
     "accuracy",
     "answer_matches",
-    "unevaluated",
     "completion_text",
     "extract_answer",
     "has_think_format",
@@ -30,6 +29,7 @@ __all__ = [
     "repetition",
     "tag_count",
     "think_format",
+    "unevaluated",
 ]
 
 
@@ -150,8 +150,8 @@ _OPERATION_RE = re.compile(r"[\d)}]\s*(?:[-+*×^]|\\times|\\cdot)\s*[-+(]?\s*\d"
 def unevaluated(pred: str, gold: str) -> bool:
     """Whether ``pred`` is an arithmetic expression left to compute where the gold answer is a number: ``80+51`` for
     131 restates the question rather than answering it (math-verify would evaluate it and call it right). A fraction
-    counts as a value, and so does what follows the last ``=``. Only a bare answer is judged so — the inside of ``<answer>`` or a text without words; in free
-    text math-verify picks out the answer.
+    counts as a value, and so does what follows the last ``=``. Only a bare answer is judged so (the inside of
+    ``<answer>``, or a text without words); in free text math-verify picks out the answer.
 
     >>> [unevaluated(p, "131") for p in ["80+51", "$80 + 51$", "\\boxed{131}", "-131", "131.0", "262/2", "2*65+1"]]
     [True, True, False, False, False, False, True]

@@ -54,8 +54,7 @@ class RLContext:
 
     @property
     def updates(self) -> int:
-        """Optimizer steps per batch of rollouts: μ passes × minibatches."""
-        return self.cfg.rl.mu * self.cfg.rl.num_minibatches
+        return updates_per_batch(self.cfg.rl)
 
     def reference(self):
         """``(model, context)`` that computes the reference's logprobs: the frozen copy, or under LoRA the policy
@@ -67,6 +66,11 @@ class RLContext:
     def state(self) -> dict:
         """What a checkpoint holds besides the policy's weights."""
         return training_state(self.optimizer, self.scheduler, self.sampler, self.critic)
+
+
+def updates_per_batch(rl) -> int:
+    """Optimizer steps per batch of rollouts: μ passes × minibatches (``rl``: the config's RLConfig)."""
+    return rl.mu * rl.num_minibatches
 
 
 def build_context(cfg: RunConfig, run: Run) -> RLContext:
