@@ -9,7 +9,8 @@ from aha.demos import rlhf_world as world
 from aha.demos.rlhf import run_demo
 
 KEYS = ("rm_accuracy", "gold_peak", "gold_final_unguarded", "gold_final_guarded", "proxy_final_unguarded",
-        "wall_time_s", "guard_gold", "guard_ensemble", "gold_final_ensemble_guarded", "gold_start", "gold_peak_sqrt_kl")
+        "wall_time_s", "guard_gold", "guard_ensemble", "gold_final_ensemble_guarded", "guard_support",
+        "gold_final_support_guarded", "gold_start", "gold_peak_sqrt_kl")
 
 
 def test_gold_rewards_a_little_enthusiasm_and_punishes_too_much_and_repeats():
@@ -40,9 +41,18 @@ def test_quick_demo_writes_every_summary_key_and_the_report(tmp_path):
     assert "data:image/png;base64," in html and "Over-optimisation" in html
     rm = json.loads((tmp_path / "rm" / "model" / "config.json").read_text())
     assert rm["aha_reward_model"]["num_heads"] > 1  # an ensemble, so the guard can read its disagreement
-    for run in ("rl-unguarded", "rl-gold", "rl-ensemble"):
+    import yaml
+
+    guards = {run: yaml.safe_load((tmp_path / f"rl-{run}" / "config.yaml").read_text())["guard"]
+              for run in ("unguarded", "gold", "support", "ensemble")}
+    assert guards["unguarded"]["gold"] is None and guards["unguarded"]["disagreement"] is None  # it only measures KL
+    assert guards["gold"]["gold"] == "gold" and guards["support"]["signal"] == "support_distance"
+    assert guards["ensemble"]["signal"] == "ensemble_std" and guards["ensemble"]["gold"] is None
+    for run in ("rl-unguarded", "rl-gold", "rl-support", "rl-ensemble"):
         rows = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
         assert all("kl" in r and "reward/gold/mean" in r for r in rows if r["step"] > 0)
+        # the no-gold signals, beside the reward: the heads' disagreement and the distance from the RM's data
+        assert all(r["reward/rm/ensemble_std"] > 0 and r["reward/rm/support_distance"] > 0 for r in rows if r["step"] > 0)
 
 
 def test_the_char_tokenizer_encodes_every_text_a_tiny_policy_can_write():

@@ -1,5 +1,5 @@
 """The reward-hacking guard on scripted metric streams (no model): stop, roll-back, patience, KL budget, the
-no-gold ensemble mode, and the Gao et al. fit."""
+no-gold modes (distance from the RM's data, ensemble disagreement), and the Gao et al. fit."""
 
 from __future__ import annotations
 
@@ -91,33 +91,47 @@ def test_kl_budget_rollback_restores_best_proxy_under_budget():
     assert d.action == "rollback" and d.best_step == 25  # the last step under budget has the highest proxy
 
 
-def disagreement_stream(n=60, off_support=30, seed=0):
-    """An ensemble's std stays near 0.1 while the policy stays on the RM's data, then grows; no gold anywhere."""
+def disagreement_stream(n=60, off_support=30, seed=0, key="ensemble_std", level=0.1):
+    """A no-gold signal (an ensemble's std, or the distance from the RM's data) stays near ``level`` while the
+    policy stays on the RM's data, then grows; no gold anywhere."""
     rng = random.Random(seed)
     for step in range(1, n + 1):
-        std = 0.1 + rng.gauss(0, 0.005) + 0.02 * max(step - off_support, 0)
-        yield step, {"reward/mean": 0.1 * step, "reward/rm:x/ensemble_std": std, "reward/rm:x/mean": 0.1 * step,
+        value = level * (1 + rng.gauss(0, 0.05) + 0.2 * max(step - off_support, 0))
+        yield step, {"reward/mean": 0.1 * step, f"reward/rm:x/{key}": value, "reward/rm:x/mean": 0.1 * step,
                      "kl": 0.01 * step}
 
 
-def test_ensemble_disagreement_without_gold():
-    cfg = GuardConfig(enabled=True, disagreement="rm:x", window=3, patience=3, baseline_steps=10,
+@pytest.mark.parametrize("signal,level,words", [("ensemble_std", 0.1, "ensemble disagreement rose"),
+                                                ("support_distance", 1.0, "distance from the reward model's training")])
+def test_no_gold_signal_rising_rolls_back(signal, level, words):
+    cfg = GuardConfig(enabled=True, disagreement="rm:x", signal=signal, window=3, patience=3, baseline_steps=10,
                       disagreement_rise=0.5, min_steps=10)
-    g, step, d = run(cfg, disagreement_stream())
+    g, step, d = run(cfg, disagreement_stream(key=signal, level=level))
     assert g.mode == "disagreement" and d.action == "rollback"
-    assert d.metrics["guard/stop_reason"] == "disagreement" and "ensemble disagreement rose" in d.reason
-    assert d.metrics["guard/disagreement_baseline"] == pytest.approx(0.1, abs=0.01)
-    # std crosses 1.5 × 0.1 at step 33 (0.1 + 0.02·3 = 0.16; the 3-step mean a step later), 3 steps of patience
+    assert d.metrics["guard/stop_reason"] == "disagreement" and words in d.reason and signal in d.reason
+    assert d.metrics["guard/disagreement_baseline"] == pytest.approx(level, rel=0.1)
+    # the signal crosses 1.5 × its level at step 33 (1 + 0.2·3 = 1.6; the 3-step mean a step later), 3 steps of patience
     assert 35 <= step <= 38
-    # best = the highest proxy while the ensemble still agreed: the last trusted step, before the std rose
+    # best = the highest proxy while the signal was still low: the last trusted step, before it rose
     assert 31 <= d.best_step < step - 2
     assert "reward/gold" not in d.metrics
 
 
 def test_disagreement_that_stays_flat_never_triggers():
     cfg = GuardConfig(enabled=True, disagreement="rm:x", window=3, patience=3)
-    g, step, _ = run(cfg, disagreement_stream(off_support=10**6))
+    g, step, _ = run(cfg, disagreement_stream(off_support=10**6, key="support_distance", level=1.0))
     assert step is None
+
+
+@pytest.mark.parametrize("signal,fix", [("support_distance", "reward_model.support"),
+                                        ("ensemble_std", "reward_model.num_heads")])
+def test_a_no_gold_signal_the_reward_does_not_log_is_one_clear_error(signal, fix):
+    from aha.guard import GuardError
+
+    g = Guard(GuardConfig(enabled=True, disagreement="rm:x", signal=signal))
+    g.observe(1, {"reward/mean": 0.1, "kl": 0.0})  # a step without the reward (every group agreed): no verdict yet
+    with pytest.raises(GuardError, match=f"logs no reward/rm:x/{signal}.*{fix}"):
+        g.observe(2, {"reward/mean": 0.1, "reward/rm:x/mean": 0.1, "kl": 0.0})
 
 
 def test_gao_fit_recovers_alpha_beta_and_the_peak():

@@ -112,6 +112,32 @@ def test_plain_transformers_ranks_like_the_rm_reward(trained):
     assert conservative(["n:"], [better])[0] < ours[0]
 
 
+def test_the_rm_reward_says_how_far_samples_are_from_its_training_data(trained):
+    """The stage saves its data's support; the rm: reward measures held-out completions at distance 1 (the unit:
+    the stage and the reward read the same features), its training data about there, and texts unlike any it
+    learned from far off (the guard's no-gold signal)."""
+    from aha.rewards import resolve_reward
+    from aha.rm.support import SUPPORT_FILE
+
+    root, data, _ = trained
+    d = root / "run" / "model"
+    assert (d / SUPPORT_FILE).is_file()
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    n_eval = max(1, round(len(rows) * 0.1))  # reward_model.eval_fraction's default: the last 10% held out
+    reward = resolve_reward(f"rm:{d}")
+
+    def measure(texts):
+        reward(["n:"] * len(texts), texts)
+        return reward.last_metrics["support_distance"], reward.last_metrics["ood_fraction"]
+
+    held_out, ood = measure([c for r in rows[-n_eval:] for c in r["completions"]])
+    assert held_out == pytest.approx(1.0, rel=1e-3) and ood <= 0.02
+    train, _ = measure([c for r in rows[:50] for c in r["completions"]])
+    assert 0.7 < train < 1.1
+    far, ood = measure(["abcdefghijklmnopqrstuvwxyzabcdefgh", "zzzzzzzzzzzzzzzzzzzzzzz", "hello, world. hello!"])
+    assert far > 2 and ood == 1.0
+
+
 def test_rm_spec_errors_are_one_line(tmp_path, trained):
     from aha.rewards import RewardConfigError, resolve_reward
 

@@ -140,7 +140,7 @@ def load_trainer_state(ckpt: Path, model) -> dict:
         from safetensors.torch import load_file
 
         weights = {}
-        for f in sorted((ckpt / "model").glob("*.safetensors")):
+        for f in sorted((ckpt / "model").glob("model*.safetensors")):
             weights.update(load_file(f))
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except Exception as e:  # a damaged weights file, or tensors of another shape (torch raises on those)

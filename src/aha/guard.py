@@ -17,13 +17,17 @@ Signals, each optional:
   - **gold vs proxy** (a held-out judge exists: a reward function logged with weight 0, never optimised): the
     smoothed gold has fallen more than ``gold_tolerance`` (relative) below its best while the smoothed proxy is
     above its value at that best — for ``patience`` consecutive steps.
-  - **ensemble disagreement** (no gold, the real case): the smoothed ``ensemble_std`` of the reward model's heads
-    is more than ``disagreement_rise`` (relative) above its early baseline (the mean over the first
-    ``baseline_steps`` steps) — for ``patience`` consecutive steps. Heads agree where their data was and disagree
-    off it (Coste et al. 2023), so rising disagreement says the policy has left the reward model's support.
+  - **no gold, the real case**: a reward model's uncertainty, ``reward/<guard.disagreement>/<guard.signal>``,
+    smoothed, is more than ``disagreement_rise`` (relative) above its early baseline (the mean over the first
+    ``baseline_steps`` steps) — for ``patience`` consecutive steps. Rising, it says the policy has left the reward
+    model's data, where its scores mean nothing. The signal is either
+      - ``support_distance`` (the default): the samples' Mahalanobis distance from the reward model's training
+        data in its feature space (:mod:`aha.rm.support`), or
+      - ``ensemble_std``: the disagreement of its ensemble heads (Coste et al. 2023). Heads on one trunk can agree
+        off the data ("herding", Eisenstein et al. 2023): on ``aha demo rlhf`` they do, and this signal never fires.
 
 The best step (what "rollback" restores): with gold, the highest smoothed gold; without, the highest smoothed proxy
-among the steps whose smoothed disagreement was still within the baseline's tolerance ("the proxy where the reward
+among the steps whose smoothed no-gold signal was still within the baseline's tolerance ("the proxy where the reward
 model was still trusted"); with neither, the highest smoothed proxy under the KL budget.
 
 Optionally the gold curve is fitted online to Gao et al.'s R(d) = d(α − β log d), d = √KL (gold measured relative
@@ -35,6 +39,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+
+from aha.errors import AhaError
+
+class GuardError(AhaError, ValueError):
+    """The guard cannot watch what it was configured to (one-line message)."""
+
 
 STOP_CODES = {"kl_budget": 1, "gold_vs_proxy": 2, "disagreement": 3}  # guard/stop_code in metrics
 
@@ -94,8 +104,10 @@ class Guard:
         label = (labels or {}).get
         self.gold_key = f"reward/{label(cfg.gold, cfg.gold)}/mean" if cfg.gold else None
         self.proxy_key = f"reward/{label(cfg.proxy, cfg.proxy)}/mean" if cfg.proxy else "reward/mean"
-        self.std_key = (f"reward/{label(cfg.disagreement, cfg.disagreement)}/ensemble_std" if cfg.disagreement
+        self.std_key = (f"reward/{label(cfg.disagreement, cfg.disagreement)}/{cfg.signal}" if cfg.disagreement
                         else None)
+        self.mean_key = f"reward/{label(cfg.disagreement, cfg.disagreement)}/mean" if cfg.disagreement else None
+        self._signal_checked = False  # the no-gold signal is logged beside its reward (checked once, at its first step)
         w = cfg.window
         self._gold, self._proxy, self._std = deque(maxlen=w), deque(maxlen=w), deque(maxlen=w)
         self._baseline_std: list[float] = []
@@ -126,6 +138,14 @@ class Guard:
             out["reward/gold"] = gold
             if len(self._gold0) < c.window:
                 self._gold0.append(gold)
+        if self.mode == "disagreement" and std is None and self._signal_checked is False and self.mean_key in metrics:
+            raise GuardError(f"guard: the run logs no {self.std_key}, the no-gold signal guard.signal = {c.signal!r}"
+                             + (": the reward model has no saved support (train it with reward_model.support: true, or "
+                                "set guard.signal: ensemble_std)" if c.signal == "support_distance" else
+                                ": the reward model has one head (train it with reward_model.num_heads > 1, or set "
+                                "guard.signal: support_distance)"))
+        if self.mode == "disagreement" and self.mean_key in metrics:
+            self._signal_checked = True
         if std is not None:
             self._std.append(std)
             if len(self._baseline_std) < c.baseline_steps:
@@ -187,9 +207,11 @@ class Guard:
                             f"{c.patience}): smoothed gold {g_s:.4g} vs its best {self.best_score:.4g} at step "
                             f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then"), "gold_vs_proxy"
         elif self.warning_steps >= c.patience and self.mode == "disagreement":
-            reason, code = (f"reward-model ensemble disagreement rose for {self.warning_steps} steps (patience "
-                            f"{c.patience}): smoothed std {s_s:.4g} > (1 + {c.disagreement_rise:g}) × baseline "
-                            f"{baseline:.4g}"), "disagreement"
+            what = ("reward-model ensemble disagreement" if c.signal == "ensemble_std" else
+                    "the samples' distance from the reward model's training data")
+            reason, code = (f"{what} rose for {self.warning_steps} steps (patience {c.patience}): smoothed "
+                            f"{c.signal} {s_s:.4g} > (1 + {c.disagreement_rise:g}) × baseline {baseline:.4g}"),\
+                "disagreement"
         action = "continue"
         if code is not None:
             action = c.action

@@ -32,6 +32,10 @@ class RewardModelConfig(_Section):
                            "differently and trained on its own Poisson(1) bootstrap weighting of every batch. The "
                            "saved score head is their mean (what plain transformers returns); the heads themselves go "
                            "to aha_ensemble.json beside it, for the rm: reward's mean − std_coef·std and disagreement.")
+    support: bool = Field(True, description="After training, save where the training data lies in the model's feature "
+                          "space (mean and inverse covariance of its completions' pooled features, "
+                          "aha_support.safetensors): the rm: reward then logs support_distance and ood_fraction, the "
+                          "reward-hacking guard's no-gold signal (aha.rm.support).")
     bootstrap: bool = Field(True, description="Ensemble (num_heads > 1): each head weighs every ranking by its own "
                             "Poisson(1) draw (online bootstrap); false = every head sees the same data.")
     template: Literal["auto", "plain", "chat"] = Field(
@@ -60,17 +64,22 @@ class GuardConfig(_Section):
                              "proxy rises.")
     proxy: str | None = Field(None, description="Name of the optimised reward among rewards to watch as the proxy; "
                               "None = the weighted total reward/mean.")
-    disagreement: str | None = Field(None, description="Name of a reward-model reward (rm:PATH with ensemble heads) "
-                                     "whose reward/<name>/ensemble_std is watched when guard.gold is not set. Warning "
-                                     "sign: it rises above its early baseline.")
+    disagreement: str | None = Field(None, description="Name of a reward-model reward (rm:PATH) whose "
+                                     "reward/<name>/<guard.signal> is watched when guard.gold is not set. Warning sign: "
+                                     "it rises above its early baseline.")
+    signal: Literal["ensemble_std", "support_distance"] = Field(
+        "support_distance", description="The no-gold warning sign read from the guard.disagreement reward: "
+        "'support_distance' = how far the policy's samples are from the reward model's training data in its feature "
+        "space (needs the support the reward-model stage saves, reward_model.support); 'ensemble_std' = the "
+        "disagreement of its ensemble heads (reward_model.num_heads > 1).")
     window: int = Field(5, ge=1, description="Steps in the moving averages of proxy, gold and disagreement.")
     patience: int = Field(5, ge=1, description="Consecutive steps the warning sign must last before the guard acts.")
     gold_tolerance: float = Field(0.02, ge=0, description="Gold counts as fallen when its moving average is this "
                                   "fraction of its best below that best.")
-    baseline_steps: int = Field(10, ge=1, description="Disagreement baseline: the mean ensemble_std of the first "
-                                "this many steps.")
-    disagreement_rise: float = Field(0.5, gt=0, description="Disagreement counts as risen when its moving average "
-                                     "exceeds (1 + this) × the baseline.")
+    baseline_steps: int = Field(10, ge=1, description="No-gold baseline: the mean guard.signal of the first this many "
+                                "steps.")
+    disagreement_rise: float = Field(0.5, gt=0, description="The no-gold signal counts as risen when its moving "
+                                     "average exceeds (1 + this) × the baseline.")
     min_steps: int = Field(10, ge=0, description="No warning counts before this many steps (moving averages settle).")
     fit_gao: bool = Field(True, description="Fit Gao et al. 2022's R(d) = d(α − β log d), d = √KL, to gold online "
                           "(least squares; gold relative to its first window) and log the predicted peak √KL, "

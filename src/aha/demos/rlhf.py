@@ -4,10 +4,11 @@
   2. **rankings**: it writes K notes per prompt; a simulated human ranks them by a hidden gold preference, with
      labeller noise (Plackett-Luce sampling from the gold scores);
   3. **reward model** (``stage: reward_model``): an ensemble of heads on the SFT trunk, trained on those rankings only;
-  4. **GRPO against the reward model** (``rm:DIR``), three times from the same start with the same seed:
+  4. **GRPO against the reward model** (``rm:DIR``), four times from the same start with the same seed:
      unguarded (the guard only measures KL), guarded by a gold judge (logged with weight 0, never optimised), and
-     guarded by the ensemble's disagreement alone (no gold: the real case). Each guarded run rolls back to its best
-     step when it stops.
+     twice with no gold (the real case): guarded by the samples' distance from the reward model's training data
+     (``guard.signal: support_distance``), and by its ensemble heads' disagreement (``ensemble_std``). Each guarded
+     run rolls back to its best step when it stops.
 
 The final policy of every run is scored on held-out prompts (sampled as in training) by gold and by the reward
 model. ``DIR/summary.json`` has the numbers, ``DIR/report.html`` the over-optimisation curve (proxy and gold against
@@ -28,6 +29,9 @@ GOLD = "aha.demos.rlhf_world:gold"
 GOLD_LABEL, PROXY_LABEL = "gold", "rm"  # their names in the metrics: reward/gold/mean, reward/rm/mean
 POLICY = "tiny:layers=2,hidden=64,heads=4,ff=256,ctx=96"
 K = 4  # notes per ranking
+GUARDS = ("unguarded", "gold", "support", "ensemble")  # the RL runs, rl-<name>
+GUARD_LABELS = {"gold": "guarded by gold", "support": "guarded by distance from the RM's data (no gold)",
+                "ensemble": "guarded by ensemble disagreement (no gold)"}
 
 
 def settings(quick: bool) -> dict:
@@ -71,13 +75,17 @@ def rm_config(out: Path, seed: int, s: dict) -> RunConfig:
 
 
 def rl_config(out: Path, seed: int, s: dict, guard: str) -> RunConfig:
-    """GRPO against the reward model; ``guard``: 'none' (KL measured only), 'gold' or 'ensemble'."""
+    """GRPO against the reward model; ``guard``: one of :data:`GUARDS` — 'unguarded' (KL measured only), 'gold',
+    'support' or 'ensemble'."""
     rm = f"rm:{out / 'rm' / 'model'}"
     g = {"enabled": True, "action": "stop"}  # unguarded: no signal configured, so it only measures KL
-    if guard != "none":
+    if guard not in GUARDS:
+        raise ValueError(f"guard must be one of {GUARDS}, got {guard!r}")
+    if guard != "unguarded":
         g = {"enabled": True, "action": "rollback", "window": s["window"], "patience": s["patience"],
              "min_steps": s["min_steps"], "baseline_steps": s["baseline_steps"],
-             "proxy": PROXY_LABEL, **({"gold": GOLD_LABEL} if guard == "gold" else {"disagreement": PROXY_LABEL})}
+             "proxy": PROXY_LABEL, **({"gold": GOLD_LABEL} if guard == "gold" else {
+                 "disagreement": PROXY_LABEL, "signal": "ensemble_std" if guard == "ensemble" else "support_distance"})}
     return RunConfig.model_validate({
         "stage": "grpo", "init_from": str(out / "sft" / "model"),
         "task": {"name": "dataset", "path": str(out / "prompts.jsonl"), "template": "plain"},
@@ -211,7 +219,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
 
     # ------------------------------------------------------------------ 4. GRPO against it: unguarded, then guarded
     runs = {}
-    for name in ("unguarded", "gold", "ensemble"):
+    for name in GUARDS:
         t0 = time.perf_counter()
         train_rl(rl_config(out, seed, s, name), out / f"rl-{name}")
         times[f"rl_{name}_s"] = time.perf_counter() - t0
@@ -235,8 +243,9 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
         # every run's final policy, scored on fresh samples
         "gold_final_unguarded": runs["unguarded"]["gold"], "proxy_final_unguarded": runs["unguarded"]["proxy"],
         "gold_final_guarded": runs["gold"]["gold"], "proxy_final_guarded": runs["gold"]["proxy"],
+        "gold_final_support_guarded": runs["support"]["gold"], "proxy_final_support_guarded": runs["support"]["proxy"],
         "gold_final_ensemble_guarded": runs["ensemble"]["gold"], "proxy_final_ensemble_guarded": runs["ensemble"]["proxy"],
-        "guard_gold": guard_stop(out / "rl-gold", curve), "guard_ensemble": guard_stop(out / "rl-ensemble", curve),
+        **{f"guard_{name}": guard_stop(out / f"rl-{name}", curve) for name in GUARDS[1:]},
         "times_s": times, "wall_time_s": time.perf_counter() - t_start,
     }
     # the gold-guarded run's own peak: its best smoothed gold before it stopped (the unguarded peak if it never did)
@@ -268,10 +277,10 @@ def print_table(summary: dict) -> None:
                   f"{summary['proxy_at_gold_peak']:.3f}", "")
     table.add_row("unguarded, end", f"{summary['gold_final_unguarded']:.3f}", f"{summary['proxy_final_unguarded']:.3f}",
                   str(summary["unguarded_steps"]))
-    for key, label in (("gold", "guarded by gold"), ("ensemble", "guarded by ensemble disagreement")):
+    for key, label in GUARD_LABELS.items():
         stop = summary[f"guard_{key}"]
-        final = summary["gold_final_guarded" if key == "gold" else "gold_final_ensemble_guarded"]
-        proxy = summary["proxy_final_guarded" if key == "gold" else "proxy_final_ensemble_guarded"]
+        final = summary["gold_final_guarded" if key == "gold" else f"gold_final_{key}_guarded"]
+        proxy = summary["proxy_final_guarded" if key == "gold" else f"proxy_final_{key}_guarded"]
         where = f"{stop['step']} (rolled back to {stop['best_step']})" if stop else "never"
         table.add_row(label, f"{final:.3f}", f"{proxy:.3f}", where)
     table.caption = (f"gold guard: its own peak (smoothed gold at its best step) {summary['gold_peak_guarded_run']:.3f}; "

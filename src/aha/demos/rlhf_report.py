@@ -60,7 +60,7 @@ def plot_overoptimisation(curve: dict, summary: dict) -> str:
     ax2.set_ylabel("proxy")
     i = curve["steps"].index(summary["gold_peak_step"])
     ax.axvline(curve["sqrt_kl"][i], color="C2", linestyle=":", linewidth=1)
-    for key, color in (("guard_gold", "C3"), ("guard_ensemble", "C1")):
+    for key, color in (("guard_gold", "C3"), ("guard_support", "C4"), ("guard_ensemble", "C1")):
         stop = summary.get(key)
         if stop and stop["step"] in curve["steps"]:
             ax.axvline(curve["sqrt_kl"][curve["steps"].index(stop["step"])], color=color, linestyle="--", linewidth=1,
@@ -109,14 +109,17 @@ def write_demo_report(out: Path, summary: dict, curve: dict, runs: dict) -> Path
         f"<div class='card'><img alt='proxy and gold per step' src='{plot_steps(curve)}'></div></div>",
         "<h2>Summary</h2>", render_summary({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}),
         "<h2>Where the guards stopped</h2>",
-        render_summary({k: summary[k] or {"stopped": "never"} for k in ("guard_gold", "guard_ensemble")}),
+        render_summary({k: summary[k] or {"stopped": "never"} for k in ("guard_gold", "guard_support", "guard_ensemble")}),
         "<h2>Notes</h2>",
         render_notes(f"unguarded, at the gold peak (step {summary['gold_peak_step']})",
                      notes_at(run, summary["gold_peak_step"]), GOLD),
         render_notes(f"unguarded, at the end (step {summary['unguarded_steps']})",
                      notes_at(run, summary["unguarded_steps"]), GOLD),
     ]
-    for name, label in (("gold", "guarded by gold, final policy"), ("ensemble", "guarded by ensemble disagreement, final policy")):
+    from aha.demos.rlhf import GUARD_LABELS
+
+    for name, label in GUARD_LABELS.items():
+        label += ", final policy"
         rows = [{"prompt": r["prompt"], "completion": r["completion"], "reward": r["proxy"], "rewards": {GOLD: r["gold"]}}
                 for r in runs[name]["samples"]]
         parts.append(render_notes(label, rows, GOLD))

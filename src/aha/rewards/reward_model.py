@@ -27,7 +27,10 @@ class RewardModelReward:
 
     After every call ``last_metrics`` holds ``score_mean`` (the batch mean of the ensemble-mean score), ``score_std``
     (its spread over the batch) and, for an ensemble, ``ensemble_std`` (the batch mean of the per-sample std over
-    heads: rising disagreement is the reward-hacking warning sign) and ``ensemble_std_max``.
+    heads) and ``ensemble_std_max``; where the stage saved its training data's support (:mod:`aha.rm.support`),
+    ``support_distance`` (the batch's mean Mahalanobis distance from that data, in units of the held-out data's:
+    ≈ 1 in distribution, rising as the policy drifts off it) and ``ood_fraction`` (the share beyond the held-out
+    99th percentile). Either can be the reward-hacking guard's no-gold warning sign (``guard.signal``).
     """
 
     def __init__(self, path: str | Path, batch_size: int = 32, aggregate: str = "mean", std_coef: float = 0.0,
@@ -63,12 +66,15 @@ class RewardModelReward:
         return scores.mean(1) - self.std_coef * scores.std(1)
 
     def __call__(self, prompts: list, completions: list, **kwargs) -> list[float]:
-        scores = self.head_scores(prompts, completions)
+        feats = self.rm.features(list(prompts), list(completions), self.batch_size)
+        scores = self.rm.heads_of(feats)
         rewards = self.combine(scores)
         mean = scores.mean(1)
         metrics = {"score_mean": mean.mean().item(), "score_std": mean.std().item() if len(mean) > 1 else 0.0}
         if scores.shape[1] > 1:
             std = scores.std(1)
             metrics.update({"ensemble_std": std.mean().item(), "ensemble_std_max": std.max().item()})
+        if self.rm.support is not None:  # how far the batch is from the reward model's training data
+            metrics.update(self.rm.support.metrics(feats))
         self.last_metrics = metrics
         return rewards.tolist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -48,7 +49,8 @@ class RLContext:
     scheduler: object = None
     eval_scorer: Callable | None = None  # what judges eval (aha.evaluation.eval_verifier)
     guard: Guard | None = None  # the reward-hacking guard (aha.guard), when guard.enabled
-    best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's weights
+    best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's trainable weights
+    recent_weights: deque | None = None  # (guard.action rollback) copies of the weights the last steps sampled from
     reasoning: ReasoningMeter | None = None  # judges completions for the reasoning metrics (log.reasoning_metrics)
     trainers: object = None  # data-parallel trainer ranks 1..M−1 (distributed.trainers > 1; aha.distributed.trainers)
 
@@ -91,6 +93,8 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
         if problem := check_guard_config(cfg):
             raise TrainingError(problem)
         ctx.guard = Guard(cfg.guard, label_map(cfg.rewards))
+        if cfg.guard.action == "rollback":  # enough to reach back to the middle of the guard's moving average
+            ctx.recent_weights = deque(maxlen=(cfg.guard.window - 1) // 2 + 2)
     # the reference is the policy RL starts from (after the imitation steps, under LoRA too), so it is built before a
     # checkpoint's weights are loaded; on resume the deterministic imitation is replayed where the reference needs it,
     # and always under LoRA, where a checkpoint holds only the adapters over the imitated base weights

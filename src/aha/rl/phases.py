@@ -138,8 +138,16 @@ def advantages(ctx: RLContext, batch: RolloutBatch) -> None:
 
 
 def sync(ctx: RLContext) -> int:
-    """The engine samples from the policy's new weights (free in-process: it shares them); the weights version."""
+    """The engine samples from the policy's new weights (free in-process: it shares them); the weights version.
+    Under a rolling-back guard a copy of them is kept: they may be the best step's, the rollback target."""
+    if ctx.recent_weights is not None:
+        ctx.recent_weights.append(trainable_state(ctx.policy))
     return ctx.engine.sync(ctx.policy)
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters training changes (all of them, or the LoRA adapters)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters() if v.requires_grad}
 
 
 # ============================================================ log
@@ -232,13 +240,19 @@ def guard_act(ctx: RLContext, step: int, decision) -> bool:
 
     if decision is None:
         return False
-    if decision.new_best and ctx.cfg.guard.action == "rollback":
-        ctx.best_state = {k: v.detach().to("cpu", copy=True) for k, v in ctx.policy.state_dict().items()}
+    if decision.new_best and ctx.recent_weights is not None:
+        # the best step is judged by a moving average of the guard.window last steps' samples: keep the weights
+        # that sampled the middle of that window (the newest copy is this step's update, which sampled nothing yet)
+        back = min((ctx.cfg.guard.window - 1) // 2 + 2, len(ctx.recent_weights))
+        ctx.best_state = ctx.recent_weights[-back]
     if decision.action == "continue":
         return False
     print(f"guard: step {step}: {decision.action}: {decision.reason}")
     if decision.action == "rollback" and ctx.best_state is not None:
-        ctx.policy.load_state_dict(ctx.best_state)
+        with torch.no_grad():
+            params = dict(ctx.policy.named_parameters())
+            for k, v in ctx.best_state.items():
+                params[k].copy_(v)
         sync(ctx)
     (ctx.run.dir / "guard.json").write_text(json.dumps(
         {"step": step, "action": decision.action, "reason": decision.reason, "best_step": decision.best_step,

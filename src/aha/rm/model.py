@@ -13,6 +13,7 @@ from torch import nn
 
 from aha.errors import AhaError, first_line
 from aha.rewards.builtin import completion_text
+from aha.rm.support import Support, load_support
 
 ENSEMBLE_FILE = "aha_ensemble.json"
 CONFIG_KEY = "aha_reward_model"  # in config.json: {"template", "max_length", "num_heads", "loss"}
@@ -100,24 +101,34 @@ class RewardModel:
     max_length: int
     device: torch.device
     path: Path
+    support: Support | None = None  # where its training data was (aha.rm.support), if saved beside it
 
     @property
     def num_heads(self) -> int:
         return self.heads.shape[0]
 
     @torch.no_grad()
-    def score_ids(self, seqs: list[list[int]], batch_size: int = 32) -> torch.Tensor:
-        """Per-head scores ``[N, heads]`` of token-id sequences, in batches of similar length."""
+    def features_ids(self, seqs: list[list[int]], batch_size: int = 32) -> torch.Tensor:
+        """The pooled last hidden states ``[N, hidden]`` (fp32, on the model's device) the heads read, in batches of
+        similar length."""
         pad = self.model.config.pad_token_id
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # less padding; results put back in order
-        out = torch.empty(len(seqs), self.num_heads)
+        out = torch.empty(len(seqs), self.heads.shape[1], device=self.device)
         trunk = self.model.base_model
         for start in range(0, len(order), batch_size):
             part = order[start:start + batch_size]
             ids, mask = pad_batch([seqs[i] for i in part], pad, self.device)
-            pooled = pooled_hidden(trunk, ids, mask, pad).float()
-            out[part] = (pooled @ self.heads.T).cpu()
+            out[part] = pooled_hidden(trunk, ids, mask, pad).float()
         return out
+
+    def score_ids(self, seqs: list[list[int]], batch_size: int = 32) -> torch.Tensor:
+        """Per-head scores ``[N, heads]`` (on the CPU) of token-id sequences."""
+        return self.heads_of(self.features_ids(seqs, batch_size))
+
+    @torch.no_grad()
+    def heads_of(self, feats: torch.Tensor) -> torch.Tensor:
+        """``[N, heads]`` scores of pooled features, on the CPU."""
+        return (feats @ self.heads.T).cpu()
 
     def encode(self, prompt, completion) -> list[int]:
         return encode_for_rm(render_text(prompt, completion, self.tokenizer, self.template), self.tokenizer,
@@ -125,7 +136,11 @@ class RewardModel:
 
     def score(self, prompts: list, completions: list, batch_size: int = 32) -> torch.Tensor:
         """``[N, heads]`` scores of ``(prompts[i], completions[i])`` (plain or conversational)."""
-        return self.score_ids([self.encode(p, c) for p, c in zip(prompts, completions)], batch_size)
+        return self.heads_of(self.features(prompts, completions, batch_size))
+
+    def features(self, prompts: list, completions: list, batch_size: int = 32) -> torch.Tensor:
+        """``[N, hidden]`` pooled features of ``(prompts[i], completions[i])``."""
+        return self.features_ids([self.encode(p, c) for p, c in zip(prompts, completions)], batch_size)
 
 
 _CACHE: dict[tuple, RewardModel] = {}
@@ -166,7 +181,7 @@ def load_reward_model(path: str | Path, device: str | torch.device | None = None
     if (path / ENSEMBLE_FILE).is_file():
         heads = torch.tensor(json.loads((path / ENSEMBLE_FILE).read_text())["weight"], dtype=torch.float32)
     rm = RewardModel(model.to(device).eval(), tok, heads.to(device), rm_template(meta.get("template", "auto"), tok),
-                     int(meta.get("max_length", 512)), device, path)
+                     int(meta.get("max_length", 512)), device, path, load_support(path, device))
     _CACHE.clear()  # one reward model held at a time: a run uses one, and they are large
     _CACHE[key] = rm
     return rm

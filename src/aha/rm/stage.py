@@ -255,6 +255,21 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
             ckpt = run.save(step, model, tok, training_state(optimizer, scheduler, sampler, heads))
             if rc.num_heads > 1:
                 write_ensemble(ckpt / "model", heads)
+    if rc.support:  # where the training data lies in feature space: the rm: reward's support_distance
+        from aha.rm.support import fit_support
+
+        @torch.no_grad()
+        def features(rows_ids: list[list[list[int]]]) -> torch.Tensor:
+            model.eval()
+            out = []
+            for chunk in _chunks(rows_ids, tr.micro_batch_size):
+                ids, mask = pad_batch([s for i in chunk for s in rows_ids[i]], pad_id, device)
+                with autocast(device, amp):
+                    out.append(pooled_hidden(trunk, ids, mask, pad_id).float().cpu())
+            model.train()
+            return torch.cat(out)
+
+        fit_support(features(train_ids), features(eval_ids)).save(list_checkpoints(run.dir)[-1] / "model")
     publish_final_model(run.dir)
     return {**run.finish(last), "time/total_s": time.perf_counter() - t_start}
 
