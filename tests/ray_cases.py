@@ -165,3 +165,100 @@ def test_two_trainer_ranks_update_as_one_process_and_resume_alike(local_ray, tmp
         weight_difference(again, two)[0]))
     for k in two:
         torch.testing.assert_close(again[k], two[k], rtol=W_RTOL, atol=W_ATOL)
+
+
+# ----------------------------------------------------------------------------- rewards beside the completions
+
+# A dense reward that reads a dataset column (answer) and keeps statistics of its batch, declared mergeable over the
+# workers' shards (aha.rewards.scoring.merge_metrics): a spread (pooled std), a maximum, a count, a mean.
+SHARD_REWARD = '''
+import statistics
+
+
+class Digits:
+    __name__ = "digits"
+    metric_merge = {"spread": "std:mean_digits", "most": "max", "count": "sum"}
+
+    def __init__(self):
+        self.last_metrics = {}
+
+    def __call__(self, prompts, completions, answer, **kw):
+        digits = [sum(ch.isdigit() for ch in c) for c in completions]
+        self.last_metrics = {"mean_digits": statistics.fmean(digits), "most": float(max(digits)),
+                             "spread": statistics.stdev(digits) if len(digits) > 1 else 0.0,
+                             "count": float(len(digits))}
+        return [d / 3 + (0.5 if a in c else 0.0) for d, a, c in zip(digits, answer, completions)]
+
+
+digits = Digits()
+'''
+
+
+def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewarding(local_ray, tmp_path, write_config,
+                                                                                     monkeypatch):
+    """distributed.rewards: workers against trainer, same config and seed, 2 steps of 2 rollout workers with two
+    rewards: a Python reward that reads the answer column and keeps batch statistics, and an rm: reward (a 3-head
+    ensemble, so ensemble_std is a batch statistic merged over the shards). Worker 0 dies while it rewards step 2's
+    shard: it is restarted and its shard sampled and rewarded again. The same rewards, reward statistics, update and
+    final weights as the trainer computing every reward."""
+    from conftest import merge
+    from test_reward_model import _rm_cfg, _sevens
+
+    from aha.rm import train_reward_model
+
+    train_reward_model(_rm_cfg(_sevens(tmp_path / "sevens.jsonl", n=120), num_heads=3), tmp_path / "rm")
+    (tmp_path / "shard_reward.py").write_text(SHARD_REWARD)
+    rewards = [{"name": f"{tmp_path / 'shard_reward.py'}:digits"}, {"name": f"rm:{tmp_path / 'rm' / 'model'}"}]
+    base = {"rewards": rewards, "rl": {"beta": 0.04}, "log": {"eval_every": 0}}
+    marker = tmp_path / "worker-died"
+    for where in ("trainer", "workers"):
+        if where == "workers":  # worker 0's process exits on its 2nd call, after sampling, before rewarding
+            monkeypatch.setenv("AHA_TEST_WORKER_FAIL_AT", f"2:reward:{marker}")
+        cfg = write_config(merge(base, {"distributed": {"backend": "ray", "rollout_workers": 2, "rewards": where,
+                                                        "timeout_s": 120}}), name=f"{where}.yaml")
+        result = aha("train", cfg, "-o", tmp_path / where)
+        assert result.exit_code == 0, result.output
+    assert marker.exists()
+    rows_w, rows_t = read_rows(tmp_path / "workers"), read_rows(tmp_path / "trainer")
+    assert rows_w[-1]["distributed/worker_restarts"] >= 1 and "distributed/worker_restarts" in rows_t[-1]
+    keys = sorted(k for k in rows_t[-1] if k.startswith("reward/"))
+    assert {"reward/digits/spread", "reward/digits/count", "reward/rm/ensemble_std", "reward/rm/score_std"} <= set(keys)
+    worst, worst_key = 0.0, ""
+    for got, want in zip(rows_w, rows_t):
+        assert got["step"] == want["step"] and set(got) >= set(keys)
+        assert got["completions/mean_length"] == want["completions/mean_length"]
+        assert got["reward/digits/mean"] == want["reward/digits/mean"]  # the same numbers from the same code
+        assert got["reward/digits/count"] == want["reward/digits/count"] == 16
+        for k in keys + ["loss/policy", "grad_norm", "kl"]:
+            worst, worst_key = max((worst, worst_key), (abs(got[k] - want[k]) / max(abs(want[k]), 1e-30), k))
+            assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), (got["step"], k)
+    w, t = final_weights(tmp_path / "workers", 2), final_weights(tmp_path / "trainer", 2)
+    print(f"\nrewards in the workers vs the trainer: metrics max rel. difference {worst:.1e} ({worst_key}), "
+          "weights max abs. difference {:.1e}".format(weight_difference(w, t)[0]))
+    for k in t:
+        torch.testing.assert_close(w[k], t[k], rtol=W_RTOL, atol=W_ATOL)
+
+
+def test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line(local_ray, tmp_path, write_config):
+    """A reward that fails on one prompt of worker 1's shard: the same line as when the trainer rewards, naming the
+    reward and the sample by its index in the step's batch."""
+    from aha.config import load_config
+    from aha.runtime import PromptSampler
+    from aha.tasks import build_task
+    from test_cli import one_line_error
+
+    cfg = write_config({"train": {"steps": 1}, "log": {"eval_every": 0}})
+    train = build_task(load_config(cfg).task).train
+    first = [train[i]["prompt"] for i in PromptSampler(len(train), 0).take(4)]  # step 1's prompts
+    k = next(k for k in range(2, 4) if first[k] not in first[:k])  # in worker 1's shard (prompts 2 and 3)
+    (tmp_path / "bad_reward.py").write_text(
+        f"def bad(prompts, completions, **kw):\n    if {first[k]!r} in prompts:\n        raise ValueError('boom')\n"
+        "    return [0.0] * len(prompts)\n")
+    lines = {}
+    for where in ("trainer", "workers"):
+        lines[where] = one_line_error(aha(
+            "train", cfg, "-o", tmp_path / where, "--set", "distributed.backend=ray", "--set",
+            f"distributed.rewards={where}", "--set", f"rewards=[{{name: {tmp_path / 'bad_reward.py'}:bad}}]"))
+    assert lines["workers"] == lines["trainer"]
+    assert lines["workers"].startswith(f"error: reward function 'bad' failed on sample {4 * k} (prompt ")
+    assert "ValueError: boom" in lines["workers"]

@@ -26,6 +26,8 @@ def run_in_loopback_namespace(case: str) -> None:
     "test_workers_sample_what_the_trainer_would_and_follow_each_sync",
     "test_a_rollout_worker_that_dies_mid_run_is_restarted_and_the_run_completes",
     "test_two_trainer_ranks_update_as_one_process_and_resume_alike",
+    "test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewarding",
+    "test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line",
 ])
 def test_ray_rollout_workers(case):
     run_in_loopback_namespace(case)

@@ -120,6 +120,10 @@ class DistributedConfig(_Section):
                              "longer is restarted and its prompts sampled again.")
     max_restarts: int = Field(3, ge=0, description="ray: restarts of a failing worker within one call before the run "
                               "stops.")
+    rewards: Literal["workers", "trainer"] = Field(
+        "workers", description="ray: where rewards are computed — 'workers': each rollout worker builds the run's "
+        "reward functions itself and rewards its shard beside the completions (a reward model loads in every worker); "
+        "'trainer': the workers only sample and this process rewards the whole batch. The same numbers either way.")
     trainers: int = Field(1, ge=1, description="ray: data-parallel trainer ranks (torch.distributed: gloo on CPU, NCCL "
                           "on GPU): this process is rank 0 and M-1 Ray actors the others; each takes a share of every "
                           "minibatch and the gradients are summed over the ranks (critic-free algorithms, no LoRA).")

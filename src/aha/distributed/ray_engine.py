@@ -4,12 +4,17 @@ its own copy of the policy (an in-process :class:`~aha.rollout.hf.HFEngine` insi
 - ``generate``: the prompts are split into ``N`` contiguous shards, one per worker; each worker samples its shard
   with a seed drawn from the trainer's RNG (so a run is reproducible for a given worker count), and the shards are
   joined in order.
+- ``generate_scored`` (``distributed.rewards: workers``): the same, and each worker also rewards its shard beside the
+  completions, with the run's reward functions it built itself (:class:`~aha.rewards.scoring.RewardRecipe`); the
+  shards' :class:`~aha.rewards.scoring.Scores` are joined in order (:func:`~aha.rewards.scoring.merge_scores`).
 - ``sync(policy)``: the trainer's weights go into Ray's object store once (``ray.put``) and every worker loads them;
   each call to a worker names the weights version it must sample from, and a worker that holds another version
   (a restarted one) is sent the current weights first.
 - Faults: every remote call has a timeout (``distributed.timeout_s``). A worker that dies or times out is killed and
-  restarted by Ray (its actor restarts), given the current weights, and its shard is sampled again; after
-  ``distributed.max_restarts`` failures in one call the run stops with one line naming the worker and the cause.
+  restarted by Ray (its actor restarts), given the current weights, and its shard is sampled (and rewarded) again;
+  after ``distributed.max_restarts`` failures in one call the run stops with one line naming the worker and the cause.
+  A user's error raised in a worker (a reward that fails, a reward spec that cannot be built) reaches the user as
+  the same one line as in one process.
 
 Ray is imported here only: the single-process path never imports it.
 """
@@ -22,6 +27,8 @@ import time
 
 import torch
 
+from aha.errors import AhaError
+from aha.rewards.scoring import RewardRecipe, Scores, WarningsKept, log as reward_log, merge_scores
 from aha.rollout import Rollouts, SamplingParams
 from aha.runtime import TrainingError
 
@@ -34,9 +41,11 @@ def plain_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class RolloutWorker:
-    """One worker process: a plain copy of the policy and an HFEngine over it (the Ray actor's class)."""
+    """One worker process: a plain copy of the policy and an HFEngine over it, and with a reward recipe the run's
+    rewards (the Ray actor's class)."""
 
-    def __init__(self, model_config, tokenizer, threads: int, fail_at: str | None = None):
+    def __init__(self, model_config, tokenizer, threads: int, fail_at: str | None = None,
+                 rewards: RewardRecipe | None = None):
         from transformers import AutoModelForCausalLM
 
         from aha.rollout.hf import HFEngine
@@ -46,23 +55,48 @@ class RolloutWorker:
         self.engine = HFEngine(self.model, tokenizer, torch.device("cpu"), None)
         self.version = -1  # no weights yet
         self.calls, self.fail_at = 0, fail_at
+        self.recipe, self.scorer, self.tokenizer = rewards, None, tokenizer
 
     def load(self, state: dict[str, torch.Tensor], version: int) -> int:
         self.model.load_state_dict(state, strict=False)
         self.version = version
         return os.getpid()
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int, version: int):
+    def prepare_rewards(self) -> int:
+        """Build the run's reward functions in this process (again after a restart)."""
+        if self.scorer is None and self.recipe is not None:
+            self.scorer = self.recipe.scorer(self.tokenizer)
+        return os.getpid()
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int, version: int,
+                 rows: list[dict] | None = None, first: int = 0) -> Rollouts | tuple[Rollouts, Scores] | None:
+        """The shard's rollouts; with its task ``rows``, also their :class:`~aha.rewards.scoring.Scores` (``first``:
+        the shard's first completion in the step's batch)."""
         if version != self.version:
             return None  # stale weights: the engine sends the current ones and asks again
         self.calls += 1
-        if self.fail_at:  # test hook "N:MARKER": the worker process dies on its N-th call, once (MARKER says so)
-            at, marker = self.fail_at.split(":", 1)
-            if self.calls == int(at) and not os.path.exists(marker):
-                open(marker, "w").close()
-                os._exit(1)
+        self._test_failure("sample")
         torch.manual_seed(seed)
-        return self.engine.generate(prompts, n, sampling)
+        roll = self.engine.generate(prompts, n, sampling)
+        if rows is None:
+            return roll
+        self._test_failure("reward")
+        self.prepare_rewards()
+        with WarningsKept() as kept:
+            scores = self.scorer(rows, roll, first)
+        scores.warnings = kept.lines
+        return roll, scores
+
+    def _test_failure(self, phase: str) -> None:
+        """Test hook "N:MARKER" (or "N:reward:MARKER"): the process dies on its N-th call, once (MARKER says so),
+        before it samples (or before it rewards)."""
+        if not self.fail_at:
+            return
+        at, marker = self.fail_at.split(":", 1)
+        when, marker = marker.split(":", 1) if marker.startswith("reward:") else ("sample", marker)
+        if when == phase and self.calls == int(at) and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
 
 
 class RayEngine:
@@ -70,9 +104,10 @@ class RayEngine:
 
     def __init__(self, policy: torch.nn.Module, tokenizer, workers: int = 2, address: str | None = None,
                  timeout_s: float = 600.0, max_restarts: int = 3, threads_per_worker: int | None = None,
-                 exact: bool = True):
+                 exact: bool = True, rewards: RewardRecipe | None = None):
         """``exact``: the trainer computes in fp32 on a CPU, as the workers sample, so their logprobs are the
-        trainer's (else ``rl.old_logprobs: auto`` recomputes them)."""
+        trainer's (else ``rl.old_logprobs: auto`` recomputes them). ``rewards``: each worker builds the run's
+        rewards from it now (an error is one line) and ``generate_scored`` rewards beside the completions."""
         self.exact_logprobs = exact
         try:
             import ray
@@ -95,10 +130,12 @@ class RayEngine:
         # workers idle while the trainer trains: their OpenMP threads must sleep, not spin, or they slow it down
         actor = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=0,
                            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})(RolloutWorker)
-        self.workers = [actor.remote(base.config, tokenizer, threads, fail if i == 0 else None)
+        self.workers = [actor.remote(base.config, tokenizer, threads, fail if i == 0 else None, rewards)
                         for i in range(workers)]
         self.weights_version, self.restarts = 0, 0
         self._state_ref = None
+        if rewards is not None:
+            self._wait([w.prepare_rewards.remote() for w in self.workers], "build the rewards")
 
     # ----------------------------------------------------------------------------- the Engine contract
 
@@ -110,6 +147,22 @@ class RayEngine:
         return self.weights_version
 
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
+        return _join_rollouts(self._shards(prompt_token_ids, n, sampling), len(prompt_token_ids) * n)
+
+    def generate_scored(self, prompt_token_ids: list[list[int]], rows: list[dict], n: int,
+                        sampling: SamplingParams) -> tuple[Rollouts, Scores]:
+        """``generate``, and the workers reward their completions (``rows``: the task row of each prompt); what the
+        rewards logged is logged here too."""
+        parts = [p for p in self._shards(prompt_token_ids, n, sampling, rows) if p is not None]
+        joined = _join_rollouts([r for r, _ in parts], len(prompt_token_ids) * n)
+        scores = merge_scores([s for _, s in parts])
+        for line in scores.warnings:
+            reward_log.warning("%s", line)
+        return joined, scores
+
+    def _shards(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams,
+                rows: list[dict] | None = None) -> list:
+        """Each worker's result for its contiguous shard of the prompts (None for an empty shard), in order."""
         if self._state_ref is None:
             raise TrainingError("the Ray rollout workers have no weights yet: call sync(policy) first")
         seed = int(torch.randint(2**31 - 1, (1,)).item())  # from the trainer's RNG: reproducible runs
@@ -119,11 +172,14 @@ class RayEngine:
             todo = [i for i, p in enumerate(parts) if p is None and shards[i]]
             if not todo:
                 break
-            calls = {i: self.workers[i].generate.remote([prompt_token_ids[j] for j in shards[i]], n, sampling,
-                                                         seed + i, self.weights_version) for i in todo}
+            calls = {i: self.workers[i].generate.remote(
+                [prompt_token_ids[j] for j in shards[i]], n, sampling, seed + i, self.weights_version,
+                None if rows is None else [rows[j] for j in shards[i]], shards[i][0] * n) for i in todo}
             for i, ref in calls.items():
                 try:
                     parts[i] = self.ray.get(ref, timeout=self.timeout_s)
+                except self.ray.exceptions.RayTaskError as e:
+                    raise _user_error(e) from None
                 except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as e:
                     if attempt == self.max_restarts:
                         raise TrainingError(f"Ray rollout worker {i} failed {attempt + 1} times in one call "
@@ -132,14 +188,7 @@ class RayEngine:
                     continue
                 if parts[i] is None:  # it held other weights (a restarted actor): send the current ones
                     self._wait([self.workers[i].load.remote(self._state_ref, self.weights_version)], "load weights")
-        joined = Rollouts([], [], [], [])
-        for part in parts:
-            if part is not None:
-                joined = joined.concat(part)
-        if len(joined) != len(prompt_token_ids) * n:
-            raise TrainingError(f"Ray rollout workers returned {len(joined)} completions for "
-                                f"{len(prompt_token_ids) * n}: a worker kept failing")
-        return joined
+        return parts
 
     def close(self) -> None:
         for w in self.workers:
@@ -169,6 +218,26 @@ class RayEngine:
                                         f"for {self.timeout_s:g} s (distributed.timeout_s)") from None
                 time.sleep(0.5)
                 refs = [self.workers[worker].load.remote(self._state_ref, self.weights_version)]
+            except self.ray.exceptions.RayTaskError as e:
+                raise _user_error(e) from None
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as e:
                 raise TrainingError(f"Ray rollout workers could not {what} ({type(e).__name__}) within "
                                     f"{self.timeout_s:g} s (distributed.timeout_s)") from None
+
+
+def _join_rollouts(parts: list[Rollouts | None], expected: int) -> Rollouts:
+    joined = Rollouts([], [], [], [])
+    for part in parts:
+        if part is not None:
+            joined = joined.concat(part)
+    if len(joined) != expected:
+        raise TrainingError(f"Ray rollout workers returned {len(joined)} completions for {expected}: a worker kept "
+                            "failing")
+    return joined
+
+
+def _user_error(error: Exception) -> Exception:
+    """What a worker raised, as the trainer would have raised it: a user's error (a reward that fails, a reward spec
+    that cannot be built) is its own one line; anything else stays Ray's error, with the worker's traceback."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, AhaError) else error

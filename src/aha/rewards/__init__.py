@@ -95,18 +95,19 @@ def _preview(item: Any, limit: int = 80) -> str:
 
 
 def _sample_error(
-    name: str, index: int, prompts: Sequence, completions: Sequence, exc: BaseException
+    name: str, index: int, prompts: Sequence, completions: Sequence, exc: BaseException, first: int = 0
 ) -> RewardError:
     return RewardError(
-        f"reward function '{name}' failed on sample {index} "
+        f"reward function '{name}' failed on sample {first + index} "
         f"(prompt {_preview(prompts[index])}, completion {_preview(completions[index])}): "
         f"{type(exc).__name__}: {exc}"
     )
 
 
-def _fail_or_none(name: str, i: int, prompts, completions, exc: Exception, on_error: str) -> None:
-    """Sample ``i`` failed: raise a :class:`RewardError` naming it, or (on_error='skip') warn and give None."""
-    error = _sample_error(name, i, prompts, completions, exc)
+def _fail_or_none(name: str, i: int, prompts, completions, exc: Exception, on_error: str, first: int = 0) -> None:
+    """Sample ``i`` failed: raise a :class:`RewardError` naming it (as sample ``first + i`` of the whole batch), or
+    (on_error='skip') warn and give None."""
+    error = _sample_error(name, i, prompts, completions, exc, first)
     if on_error == "raise":
         raise error from exc
     log.warning("%s; this sample gets None", error)
@@ -169,6 +170,7 @@ def _evaluate(
     completions: Sequence,
     kwargs: dict[str, Any],
     on_error: str,
+    first: int = 0,
 ) -> tuple[list[float | None], int]:
     """One function's values for the batch and how many samples were skipped.
 
@@ -186,7 +188,7 @@ def _evaluate(
             try:
                 values.append(_call_one(fn, prompts, completions, kwargs, i))
             except Exception as exc:
-                values.append(_fail_or_none(name, i, prompts, completions, exc, on_error))
+                values.append(_fail_or_none(name, i, prompts, completions, exc, on_error, first))
                 skipped += 1
         if on_error == "raise":  # every sample works alone: the batch call itself is broken
             raise RewardError(
@@ -206,7 +208,7 @@ def _evaluate(
         try:
             values.append(_check_value(value))
         except (TypeError, ValueError) as exc:
-            values.append(_fail_or_none(name, i, prompts, completions, exc, on_error))
+            values.append(_fail_or_none(name, i, prompts, completions, exc, on_error, first))
             skipped += 1
     return values, skipped
 
@@ -217,6 +219,7 @@ def compute_rewards(
     completions: Sequence,
     columns: dict[str, list],
     on_error: str = "raise",
+    first_sample: int = 0,
     **extra: Any,
 ) -> tuple[list[float], dict[str, list[float | None]], int]:
     """Weighted total reward per sample, the values of each function, and the skip count.
@@ -232,6 +235,7 @@ def compute_rewards(
     ``on_error="raise"``: a failing function raises ``RewardError`` naming it and the sample.
     ``on_error="skip"``: only the samples on which it fails get None from that function; the
     third return value counts those (function, sample) pairs. An exception never becomes 0.
+    ``first_sample``: the index of the first sample in a larger batch (a Ray worker's shard), for those messages.
 
     >>> funcs = [("a", lambda prompts, completions, **kw: [1.0, None], 2.0),
     ...          ("b", lambda prompts, completions, **kw: [0.5, None], 1.0)]
@@ -259,7 +263,7 @@ def compute_rewards(
         if n == 0:
             per_function[name] = []
             continue
-        values, fn_skipped = _evaluate(name, fn, prompts, completions, kwargs, on_error)
+        values, fn_skipped = _evaluate(name, fn, prompts, completions, kwargs, on_error, first_sample)
         skipped += fn_skipped
         per_function[name] = values
         for i, value in enumerate(values):

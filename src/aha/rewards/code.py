@@ -89,6 +89,9 @@ class CodeReward:
     """1.0 when the completion's Python program passes the row's tests, run in a sandbox (exposes last_metrics)."""
 
     __name__ = "code"
+    # how the statistics of shards (Ray rollout workers, in parallel) make the whole batch's (pass_rate: a mean)
+    metric_merge = {**dict.fromkeys(("programs", "passed", "failed", "timeouts", "memory", "output_limit", "errors",
+                                     "no_code_block", "programs_per_s"), "sum"), "seconds": "max"}
 
     def __init__(self) -> None:
         self.last_metrics: dict[str, float] = {}

@@ -33,6 +33,10 @@ class RewardModelReward:
     99th percentile). Either can be the reward-hacking guard's no-gold warning sign (``guard.signal``).
     """
 
+    # how those statistics of shards (Ray rollout workers) make the whole batch's (aha.rewards.scoring.merge_metrics)
+    # (the others, ensemble_std, support_distance, ood_fraction, score_mean, are batch means: count-weighted means)
+    metric_merge = {"score_std": "std:score_mean", "ensemble_std_max": "max"}
+
     def __init__(self, path: str | Path, batch_size: int = 32, aggregate: str = "mean", std_coef: float = 0.0,
                  device: str | None = None):
         from aha.rm import load_reward_model

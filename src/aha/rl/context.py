@@ -20,6 +20,7 @@ from aha.models import reference_model
 from aha.modeling.options import set_attention, training_attention
 from aha.evaluation import eval_verifier
 from aha.rewards import build_rewards
+from aha.rewards.scoring import RewardRecipe, RewardScorer
 from aha.rewards.specs import label_map
 from aha.rollout import Engine, SamplingParams, build_engine
 from aha.run import Run
@@ -39,7 +40,7 @@ class RLContext:
     tokenizer: object
     template: str
     engine: Engine
-    reward_fns: list[tuple[str, Callable, float]]  # (name, function, weight)
+    scorer: RewardScorer | None  # decodes and rewards the rollouts (None: the Ray rollout workers reward their own)
     sampling: SamplingParams
     sampler: PromptSampler
     estimator: AdvantageEstimator  # rl.algo
@@ -79,13 +80,15 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     """Dataset, models, engine; the imitation steps, reference, critic and optimizer; a checkpoint's state on resume."""
     rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
     device, amp, task, policy, tok, template = prepare(cfg)
-    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled, cfg.distributed)
+    in_workers = cfg.distributed.backend == "ray" and cfg.distributed.rewards == "workers"  # rewards beside samples
+    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled, cfg.distributed,
+                          RewardRecipe.of(cfg, task) if in_workers else None)
     if hasattr(engine, "close"):  # remote workers (Ray) stop with the run
         run.on_finish.append(engine.close)
     set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
-    reward_fns = build_rewards(cfg, task)
+    scorer = None if in_workers else RewardScorer(cfg, tok, build_rewards(cfg, task))
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
-    ctx = RLContext(cfg, run, device, amp, task, policy, tok, template, engine, reward_fns, sampling,
+    ctx = RLContext(cfg, run, device, amp, task, policy, tok, template, engine, scorer, sampling,
                     PromptSampler(len(task.train), tr.seed), advantage_estimator(rl.algo))
     ctx.eval_scorer = eval_verifier(cfg, task)
     ctx.reasoning = reasoning_meter(cfg, task)

@@ -18,10 +18,9 @@ from aha.algos.advantages import explained_variance, zero_std_groups
 from aha.algos.kl import kl_estimate
 from aha.algos.losses import masked_mean
 from aha.data.templates import render_prompt
-from aha.evaluation import columns_of
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast
-from aha.rewards import as_completions, compute_rewards
+from aha.rewards.scoring import Scores
 from aha.rl.batch import RolloutBatch
 from aha.rl.context import RLContext
 from aha.rollout import pack_rollouts
@@ -30,32 +29,31 @@ from aha.track.reasoning import reasoning_metrics
 # ============================================================ collect
 
 
-def sample(ctx: RLContext, rows: list[dict]) -> tuple[RolloutBatch, int]:
-    """G completions for each row, decoded and rewarded; returns the batch and how many (function, sample) pairs a
-    failing reward function skipped (``rl.reward_on_error: skip``)."""
-    G, tok = ctx.cfg.rollout.group_size, ctx.tokenizer
-    prefix = ctx.cfg.task.response_prefix  # (e.g. '<think>': rewards judge the answer turn from its start)
-    prompt_ids = [render_prompt(r["prompt"], tok, ctx.template, prefix) for r in rows]
-    roll = ctx.engine.generate(prompt_ids, G, ctx.sampling)
-    texts = [prefix + tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
-    prompts = [r["prompt"] for r in rows for _ in range(G)]
-    rewards, per_fn, skipped = compute_rewards(
-        ctx.reward_fns, prompts, as_completions(prompts, texts), columns_of(rows, G),
-        on_error=ctx.cfg.rl.reward_on_error, completion_ids=roll.completion_ids,
-        max_completion_length=ctx.cfg.rollout.max_new_tokens)
-    return RolloutBatch(G, rows, roll, texts, rewards, per_fn), skipped
+def sample(ctx: RLContext, rows: list[dict]) -> tuple[RolloutBatch, Scores]:
+    """G completions for each row, decoded and rewarded (aha.rewards.scoring); returns the batch and its scores
+    (with how many (function, sample) pairs a failing reward skipped, and each reward's ``last_metrics``)."""
+    G, prefix = ctx.cfg.rollout.group_size, ctx.cfg.task.response_prefix  # (e.g. '<think>': ends the prompt)
+    prompt_ids = [render_prompt(r["prompt"], ctx.tokenizer, ctx.template, prefix) for r in rows]
+    if ctx.scorer is None:  # distributed.rewards: workers — each Ray rollout worker rewards its shard beside it
+        roll, scores = ctx.engine.generate_scored(prompt_ids, rows, G, ctx.sampling)
+    else:
+        roll = ctx.engine.generate(prompt_ids, G, ctx.sampling)
+        scores = ctx.scorer(rows, roll)
+    return RolloutBatch(G, rows, roll, scores.texts, scores.rewards, scores.per_fn), scores
 
 
 def collect(ctx: RLContext) -> tuple[RolloutBatch | None, dict]:
     """``rl.prompts_per_step`` groups of rewarded completions. With DAPO's dynamic sampling only groups whose
     rewards differ are kept, and more prompts are sampled until enough are (at most ``rl.max_resample_rounds``
     more rounds). Returns ``(batch or None when no group was kept, info)``; ``info`` has ``rounds``,
-    ``zero_std_frac`` (of the first round), ``skipped`` and ``last_reward_mean`` (of the last round)."""
+    ``zero_std_frac`` (of the first round), ``skipped``, and of the last round ``last_reward_mean`` and
+    ``reward_metrics`` (each reward's ``last_metrics``)."""
     rl, G = ctx.cfg.rl, ctx.cfg.rollout.group_size
     kept, info = None, {"rounds": 0, "skipped": 0}
     while True:
-        fresh, skipped = sample(ctx, [ctx.task.train[i] for i in ctx.sampler.take(rl.prompts_per_step)])
-        info["skipped"] += skipped
+        fresh, scores = sample(ctx, [ctx.task.train[i] for i in ctx.sampler.take(rl.prompts_per_step)])
+        info["skipped"] += scores.skipped
+        info["reward_metrics"] = scores.metrics
         zero = zero_std_groups(torch.tensor(fresh.rewards, dtype=torch.float32), G)
         if info["rounds"] == 0:
             info["zero_std_frac"] = zero.float().mean().item()
@@ -169,7 +167,7 @@ def step_metrics(ctx: RLContext, batch: RolloutBatch, info: dict, stats: dict, t
         "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
         **{f"reward/{name}/mean": _mean_not_none(v) for name, v in batch.per_fn.items()},
         # a reward's own statistics of its last call (e.g. the rm: reward's ensemble_std, the code reward's timeouts)
-        **{f"reward/{name}/{k}": v for name, fn, _ in ctx.reward_fns for k, v in (_last_metrics(fn) or {}).items()},
+        **{f"reward/{name}/{k}": v for name, kept in info["reward_metrics"].items() for k, v in kept.items()},
         "completions/mean_length": lengths.mean().item(), "completions/max_length": lengths.max().item(),
         "completions/clipped_ratio": batch.tensors["truncated"].float().mean().item(),
         "frac_reward_zero_std": info["zero_std_frac"], **stats, "lr": ctx.scheduler.get_last_lr()[0],
@@ -217,11 +215,6 @@ def log_samples(ctx: RLContext, step: int, batch: RolloutBatch) -> None:
 def _mean_not_none(values: list) -> float | None:
     vals = [v for v in values if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-def _last_metrics(fn) -> dict | None:
-    """A reward callable's ``last_metrics`` (also through a functools.partial)."""
-    return getattr(fn, "last_metrics", None) or getattr(getattr(fn, "func", None), "last_metrics", None)
 
 
 def guard_check(ctx: RLContext, step: int, metrics: dict):

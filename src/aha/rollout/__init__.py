@@ -64,18 +64,19 @@ class Engine(Protocol):
 
 
 def build_engine(name: str, policy: torch.nn.Module, tokenizer, device: torch.device, amp: torch.dtype | None,
-                 compile: bool | str = False, lora: bool = False, distributed=None) -> Engine:
+                 compile: bool | str = False, lora: bool = False, distributed=None, rewards=None) -> Engine:
     """The engine ``rollout.engine`` names, sampling from ``policy``. ``hf``: in-process, sharing the policy's
     parameters; with ``rollout.compile`` (:func:`~aha.modeling.options.compiled_sampler`) its compiled variant;
     with ``distributed.backend: ray`` (a ``DistributedConfig``), Ray rollout workers
-    (:class:`~aha.distributed.ray_engine.RayEngine`)."""
+    (:class:`~aha.distributed.ray_engine.RayEngine`), which reward beside the completions when given ``rewards`` (an
+    :class:`~aha.rewards.scoring.RewardRecipe`)."""
     from aha.modeling.options import compiled_sampler
 
     if distributed is not None and distributed.backend == "ray":
         from aha.distributed.ray_engine import RayEngine
 
         return RayEngine(policy, tokenizer, distributed.rollout_workers, distributed.address, distributed.timeout_s,
-                         distributed.max_restarts, exact=device.type == "cpu" and amp is None)
+                         distributed.max_restarts, exact=device.type == "cpu" and amp is None, rewards=rewards)
 
     if name != "hf":
         raise ValueError(f"rollout.engine {name!r}: only 'hf' is built in")
