@@ -134,7 +134,8 @@ class RayEngine:
                         for i in range(workers)]
         self.weights_version, self.restarts = 0, 0
         self._state_ref = None
-        if rewards is not None:
+        self.rewards = rewards is not None
+        if self.rewards:
             self._wait([w.prepare_rewards.remote() for w in self.workers], "build the rewards")
 
     # ----------------------------------------------------------------------------- the Engine contract
@@ -153,6 +154,8 @@ class RayEngine:
                         sampling: SamplingParams) -> tuple[Rollouts, Scores]:
         """``generate``, and the workers reward their completions (``rows``: the task row of each prompt); what the
         rewards logged is logged here too."""
+        if not self.rewards:
+            raise TrainingError("these Ray rollout workers were built without the run's rewards (RayEngine(rewards=))")
         parts = [p for p in self._shards(prompt_token_ids, n, sampling, rows) if p is not None]
         joined = _join_rollouts([r for r, _ in parts], len(prompt_token_ids) * n)
         scores = merge_scores([s for _, s in parts])
