@@ -25,15 +25,23 @@ def test_merge_metrics_by_hand():
 
 
 class FakeHeads:
-    """Stands in for a loaded reward model: fixed scores of 3 heads per completion (by its text)."""
+    """Stands in for a loaded reward model: fixed features per completion (by its text), its 3 heads' scores those
+    features themselves, and a real support (aha.rm.support) fitted on other features."""
 
     num_heads = 3
 
     def __init__(self, table: dict[str, list[float]]):
-        self.table = table
+        from aha.rm.support import fit_support
 
-    def score(self, prompts, completions, batch_size):
+        g = torch.Generator().manual_seed(1)
+        self.table = table
+        self.support = fit_support(torch.randn(50, 3, generator=g), torch.randn(20, 3, generator=g))
+
+    def features(self, prompts, completions, batch_size):
         return torch.tensor([self.table[c] for c in completions])
+
+    def heads_of(self, feats):
+        return feats
 
 
 def test_an_ensembles_statistics_over_shards_are_the_whole_batchs():
@@ -50,7 +58,8 @@ def test_an_ensembles_statistics_over_shards_are_the_whole_batchs():
         parts.append((len(shard), dict(rm.last_metrics)))
     got = merge_metrics(parts, RewardModelReward.metric_merge)
     assert values == whole
-    assert set(got) == set(want) == {"score_mean", "score_std", "ensemble_std", "ensemble_std_max"}
+    assert set(got) == set(want) == {"score_mean", "score_std", "ensemble_std", "ensemble_std_max",
+                                     "support_distance", "ood_fraction"}
     for key in want:  # float32 statistics of each shard, merged in float64
         assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), key
 
