@@ -30,7 +30,8 @@ def run(cfg, stream):
 
 
 def test_gold_vs_proxy_rolls_back_to_the_peak():
-    cfg = GuardConfig(enabled=True, gold="gold", window=3, patience=4, min_steps=5, gold_tolerance=0.02)
+    cfg = GuardConfig(enabled=True, gold="gold", window=3, patience=4, min_steps=5, gold_tolerance=0.02,
+                      gao_confirms=False)
     g, step, d = run(cfg, gold_proxy_stream())
     assert d.action == "rollback"
     # smoothed gold (window 3) peaks at step 26; it falls 2 % below that by step 28, then 4 steps of patience
@@ -42,7 +43,7 @@ def test_gold_vs_proxy_rolls_back_to_the_peak():
 
 
 def test_stop_action_and_new_best_flags():
-    cfg = GuardConfig(enabled=True, action="stop", gold="gold", window=1, patience=2, min_steps=0)
+    cfg = GuardConfig(enabled=True, action="stop", gold="gold", window=1, patience=2, min_steps=0, gao_confirms=False)
     g = Guard(cfg)
     bests = []
     for step, m in gold_proxy_stream():
@@ -53,6 +54,26 @@ def test_stop_action_and_new_best_flags():
     assert d.action == "stop" and "rolling back" not in d.reason
     assert bests[:25] == [True] * 25 and not any(bests[25:])  # a new best every step while gold rises, none after
     assert step == 25 + 2  # window 1: gold below the peak from step 26, two steps of patience
+
+
+def gao_stream(n=90, dip=(22, 30), depth=0.25, alpha=1.0, beta=0.5, seed=0):
+    """Gold follows Gao et al.'s R(d) = d(α − β log d) in d = √KL (peak at d* = e^(α/β − 1) = e, step 54 here), with
+    a dip before the peak; the proxy rises all along."""
+    rng = random.Random(seed)
+    for step in range(1, n + 1):
+        d = 0.05 * step
+        gold = d * (alpha - beta * math.log(d)) - (depth if dip[0] <= step < dip[1] else 0.0) + rng.gauss(0, 0.01)
+        yield step, {"reward/mean": 0.1 * step, "reward/gold/mean": gold, "kl": d * d}
+
+
+def test_the_gao_fit_waits_out_a_dip_before_the_peak():
+    kw = dict(enabled=True, gold="gold", window=3, patience=4, min_steps=5)
+    _, step, d = run(GuardConfig(**kw, gao_confirms=False), gao_stream())
+    assert step < 30 and d.best_step < 22  # without the fit: acts in the dip, restores a step before it
+    _, step, d = run(GuardConfig(**kw), gao_stream())
+    assert step > 54 and 48 <= d.best_step <= 58  # with it: past the real peak (step 54), rolled back to about there
+    assert "peaks at √KL" in d.reason and "passed" in d.reason
+    assert d.metrics["guard/sqrt_kl"] >= d.metrics["guard/predicted_peak_sqrt_kl"] > 2.0
 
 
 def test_patience_resets_when_the_warning_stops():

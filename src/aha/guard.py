@@ -31,7 +31,10 @@ among the steps whose smoothed no-gold signal was still within the baseline's to
 model was still trusted"); with neither, the highest smoothed proxy under the KL budget.
 
 Optionally the gold curve is fitted online to Gao et al.'s R(d) = d(α − β log d), d = √KL (gold measured relative
-to its start), giving the predicted peak d* = exp(α/β − 1) as ``guard/predicted_peak_sqrt_kl``.
+to its start), giving the predicted peak d* = exp(α/β − 1) as ``guard/predicted_peak_sqrt_kl``. With
+``gao_confirms`` (the default) the gold warning only acts once the run's √KL has passed that predicted peak (or the
+warning has lasted 3 × ``patience``): a dip in gold before the real peak is waited out, and a rollback still
+restores the best step, so acting later costs only compute.
 """
 
 from __future__ import annotations
@@ -188,6 +191,7 @@ class Guard:
             out["guard/best_step"] = float(self.best_step)
 
         # ---------------------------------------------------------------- Gao et al.'s R(d), fitted online
+        peak = None
         if c.fit_gao and gold is not None and kl is not None and len(self._gold0) >= c.window:
             self._fit_d.append(math.sqrt(max(kl, 0.0)))
             self._fit_r.append(gold - _mean(self._gold0))
@@ -202,10 +206,11 @@ class Guard:
         reason, code = "", None
         if c.kl_budget is not None and kl is not None and kl > c.kl_budget:
             reason, code = f"KL to the reference {kl:.4g} exceeded the budget guard.kl_budget = {c.kl_budget:g}", "kl_budget"
-        elif self.warning_steps >= c.patience and self.mode == "gold":
+        elif self.warning_steps >= c.patience and self.mode == "gold" and (confirmed := self._past_peak(peak, kl)):
             reason, code = (f"gold reward fell while the proxy rose for {self.warning_steps} steps (patience "
                             f"{c.patience}): smoothed gold {g_s:.4g} vs its best {self.best_score:.4g} at step "
-                            f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then"), "gold_vs_proxy"
+                            f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then{confirmed}"),\
+                "gold_vs_proxy"
         elif self.warning_steps >= c.patience and self.mode == "disagreement":
             what = ("reward-model ensemble disagreement" if c.signal == "ensemble_std" else
                     "the samples' distance from the reward model's training data")
@@ -225,6 +230,20 @@ class Guard:
         if action != "continue":
             self.stopped = decision
         return decision
+
+
+    def _past_peak(self, peak: float | None, kl: float | None) -> str:
+        """With ``guard.gao_confirms``: a non-empty reason when the fitted R(d) peaks at a √KL the run has passed
+        (else the fall is taken for a dip before the peak), or when the warning has lasted 3 × patience anyway."""
+        c = self.cfg
+        if not (c.gao_confirms and c.fit_gao):
+            return "."
+        d = math.sqrt(max(kl, 0.0)) if kl is not None else None
+        if peak is not None and d is not None and d >= peak:
+            return f"; the fitted gold curve R(d) = d(α − β log d) peaks at √KL {peak:.3g}, passed (now {d:.3g})"
+        if self.warning_steps >= 3 * c.patience:
+            return f"; for 3 × patience, though the fitted gold curve does not place its peak behind the run"
+        return ""
 
 
 def _num(v) -> float | None:

@@ -84,6 +84,9 @@ class GuardConfig(_Section):
     fit_gao: bool = Field(True, description="Fit Gao et al. 2022's R(d) = d(α − β log d), d = √KL, to gold online "
                           "(least squares; gold relative to its first window) and log the predicted peak √KL, "
                           "exp(α/β − 1), as guard/predicted_peak_sqrt_kl.")
+    gao_confirms: bool = Field(True, description="With guard.gold and fit_gao: the gold warning acts only once √KL has "
+                               "passed the fitted curve's predicted peak (or after 3 × patience steps of it), so a dip "
+                               "before the real peak is waited out.")
 
 
 class LogConfig(_Section):

@@ -43,7 +43,7 @@ def settings(quick: bool) -> dict:
     return dict(FULL)
 
 
-FULL = {"corpus": 20000, "sft_steps": 400, "rankings": 1000, "label_temperature": 0.2, "rm_steps": 300, "rl_steps": 100,
+FULL = {"corpus": 20000, "sft_steps": 400, "rankings": 2000, "label_temperature": 0.2, "rm_steps": 500, "rl_steps": 100,
         "rl_lr": 1e-4, "prompts_per_step": 32, "eval_prompts": 128, "eval_samples": 8, "window": 4, "baseline_steps": 8,
         "min_steps": 8, "patience": 5}
 
