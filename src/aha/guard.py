@@ -242,7 +242,7 @@ class Guard:
         if peak is not None and d is not None and d >= peak:
             return f"; the fitted gold curve R(d) = d(α − β log d) peaks at √KL {peak:.3g}, passed (now {d:.3g})"
         if self.warning_steps >= 3 * c.patience:
-            return f"; for 3 × patience, though the fitted gold curve does not place its peak behind the run"
+            return "; for 3 × patience, though the fitted gold curve does not place its peak behind the run"
         return ""
 
 
