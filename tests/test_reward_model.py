@@ -138,6 +138,24 @@ def test_the_rm_reward_says_how_far_samples_are_from_its_training_data(trained):
     assert far > 2 and ood == 1.0
 
 
+def test_support_is_measured_as_the_reward_measures_even_when_trained_in_bf16(tmp_path):
+    """Trained under bf16 autocast, the support is still fitted on the saved model's fp32 features (the rm: reward's),
+    so the held-out completions are at distance 1 there too."""
+    from aha.rewards import resolve_reward
+    from aha.rm import train_reward_model
+
+    data = _sevens(tmp_path / "sevens.jsonl", n=120)
+    cfg = _rm_cfg(data, num_heads=2)
+    cfg.train.steps, cfg.train.precision = 6, "bf16"
+    train_reward_model(cfg, tmp_path / "run")
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    held_out = [c for r in rows[-max(1, round(len(rows) * 0.1)):] for c in r["completions"]]
+    reward = resolve_reward(f"rm:{tmp_path / 'run' / 'model'}")
+    reward(["n:"] * len(held_out), held_out)
+    assert reward.last_metrics["support_distance"] == pytest.approx(1.0, rel=1e-3)
+    assert (tmp_path / "run" / "checkpoints" / "step-6" / "model" / "aha_support.safetensors").is_file()
+
+
 def test_rm_spec_errors_are_one_line(tmp_path, trained):
     from aha.rewards import RewardConfigError, resolve_reward
 

@@ -255,23 +255,24 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
             ckpt = run.save(step, model, tok, training_state(optimizer, scheduler, sampler, heads))
             if rc.num_heads > 1:
                 write_ensemble(ckpt / "model", heads)
-    if rc.support:  # where the training data lies in feature space: the rm: reward's support_distance
-        from aha.rm.support import fit_support
-
-        @torch.no_grad()
-        def features(rows_ids: list[list[list[int]]]) -> torch.Tensor:
-            model.eval()
-            out = []
-            for chunk in _chunks(rows_ids, tr.micro_batch_size):
-                ids, mask = pad_batch([s for i in chunk for s in rows_ids[i]], pad_id, device)
-                with autocast(device, amp):
-                    out.append(pooled_hidden(trunk, ids, mask, pad_id).float().cpu())
-            model.train()
-            return torch.cat(out)
-
-        fit_support(features(train_ids), features(eval_ids)).save(list_checkpoints(run.dir)[-1] / "model")
     publish_final_model(run.dir)
+    if rc.support:  # where the training data lies in feature space: the rm: reward's support_distance
+        write_support(run.dir, train_ids, eval_ids, device, tr.micro_batch_size)
     return {**run.finish(last), "time/total_s": time.perf_counter() - t_start}
+
+
+def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_size: int) -> None:
+    """Fit :mod:`aha.rm.support` on the final model's features of the training completions (the held-out ones set
+    its unit) and save it beside ``RUN_DIR/model`` and the newest checkpoint's model. The features come from the
+    saved model loaded as the ``rm:`` reward loads it (fp32, eval mode), so its distances are the reward's."""
+    from aha.rm.model import load_reward_model
+    from aha.rm.support import fit_support
+
+    rm = load_reward_model(reward_model_dir(run_dir), device)
+    flat = [[s for row in rows for s in row] for rows in (train_ids, eval_ids)]
+    support = fit_support(*(rm.features_ids(ids, batch_size).cpu() for ids in flat))
+    for model_dir in (reward_model_dir(run_dir), list_checkpoints(run_dir)[-1] / "model"):
+        support.save(model_dir)
 
 
 def publish_final_model(run_dir: Path) -> None:
