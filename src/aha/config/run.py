@@ -36,6 +36,8 @@ class RewardModelConfig(_Section):
                           "space (mean and inverse covariance of its completions' pooled features, "
                           "aha_support.safetensors): the rm: reward then logs support_distance and ood_fraction, the "
                           "reward-hacking guard's no-gold signal (aha.rm.support).")
+    support_samples: int = Field(1024, ge=2, description="Training completions (drawn at random) the support is "
+                                 "fitted on, and held-out ones its unit is measured on: one fp32 forward pass each.")
     bootstrap: bool = Field(True, description="Ensemble (num_heads > 1): each head weighs every ranking by its own "
                             "Poisson(1) draw (online bootstrap); false = every head sees the same data.")
     template: Literal["auto", "plain", "chat"] = Field(

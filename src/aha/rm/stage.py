@@ -257,20 +257,39 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
                 write_ensemble(ckpt / "model", heads)
     publish_final_model(run.dir)
     if rc.support:  # where the training data lies in feature space: the rm: reward's support_distance
-        write_support(run.dir, train_ids, eval_ids, device, tr.micro_batch_size)
+        write_support(run.dir, train_ids, eval_ids, device, tr.micro_batch_size, rc.support_samples, tr.seed,
+                      cfg.log.progress)
     return {**run.finish(last), "time/total_s": time.perf_counter() - t_start}
 
 
-def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_size: int) -> None:
-    """Fit :mod:`aha.rm.support` on the final model's features of the training completions (the held-out ones set
-    its unit) and save it beside ``RUN_DIR/model`` and the newest checkpoint's model. The features come from the
-    saved model loaded as the ``rm:`` reward loads it (fp32, eval mode), so its distances are the reward's."""
+def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_size: int, samples: int, seed: int,
+                  progress: bool = True) -> None:
+    """Fit :mod:`aha.rm.support` on the final model's features of (at most ``samples``, drawn with ``seed``) training
+    completions — the held-out ones (as many) set its unit — and save it beside ``RUN_DIR/model`` and the newest
+    checkpoint's model. The features come from the saved model loaded as the ``rm:`` reward loads it (fp32, eval
+    mode), so its distances are the reward's."""
+    import random
+
+    from tqdm.auto import tqdm
+
     from aha.rm.model import load_reward_model
     from aha.rm.support import fit_support
 
     rm = load_reward_model(reward_model_dir(run_dir), device)
-    flat = [[s for row in rows for s in row] for rows in (train_ids, eval_ids)]
-    support = fit_support(*(rm.features_ids(ids, batch_size).cpu() for ids in flat))
+    rng = random.Random(seed)
+    flat = []
+    for rows in (train_ids, eval_ids):
+        seqs = [s for row in rows for s in row]
+        flat.append(rng.sample(seqs, samples) if len(seqs) > samples else seqs)
+    feats = []
+    with tqdm(total=sum(map(len, flat)), desc="support", disable=not progress, leave=False) as bar:
+        for seqs in flat:
+            parts = []
+            for start in range(0, len(seqs), batch_size):
+                parts.append(rm.features_ids(seqs[start:start + batch_size], batch_size).cpu())
+                bar.update(len(parts[-1]))
+            feats.append(torch.cat(parts))
+    support = fit_support(*feats)
     for model_dir in (reward_model_dir(run_dir), list_checkpoints(run_dir)[-1] / "model"):
         support.save(model_dir)
 
