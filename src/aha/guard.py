@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 from aha.errors import AhaError
 
+
 class GuardError(AhaError, ValueError):
     """The guard cannot watch what it was configured to (one-line message)."""
 
@@ -206,7 +207,8 @@ class Guard:
         reason, code = "", None
         if c.kl_budget is not None and kl is not None and kl > c.kl_budget:
             reason, code = f"KL to the reference {kl:.4g} exceeded the budget guard.kl_budget = {c.kl_budget:g}", "kl_budget"
-        elif self.warning_steps >= c.patience and self.mode == "gold" and (confirmed := self._past_peak(peak, kl)):
+        elif (self.warning_steps >= c.patience and self.mode == "gold"
+              and (confirmed := self._past_peak(peak, kl)) is not None):
             reason, code = (f"gold reward fell while the proxy rose for {self.warning_steps} steps (patience "
                             f"{c.patience}): smoothed gold {g_s:.4g} vs its best {self.best_score:.4g} at step "
                             f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then{confirmed}"),\
@@ -231,19 +233,19 @@ class Guard:
             self.stopped = decision
         return decision
 
-
-    def _past_peak(self, peak: float | None, kl: float | None) -> str:
-        """With ``guard.gao_confirms``: a non-empty reason when the fitted R(d) peaks at a √KL the run has passed
-        (else the fall is taken for a dip before the peak), or when the warning has lasted 3 × patience anyway."""
+    def _past_peak(self, peak: float | None, kl: float | None) -> str | None:
+        """Whether a fall in gold may act (with ``guard.gao_confirms``): when the fitted R(d) peaks at a √KL the run
+        has passed, or the warning has lasted 3 × patience anyway — the words to add to the reason; None while the
+        fall is taken for a dip before the peak."""
         c = self.cfg
         if not (c.gao_confirms and c.fit_gao):
-            return "."
+            return ""
         d = math.sqrt(max(kl, 0.0)) if kl is not None else None
         if peak is not None and d is not None and d >= peak:
             return f"; the fitted gold curve R(d) = d(α − β log d) peaks at √KL {peak:.3g}, passed (now {d:.3g})"
         if self.warning_steps >= 3 * c.patience:
             return "; for 3 × patience, though the fitted gold curve does not place its peak behind the run"
-        return ""
+        return None
 
 
 def _num(v) -> float | None:
