@@ -108,9 +108,9 @@ class Guard:
         label = (labels or {}).get
         self.gold_key = f"reward/{label(cfg.gold, cfg.gold)}/mean" if cfg.gold else None
         self.proxy_key = f"reward/{label(cfg.proxy, cfg.proxy)}/mean" if cfg.proxy else "reward/mean"
-        self.std_key = (f"reward/{label(cfg.disagreement, cfg.disagreement)}/{cfg.signal}" if cfg.disagreement
-                        else None)
-        self.mean_key = f"reward/{label(cfg.disagreement, cfg.disagreement)}/mean" if cfg.disagreement else None
+        rm = label(cfg.disagreement, cfg.disagreement)  # the reward model whose uncertainty is the no-gold signal
+        self.std_key = f"reward/{rm}/{cfg.signal}" if cfg.disagreement else None
+        self.mean_key = f"reward/{rm}/mean" if cfg.disagreement else None
         self._signal_checked = False  # the no-gold signal is logged beside its reward (checked once, at its first step)
         w = cfg.window
         self._gold, self._proxy, self._std = deque(maxlen=w), deque(maxlen=w), deque(maxlen=w)
@@ -142,7 +142,7 @@ class Guard:
             out["reward/gold"] = gold
             if len(self._gold0) < c.window:
                 self._gold0.append(gold)
-        if self.mode == "disagreement" and std is None and self._signal_checked is False and self.mean_key in metrics:
+        if self.mode == "disagreement" and std is None and not self._signal_checked and self.mean_key in metrics:
             raise GuardError(f"guard: the run logs no {self.std_key}, the no-gold signal guard.signal = {c.signal!r}"
                              + (": the reward model has no saved support (train it with reward_model.support: true, or "
                                 "set guard.signal: ensemble_std)" if c.signal == "support_distance" else

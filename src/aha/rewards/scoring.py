@@ -10,7 +10,6 @@ deviations are the whole batch's, up to float rounding; undeclared keys are coun
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from types import SimpleNamespace
 
 from aha.evaluation import columns_of
 from aha.rewards import PYTHON_REWARDS, as_completions, build_rewards, compute_rewards
+from aha.rewards.specs import unwrap_partial
 from aha.rollout import Rollouts
 
 log = logging.getLogger("aha.rewards")
@@ -54,7 +54,7 @@ class RewardScorer:
             on_error=self.cfg.rl.reward_on_error, first_sample=first_sample, completion_ids=roll.completion_ids,
             max_completion_length=self.cfg.rollout.max_new_tokens)
         metrics = {name: dict(last_metrics(fn) or {}) for name, fn, _ in self.reward_fns}
-        merges = {name: dict(getattr(unwrap(fn), "metric_merge", {})) for name, fn, _ in self.reward_fns}
+        merges = {name: dict(getattr(unwrap_partial(fn), "metric_merge", {})) for name, fn, _ in self.reward_fns}
         return Scores(texts, rewards, per_fn, skipped, {k: v for k, v in metrics.items() if v}, merges)
 
 
@@ -141,13 +141,6 @@ def merge_metrics(shards: list[tuple[int, dict[str, float]]], kinds: dict[str, s
     return out
 
 
-def unwrap(fn):
-    """The callable under any functools.partial (bound ``args``)."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    return fn
-
-
 def last_metrics(fn) -> dict | None:
     """A reward callable's ``last_metrics`` (also through a functools.partial)."""
-    return getattr(fn, "last_metrics", None) or getattr(unwrap(fn), "last_metrics", None)
+    return getattr(fn, "last_metrics", None) or getattr(unwrap_partial(fn), "last_metrics", None)

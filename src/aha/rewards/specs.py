@@ -35,10 +35,16 @@ class RewardConfigError(AhaError, ValueError):
     """A reward spec in the config cannot be turned into a function (one-line message)."""
 
 
-def reward_name(fn: Any) -> str:
-    """A callable's name: its ``__name__`` (through functools.partial), else its class's name."""
+def unwrap_partial(fn: Any) -> Any:
+    """The callable under any functools.partial (a spec's bound ``args``)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
+    return fn
+
+
+def reward_name(fn: Any) -> str:
+    """A callable's name: its ``__name__`` (through functools.partial), else its class's name."""
+    fn = unwrap_partial(fn)
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 

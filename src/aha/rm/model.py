@@ -121,10 +121,6 @@ class RewardModel:
             out[part] = pooled_hidden(trunk, ids, mask, pad).float()
         return out
 
-    def score_ids(self, seqs: list[list[int]], batch_size: int = 32) -> torch.Tensor:
-        """Per-head scores ``[N, heads]`` (on the CPU) of token-id sequences."""
-        return self.heads_of(self.features_ids(seqs, batch_size))
-
     @torch.no_grad()
     def heads_of(self, feats: torch.Tensor) -> torch.Tensor:
         """``[N, heads]`` scores of pooled features, on the CPU."""
