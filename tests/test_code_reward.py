@@ -14,7 +14,7 @@ from aha.rewards.code import code, extract_program, with_counted_asserts
 from aha.tasks import build_task
 from aha.tasks.code import code_rows
 
-pytestmark = pytest.mark.skipif(sandbox.resolve_isolation("auto") == "none",
+pytestmark = pytest.mark.skipif(bool(sandbox.isolation_available("bwrap") and sandbox.isolation_available("unshare")),
                                 reason="no namespaces here: " + str(sandbox.isolation_available("bwrap")))
 FAST = dict(timeout_s=3.0, cpu_s=1.0, memory_mb=256, workers=2)
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\nassert add(-1, 5) == 4\n"
@@ -66,9 +66,18 @@ def test_partial_scores_the_fraction_of_asserts():
     assert n == 2 and "except Exception" in source
 
 
-def test_a_sandbox_that_cannot_start_scores_zero_and_is_counted(monkeypatch):
-    monkeypatch.setattr(sandbox, "_PROBED", {"bwrap": "bubblewrap is not installed"})
-    scores = code(["p"], [fenced("def add(a, b):\n    return a + b\n")], tests=[ADD_TESTS], isolation="bwrap")
+def test_no_sandbox_is_one_line_naming_the_fix_and_a_failed_start_scores_zero(monkeypatch):
+    monkeypatch.setattr(sandbox, "_PROBED", {"bwrap": "bubblewrap is not installed", "unshare": "no userns"})
+    with pytest.raises(sandbox.SandboxError, match="bubblewrap is not installed"):
+        code(["p"], [fenced("def add(a, b):\n    return a + b\n")], tests=[ADD_TESTS], isolation="bwrap")
+    with pytest.raises(sandbox.SandboxError, match=r"apt-get install bubblewrap"):
+        code(["p"], [fenced("def add(a, b):\n    return a + b\n")], tests=[ADD_TESTS])
+    monkeypatch.undo()
+
+    def broken_python():
+        raise sandbox.SandboxError("no python3 that the sandbox user can run")
+    monkeypatch.setattr(sandbox, "sandbox_python", broken_python)
+    scores = code(["p"], [fenced("def add(a, b):\n    return a + b\n")], tests=[ADD_TESTS], **FAST)
     assert scores == [0.0] and code.last_metrics["errors"] == 1.0
 
 

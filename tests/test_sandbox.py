@@ -13,11 +13,12 @@ import os
 import socket
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from aha import sandbox
-from aha.sandbox import Limits, leftover_processes, run
+from aha.sandbox import Limits, leftover_processes, process, run
 
 LIMITS = Limits(timeout_s=2.0, cpu_s=1.0, memory_mb=256, max_processes=16, max_file_mb=16, disk_mb=32,
                 max_output_bytes=1 << 16)
@@ -144,17 +145,114 @@ def test_many_programs_in_parallel_in_order():
     assert results[8].status == "timeout"
 
 
-def test_unavailable_isolation_is_one_line_error_and_auto_falls_back(monkeypatch, caplog):
+def test_no_isolation_fails_closed_and_none_only_by_name(monkeypatch, caplog):
     monkeypatch.setattr(sandbox, "_PROBED", {"bwrap": "bubblewrap is not installed", "unshare": "no userns"})
     result = run("print(1)", LIMITS, "bwrap")
     assert result.status == "error" and result.detail == "bubblewrap is not installed"
-    assert sandbox.resolve_isolation("auto") == "none"
-    assert "network and files are NOT hidden" in caplog.text
-    fallback = run("print(1)", LIMITS, "auto")
-    assert (fallback.status, fallback.isolation, fallback.stdout) == ("ok", "none", "1\n")
+    with pytest.raises(sandbox.SandboxError, match=r"no code sandbox works.*apt-get install bubblewrap"):
+        sandbox.resolve_isolation("auto")
+    refused = run("open('/tmp/aha-ran-unisolated', 'w')\nprint(1)", LIMITS, "auto")
+    assert (refused.status, refused.stdout) == ("error", "") and "apt-get install bubblewrap" in refused.detail
+    assert not os.path.exists("/tmp/aha-ran-unisolated")
+    named = run("print(1)", LIMITS, "none")
+    assert (named.status, named.isolation, named.stdout) == ("ok", "none", "1\n")
+    assert "programs run with rlimits only" in caplog.text
     assert run("print(1)", LIMITS, "docker").detail.startswith("sandbox isolation must be one of")
 
 
 def test_limits_are_checked():
     with pytest.raises(ValueError, match="timeout_s must be a positive number"):
         Limits(timeout_s=0)
+
+
+ESCAPE = r'''
+import os, subprocess
+caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapPrm', 'CapEff'))]
+print('uid', os.getuid(), 'caps', set(caps))
+for pid in [p for p in os.listdir('/proc') if p.isdigit()]:
+    for path in (f'/proc/{pid}/root' + SECRET, f'/proc/{pid}/cwd' + SECRET):
+        try:
+            print('READ', open(path).read())
+        except OSError:
+            pass
+    try:
+        open(f'/proc/{pid}/root' + ESCAPED, 'w').write('x')
+    except OSError:
+        pass
+for cmd in (['mount', '-t', 'tmpfs', '-o', 'size=1g', 'x', '/tmp'], ['mount', '-o', 'remount,rw', '/usr'],
+            ['unshare', '-U', 'true'], ['unshare', '-r', 'true']):
+    print('EXIT', cmd[0], subprocess.run(cmd, capture_output=True).returncode)
+for p in ('/x', '/dev/shm/big', '/tmp/big', '/sandbox/big'):
+    try:
+        with open(p, 'wb') as f:
+            for _ in range(40):
+                f.write(bytes(1 << 20))
+        print('WROTE 40 MiB to', p)
+    except OSError as e:
+        print('refused', p, e.strerror)
+'''
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_no_way_back_to_the_host(isolation, tmp_path):
+    """/proc/<pid>/root and cwd lead nowhere outside; no capability, mount or nested user namespace;
+    a read-only root; every writable tmpfs is capped at disk_mb."""
+    os.chmod(tmp_path, 0o755)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("HOST-SECRET")
+    os.chmod(secret, 0o644)
+    escaped = tmp_path / "escaped"
+    os.chmod(tmp_path, 0o777)  # writable by anyone: only the sandbox's view may stop the write
+    source = ESCAPE.replace("SECRET", repr(str(secret))).replace("ESCAPED", repr(str(escaped)))
+    result = run(source, Limits(timeout_s=10, disk_mb=16, max_file_mb=64), isolation)
+    assert result.status == "ok", result.stderr[-500:]
+    assert "HOST-SECRET" not in result.stdout and not escaped.exists()
+    assert "caps {'0000000000000000'}" in result.stdout and "uid 0 " not in result.stdout
+    assert result.stdout.count("EXIT") == 4 and " 0\n" not in result.stdout.replace("caps", ""), result.stdout
+    assert "WROTE" not in result.stdout, result.stdout
+    assert "refused /x Read-only file system" in result.stdout
+    assert result.stdout.count("No space left on device") == 3
+
+
+def test_the_group_is_killed_before_the_leader_is_reaped():
+    """Until reaped, the leader's pid (the group's id) cannot be reused: the kill cannot reach a stranger."""
+    import subprocess
+
+    proc = subprocess.Popen(["true"], start_new_session=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    while not process.exited(proc):
+        time.sleep(0.01)
+    with open(f"/proc/{proc.pid}/stat") as f:
+        assert f.read().split(")")[1].split()[0] == "Z"  # exited, not reaped: the number is still ours
+    process.kill_tree(proc, "no-such-tag")
+    assert proc.returncode == 0  # reaped by _kill_tree, after the group's kill
+
+
+@pytest.mark.parametrize("isolation", [*ISOLATIONS, "none"])
+def test_nothing_outlives_a_killed_trainer(isolation, tmp_path):
+    """kill -9 of the process that runs the sandbox takes the program with it, in every mode."""
+    import signal
+    import subprocess
+    import sys
+
+    tag_hex = "feedfacecafe" + os.urandom(2).hex()
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(
+        "import sys, uuid\n"
+        f"sys.path.insert(0, {str(Path(__file__).parents[1] / 'src')!r})\n"
+        f"uuid.uuid4 = lambda: uuid.UUID('{tag_hex}' + '0' * 16)\n"
+        "from aha.sandbox import run, Limits\n"
+        f"run('import time\\nprint(1, flush=True)\\ntime.sleep(60)', Limits(timeout_s=60, cpu_s=60), {isolation!r})\n")
+    proc = subprocess.Popen([sys.executable, str(trainer)])
+    tag = f"aha-sandbox-{tag_hex[:12]}"
+    deadline = time.monotonic() + 20
+    while not leftover_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftover_processes(tag), "the program never started"
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while leftover_processes(tag) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert leftover_processes(tag) == [], f"{isolation}: the program outlived its trainer"

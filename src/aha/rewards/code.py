@@ -2,15 +2,19 @@
 
 The program is the completion's first fenced Python block (```python ...```, ```py``` or a bare
 ```...```; an unclosed fence runs to the end of the text), or the whole text when there is none.
-The ``tests`` column (Python source: asserts, or HumanEval's ``check(candidate)``) is appended and
-both run in one sandboxed process (:mod:`aha.sandbox`). Score: 1.0 when the tests ran to their end
-and the process exited 0, else 0.0. With ``partial=True``: the fraction of the tests' top-level
+The ``tests`` column (Python source: asserts, or HumanEval's ``check(candidate)``) runs against the
+program's names in the sandbox (:func:`aha.sandbox.run` with ``tests``). Score: 1.0 when the program ran
+and the tests ran to their end, else 0.0. With ``partial=True``: the fraction of the tests' top-level
 ``assert`` statements that passed (each one is run on its own, so one failing assert does not hide
 the next).
 
-The end of the tests prints a line with a random per-call nonce; without it there is no score, so a
-program that calls ``os._exit(0)`` before the tests gets 0. (A program that introspects the
-interpreter could still find the nonce: in-process tests cannot be made forgery-proof, only costly.)
+The verdict cannot be forged by the program: the tests run in a process of their own that the program
+cannot inspect, against plain data copied out of the program's process (its own objects are reached only
+through calls, attributes and items, never through their ``__eq__`` or truth value); the verdict comes back
+on a pipe only that process holds. Printing a marker, exiting 0 early, patching ``assert`` or builtins,
+reading or editing the tests, or returning an always-equal object all score 0 (tests/test_code_verdict.py).
+Tests that pass a function of their own to the program, or expect it to change their arguments in place,
+cannot be checked this way (they fail).
 
 A program that times out, runs out of memory, floods its output or cannot start scores 0.0 and is
 counted; the call never raises for a program's sake. Its ``last_metrics`` (logged by the trainer as
@@ -31,12 +35,11 @@ from __future__ import annotations
 import ast
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
 from aha.rewards.builtin import completion_text
-from aha.sandbox import Limits, default_workers, run_many
+from aha.sandbox import Limits, default_workers, resolve_isolation, run_many
 
 __all__ = ["CodeReward", "code", "extract_program", "with_counted_asserts"]
 
@@ -124,26 +127,28 @@ class CodeReward:
                         max_file_mb=max_file_mb, disk_mb=disk_mb, max_output_bytes=max_output_bytes)
         if tests is not None and len(tests) != len(completions):
             raise ValueError(f"code got {len(tests)} tests for {len(completions)} completions")
+        isolation = resolve_isolation(isolation)  # no sandbox here: one line naming what to install (SandboxError)
         start = time.monotonic()
-        nonce = secrets.token_hex(8)
-        sources, totals, no_block = [], [], 0
+        programs, checks, totals, no_block = [], [], [], 0
         for i, completion in enumerate(completions):
             program, fenced = extract_program(completion_text(completion))
             no_block += not fenced
-            source, total = self._source(program, tests[i] if tests is not None else None, partial, nonce)
-            sources.append(source)
+            check, total = self._tests(tests[i] if tests is not None else None, partial)
+            programs.append(program)
+            checks.append(check)
             totals.append(total)
-        results = run_many(sources, limits, isolation, workers or default_workers())
+        results = run_many(programs, limits, isolation, workers or default_workers(), tests=checks)
 
         scores, counts = [], {"failed": 0, "timeouts": 0, "memory": 0, "output_limit": 0, "errors": 0}
         for result, total in zip(results, totals):
-            passed = _passed_count(result.stdout, nonce)
-            if passed is None:  # the tests never reached their end (or the program never started)
+            verdict = result.checks or {}
+            if verdict.get("finished") is not True:  # the program did not run, or the tests did not reach their end
                 score = 0.0
             elif partial and total:
-                score = min(passed, total) / total
+                passed = verdict.get("passed")
+                score = min(passed, total) / total if type(passed) is int and passed >= 0 else 0.0
             else:
-                score = 1.0 if result.ok else 0.0
+                score = 1.0
             scores.append(score)
             if score < 1.0:
                 key = {"ok": "failed", "timeout": "timeouts", "error": "errors"}.get(result.status, result.status)
@@ -166,8 +171,8 @@ class CodeReward:
         return scores
 
     @staticmethod
-    def _source(program: str, tests: str | None, partial: bool, nonce: str) -> tuple[str, int]:
-        """Program + tests + the end line ``<nonce> <passed asserts>``, and the number of asserts."""
+    def _tests(tests: str | None, partial: bool) -> tuple[str, int]:
+        """The tests to run (with each top-level assert counted under ``partial``) and the number of asserts."""
         total = 0
         if tests and partial:
             try:
@@ -175,20 +180,7 @@ class CodeReward:
             except SyntaxError as exc:  # the dataset's fault: every program will fail
                 log.warning("code reward: a tests cell does not parse (%s); it scores 0", exc)
                 total = 0
-        counter = "_aha_passed" if total else "0"
-        end = f"\nprint('\\n{nonce}', {counter}, flush=True)\n"
-        return program + "\n\n" + (tests or "") + "\n" + end, total
-
-
-def _passed_count(stdout: str, nonce: str) -> int | None:
-    """The number after the nonce on the tests' end line, or None when the tests did not reach it."""
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(nonce + " "):
-            try:
-                return int(line.split()[1])
-            except (IndexError, ValueError):
-                return None
-    return None
+        return tests or "", total
 
 
 code = CodeReward()

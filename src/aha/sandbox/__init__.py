@@ -2,24 +2,33 @@
 
 Each program runs as ``python3 -I`` inside, by order of preference (``isolation="auto"``):
 
-- ``bwrap`` (bubblewrap): new user, pid, network, ipc, uts and mount namespaces. The filesystem is
-  an empty root with ``/usr`` (and ``/bin``, ``/lib*`` or their merged-/usr links) read-only, a
-  private ``/proc``, ``/dev/{null,zero,random,urandom}``, and two size-capped tmpfs: ``/sandbox``
-  (the working directory) and ``/tmp``. Nothing else exists: not ``/work``, ``/root``, ``/home``,
-  ``/etc``, the host's ``/tmp``, nor any checkpoint. The tmpfs vanish with the namespace.
-- ``unshare`` (util-linux): the same namespaces and the same view, built by a short shell script
-  (tmpfs root + read-only bind mounts + ``chroot``) where bubblewrap is not installed.
-- ``none``: a plain child process in its own session with the rlimits only. Not a boundary: the
-  network and every world-readable file are reachable, and a process that leaves the group with
-  ``os.setsid()`` is found afterwards only by the tag in its argv (so not once it ``exec``s
-  something else). ``auto`` falls back to it only where no namespaces are allowed, and warns once.
+- ``bwrap`` (bubblewrap): new user, pid, network, ipc, uts and mount namespaces, every capability dropped,
+  no nested user namespaces (``--disable-userns``), death with its parent. The filesystem is a read-only
+  empty root with ``/usr`` (and ``/bin``, ``/lib*`` or their merged-/usr links) read-only, a private ``/proc``,
+  ``/dev/{null,zero,random,urandom}``, and three tmpfs capped at ``disk_mb`` each: ``/sandbox`` (the working
+  directory), ``/tmp`` and ``/dev/shm``. Nothing else exists: not ``/work``, ``/root``, ``/home``, ``/etc``,
+  the host's ``/tmp``, nor any checkpoint. The tmpfs vanish with the namespace.
+- ``unshare`` (util-linux): the same namespaces and view, built by a short shell script that pivots into the
+  new root and detaches the old one (no ``/proc/<pid>/root`` leads back), then runs the program as uid 65534
+  of a nested user namespace capped at one level: no capabilities, no mounts, no further user namespaces.
+- ``none``: a plain child process in its own session with the rlimits only. Not a boundary: the network
+  and every world-readable file are reachable. Only when asked for by name, with a warning; ``auto``
+  never falls back to it: where neither bwrap nor unshare works, it raises :class:`SandboxError` naming
+  what to install.
 
 In every mode: rlimits for CPU seconds, address space, processes (``RLIMIT_NPROC``, counted per
 user namespace, so per program), file size and core dumps; a wall-clock deadline and an output cap,
 after which the whole tree is SIGKILLed. When aha runs as root the sandbox first drops to uid/gid
-65534 (``setpriv``): root is exempt from ``RLIMIT_NPROC`` and from file permissions. The pid
-namespace is what makes the kill total: when its init dies, the kernel kills everything in it, so a
-program that calls ``os.setsid()`` and forks cannot outlive its deadline.
+65534 with no groups (Python's own setuid before exec). The pid namespace is what makes the kill total:
+when its init dies, the kernel kills everything in it, so a program that calls ``os.setsid()`` and forks
+cannot outlive its deadline, nor a killed trainer (bwrap ``--die-with-parent``; unshare under
+``setpriv --pdeathsig``; ``none``: the launcher's own parent-death signal).
+
+What rlimits cannot bound (no cgroup is used): memory and CPU are per process, so a program may hold up to
+``max_processes`` × ``memory_mb`` of address space, plus up to 3 × ``disk_mb`` of tmpfs, for at most
+``timeout_s`` seconds; ``workers`` programs run at once.
+
+With ``tests``, the verdict is unforgeable by the program: see :mod:`aha.sandbox.launcher`.
 
 >>> r = run("print(sum(range(10)))")                                    # doctest: +SKIP
 >>> r.status, r.exit_code, r.stdout                                     # doctest: +SKIP
@@ -32,19 +41,21 @@ program that calls ``os.setsid()`` and forks cannot outlive its deadline.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import selectors
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from aha.sandbox.process import close_fds, communicate, kill_tree, leftover_processes
 from aha.sandbox.namespaces import BUILDERS, SANDBOX_UID, SandboxError, drop_privileges, sandbox_python
 
 log = logging.getLogger(__name__)
@@ -57,29 +68,9 @@ _START = b"\x00aha-sandbox-start\x00"  # the launcher writes it to stderr once i
 _MEMORY = b"\x00aha-sandbox-memory\x00"  # ... and this when the program dies of MemoryError
 _MAX_SOURCE = 4 << 20
 
-# Runs inside the sandbox: argv = cpu_s memory_bytes nproc fsize_bytes tag; the source comes on stdin.
-_LAUNCHER = r"""
-import os, resource, sys
-cpu, mem, nproc, fsize = (int(a) for a in sys.argv[1:5])
-src = sys.stdin.buffer.read().decode("utf-8", "replace")
-fd = os.open(os.devnull, os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
-for res, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, mem), (resource.RLIMIT_NPROC, nproc),
-                   (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(res, (value, value + 1 if res == resource.RLIMIT_CPU else value))
-os.write(2, START)
-sys.argv = ["main.py"]
-try:
-    exec(compile(src, "main.py", "exec"), {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__})
-except MemoryError:
-    os.write(2, MEMORY); os._exit(1)
-except SystemExit:
-    raise
-except BaseException as exc:  # a traceback with the program's lines, not the launcher's (imported late: slow)
-    import linecache, traceback
-    linecache.cache["main.py"] = (len(src), None, src.splitlines(True), "main.py")
-    traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))
-    sys.stdout.flush(); sys.stderr.flush(); os._exit(1)
-""".replace("START", repr(_START)).replace("MEMORY", repr(_MEMORY))
+# Runs inside the sandbox (its source via ``-c``): argv = cpu_s memory_bytes nproc fsize_bytes tag verdict_fd
+# pdeathsig; stdin = the program's length, the program, then the tests. See aha.sandbox.launcher.
+_LAUNCHER = (Path(__file__).with_name("launcher.py")).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -119,6 +110,7 @@ class Result:
     isolation: str
     detail: str = ""
     tag: str = field(default="", repr=False)  # in every sandboxed process's argv (tests look for leftovers)
+    checks: dict | None = None  # with tests: the checker's verdict (see aha.sandbox.launcher), read from its own pipe
 
     @property
     def ok(self) -> bool:
@@ -146,9 +138,18 @@ def isolation_available(isolation: str) -> str | None:
 
 
 def resolve_isolation(isolation: str = "auto") -> str:
-    """The isolation ``run`` will use: 'auto' → the first of bwrap, unshare that works, else 'none'."""
+    """The isolation ``run`` will use: 'auto' → the first of bwrap, unshare that works, else SandboxError.
+
+    'auto' never runs a program unisolated; 'none' runs only when asked for by name, with a warning.
+    """
     if isolation not in ISOLATIONS:
         raise SandboxError(f"sandbox isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
+    if isolation == "none":
+        if "warned-none" not in _PROBED:
+            _PROBED["warned-none"] = None
+            log.warning("code sandbox: isolation 'none' was asked for: programs run with rlimits only, and see "
+                        "this machine's network and files. Use it only for programs you trust.")
+        return "none"
     if isolation != "auto":
         why = isolation_available(isolation)
         if why:
@@ -157,152 +158,84 @@ def resolve_isolation(isolation: str = "auto") -> str:
     for candidate in ("bwrap", "unshare"):
         if isolation_available(candidate) is None:
             return candidate
-    if "warned-none" not in _PROBED:
-        _PROBED["warned-none"] = None
-        log.warning("code sandbox: neither bubblewrap nor unshare works here (%s; %s): programs run with "
-                    "rlimits only; network and files are NOT hidden", _PROBED.get("bwrap"), _PROBED.get("unshare"))
-    return "none"
+    raise SandboxError(f"no code sandbox works on this machine (bwrap: {_PROBED.get('bwrap')}; unshare: "
+                       f"{_PROBED.get('unshare')}): install bubblewrap (apt-get install bubblewrap) where user "
+                       "namespaces are allowed; isolation: none runs programs unisolated, only if named")
 
 
 # ─────────────────────────────── running one program ───────────────────────────────
 
 
-def run(source: str, limits: Limits | None = None, isolation: str = "auto") -> Result:
+def run(source: str, limits: Limits | None = None, isolation: str = "auto", tests: str | None = None) -> Result:
     """Run ``source`` (Python) in a sandbox and say how it ended; never raises for the program's sake.
 
     ``isolation``: 'auto', 'bwrap', 'unshare' or 'none' (see the module docstring). A requested
-    isolation that cannot work here gives ``status='error'`` with the reason in ``detail``.
+    isolation that cannot work here gives ``status='error'`` with the reason in ``detail``. With ``tests``
+    (Python source), they run against the program's names in a process of their own and ``Result.checks``
+    holds the verdict: ``{"ran", "finished", "passed", "error", "program_exit"}`` (see aha.sandbox.launcher).
     """
     try:
         mode = resolve_isolation(isolation)
     except SandboxError as exc:
         return Result("error", None, "", "", 0.0, isolation, detail=str(exc))
-    return _run(source, limits or Limits(), mode)
+    return _run(source, limits or Limits(), mode, tests)
 
 
-def _run(source: str, limits: Limits, isolation: str) -> Result:
+def _run(source: str, limits: Limits, isolation: str, tests: str | None = None) -> Result:
     start = time.monotonic()
-    payload = source.encode("utf-8", "replace")
-    if len(payload) > _MAX_SOURCE:
-        return Result("error", None, "", "", 0.0, isolation, detail=f"program is {len(payload)} bytes (> {_MAX_SOURCE})")
+    payload, test_bytes = source.encode("utf-8", "replace"), (tests or "").encode("utf-8", "replace")
+    if len(payload) + len(test_bytes) > _MAX_SOURCE:
+        return Result("error", None, "", "", 0.0, isolation,
+                      detail=f"program and tests are {len(payload) + len(test_bytes)} bytes (> {_MAX_SOURCE})")
     tag = f"aha-sandbox-{uuid.uuid4().hex[:12]}"
     workdir = tempfile.mkdtemp(prefix="aha-sandbox-")  # bwrap needs none; unshare's root, none's cwd
+    fds = {"verdict_r": -1, "verdict_w": -1, "tests_r": -1, "tests_w": -1}
     try:
         os.chmod(workdir, 0o755)
         if isolation == "none" and os.geteuid() == 0:
             os.chown(workdir, SANDBOX_UID, SANDBOX_UID)
+        if tests is not None:  # the verdict and the tests travel on pipes of their own, never stdin/stdout
+            fds["verdict_r"], fds["verdict_w"] = os.pipe()
+            fds["tests_r"], fds["tests_w"] = os.pipe()
         python = sandbox_python()
         args = [str(math.ceil(limits.cpu_s)), str(int(limits.memory_mb) << 20), str(int(limits.max_processes)),
-                str(int(limits.max_file_mb) << 20), tag]
+                str(int(limits.max_file_mb) << 20), tag, str(fds["verdict_w"]), str(fds["tests_r"]),
+                str(int(isolation == "none"))]
         inner = [python, "-I", "-c", _LAUNCHER, *args]
-        cmd = drop_privileges() + BUILDERS[isolation](limits.disk_mb, python, workdir) + inner
+        passed = tuple(fds[k] for k in ("verdict_w", "tests_r") if fds[k] >= 0)
+        cmd = BUILDERS[isolation](limits.disk_mb, python, workdir, passed) + inner
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         cwd = workdir if isolation == "none" else "/"
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=cwd, env=env, start_new_session=True, close_fds=True)
+                                cwd=cwd, env=env, start_new_session=True, close_fds=True,
+                                pass_fds=passed, **drop_privileges())
     except (OSError, SandboxError) as exc:
+        close_fds(fds.values())
         shutil.rmtree(workdir, ignore_errors=True)
         return Result("error", None, "", "", time.monotonic() - start, isolation, detail=f"cannot start: {exc}", tag=tag)
+    close_fds([fds.pop("verdict_w"), fds.pop("tests_r")])  # only the sandbox holds these ends now
     try:
-        out, err, why = _communicate(proc, payload, limits, start)
+        out, err, verdict, why = communicate(proc, payload, limits, start, fds, test_bytes)
     except Exception as exc:  # a bug here must cost one program, never the training run
         log.warning("code sandbox: reading a program's output failed: %s: %s", type(exc).__name__, exc)
-        out, err, why = b"", b"", f"error: {type(exc).__name__}: {exc}"
+        out, err, verdict, why = b"", b"", b"", f"error: {type(exc).__name__}: {exc}"
     finally:
-        _kill_tree(proc, tag)
+        kill_tree(proc, tag)
+        close_fds(fds.values())
         shutil.rmtree(workdir, ignore_errors=True)  # (bwrap/unshare: the tmpfs lived in the namespace only)
-    return _verdict(proc.returncode, out, err, why, limits, isolation, time.monotonic() - start, tag)
+    result = _verdict(proc.returncode, out, err, why, limits, isolation, time.monotonic() - start, tag)
+    if tests is not None:
+        result.checks = _checks(verdict)
+    return result
 
 
-def _communicate(proc: subprocess.Popen, payload: bytes, limits: Limits, start: float) -> tuple[bytes, bytes, str]:
-    """Feed stdin, read stdout/stderr up to the cap, until exit, deadline ('timeout') or cap ('output_limit')."""
-    chunks = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-    deadline = start + limits.timeout_s
-    total, why, exited_at = 0, "", None
-    with selectors.DefaultSelector() as sel:
-        for stream in (proc.stdout, proc.stderr):
-            sel.register(stream, selectors.EVENT_READ)
-        os.set_blocking(proc.stdin.fileno(), False)
-        sel.register(proc.stdin, selectors.EVENT_WRITE)
-        pending = memoryview(payload)
-        while sel.get_map():
-            now = time.monotonic()
-            if now >= deadline:
-                why = "timeout"
-                break
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
-            if exited_at is not None and now - exited_at > 0.5:  # something kept the pipes open
-                break
-            for key, _ in sel.select(timeout=min(0.1, deadline - now)):
-                if key.fileobj is proc.stdin:
-                    try:
-                        pending = pending[os.write(key.fd, pending[: 1 << 16]):]
-                    except (BrokenPipeError, OSError):
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(proc.stdin)
-                        proc.stdin.close()
-                    continue
-                data = os.read(key.fd, 1 << 16)
-                if not data:
-                    sel.unregister(key.fileobj)
-                    continue
-                total += len(data)
-                buf = chunks[key.fd]
-                buf += data[: max(0, limits.max_output_bytes - len(buf))]
-                if total > limits.max_output_bytes:
-                    why = "output_limit"
-                    break
-            if why:
-                break
-    if why == "" and proc.poll() is None:
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            why = "timeout"
-    return bytes(chunks[proc.stdout.fileno()]), bytes(chunks[proc.stderr.fileno()]), why
-
-
-def _kill_tree(proc: subprocess.Popen, tag: str) -> None:
-    """SIGKILL the program's process group (in bwrap/unshare its pid namespace dies with it) and reap."""
+def _checks(data: bytes) -> dict | None:
+    """The checker's verdict, or None when it wrote none (it was killed, or something else wrote garbage)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        try:
-            stream.close()
-        except OSError:
-            pass
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # cannot happen after SIGKILL short of a kernel hang
-        log.warning("code sandbox: process %d survived SIGKILL for 5 s", proc.pid)
-    # The pid namespace dies a moment after its init; in 'none' mode this is also what catches a
-    # process that left the group with setsid() (it still carries the tag in its argv).
-    deadline = time.monotonic() + 2.0
-    while (left := leftover_processes(tag)) and time.monotonic() < deadline:
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        time.sleep(0.005)
-
-
-def leftover_processes(tag: str) -> list[int]:
-    """Pids of live processes whose argv holds ``tag`` (every sandboxed process does, forks included)."""
-    needle, found = tag.encode(), []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if needle in f.read():
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
+        checks = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return checks if isinstance(checks, dict) else None
 
 
 def _verdict(rc: int | None, out: bytes, err: bytes, why: str, limits: Limits, isolation: str,
@@ -347,21 +280,25 @@ def default_workers() -> int:
 
 
 def run_many(sources: list[str], limits: Limits | None = None, isolation: str = "auto",
-             workers: int | None = None) -> list[Result]:
-    """Run every program, ``workers`` at a time (default: the cores we may use); results in order.
+             workers: int | None = None, tests: list[str | None] | None = None) -> list[Result]:
+    """Run every program (with its ``tests``, if given: see :func:`run`), ``workers`` at a time (default:
+    the cores we may use); results in order.
 
     Threads only wait on child processes here, so the GIL is not the bound; each program is
     bounded by its own wall-clock limit, so the whole call is bounded too.
     """
     if not sources:
         return []
+    if tests is not None and len(tests) != len(sources):
+        raise ValueError(f"run_many got {len(tests)} tests for {len(sources)} programs")
     try:
         mode = resolve_isolation(isolation)
     except SandboxError as exc:
         return [Result("error", None, "", "", 0.0, isolation, detail=str(exc)) for _ in sources]
     limits = limits or Limits()
+    jobs = list(zip(sources, tests if tests is not None else [None] * len(sources)))
     n = max(1, min(int(workers or default_workers()), len(sources)))
     if n == 1:
-        return [_run(s, limits, mode) for s in sources]
+        return [_run(s, limits, mode, t) for s, t in jobs]
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="aha-sandbox") as pool:
-        return list(pool.map(lambda s: _run(s, limits, mode), sources))
+        return list(pool.map(lambda job: _run(job[0], limits, mode, job[1]), jobs))

@@ -17,12 +17,14 @@ import os
 import shutil
 import sys
 
+from aha.errors import AhaError
+
 log = logging.getLogger(__name__)
 _WARNED: list[bool] = []
 SANDBOX_UID = 65534  # 'nobody': the host uid sandboxed programs run as when aha is root
 
 
-class SandboxError(RuntimeError):
+class SandboxError(AhaError, RuntimeError):
     """The requested isolation cannot work on this machine (one-line message naming the fix)."""
 
 
@@ -45,18 +47,15 @@ def _world_reachable(path: str) -> bool:
     return os.stat(path).st_mode & 0o005 == 0o005
 
 
-def drop_privileges() -> list[str]:
-    """``setpriv`` to uid/gid 65534 when we are root (where setpriv exists), else nothing."""
+def drop_privileges() -> dict:
+    """``subprocess.Popen`` arguments that run the sandbox as uid/gid 65534 with no groups when we are root.
+
+    Python's own setuid before exec: no ``setpriv`` needed. (As any other user, the sandbox keeps that user's
+    uid; it holds no capabilities outside its namespaces either way.)
+    """
     if os.geteuid() != 0:
-        return []
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        if not _WARNED:
-            _WARNED.append(True)
-            log.warning("code sandbox: running as root without setpriv (util-linux): programs keep uid 0 in "
-                        "their namespace, and root is exempt from max_processes (RLIMIT_NPROC)")
-        return []
-    return [setpriv, f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups", "--"]
+        return {}
+    return {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
 
 
 def _ro_paths(python: str) -> list[str]:
@@ -69,8 +68,11 @@ def _ro_paths(python: str) -> list[str]:
 
 
 def bwrap_command(disk_mb: int, python: str, workdir: str = "") -> list[str]:
+    """bubblewrap: every namespace, no capabilities, no nested user namespaces, a read-only root whose only
+    writable places are three size-capped tmpfs (/sandbox, /tmp, /dev/shm), and death with its parent."""
     size = str(int(disk_mb) << 20)
-    cmd = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+    cmd = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
+           "--cap-drop", "ALL", "--die-with-parent", "--new-session",
            "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
            "--setenv", "HOME", "/sandbox", "--setenv", "LANG", "C.UTF-8"]
     for path in _ro_paths(python):
@@ -78,41 +80,57 @@ def bwrap_command(disk_mb: int, python: str, workdir: str = "") -> list[str]:
             cmd += ["--symlink", os.readlink(path), path]
         else:
             cmd += ["--ro-bind", path, path]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/sandbox",
-            "--size", size, "--tmpfs", "/tmp", "--chdir", "/sandbox"]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
+            "--size", size, "--tmpfs", "/sandbox", "--size", size, "--tmpfs", "/tmp",
+            "--remount-ro", "/", "--chdir", "/sandbox"]
     return cmd
 
 
 # The same view as bwrap's, built by hand: $1 = the new root (an empty dir), $2 = tmpfs size,
-# $3 = "ro paths" separated by spaces, then the command. sh stays pid 1 (python as pid 1 would
-# ignore SIGXCPU); when it exits, the kernel kills the rest of the pid namespace.
+# $3 = "ro paths" separated by spaces, then the command. The script runs as root of a new user namespace
+# (pid 1 of a new pid namespace: when it exits, the kernel kills the rest), builds the root on a tmpfs,
+# pivots into it and detaches the old one (so no /proc/<pid>/root leads back to the host), caps nested user
+# namespaces at the one it then makes: the program runs as uid 65534 of that nested namespace, which the
+# execve leaves with no capabilities, so it can mount nothing, and cannot inspect this script (whose
+# capabilities it lacks: its pipes, the tests' included, are out of the program's reach).
 _UNSHARE_SCRIPT = r"""
 set -e
 R=$1; SIZE=$2; RO=$3; shift 3
 mount -t tmpfs -o size=1m,mode=755 aha "$R"
 for p in $RO; do
   if [ -L "$p" ]; then ln -s "$(readlink "$p")" "$R$p"; else
-    mkdir -p "$R$p"; mount --rbind "$p" "$R$p"; mount -o remount,bind,ro "$R$p"; fi
+    mkdir -p "$R$p"; mount --rbind "$p" "$R$p"; mount -o remount,bind,ro,nosuid,nodev "$R$p"; fi
 done
-mkdir -p "$R/proc" "$R/dev" "$R/sandbox" "$R/tmp"
-mount -t proc proc "$R/proc"
+mkdir -p "$R/proc" "$R/dev" "$R/sandbox" "$R/tmp" "$R/dev/shm" "$R/.old"
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 for d in null zero random urandom; do touch "$R/dev/$d"; mount --bind "/dev/$d" "$R/dev/$d"; done
-mount -t tmpfs -o "size=$SIZE" aha "$R/sandbox"
-mount -t tmpfs -o "size=$SIZE" aha "$R/tmp"
-chmod 1777 "$R/sandbox" "$R/tmp"
-set +e; CHROOT=$(command -v chroot)
-env -i PATH=/usr/bin:/bin HOME=/sandbox LANG=C.UTF-8 "$CHROOT" "$R" /bin/sh -c 'cd /sandbox && exec "$@"' sh "$@"
+for d in sandbox tmp dev/shm; do mount -t tmpfs -o "size=$SIZE,mode=1777,nosuid,nodev" aha "$R/$d"; done
+cd "$R"
+pivot_root . .old
+umount -l /.old
+rmdir /.old
+mount -o remount,bind,ro /
+echo 1 > /proc/sys/user/max_user_namespaces
+cd /sandbox
+set +e
+env -i PATH=/usr/bin:/bin HOME=/sandbox LANG=C.UTF-8 unshare --user --map-user=65534 --map-group=65534 -- "$@"
 exit $?
 """
 
 
-def unshare_command(disk_mb: int, python: str, workdir: str) -> list[str]:
+def unshare_command(disk_mb: int, python: str, workdir: str, pass_fds: tuple[int, ...] = ()) -> list[str]:
+    """util-linux's unshare (where bubblewrap is missing): the view of :func:`bwrap_command`, built by
+    :data:`_UNSHARE_SCRIPT`, under ``setpriv --pdeathsig KILL`` so it dies with its parent."""
     unshare = shutil.which("unshare") or "unshare"
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise SandboxError("unshare isolation needs util-linux's setpriv (to die with its parent)")
     root = os.path.join(workdir, "root")
     os.mkdir(root, 0o755)
-    return [unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child", "--mount",
-            "--ipc", "--uts", "/bin/sh", "-c", _UNSHARE_SCRIPT, "sh", root, str(int(disk_mb) << 20),
-            " ".join(_ro_paths(python))]
+    return [setpriv, "--pdeathsig", "KILL", "--", unshare, "--user", "--map-root-user", "--net", "--pid",
+            "--fork", "--kill-child", "--mount", "--ipc", "--uts", "--",
+            "/bin/sh", "-c", _UNSHARE_SCRIPT, "sh", root, str(int(disk_mb) << 20), " ".join(_ro_paths(python))]
 
 
-BUILDERS = {"bwrap": bwrap_command, "unshare": unshare_command, "none": lambda disk_mb, python, workdir: []}
+BUILDERS = {"bwrap": lambda disk_mb, python, workdir, pass_fds=(): bwrap_command(disk_mb, python, workdir),
+            "unshare": unshare_command, "none": lambda disk_mb, python, workdir, pass_fds=(): []}
