@@ -14,20 +14,26 @@ its own copy of the policy (an in-process :class:`~aha.rollout.hf.HFEngine` insi
   restarted by Ray (its actor restarts), given the current weights, and its shard is sampled (and rewarded) again;
   after ``distributed.max_restarts`` failures in one call the run stops with one line naming the worker and the cause.
   A user's error raised in a worker (a reward that fails, a reward spec that cannot be built) reaches the user as
-  the same one line as in one process.
+  the same one line as in one process; where several shards fail in different rewards, the line names each.
+- A worker's rewards run ``threads`` sandboxed programs at once (its share of the cores, not the machine's), and
+  what they print reaches the trainer's output, as it would in one process.
 
 Ray is imported here only: the single-process path never imports it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
+import sys
 import time
 
 import torch
 
 from aha.errors import AhaError
+from aha.rewards import RewardError
 from aha.rewards.scoring import RewardRecipe, Scores, WarningsKept, log as reward_log, merge_scores
 from aha.rollout import Rollouts, SamplingParams
 from aha.runtime import TrainingError
@@ -40,6 +46,9 @@ def plain_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
 
 
+_MAX_PRINTED = 1 << 16  # characters of a shard's reward prints passed to the trainer
+
+
 class RolloutWorker:
     """One worker process: a plain copy of the policy and an HFEngine over it, and with a reward recipe the run's
     rewards (the Ray actor's class)."""
@@ -50,7 +59,10 @@ class RolloutWorker:
 
         from aha.rollout.hf import HFEngine
 
+        from aha import sandbox
+
         torch.set_num_threads(max(1, threads))
+        sandbox.set_default_workers(threads)  # the code reward's programs: this worker's share of the cores
         self.model = AutoModelForCausalLM.from_config(model_config).eval()
         self.engine = HFEngine(self.model, tokenizer, torch.device("cpu"), None)
         self.version = -1  # no weights yet
@@ -82,9 +94,10 @@ class RolloutWorker:
             return roll
         self._test_failure("reward")
         self.prepare_rewards()
-        with WarningsKept() as kept:
+        printed = io.StringIO()
+        with WarningsKept() as kept, contextlib.redirect_stdout(printed):
             scores = self.scorer(rows, roll, first)
-        scores.warnings = kept.lines
+        scores.warnings, scores.printed = kept.lines, printed.getvalue()[-_MAX_PRINTED:]
         return roll, scores
 
     def _test_failure(self, phase: str) -> None:
@@ -161,6 +174,9 @@ class RayEngine:
         scores = merge_scores([s for _, s in parts])
         for line in scores.warnings:
             reward_log.warning("%s", line)
+        if scores.printed:
+            sys.stdout.write(scores.printed)
+            sys.stdout.flush()
         return joined, scores
 
     def _shards(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams,
@@ -171,9 +187,10 @@ class RayEngine:
         seed = int(torch.randint(2**31 - 1, (1,)).item())  # from the trainer's RNG: reproducible runs
         shards = [s.tolist() for s in torch.arange(len(prompt_token_ids)).tensor_split(len(self.workers))]
         parts: list[Rollouts | None] = [None] * len(self.workers)
+        failed: list[Exception] = []
         for attempt in range(self.max_restarts + 1):
             todo = [i for i, p in enumerate(parts) if p is None and shards[i]]
-            if not todo:
+            if not todo or failed:
                 break
             calls = {i: self.workers[i].generate.remote(
                 [prompt_token_ids[j] for j in shards[i]], n, sampling, seed + i, self.weights_version,
@@ -181,8 +198,9 @@ class RayEngine:
             for i, ref in calls.items():
                 try:
                     parts[i] = self.ray.get(ref, timeout=self.timeout_s)
-                except self.ray.exceptions.RayTaskError as e:
-                    raise _user_error(e) from None
+                except self.ray.exceptions.RayTaskError as e:  # every shard's, so the line names each reward
+                    failed.append(_user_error(e))
+                    continue
                 except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as e:
                     if attempt == self.max_restarts:
                         raise TrainingError(f"Ray rollout worker {i} failed {attempt + 1} times in one call "
@@ -191,6 +209,8 @@ class RayEngine:
                     continue
                 if parts[i] is None:  # it held other weights (a restarted actor): send the current ones
                     self._wait([self.workers[i].load.remote(self._state_ref, self.weights_version)], "load weights")
+        if failed:
+            raise shards_error(failed) from None
         return parts
 
     def close(self) -> None:
@@ -237,6 +257,22 @@ def _join_rollouts(parts: list[Rollouts | None], expected: int) -> Rollouts:
         raise TrainingError(f"Ray rollout workers returned {len(joined)} completions for {expected}: a worker kept "
                             "failing")
     return joined
+
+
+def shards_error(errors: list[Exception]) -> Exception:
+    """One error for the shards that failed: the first shard's, naming every other reward that failed elsewhere."""
+    first, named = errors[0], {getattr(errors[0], "reward", None)}
+    others = []
+    for error in errors[1:]:
+        reward = getattr(error, "reward", None)
+        if isinstance(error, RewardError) and reward not in named:
+            named.add(reward)
+            others.append(str(error).split(" (prompt ")[0].removeprefix("reward function "))
+    if not others or not isinstance(first, RewardError):
+        return first
+    combined = RewardError(f"{first}; also failing: {'; '.join(others)}")
+    combined.reward = getattr(first, "reward", None)
+    return combined
 
 
 def _user_error(error: Exception) -> Exception:

@@ -97,11 +97,13 @@ def _preview(item: Any, limit: int = 80) -> str:
 def _sample_error(
     name: str, index: int, prompts: Sequence, completions: Sequence, exc: BaseException, first: int = 0
 ) -> RewardError:
-    return RewardError(
+    error = RewardError(
         f"reward function '{name}' failed on sample {first + index} "
         f"(prompt {_preview(prompts[index])}, completion {_preview(completions[index])}): "
         f"{type(exc).__name__}: {exc}"
     )
+    error.reward = name  # (kept through pickling: a Ray worker's error names its reward to the trainer)
+    return error
 
 
 def _fail_or_none(name: str, i: int, prompts, completions, exc: Exception, on_error: str, first: int = 0) -> None:

@@ -34,6 +34,7 @@ class Scores:
     metrics: dict[str, dict[str, float]]  # each reward's last_metrics, by label
     merges: dict[str, dict[str, str]] = field(default_factory=dict)  # each reward's metric_merge, by label
     warnings: list[str] = field(default_factory=list)  # what the rewards logged (a worker's: the trainer repeats them)
+    printed: str = ""  # what the rewards printed in a worker (the trainer prints it: their prints in one process)
 
 
 class RewardScorer:
@@ -108,7 +109,8 @@ def merge_scores(parts: list[Scores]) -> Scores:
     metrics = {label: merge_metrics([(len(p.texts), p.metrics[label]) for p in parts if label in p.metrics],
                                     merges.get(label, {})) for label in labels}
     return Scores([t for p in parts for t in p.texts], [r for p in parts for r in p.rewards], per_fn,
-                  sum(p.skipped for p in parts), metrics, merges, [w for p in parts for w in p.warnings])
+                  sum(p.skipped for p in parts), metrics, merges, [w for p in parts for w in p.warnings],
+                  "".join(p.printed for p in parts))
 
 
 def merge_metrics(shards: list[tuple[int, dict[str, float]]], kinds: dict[str, str]) -> dict[str, float]:

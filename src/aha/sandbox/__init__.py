@@ -61,7 +61,7 @@ from aha.sandbox.namespaces import BUILDERS, SANDBOX_UID, SandboxError, drop_pri
 log = logging.getLogger(__name__)
 
 __all__ = ["ISOLATIONS", "Limits", "Result", "SandboxError", "default_workers", "isolation_available",
-           "leftover_processes", "resolve_isolation", "run", "run_many"]
+           "leftover_processes", "resolve_isolation", "run", "run_many", "set_default_workers"]
 
 ISOLATIONS = ("auto", "bwrap", "unshare", "none")
 _START = b"\x00aha-sandbox-start\x00"  # the launcher writes it to stderr once its limits are set
@@ -271,8 +271,18 @@ def _verdict(rc: int | None, out: bytes, err: bytes, why: str, limits: Limits, i
 # ─────────────────────────────── many programs ───────────────────────────────
 
 
+_WORKERS: list[int] = []  # set_default_workers: a process's share of the cores (a Ray rollout worker's)
+
+
+def set_default_workers(n: int | None) -> None:
+    """Programs run at once by default in this process: ``n`` (its share of the cores), or None for its affinity."""
+    _WORKERS[:] = [max(1, int(n))] if n else []
+
+
 def default_workers() -> int:
-    """The cores this process may use (its CPU affinity)."""
+    """The cores this process may use: its share if :func:`set_default_workers` set one, else its CPU affinity."""
+    if _WORKERS:
+        return _WORKERS[0]
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
