@@ -147,3 +147,114 @@ def test_rank_by_drag_and_keyboard_then_admin_page(tmp_path):
         rows = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
         assert len(rows) == 4 and all(parse_preference(r).extra["labeler"] in ("alice", "bob") for r in rows)
         assert page.errors == []
+
+
+KEYS = "123456789abcdeghijklmnopqr"  # label.js: card i's key
+PHONE = {"width": 390, "height": 844}
+
+
+def fits_the_width(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth "
+                         "&& document.body.scrollWidth <= window.innerWidth")
+
+
+def ranked_order(page) -> list[int]:
+    return page.locator("#ranking .tier .card").evaluate_all("cs => cs.map(c => +c.dataset.index)")
+
+
+def drag_far(page, source: str, target: str):
+    """Drag ``source`` onto ``target`` when both do not fit on the screen at once: the page scrolls mid-drag, as a
+    person's does (playwright's drag_and_drop only reaches targets on screen)."""
+    page.locator(source).scroll_into_view_if_needed()
+    box = page.locator(source).bounding_box()
+    page.mouse.move(box["x"] + 20, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 30, box["y"] + box["height"] / 2, steps=3)
+    page.evaluate("(sel) => document.querySelector(sel).scrollIntoView({block: 'center'})", target)
+    box = page.locator(target).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=5)
+    page.mouse.up()
+
+
+@pytest.mark.browser
+def test_26_completions_on_a_phone_by_keys_drag_and_taps(tmp_path):
+    """390 × 844: no horizontal scroll, every control on screen and clickable; 26 cards picked by their keys (digits,
+    then letters), by dragging (also to reorder ranked ones), by tapping, with the ▲ / ✕ buttons."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    db = tmp_path / "rankings.sqlite"
+    store = Store(db)
+    long_word = "x" * 400  # one unbroken word: must wrap, not widen the page
+    completions = [f"completion {KEYS[i]}: " + ("a fairly long sentence that wraps. " * (i % 3)) for i in range(26)]
+    completions[7] = long_word
+    store.add_tasks([{"prompt": "Rank these 26. " + "y" * 300, "completions": completions},
+                     {"prompt": "A second task.", "completions": ["one", "two"]}])
+    alice = store.add_labeler("alice")
+    with running_server(db, store) as base, headless_page(viewport=PHONE) as page:
+        page.goto(f"{base}/login?next=//evil.com")  # a hostile next: the login lands on the app's own page
+        assert fits_the_width(page)
+        page.screenshot(path=str(SHOTS / "phone-login.png"))
+        log_in(page, base, alice, "/")
+        page.wait_for_selector("#task:not(.hidden)")
+        assert page.locator("#pool .card").count() == 26
+        assert page.locator(".card .badge").all_text_contents() == list(KEYS)
+        assert fits_the_width(page)
+        for control in ("#undo", "#tie", "#skip", "#flag", "#submit", "#logout"):
+            loc = page.locator(control)
+            loc.scroll_into_view_if_needed()
+            assert loc.is_visible() and loc.bounding_box()["x"] + loc.bounding_box()["width"] <= PHONE["width"]
+            if control != "#submit":  # disabled until the ranking is complete
+                loc.click(trial=True)  # actionable: visible, stable, enabled, not covered by anything
+        page.screenshot(path=str(SHOTS / "phone-label.png"))
+
+        # keys past 9 are letters: a = completion 9, r = completion 25 (t would be "tie", so it is no card's key)
+        for key in ["a", "r", "t", "1"]:
+            page.keyboard.press(key)
+        assert page.locator("#ranking .tier").count() == 2
+        assert page.text_content('#ranking .tier[data-tier="1"] .place') == "2="
+        # drag from far down the pool to the end, then the ranked 20 to the very top: [[20], [9], [0, 25]]
+        drag_far(page, '#pool .card[data-index="20"]', "#ranking .slot.end")
+        page.drag_and_drop('#ranking .card[data-index="20"]', '#ranking .slot[data-pos="0"]')
+        assert ranked_order(page) == [20, 9, 0, 25]
+        # taps: ▲ moves the tie [0, 25] above 9; ✕ unranks 20; tapping pool cards picks them
+        page.locator('#ranking .tier[data-tier="2"] .moves button').first.click()
+        page.locator('#ranking .card[data-index="20"] button.mini').click()
+        assert ranked_order(page) == [0, 25, 9]
+        assert page.locator("#pool .card").count() == 23
+        assert fits_the_width(page)
+        page.screenshot(path=str(SHOTS / "phone-ranking.png"), full_page=True)
+        for i in [i for i in range(26) if i not in (0, 9, 25)][:-1]:
+            page.locator(f'#pool .card[data-index="{i}"]').click()
+        page.locator("#submit").click()  # the one left (24) goes last
+        expect(page.locator("#task-id")).to_have_text("#2")
+        rest = [i for i in range(1, 25) if i != 9]
+        assert json.loads(stored(db)[-1][2]) == [[0, 25], [9], *[[i] for i in rest]]
+        assert fits_the_width(page) and page.errors == []
+
+
+@pytest.mark.browser
+def test_admin_revokes_a_labeler_from_the_admin_page(tmp_path):
+    import httpx
+
+    db = tmp_path / "rankings.sqlite"
+    store = Store(db)
+    store.add_tasks(TASKS)
+    admin_token = store.ensure_admin()
+    bob_token = store.add_labeler("bob")
+    bob = store.user_for_token(bob_token)["id"]
+    store.submit(bob, store.next_task(bob)["task_id"], [0, 1, 2])
+    with running_server(db, store) as base, headless_page() as page:
+        page.goto(f"{base}/login?next=/admin")
+        page.fill("#token", admin_token)
+        page.click("#login-button")
+        page.wait_for_url(f"{base}/admin")
+        button = page.locator('#labelers button.revoke[data-name="bob"]')
+        button.click()
+        expect(button).to_have_text("confirm: revoke bob")  # two clicks: no revoking by accident
+        assert httpx.get(f"{base}/api/me", headers={"Authorization": f"Bearer {bob_token}"}).status_code == 200
+        page.locator('#labelers button.revoke[data-name="bob"]').click()
+        expect(page.locator("#status")).to_contain_text("revoked bob")
+        expect(page.locator("#labelers tbody tr").first).to_contain_text("revoked")
+        assert httpx.get(f"{base}/api/me", headers={"Authorization": f"Bearer {bob_token}"}).status_code == 401
+        assert stored(db) == [(1, "bob", "[[0], [1], [2]]", 0, 0)]  # his ranking stays
+        page.screenshot(path=str(SHOTS / "admin-revoked.png"), full_page=True)
+        assert page.errors == []

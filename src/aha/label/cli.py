@@ -1,4 +1,5 @@
-"""``aha label``: serve the ranking app, add labelers, export rankings for ``stage: reward_model``."""
+"""``aha label``: serve the ranking app, add and revoke labelers, reissue tokens, back up the database, export
+rankings for ``stage: reward_model``."""
 
 from __future__ import annotations
 
@@ -83,19 +84,28 @@ def serve(
                                         "(a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="With --model: prompts JSONL ({\"prompt\"} per "
                                            "line, extra columns kept)."),
-    k: int = typer.Option(4, "--k", min=2, max=9, help="With --model: completions sampled per prompt."),
+    k: int = typer.Option(4, "--k", min=2, max=26, help="With --model: completions sampled per prompt."),
     max_new_tokens: int = typer.Option(128, min=1, help="With --model: the longest completion, in tokens."),
     temperature: float = typer.Option(1.0, min=0.01, help="With --model: sampling temperature."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to let other machines in)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
     per_task: Optional[int] = typer.Option(None, "--per-task", min=1, help="Labelers per task (default: the value "
                                            "stored in --db, else 1). 2+ gives inter-annotator agreement."),
-    secure_cookies: bool = typer.Option(False, help="Mark the login cookie Secure (when served over HTTPS)."),
+    secure_cookies: bool = typer.Option(False, help="Always mark the login cookies Secure (they are anyway on a "
+                                        "request that came over HTTPS)."),
+    trust_proxy: list[str] = typer.Option([], "--trust-proxy", help="The address of your TLS proxy (repeatable, "
+                                          "e.g. 127.0.0.1): its X-Forwarded-Proto and X-Forwarded-For are honoured "
+                                          "(HTTPS cookies, the client's address for the rate limit); nobody else's."),
+    session_hours: float = typer.Option(12.0, min=0.01, help="A login lasts this long, then the page asks for the "
+                                        "token again."),
+    logins_per_minute: int = typer.Option(10, min=1, help="Logins allowed per client address per minute (failed "
+                                          "token checks: 3× that); past it: HTTP 429 with Retry-After."),
 ):
     """Start the ranking app: the labelers' page at /, the admin page at /admin, the API at /api/."""
     import uvicorn
 
     from aha.label.app import create_app
+    from aha.label.schema import SCHEMA_VERSION
     from aha.label.store import LabelError, Store, read_tasks
 
     if (model is None) != (prompts is None):
@@ -111,7 +121,10 @@ def serve(
                    f"in {time.perf_counter() - t0:.0f} s → {out}")
     elif tasks is not None:
         rows = read_tasks(tasks)
-    store = Store(db)
+    existed = db.is_file()
+    store = Store(db, session_s=session_hours * 3600)
+    if existed and store.schema_before < SCHEMA_VERSION:
+        typer.echo(f"upgraded {db} from schema v{store.schema_before} to v{SCHEMA_VERSION} (every row kept)")
     if per_task is not None:
         store.set_per_task(per_task)
     if rows is not None:
@@ -125,8 +138,13 @@ def serve(
     typer.echo(f"each task goes to {store.per_task} labeler(s); add labelers with `aha label add-labeler NAME "
                f"--db {db}`")
     typer.echo(f"serving http://{host}:{port}/  (labelers: /, admin: /admin, log in: /login)")
-    uvicorn.run(create_app(db, store=store, secure_cookies=secure_cookies), host=host, port=port,
-                log_level="warning")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo("note: aha label speaks plain HTTP: on a network, put it behind a TLS proxy (Caddy, nginx) and "
+                   "pass --trust-proxy PROXY_ADDRESS")
+    app = create_app(db, store=store, secure_cookies=secure_cookies, trusted_proxies=tuple(trust_proxy),
+                     logins_per_minute=logins_per_minute)
+    # proxy_headers=False: uvicorn would trust X-Forwarded-* from 127.0.0.1 on its own; the app decides (--trust-proxy)
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
 
 
 @label_app.command("add-labeler")
@@ -143,21 +161,64 @@ def add_labeler(
 
 @label_app.command()
 @_friendly
+def revoke(
+    name: str = typer.Argument(..., help="The labeler to revoke."),
+    db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
+):
+    """Revoke a labeler: their token and login sessions stop working at once (a running server included);
+    the rankings they gave stay."""
+    changed = _existing_store(db).revoke(name)
+    typer.echo(f"revoked {name.strip()}: their token no longer works; their rankings stay" if changed else
+               f"{name.strip()} was already revoked")
+
+
+@label_app.command("new-token")
+@_friendly
+def new_token(
+    name: Optional[str] = typer.Argument(None, help="Whose token to replace (default: the admin's)."),
+    db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
+):
+    """Print a new token for the admin (or NAME); the old one and its login sessions stop working at once."""
+    typer.echo(_existing_store(db).new_token(name))
+
+
+@label_app.command()
+@_friendly
+def backup(
+    db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
+    out: Path = typer.Option(..., "--out", "-o", help="The copy to write (replaced whole, never half-written)."),
+):
+    """Copy the database with SQLite's online backup API: safe while `aha label serve` is writing to it."""
+    t0 = time.perf_counter()
+    counts = _existing_store(db).backup(out)
+    typer.echo(f"backed up {counts['rankings']} rankings, {counts['tasks']} tasks, {counts['labelers']} labelers "
+               f"to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def _existing_store(db: Path):
+    from aha.label.store import LabelError, Store
+
+    if not db.is_file():
+        raise LabelError(f"--db {db}: file not found")
+    return Store(db)
+
+
+@label_app.command()
+@_friendly
 def export(
     db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the JSONL (the ranking format that "
                              "stage: reward_model reads)."),
 ):
     """Write every ranking as a row {prompt, completions, ranking (ties nested), labeler, task_id, …}."""
-    from aha.label.store import LabelError, Store
+    from aha.label.store import LabelError
 
-    if not db.is_file():
-        raise LabelError(f"--db {db}: file not found")
+    store = _existing_store(db)
     n = 0
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", encoding="utf-8") as f:
-            for row in Store(db).export_rows():
+            for row in store.export_rows():
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
                 n += 1
     except OSError as e:

@@ -1,22 +1,25 @@
-"""The ranking app's database: tasks, labelers, assignments and rankings in one SQLite file.
+"""The ranking app's database: tasks, labelers, sessions, assignments and rankings in one SQLite file.
 
 WAL mode (readers never block the one writer), ``synchronous=FULL`` (a commit is on disk before the
 HTTP 201 goes out, so an acknowledged ranking survives ``kill -9`` and power loss), ``busy_timeout``
 (concurrent writers wait instead of failing). Every write that must be atomic — handing out a task,
 storing a ranking — is one ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock up
 front: two labelers asking at the same moment are serialised, so a task never goes to more than
-``per_task`` labelers and never twice to the same one.
+``per_task`` labelers and never twice to the same one. What can be checked without the lock (a ranking's
+shape, whose task it is) is checked before taking it, in time linear in the request.
 
-Tokens are never stored: a labeler's row holds ``sha256(token)``; the token is shown once.
+Tokens are never stored: a labeler's row holds ``sha256(token)``; the token is shown once. Logging in opens
+a session (its own random value, also stored hashed) that expires; revoking a labeler ends their token and
+sessions at once and keeps their rankings. The schema is versioned (:mod:`aha.label.schema`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
-import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -24,58 +27,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from aha.data.preferences import PreferenceRow, normalize_ranking, ranking_row
-from aha.errors import AhaError
+from aha.label.schema import SCHEMA_VERSION, NewerSchema, migrate
+from aha.label.stats import admin_stats, kendalls_w  # noqa: F401 (kendalls_w: re-exported)
+from aha.label.taskfile import MAX_COMPLETIONS, LabelError, check_task, jsonl_rows, read_tasks  # noqa: F401
 
-MAX_COMPLETIONS = 9  # the keyboard picks with 1..9
 DEFAULT_LEASE_S = 3600.0  # an open assignment nobody submits frees its slot after this long
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (
-    id INTEGER PRIMARY KEY,
-    key TEXT NOT NULL UNIQUE,            -- sha256 of (prompt, completions): importing twice adds nothing
-    prompt TEXT NOT NULL,                -- JSON: a text or a list of chat messages
-    completions TEXT NOT NULL,           -- JSON list of K texts (or message lists)
-    extra TEXT NOT NULL DEFAULT '{}',    -- JSON: the row's other columns, kept for export
-    active INTEGER NOT NULL DEFAULT 0    -- open + done assignments (slots taken, at most per_task)
-);
-CREATE INDEX IF NOT EXISTS tasks_by_active ON tasks (active, id);
-CREATE TABLE IF NOT EXISTS labelers (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    token_hash TEXT NOT NULL UNIQUE,
-    is_admin INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS assignments (
-    task_id INTEGER NOT NULL REFERENCES tasks(id),
-    labeler_id INTEGER NOT NULL REFERENCES labelers(id),
-    status TEXT NOT NULL CHECK (status IN ('open', 'done', 'skipped')),
-    assigned_at REAL NOT NULL,
-    PRIMARY KEY (task_id, labeler_id)    -- never the same task twice to one labeler
-);
-CREATE INDEX IF NOT EXISTS open_assignments ON assignments (labeler_id, status);
-CREATE TABLE IF NOT EXISTS rankings (
-    id INTEGER PRIMARY KEY,
-    task_id INTEGER NOT NULL REFERENCES tasks(id),
-    labeler_id INTEGER NOT NULL REFERENCES labelers(id),
-    ranking TEXT,                        -- JSON tiers best-first; NULL for a skip or a flag without ranking
-    skipped INTEGER NOT NULL DEFAULT 0,
-    flagged INTEGER NOT NULL DEFAULT 0,
-    note TEXT,
-    seconds REAL,                        -- from assignment to submission
-    created_at REAL NOT NULL,
-    UNIQUE (task_id, labeler_id)
-);
-"""
+DEFAULT_SESSION_S = 12 * 3600.0  # a login lasts a working day
 
 
-class LabelError(AhaError, ValueError):
-    """A user's mistake with the ranking app (a bad tasks file, an unknown labeler); the message says the fix."""
-
-
-class Refused(Exception):
-    """A request the store turns down: ``status`` is the HTTP code, ``message`` one line."""
+class Refused(LabelError):
+    """A request the store turns down: ``status`` is the HTTP code, ``message`` one line (the CLI prints it too)."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -83,88 +44,52 @@ class Refused(Exception):
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def check_task(row: Any, where: str = "task") -> tuple[Any, list, dict]:
-    """``(prompt, completions, extra)`` of one tasks row, or LabelError naming what is wrong."""
-    if not isinstance(row, dict):
-        raise LabelError(f"{where}: expected a JSON object with 'prompt' and 'completions', got {type(row).__name__}")
-    for key in ("prompt", "completions"):
-        if key not in row:
-            raise LabelError(f"{where}: missing field '{key}' (a task is {{\"prompt\": ..., \"completions\": [...]}})")
-    prompt, comps = row["prompt"], row["completions"]
-    if not _is_text(prompt):
-        raise LabelError(f"{where}: 'prompt' must be a text or a list of chat messages")
-    if not isinstance(comps, list) or not 2 <= len(comps) <= MAX_COMPLETIONS:
-        n = len(comps) if isinstance(comps, list) else type(comps).__name__
-        raise LabelError(f"{where}: 'completions' must be a list of 2 to {MAX_COMPLETIONS} texts, got {n}")
-    for i, c in enumerate(comps):
-        if not _is_text(c):
-            raise LabelError(f"{where}: completion {i} must be a text or a list of chat messages")
-    return prompt, comps, {k: v for k, v in row.items() if k not in ("prompt", "completions")}
-
-
-def _is_text(x: Any) -> bool:
-    return isinstance(x, str) or (isinstance(x, list) and all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in x))
-
-
-def kendalls_w(rankings: list[list[list[int]]], k: int) -> float | None:
-    """Kendall's coefficient of concordance W of m rankings (tiers best-first) of the same k items.
-
-    Tied items share the mean of their ranks, with the usual tie correction
-    W = 12·S / (m²(k³ − k) − m·Σ_j T_j),  S = Σ_i (R_i − R̄)²,  T_j = Σ_ties (t³ − t).
-    1 = all agree, 0 = no agreement. None when undefined (m < 2, or every ranking one tie).
-
-    >>> kendalls_w([[[0], [1], [2]], [[0], [1], [2]]], 3)   # identical
-    1.0
-    >>> kendalls_w([[[0], [1], [2]], [[2], [1], [0]]], 3)   # reversed: R = (4, 4, 4), S = 0
-    0.0
-    """
-    m = len(rankings)
-    if m < 2:
-        return None
-    totals, ties = [0.0] * k, 0.0
-    for tiers in rankings:
-        place = 1
-        for tier in tiers:
-            mean_rank = place + (len(tier) - 1) / 2
-            for i in tier:
-                totals[i] += mean_rank
-            ties += len(tier) ** 3 - len(tier)
-            place += len(tier)
-    mean = sum(totals) / k
-    s = sum((r - mean) ** 2 for r in totals)
-    denom = m * m * (k ** 3 - k) - m * ties
-    return None if denom <= 0 else 12 * s / denom
+def check_ranking_size(ranking: Any, limit: int = MAX_COMPLETIONS) -> None:
+    """Refused (422) when ``ranking`` names more than ``limit`` indices; stops counting at the limit, so a hostile
+    ranking of 30,000 entries is turned away after reading 27 of them."""
+    if not isinstance(ranking, (list, tuple)):
+        return
+    n = 0
+    for entry in ranking:
+        n += len(entry) if isinstance(entry, (list, tuple)) else 1
+        if n > limit:
+            raise Refused(422, f"ranking lists more than {limit} indices: a task has at most {limit} completions")
 
 
 class Store:
     """One SQLite database; safe to share between threads (each thread gets its own connection)."""
 
-    def __init__(self, path: str | Path, lease_s: float = DEFAULT_LEASE_S):
+    def __init__(self, path: str | Path, lease_s: float = DEFAULT_LEASE_S, session_s: float = DEFAULT_SESSION_S):
         self.path = Path(path)
-        self.lease_s = lease_s
+        self.lease_s, self.session_s = lease_s, session_s
         self._local = threading.local()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = self._conn()
-            conn.executescript(SCHEMA)
+            self.schema_before, _ = migrate(self._conn())
+        except NewerSchema as e:
+            self.close()
+            raise LabelError(f"--db {self.path}: written by a newer aha (schema v{e.found}; this aha reads up to "
+                             f"v{SCHEMA_VERSION}): upgrade aha (pip install -U aha) to open it") from None
         except (sqlite3.DatabaseError, OSError) as e:
             raise LabelError(f"--db {self.path}: cannot open it as a SQLite database ({e})") from None
 
     # ------------------------------------------------------------------ connections and transactions
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")  # the commit is on disk before we answer 201
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.row_factory = sqlite3.Row
+        return conn
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")  # the commit is on disk before we answer 201
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
+            conn = self._local.conn = self._connect()
         return conn
 
     @contextmanager
@@ -214,7 +139,7 @@ class Store:
     def task_count(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM tasks").fetchone()[0]
 
-    # ------------------------------------------------------------------ labelers
+    # ------------------------------------------------------------------ labelers, tokens and sessions
     def add_labeler(self, name: str, admin: bool = False) -> str:
         """Create a labeler (or the admin); returns the token, which is stored only as its hash."""
         name = name.strip()
@@ -236,8 +161,69 @@ class Store:
         return self.add_labeler("admin", admin=True)
 
     def user_for_token(self, token: str) -> sqlite3.Row | None:
-        return self._conn().execute("SELECT id, name, is_admin FROM labelers WHERE token_hash = ?",
-                                    (hash_token(token),)).fetchone()
+        """The labeler whose token this is, unless revoked; None otherwise."""
+        return self._conn().execute("SELECT id, name, is_admin FROM labelers WHERE token_hash = ? AND "
+                                    "revoked_at IS NULL", (hash_token(token),)).fetchone()
+
+    def _labeler(self, c: sqlite3.Connection, name: str | None) -> sqlite3.Row:
+        if name is None:
+            row = c.execute("SELECT id, name, is_admin, revoked_at FROM labelers WHERE is_admin = 1").fetchone()
+        else:
+            row = c.execute("SELECT id, name, is_admin, revoked_at FROM labelers WHERE name = ?",
+                            (name.strip(),)).fetchone()
+        if row is None:
+            raise Refused(404, f"no labeler named {name!r} in {self.path.name}" if name is not None else
+                          f"{self.path.name} has no admin yet: `aha label serve` creates one")
+        return row
+
+    def revoke(self, name: str) -> bool:
+        """Revoke labeler ``name``: their token and sessions stop working at once, their open assignments go back
+        to the pool, their rankings stay. False if they were revoked before."""
+        now = time.time()
+        with self._write() as c:
+            lab = self._labeler(c, name)
+            if lab["is_admin"]:
+                raise Refused(409, "the admin cannot be revoked: `aha label new-token` replaces the admin token")
+            if lab["revoked_at"] is not None:
+                return False
+            c.execute("UPDATE labelers SET revoked_at = ? WHERE id = ?", (now, lab["id"]))
+            c.execute("DELETE FROM sessions WHERE labeler_id = ?", (lab["id"],))
+            for (task_id,) in c.execute("SELECT task_id FROM assignments WHERE labeler_id = ? AND status = 'open'",
+                                        (lab["id"],)).fetchall():
+                c.execute("DELETE FROM assignments WHERE task_id = ? AND labeler_id = ?", (task_id, lab["id"]))
+                c.execute("UPDATE tasks SET active = active - 1 WHERE id = ?", (task_id,))
+        return True
+
+    def new_token(self, name: str | None = None) -> str:
+        """A new token for ``name`` (None: the admin); the old token and the labeler's sessions stop at once."""
+        token = secrets.token_urlsafe(24)
+        with self._write() as c:
+            lab = self._labeler(c, name)
+            if lab["revoked_at"] is not None:
+                raise Refused(409, f"{lab['name']!r} is revoked: add them again under another name")
+            c.execute("UPDATE labelers SET token_hash = ? WHERE id = ?", (hash_token(token), lab["id"]))
+            c.execute("DELETE FROM sessions WHERE labeler_id = ?", (lab["id"],))
+        return token
+
+    def open_session(self, labeler_id: int) -> str:
+        """A new login session for the labeler (its value goes in the cookie; only its hash is stored)."""
+        token, now = secrets.token_urlsafe(32), time.time()
+        with self._write() as c:
+            c.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+            c.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (hash_token(token), labeler_id, now,
+                                                                   now + self.session_s))
+        return token
+
+    def user_for_session(self, token: str) -> sqlite3.Row | None:
+        """The labeler of an unexpired session, unless revoked; None otherwise."""
+        return self._conn().execute(
+            "SELECT l.id, l.name, l.is_admin FROM sessions s JOIN labelers l ON l.id = s.labeler_id WHERE "
+            "s.token_hash = ? AND s.expires_at > ? AND l.revoked_at IS NULL",
+            (hash_token(token), time.time())).fetchone()
+
+    def end_session(self, token: str) -> None:
+        with self._write() as c:
+            c.execute("DELETE FROM sessions WHERE token_hash = ?", (hash_token(token),))
 
     # ------------------------------------------------------------------ assignment
     def next_task(self, labeler_id: int) -> dict | None:
@@ -274,27 +260,29 @@ class Store:
         """Store one answer to the labeler's open assignment, committed before returning.
 
         ``ranking`` (tiers best-first, ties nested) is checked against the task's K; ``skip`` gives the slot
-        back to other labelers; ``flag`` marks the task unsafe (with or without a ranking). Raises Refused."""
+        back to other labelers; ``flag`` marks the task unsafe (with or without a ranking). Raises Refused.
+        Everything but the final check and the write happens before the write lock, in linear time."""
         if skip and (flag or ranking is not None):
             raise Refused(422, "a skip carries no ranking and no flag: send either skip, or a ranking and/or flag")
         if not skip and not flag and ranking is None:
             raise Refused(422, "missing 'ranking' (completion indices best-first, ties as nested lists), "
                                "or send \"skip\": true / \"flag\": true")
+        check_ranking_size(ranking)
+        a = self._conn().execute("SELECT a.status, json_array_length(t.completions) AS k FROM assignments a JOIN "
+                                 "tasks t ON t.id = a.task_id WHERE a.task_id = ? AND a.labeler_id = ?",
+                                 (task_id, labeler_id)).fetchone()
+        _check_open(a, task_id)
+        tiers = None
+        if ranking is not None:
+            try:
+                tiers = normalize_ranking(ranking, a["k"])
+            except ValueError as e:
+                raise Refused(422, str(e)) from None
         now = time.time()
-        with self._write() as c:
+        with self._write() as c:  # again under the lock: the lease may have ended, another tab may have answered
             a = c.execute("SELECT status, assigned_at FROM assignments WHERE task_id = ? AND labeler_id = ?",
                           (task_id, labeler_id)).fetchone()
-            if a is None:  # someone else's task or no such task: the same answer, so ids reveal nothing
-                raise Refused(403, f"task {task_id} is not assigned to you: get yours from GET /api/next")
-            if a["status"] != "open":
-                raise Refused(409, f"you already answered task {task_id}")
-            tiers = None
-            if ranking is not None:
-                k = len(json.loads(c.execute("SELECT completions FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]))
-                try:
-                    tiers = normalize_ranking(ranking, k)
-                except ValueError as e:
-                    raise Refused(422, str(e)) from None
+            _check_open(a, task_id)
             c.execute("INSERT INTO rankings (task_id, labeler_id, ranking, skipped, flagged, note, seconds, created_at)"
                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                       (task_id, labeler_id, json.dumps(tiers) if tiers else None, int(skip), int(flag), note,
@@ -321,93 +309,62 @@ class Store:
 
     def stats(self) -> dict:
         """Progress, per-labeler counts and speed, agreement (Kendall's W), flagged items."""
-        c = self._conn()
-        per_task, n_tasks = self.per_task, self.task_count()
-        done = c.execute("SELECT COUNT(*) FROM assignments WHERE status = 'done'").fetchone()[0]
-        complete = c.execute("SELECT COUNT(*) FROM (SELECT task_id FROM assignments WHERE status = 'done' "
-                             "GROUP BY task_id HAVING COUNT(*) >= ?)", (per_task,)).fetchone()[0]
-        labelers = []
-        for lab in c.execute("SELECT id, name, is_admin FROM labelers ORDER BY id").fetchall():
-            rows = c.execute("SELECT ranking IS NOT NULL AS ranked, skipped, flagged, seconds, created_at "
-                             "FROM rankings WHERE labeler_id = ? ORDER BY created_at", (lab["id"],)).fetchall()
-            if lab["is_admin"] and not rows:
-                continue
-            secs = [r["seconds"] for r in rows if r["seconds"] is not None and not r["skipped"]]
-            span_h = (rows[-1]["created_at"] - rows[0]["created_at"]) / 3600 if len(rows) > 1 else 0
-            labelers.append({
-                "name": lab["name"], "ranked": sum(r["ranked"] for r in rows),
-                "skipped": sum(r["skipped"] for r in rows), "flagged": sum(r["flagged"] for r in rows),
-                "median_seconds": round(statistics.median(secs), 1) if secs else None,
-                "per_hour": round((len(rows) - 1) / span_h, 1) if span_h * 3600 >= 60 else None,  # a rate needs a minute
-                "last_at": rows[-1]["created_at"] if rows else None})
-        by_task: dict[int, list] = {}
-        k_of: dict[int, int] = {}
-        for r in c.execute("SELECT r.task_id, r.ranking, t.completions FROM rankings r JOIN tasks t ON "
-                           "t.id = r.task_id WHERE r.ranking IS NOT NULL").fetchall():
-            by_task.setdefault(r["task_id"], []).append(json.loads(r["ranking"]))
-            k_of[r["task_id"]] = len(json.loads(r["completions"]))
-        ws = [w for t, rs in by_task.items() if len(rs) >= 2 and (w := kendalls_w(rs, k_of[t])) is not None]
-        flagged = [{"task_id": r["task_id"], "labeler": r["name"], "note": r["note"], "at": r["created_at"],
-                    "prompt": _preview(json.loads(r["prompt"]))}
-                   for r in c.execute("SELECT r.task_id, l.name, r.note, r.created_at, t.prompt FROM rankings r "
-                                      "JOIN labelers l ON l.id = r.labeler_id JOIN tasks t ON t.id = r.task_id "
-                                      "WHERE r.flagged = 1 ORDER BY r.created_at DESC LIMIT 200").fetchall()]
-        return {
-            "progress": {"tasks": n_tasks, "per_task": per_task, "target": n_tasks * per_task, "answered": done,
-                         "tasks_complete": complete,
-                         "skipped": c.execute("SELECT COUNT(*) FROM rankings WHERE skipped = 1").fetchone()[0],
-                         "open": c.execute("SELECT COUNT(*) FROM assignments WHERE status = 'open'").fetchone()[0]},
-            "labelers": labelers,
-            "agreement": {"kendalls_w_mean": round(sum(ws) / len(ws), 4) if ws else None, "tasks": len(ws),
-                          "kendalls_w_median": round(statistics.median(ws), 4) if ws else None},
-            "flagged": flagged,
-        }
+        return admin_stats(self._conn(), self.per_task)
 
     def export_rows(self) -> Iterator[dict]:
         """One ranking-format row per stored ranking (ties kept), with the task's extra columns, ``task_id``,
-        ``labeler``, ``created_at`` and ``flagged`` when set. Skips carry no ranking and are left out."""
-        c = self._conn()
-        for r in c.execute("SELECT r.task_id, r.ranking, r.flagged, r.created_at, l.name, t.prompt, t.completions, "
-                           "t.extra FROM rankings r JOIN labelers l ON l.id = r.labeler_id JOIN tasks t ON "
-                           "t.id = r.task_id WHERE r.ranking IS NOT NULL ORDER BY r.id"):
-            extra = {**json.loads(r["extra"]), "task_id": r["task_id"], "labeler": r["name"],
-                     "created_at": round(r["created_at"], 3)}
-            if r["flagged"]:
-                extra["flagged"] = True
-            yield ranking_row(PreferenceRow(json.loads(r["prompt"]), json.loads(r["completions"]),
-                                            json.loads(r["ranking"]), extra))
+        ``labeler``, ``created_at`` and ``flagged`` when set. Skips carry no ranking and are left out.
 
-
-def _preview(prompt: Any, n: int = 200) -> str:
-    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-    return text if len(text) <= n else text[:n] + "…"
-
-
-def jsonl_rows(path: Path, option: str, if_empty: str) -> list[tuple[int, Any]]:
-    """``(line number, parsed value)`` of each non-blank line of the JSONL file given as ``option``; LabelError for a
-    missing or unreadable file, a line that is not JSON, or no rows (``if_empty`` says what is missing)."""
-    if not path.is_file():
-        raise LabelError(f"{option} {path}: file not found")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise LabelError(f"{option} {path}: cannot read it ({e})") from None
-    rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+        Reads on a connection of its own, in one read transaction: a streamed export may be resumed on any
+        thread, and it sees one snapshot while labelers go on writing."""
+        conn = self._connect()
         try:
-            rows.append((n, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise LabelError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-    if not rows:
-        raise LabelError(f"{option} {path}: {if_empty}")
-    return rows
+            conn.execute("BEGIN")
+            for r in conn.execute("SELECT r.task_id, r.ranking, r.flagged, r.created_at, l.name, t.prompt, "
+                                  "t.completions, t.extra FROM rankings r JOIN labelers l ON l.id = r.labeler_id "
+                                  "JOIN tasks t ON t.id = r.task_id WHERE r.ranking IS NOT NULL ORDER BY r.id"):
+                extra = {**json.loads(r["extra"]), "task_id": r["task_id"], "labeler": r["name"],
+                         "created_at": round(r["created_at"], 3)}
+                if r["flagged"]:
+                    extra["flagged"] = True
+                yield ranking_row(PreferenceRow(json.loads(r["prompt"]), json.loads(r["completions"]),
+                                                json.loads(r["ranking"]), extra))
+        finally:
+            conn.close()
+
+    def backup(self, out: str | Path) -> dict:
+        """Copy the database to ``out`` with SQLite's online backup API: one consistent snapshot, taken while the
+        server goes on writing (WAL: the copy reads, writers do not wait). Written beside ``out`` and renamed
+        into place, so ``out`` is never half a database. Returns the copy's counts."""
+        out = Path(out)
+        if out.exists() and out.resolve() == self.path.resolve():
+            raise LabelError(f"--out {out}: that is the database itself; choose another file")
+        tmp = out.with_name(out.name + ".partial")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.unlink(missing_ok=True)
+            src, dst = self._connect(), sqlite3.connect(tmp, isolation_level=None)
+            try:
+                src.backup(dst)  # pages=-1: the whole copy in one step, inside one read snapshot
+                dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+                ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
+                counts = {t: dst.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                          for t in ("rankings", "tasks", "labelers")}
+            finally:
+                dst.close()
+                src.close()
+            if ok != "ok":
+                raise LabelError(f"--out {out}: the copy failed SQLite's integrity check ({ok}); nothing replaced")
+            os.replace(tmp, out)
+        except OSError as e:
+            raise LabelError(f"--out {out}: cannot write it ({e.strerror or e})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return counts
 
 
-def read_tasks(path: Path) -> list[dict]:
-    """Rows of a tasks JSONL file, each checked; LabelError naming the file and line of a bad one."""
-    rows = jsonl_rows(path, "--tasks", "no tasks in it (one JSON object per line: prompt, completions)")
-    for n, row in rows:
-        check_task(row, f"{path} line {n}")
-    return [row for _, row in rows]
+def _check_open(assignment: sqlite3.Row | None, task_id: int) -> None:
+    if assignment is None:  # someone else's task or no such task: the same answer, so ids reveal nothing
+        raise Refused(403, f"task {task_id} is not assigned to you: get yours from GET /api/next")
+    if assignment["status"] != "open":
+        raise Refused(409, f"you already answered task {task_id}")

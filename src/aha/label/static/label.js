@@ -1,6 +1,10 @@
-// The labeler's page: one prompt, K completions, ranked by drag and drop or by keyboard.
+// The labeler's page: one prompt, K (2..26) completions, ranked by drag and drop, by keyboard, or by tapping
+// (a card to pick it; a ranked place's buttons to move it up or down or back to the unranked pile).
 // State: `tiers` (completion indices best-first; a tier of 2+ is a tie) and an undo history.
 "use strict";
+
+// card i's key: 1..9, then letters, leaving out the command keys f(lag), s(kip), t(ie), u(ndo)
+const KEYS = "123456789abcdeghijklmnopqr";
 
 let task = null;        // {task_id, prompt, completions}
 let tiers = [];         // e.g. [[2], [0, 3], [1]]
@@ -19,7 +23,7 @@ function card(i) {
   const node = el("div", "card");
   node.draggable = true;
   node.dataset.index = String(i);
-  node.appendChild(el("span", "badge", i + 1));
+  node.appendChild(el("span", "badge", KEYS[i]));
   node.appendChild(el("pre", "text", asText(task.completions[i])));
   node.addEventListener("dragstart", (ev) => {
     ev.dataTransfer.setData("text/plain", String(i));
@@ -54,7 +58,7 @@ function move(i, target) {
 }
 
 function pick(i) {
-  if (ranked().has(i)) { say(`${i + 1} is already ranked (u undoes the last pick)`, true); return; }
+  if (ranked().has(i)) { say(`${KEYS[i]} is already ranked (u undoes the last pick)`, true); return; }
   remember();
   if (tieArmed && tiers.length) tiers[tiers.length - 1] = [...tiers[tiers.length - 1], i].sort((a, b) => a - b);
   else tiers.push([i]);
@@ -76,6 +80,26 @@ function armTie() {
   render();
 }
 
+// a ranked place moves one up or down (by = -1 | +1), or a card goes back to the unranked pile
+function shift(pos, by) {
+  const to = pos + by;
+  if (to < 0 || to >= tiers.length) return;
+  remember();
+  [tiers[pos], tiers[to]] = [tiers[to], tiers[pos]];
+  render();
+}
+
+function unrank(i) { move(i, { kind: "pool" }); }
+
+function mini(text, title, action) {
+  const b = el("button", "mini", text);
+  b.type = "button";
+  b.title = title;
+  b.setAttribute("aria-label", title);
+  b.addEventListener("click", (ev) => { ev.stopPropagation(); action(); });
+  return b;
+}
+
 function complete() { return task && unranked().length === 0 && tiers.length >= 2; }
 
 function render() {
@@ -92,13 +116,21 @@ function render() {
     row.dataset.tier = String(pos);
     row.appendChild(el("span", "place", tier.length > 1 ? `${place}=` : `${place}`));
     const cards = el("div", "tier-cards");
-    tier.forEach((i) => cards.appendChild(card(i)));
+    tier.forEach((i) => {
+      const c = card(i);
+      c.appendChild(mini("✕", `put ${KEYS[i]} back among the unranked`, () => unrank(i)));
+      cards.appendChild(c);
+    });
     row.appendChild(cards);
+    const moves = el("div", "moves");
+    moves.appendChild(mini("▲", `move place ${place} up`, () => shift(pos, -1)));
+    moves.appendChild(mini("▼", `move place ${place} down`, () => shift(pos, 1)));
+    row.appendChild(moves);
     dropTarget(row, { kind: "tier", pos });
     rankingBox.appendChild(row);
     place += tier.length;
   });
-  const end = el("div", "slot end", tiers.length ? `drop here for place ${place}` : "drop the best one here (or press its number)");
+  const end = el("div", "slot end", tiers.length ? `drop here for place ${place}` : "drop the best one here (or press its key, or tap it)");
   end.dataset.pos = String(tiers.length);
   dropTarget(end, { kind: "slot", pos: tiers.length });
   rankingBox.appendChild(end);
@@ -182,7 +214,8 @@ function flag() { send(complete() ? { flag: true, ranking: wire() } : { flag: tr
 document.addEventListener("keydown", (ev) => {
   if (!task || ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const k = ev.key;
-  if (/^[1-9]$/.test(k) && Number(k) <= task.completions.length) pick(Number(k) - 1);
+  const i = k.length === 1 ? KEYS.indexOf(k.toLowerCase()) : -1;
+  if (i >= 0 && i < task.completions.length) pick(i);
   else if (k === "t" || k === "T" || k === "=") armTie();
   else if (k === "u" || k === "U" || k === "Backspace") undo();
   else if (k === "s" || k === "S") skip();
