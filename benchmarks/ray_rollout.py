@@ -30,7 +30,7 @@ ALPHABET = "0123456789+="
 def rollout_throughput(args) -> None:
     import torch
 
-    from aha.distributed.ray_engine import RayEngine
+    from aha.rollout.ray import RayEngine
     from aha.models import build_tiny
     from aha.rollout import SamplingParams
     from aha.rollout.hf import HFEngine

@@ -39,7 +39,7 @@ def write_inputs(folder: Path, steps: int) -> Path:
     """The demo's teacher traces and its SFT config with ``steps`` steps; returns the config's path."""
     import yaml
 
-    from aha.demo import demo_config, teacher_answer
+    from aha.demos.alphago import demo_config, teacher_answer
     from aha.tasks import build_task
     import random
 

@@ -12,7 +12,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from aha.distributed.ray_engine import RayEngine  # noqa: E402
+from aha.rollout.ray import RayEngine  # noqa: E402
 from aha.models import build_tiny  # noqa: E402
 from aha.rollout import SamplingParams  # noqa: E402
 from aha.rollout.hf import HFEngine  # noqa: E402
@@ -170,7 +170,7 @@ def test_two_trainer_ranks_update_as_one_process_and_resume_alike(local_ray, tmp
 # ----------------------------------------------------------------------------- rewards beside the completions
 
 # A dense reward that reads a dataset column (answer) and keeps statistics of its batch, declared mergeable over the
-# workers' shards (aha.rewards.scoring.merge_metrics): a spread (pooled std), a maximum, a count, a mean.
+# workers' shards (aha.rollout.scoring.merge_metrics): a spread (pooled std), a maximum, a count, a mean.
 SHARD_REWARD = '''
 import statistics
 
@@ -243,7 +243,7 @@ def test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line(local_ray, tmp
     """A reward that fails on one prompt of worker 1's shard: the same line as when the trainer rewards, naming the
     reward and the sample by its index in the step's batch."""
     from aha.config import load_config
-    from aha.runtime import PromptSampler
+    from aha.data.sampler import PromptSampler
     from aha.tasks import build_task
     from test_cli import one_line_error
 

@@ -286,7 +286,7 @@ def test_a_decode_step_that_does_not_compile_falls_back_or_stops_clearly(fallbac
     from torch._dynamo.exc import TorchDynamoException
 
     from aha.rollout.compiled import CompiledEngine
-    from aha.runtime import TrainingError
+    from aha.errors import TrainingError
 
     model, tok = spiky_model(seed=0)
     compiled = CompiledEngine(model, tok, CPU, None, fallback=fallback)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from aha.config import load_config
-from aha.demo import run_demo
+from aha.demos.alphago import run_demo
 from aha.rl import train_grpo
 
 

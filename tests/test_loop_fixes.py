@@ -13,7 +13,7 @@ from aha.config import ConfigError, load_config
 from aha.rewards.builtin import overlong
 from aha.rl.batch import RolloutBatch
 from aha.rollout import Rollouts
-from aha.runtime import TrainingError
+from aha.errors import TrainingError
 
 
 def test_k3_kl_is_clamped_where_the_reference_is_far_more_likely():

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import aha.runtime
+import aha.build
 import aha.rl.optimize
 from aha.config import load_config
 from aha.track.metrics import read_metrics
@@ -29,7 +29,7 @@ def steps_of(run_dir: Path) -> list[dict]:
 def capture_policy(monkeypatch):
     """Keeps the policy train_grpo builds (the trained object itself) and a copy of its starting weights."""
     box: dict = {}
-    real = aha.runtime.load_policy
+    real = aha.build.load_policy
 
     def load_and_keep(*args, **kwargs):
         model, tok = real(*args, **kwargs)
@@ -37,7 +37,7 @@ def capture_policy(monkeypatch):
         box["start"] = {n: p.detach().clone() for n, p in model.named_parameters()}
         return model, tok
 
-    monkeypatch.setattr(aha.runtime, "load_policy", load_and_keep)
+    monkeypatch.setattr(aha.build, "load_policy", load_and_keep)
     return box
 
 
@@ -204,7 +204,7 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, w
                                                                       monkeypatch, overrides, want_lean, want_compiled):
     """model.lean_activations and rollout.compile default to 'auto' (on a CPU: lean on, no compiled sampler; the GPU
     rules, which CI cannot run, are tested below with stand-ins); an explicit true/false is what the trainer uses."""
-    import aha.rollout.compiled
+    import aha.build
     from aha.rollout.hf import HFEngine
 
     leans, built = [], []
@@ -220,7 +220,7 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, w
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(aha.rl.optimize, "policy_forward", spy_forward)
-    monkeypatch.setattr(aha.rollout.compiled, "CompiledEngine", SpyCompiled)
+    monkeypatch.setattr(aha.build, "CompiledEngine", SpyCompiled)  # where the engine is built
     cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 1}, **overrides}))
     train_grpo(cfg, tmp_path / "run")
     assert set(leans) == {want_lean} and bool(built) == want_compiled

@@ -8,10 +8,10 @@ import os
 
 from aha import sandbox
 from aha.config import load_config
-from aha.distributed.ray_engine import RolloutWorker, shards_error
+from aha.rollout.ray import RolloutWorker, shards_error
 from aha.models import build_tiny
 from aha.rewards import RewardError, _sample_error
-from aha.rewards.scoring import RewardRecipe, merge_scores
+from aha.rollout.scoring import RewardRecipe, merge_scores
 from aha.rollout import SamplingParams
 from aha.tasks import build_task
 

@@ -23,7 +23,8 @@ import aha.sft
 from aha.checkpoint import list_checkpoints
 from aha.config import load_config
 from aha.cli import app
-from aha.runtime import TrainingError, finite_step
+from aha.errors import TrainingError
+from aha.optim import finite_step
 from aha.rl import train_grpo
 from aha.sft import train_sft
 

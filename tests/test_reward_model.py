@@ -117,7 +117,7 @@ def test_the_rm_reward_says_how_far_samples_are_from_its_training_data(trained):
     the stage and the reward read the same features), its training data about there, and texts unlike any it
     learned from far off (the guard's no-gold signal)."""
     from aha.rewards import resolve_reward
-    from aha.rm.support import SUPPORT_FILE
+    from aha.rewards.support import SUPPORT_FILE
 
     root, data, _ = trained
     d = root / "run" / "model"
@@ -196,4 +196,11 @@ def test_rm_reward_in_a_grpo_run(tmp_path, trained):
     d = trained[0] / "run" / "model"
     cfg = load_config(None, [], **merge(TINY, {"rewards": [{"name": f"rm:{d}", "weight": 1.0}]}))
     last = train_rl(cfg, tmp_path / "rl")
-    assert math.isfinite(last.get("reward/mean", 0.0))
+    assert math.isfinite(last["reward/mean"]) and last["reward/mean"] == pytest.approx(last["reward/rm/mean"])
+    # what the run logged for a sample is the reward model's score of that completion
+    from aha.rewards import resolve_reward
+
+    samples = [json.loads(line) for line in (tmp_path / "rl" / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(set(s["rewards"]) == {"rm"} for s in samples)
+    scores = resolve_reward(f"rm:{d}")([s["prompt"] for s in samples], [s["completion"] for s in samples])
+    assert [s["rewards"]["rm"] for s in samples] == pytest.approx(scores, rel=1e-4, abs=1e-5)

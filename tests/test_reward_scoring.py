@@ -1,5 +1,5 @@
 """Rewards computed in shards (Ray rollout workers, ``distributed.rewards: workers``) and joined: the same rewards
-and the same batch statistics as one call on the whole batch (aha.rewards.scoring), checked without Ray."""
+and the same batch statistics as one call on the whole batch (aha.rollout.scoring), checked without Ray."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from aha.rewards import RewardError, compute_rewards
 from aha.rewards.reward_model import RewardModelReward
-from aha.rewards.scoring import Scores, merge_metrics, merge_scores
+from aha.rollout.scoring import Scores, merge_metrics, merge_scores
 
 
 def test_merge_metrics_by_hand():
@@ -26,12 +26,12 @@ def test_merge_metrics_by_hand():
 
 class FakeHeads:
     """Stands in for a loaded reward model: fixed features per completion (by its text), its 3 heads' scores those
-    features themselves, and a real support (aha.rm.support) fitted on other features."""
+    features themselves, and a real support (aha.rewards.support) fitted on other features."""
 
     num_heads = 3
 
     def __init__(self, table: dict[str, list[float]]):
-        from aha.rm.support import fit_support
+        from aha.rewards.support import fit_support
 
         g = torch.Generator().manual_seed(1)
         self.table = table
@@ -84,7 +84,7 @@ def test_a_shards_error_names_the_sample_by_its_index_in_the_whole_batch():
 
 
 def test_the_scorer_decodes_with_the_response_prefix_and_passes_the_columns():
-    from aha.rewards.scoring import RewardScorer
+    from aha.rollout.scoring import RewardScorer
     from aha.rollout import Rollouts
 
     seen = {}

@@ -101,16 +101,16 @@ def test_recomputed_old_logprobs_match_the_samplers_in_fp32(tmp_path, write_conf
 
 
 def test_gradient_checkpointing_computes_the_same_update(tmp_path, write_config, digits_reward, monkeypatch):
-    import aha.runtime
+    import aha.build
 
-    kept, real = [], aha.runtime.load_policy
+    kept, real = [], aha.build.load_policy
 
     def load_and_keep(*args, **kwargs):
         model, tok = real(*args, **kwargs)
         kept.append(model)
         return model, tok
 
-    monkeypatch.setattr(aha.runtime, "load_policy", load_and_keep)
+    monkeypatch.setattr(aha.build, "load_policy", load_and_keep)
 
     def run(on: bool) -> list[dict]:
         cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "model": {"gradient_checkpointing": on},

@@ -25,9 +25,19 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aha.config import ConfigError, RunConfig
+from aha.build import prepare
+from aha.checkpoint import list_checkpoints, run_contents
+from aha.config import ConfigError, RewardSpec, RunConfig
 from aha.config import load_config as _load_yaml
-from aha.runtime import TrainingError
+from aha.errors import TrainingError
+from aha.evaluation import eval_verifier
+from aha.evaluation import evaluate as _evaluate
+from aha.rewards import register_reward
+from aha.rl import train_rl
+from aha.rm import train_reward_model
+from aha.rollout.hf import HFEngine
+from aha.sft import train_sft
+from aha.track.reasoning import reasoning_meter
 
 __all__ = ["evaluate", "load_config", "train"]
 
@@ -86,11 +96,6 @@ def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None 
     "lengths", "pass@k"?, "task"}`` and, where ``log.reasoning_metrics`` is on (the R1 templates), ``reasoning/*``
     (:mod:`aha.track.reasoning`). Without ``config``, a checkpoint's run config (``RUN/config.yaml``) is used where
     found."""
-    from aha.evaluation import eval_verifier, evaluate as _evaluate
-    from aha.rollout.hf import HFEngine
-    from aha.runtime import prepare
-    from aha.track.reasoning import reasoning_meter
-
     if config is None:  # a checkpoint's model dir lives at RUN/checkpoints/step-N/model: use RUN/config.yaml
         config = next((p / "config.yaml" for p in Path(model).resolve().parents[:4] if (p / "config.yaml").is_file()),
                       None)
@@ -118,22 +123,15 @@ def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None 
 def run_stage(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
     """Run ``cfg.stage`` in ``out``; returns the last logged metrics."""
     if cfg.stage == "sft":
-        from aha.sft import train_sft
-
         return train_sft(cfg, out, resume=resume)
     if cfg.stage == "reward_model":
-        from aha.rm import train_reward_model
-
         return train_reward_model(cfg, out, resume=resume)
-    from aha.rl import train_rl
 
     return train_rl(cfg, out, resume=resume)
 
 
 def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     """``out`` usable for this start: a fresh start never silently deletes a run, a resume needs a checkpoint."""
-    from aha.checkpoint import list_checkpoints, run_contents
-
     if resume and overwrite:
         raise TrainingError("--resume continues the run in --out and --overwrite deletes it: choose one")
     if resume:  # checked here for every stage: train_sft would otherwise start afresh and wipe metrics.jsonl
@@ -158,8 +156,6 @@ def make_out_dir(out: Path) -> None:
 
 def final_model(cfg: RunConfig, out: Path) -> Path:
     """Where the run's final model is: RUN/model for a reward model, else the newest checkpoint's model dir."""
-    from aha.checkpoint import list_checkpoints
-
     if cfg.stage == "reward_model":
         return out / "model"
     ckpts = list_checkpoints(out)
@@ -170,14 +166,10 @@ def final_model(cfg: RunConfig, out: Path) -> Path:
 
 
 def _register(fn: Callable, name: str | None) -> str:
-    from aha.rewards import register_reward
-
     return register_reward(fn, name)
 
 
 def _reward_specs(reward_funcs: Sequence[Any] | Mapping[str, Callable]) -> list:
-    from aha.config import RewardSpec
-
     items = list(reward_funcs.items()) if isinstance(reward_funcs, Mapping) else [(None, r) for r in reward_funcs]
     specs = []
     for name, item in items:

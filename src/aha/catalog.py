@@ -3,6 +3,8 @@ and the config's own descriptions, so the list cannot drift from the code)."""
 
 from __future__ import annotations
 
+from aha.rewards.specs import BUILTIN_REWARDS
+
 TASKS = {
     "arithmetic": "generated sums/differences/products (task.digits, task.operations); reward: accuracy",
     "countdown": "generated Countdown puzzles: reach a target with task.num_numbers numbers; reward: its own check",
@@ -27,8 +29,6 @@ def _first_line(obj) -> str:
 
 def catalog() -> dict[str, dict[str, str]]:
     """``{"rewards": {name: line}, "tasks": {...}, "models": {...}}``."""
-    from aha.rewards.specs import BUILTIN_REWARDS
-
     rewards = {name: _first_line(fn) for name, fn in BUILTIN_REWARDS.items()}
     rewards["rm:DIR"] = "a reward model trained with stage reward_model (RUN/model), scored in batches"
     rewards["FILE.py:FN / module:FN"] = "your own function, TRL's signature fn(prompts, completions, **columns)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from aha.console import friendly
 from aha.threads import set_wait_policy
 
 set_wait_policy()  # before anything loads torch: OpenMP reads its wait policy once (aha.threads)
@@ -19,30 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
 app.add_typer(config_app, name="config")
 from aha.label.cli import label_app  # noqa: E402  (light: FastAPI and uvicorn are imported by its commands)
+
 app.add_typer(label_app, name="label")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from aha.errors import AhaError  # every error a user can cause (config, data, paths, rewards, rankings, …)
-
-    return (AhaError,)
-
-
-def friendly(fn):
-    """Turn the errors a user can cause into one line on stderr and exit code 2 (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except _user_errors() as e:
-            typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("interrupted: completed checkpoints are intact; continue with --resume", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
 
 
 SET_HELP = "Override a config field, e.g. --set rl.beta=0.04 (repeatable; see `aha config show`)."
@@ -60,7 +38,7 @@ def train(
 ):
     """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++, reinforce++_baseline, or any
     registered estimator), sft or reward_model."""
-    from aha.api import _check_out, load_config, run_stage
+    from aha.api import _check_out, load_config, run_stage  # (torch: `aha --help` starts without it)
 
     cfg = load_config(config, set_)
     _check_out(out, resume, overwrite)
@@ -85,7 +63,7 @@ def eval_(
 ):
     """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split; with the R1 templates (or
     log.reasoning_metrics=true) also format compliance, strict and lenient accuracy and the reflection rate."""
-    from aha.api import evaluate
+    from aha.api import evaluate  # (torch: `aha --help` starts without it)
 
     if temperature <= 0:
         raise typer.BadParameter(f"{temperature} is not > 0 (greedy accuracy is always reported)",
@@ -99,13 +77,13 @@ def eval_(
 @friendly
 def report(run_dir: Path = typer.Argument(..., help="A run directory (has metrics.jsonl).")):
     """Write RUN_DIR/report.html: plots, samples and config, self-contained (opens offline)."""
-    from aha.track.report import write_report
+    from aha.track.report import write_report  # (matplotlib, only for this command)
 
     typer.echo(str(write_report(run_dir)))
 
 
 DEMOS = {  # name → (module with run_demo(out, seed), one line for --help)
-    "alphago": ("aha.demo", "a teacher, SFT on its traces, then GRPO past it (the AlphaGo lesson)"),
+    "alphago": ("aha.demos.alphago", "a teacher, SFT on its traces, then GRPO past it (the AlphaGo lesson)"),
     "rlhf": ("aha.demos.rlhf", "a simulated labeller ranks samples, a reward model learns them, GRPO games it; the guard"),
     "r1": ("aha.demos.r1", "R1-Zero-style RL on SmolLM2: accuracy, format, response length and reflection"),
 }
@@ -124,7 +102,7 @@ def demo(
 
     if name not in DEMOS:
         raise typer.BadParameter(f"unknown demo '{name}'; choose one of: {', '.join(DEMOS)}", param_hint="NAME")
-    from aha.api import make_out_dir
+    from aha.api import make_out_dir  # (torch: `aha --help` starts without it)
 
     out = out or Path("runs/demo" if name == "alphago" else f"runs/demo-{name}")
     make_out_dir(out)
@@ -135,7 +113,7 @@ def demo(
 @friendly
 def list_(what: Optional[str] = typer.Argument(None, help="rewards, tasks or models (omit for all three).")):
     """The built-in rewards, tasks and model names, one line each."""
-    from aha.catalog import catalog
+    from aha.catalog import catalog  # (torch, through the rewards)
 
     sections = catalog()
     if what is not None and what not in sections:
@@ -155,7 +133,7 @@ def config_show(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Every config field with its value and description."""
-    from aha.config import describe, load_config
+    from aha.config import describe, load_config  # (pydantic's models, only for these commands)
 
     cfg = load_config(config, set_).model_dump(mode="json")
     for name, _default, desc in describe():

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aha.algos.advantages import advantage_estimator
 from aha.config import RunConfig
 from aha.errors import AhaError, first_line
 from aha.modeling.logprobs import completion_states
@@ -59,8 +60,6 @@ def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Cri
     """The critic ``rl.algo: ppo`` needs (None for the critic-free algorithms), on ``device`` in train mode.
 
     Built after any SFT imitation steps (sft.imitation_steps), so 'policy' means the policy RL starts from."""
-    from aha.algos.advantages import advantage_estimator
-
     if not advantage_estimator(cfg.rl.algo).needs_critic:
         return None
     hidden = policy.config.hidden_size

@@ -8,6 +8,10 @@ class AhaError(Exception):
     """A user-caused problem; its message is one line meant for the terminal, naming the field or file and the fix."""
 
 
+class TrainingError(AhaError, RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message says where, and which checkpoint is intact."""
+
+
 class ModelLoadError(AhaError, RuntimeError):
     """A model could not be found or loaded (models.py, gguf.py); the message says which and how to fix it."""
 

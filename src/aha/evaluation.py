@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 from aha.data.templates import render_prompt
-from aha.rewards import as_completions
+from aha.rewards import as_completions, columns_of
+from aha.rewards.specs import resolve_task_reward, reward_labels
 from aha.rollout import SamplingParams
+from aha.tasks import DataError
 
 
 def verifier(task, name: str | None = None, answer_match: str = "auto", args: dict | None = None):
     """The reward function that decides correctness: ``name`` (a reward spec), else the task's own verifier
     (accuracy, or code for the code task); the built-in accuracy compares answers by ``answer_match``."""
-    from aha.rewards.specs import resolve_task_reward
-
     return resolve_task_reward(name or getattr(task, "verifier", "accuracy"), task, args, answer_match)
 
 
 def eval_verifier(cfg, task):
     """The verifier a run's eval uses: ``log.eval_reward`` (with its ``args`` where it is one of the run's rewards),
     else the task's."""
-    from aha.rewards.specs import reward_labels
-
     name = cfg.log.eval_reward
     spec = next((r for r, label in zip(cfg.rewards, reward_labels(cfg.rewards)) if name in (r.name, label)), None)
     return verifier(task, spec.name if spec else name, cfg.task.answer_match, spec.args if spec else None)
@@ -28,8 +26,6 @@ def eval_verifier(cfg, task):
 def check_eval_data(cfg, task) -> None:
     """Fail before training, in one line, where eval could not run: no held-out rows, or rows without the reference
     answer the built-in accuracy needs."""
-    from aha.tasks import DataError
-
     if not task.eval:
         raise DataError(NO_EVAL_ROWS.format(name=task.name))
     if cfg.log.eval_reward is None and getattr(task, "verifier", "accuracy") == "accuracy":
@@ -45,11 +41,6 @@ NO_EVAL_ROWS = ("task {name!r} has no held-out rows to evaluate (a dataset task 
                 "under 5): set task.eval_path, or log.eval_every=0 to train without evaluation")
 
 
-def columns_of(rows: list[dict], repeat: int = 1) -> dict[str, list]:
-    keys = {k for r in rows for k in r if k != "prompt"}
-    return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in keys}
-
-
 def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_tokens: int,
              k: int = 1, temperature: float = 1.0, batch_size: int = 256, scorer=None, response_prefix: str = "") -> dict:
     """Greedy accuracy over ``rows`` (and pass@k with ``k`` samples at ``temperature`` when k > 1), judged by
@@ -60,8 +51,6 @@ def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_t
     "lengths": [completion tokens per row], "pass@k": float?}``.
     """
     if not rows:
-        from aha.tasks import DataError
-
         raise DataError(NO_EVAL_ROWS.format(name=task.name))
     fn = scorer or verifier(task)
     scores_seen: list[float] = []

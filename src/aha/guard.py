@@ -22,7 +22,7 @@ Signals, each optional:
     ``baseline_steps`` steps) — for ``patience`` consecutive steps. Rising, it says the policy has left the reward
     model's data, where its scores mean nothing. The signal is either
       - ``support_distance`` (the default): the samples' Mahalanobis distance from the reward model's training
-        data in its feature space (:mod:`aha.rm.support`), or
+        data in its feature space (:mod:`aha.rewards.support`), or
       - ``ensemble_std``: the disagreement of its ensemble heads (Coste et al. 2023). Heads on one trunk can agree
         off the data ("herding", Eisenstein et al. 2023): on ``aha demo rlhf`` they do, and this signal never fires.
 
@@ -39,11 +39,16 @@ restores the best step, so acting later costs only compute.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aha.errors import AhaError
+from aha.rewards.learned import ENSEMBLE_FILE  # file names only (the reward loads the model itself)
+from aha.rewards.specs import reward_labels
+from aha.rewards.support import SUPPORT_FILE
 
 
 class GuardError(AhaError, ValueError):
@@ -51,6 +56,12 @@ class GuardError(AhaError, ValueError):
 
 
 STOP_CODES = {"kl_budget": 1, "gold_vs_proxy": 2, "disagreement": 3}  # guard/stop_code in metrics
+_SIGNAL_FIX = {  # why a reward model logs no guard.signal, and the fix
+    "support_distance": "the reward model has no saved support (train it with reward_model.support: true, or set "
+                        "guard.signal: ensemble_std)",
+    "ensemble_std": "the reward model has one head (train it with reward_model.num_heads > 1, or set guard.signal: "
+                    "support_distance)",
+}
 
 
 @dataclass
@@ -143,11 +154,8 @@ class Guard:
             if len(self._gold0) < c.window:
                 self._gold0.append(gold)
         if self.mode == "disagreement" and std is None and not self._signal_checked and self.mean_key in metrics:
-            raise GuardError(f"guard: the run logs no {self.std_key}, the no-gold signal guard.signal = {c.signal!r}"
-                             + (": the reward model has no saved support (train it with reward_model.support: true, or "
-                                "set guard.signal: ensemble_std)" if c.signal == "support_distance" else
-                                ": the reward model has one head (train it with reward_model.num_heads > 1, or set "
-                                "guard.signal: support_distance)"))
+            raise GuardError(f"guard: the run logs no {self.std_key}, the no-gold signal guard.signal = {c.signal!r}: "
+                             + _SIGNAL_FIX[c.signal])
         if self.mode == "disagreement" and self.mean_key in metrics:
             self._signal_checked = True
         if std is not None:
@@ -260,8 +268,6 @@ def _mean(xs) -> float | None:
 
 def check_guard_config(cfg) -> str | None:
     """A one-line problem with ``cfg.guard`` against ``cfg.rewards`` (a RunConfig), or None."""
-    from aha.rewards.specs import reward_labels
-
     g = cfg.guard
     labels = reward_labels(cfg.rewards)
     weights = {}  # a reward is named by its spec or its label
@@ -275,4 +281,26 @@ def check_guard_config(cfg) -> str | None:
     if g.gold is not None and weights[g.gold] != 0:
         return (f"guard.gold {g.gold!r} has weight {weights[g.gold]:g}: a gold judge must not be optimised "
                 "(give it weight 0 in rewards)")
+    if g.disagreement is not None and g.gold is None:  # (its signal is watched): known from its folder, before step 1
+        spec = next(s.name for s, label in zip(cfg.rewards, labels) if g.disagreement in (s.name, label))
+        if (missing := _rm_lacks_signal(spec, g.signal)) is not None:
+            return f"guard.disagreement {g.disagreement!r} will log no {g.signal} (guard.signal): {missing}"
+    return None
+
+
+def _rm_lacks_signal(spec: str, signal: str) -> str | None:
+    """Why the reward model ``rm:PATH`` cannot log ``signal`` (the words of :data:`_SIGNAL_FIX`), or None: the support
+    file or the ensemble's heads beside its weights. Another kind of reward is checked at its first step."""
+    path = Path(spec[3:]).expanduser() if spec.startswith("rm:") else None
+    if path is None or not (path / "config.json").is_file():  # (a wrong path is the reward's own one-line error)
+        return None
+    if signal == "support_distance" and not (path / SUPPORT_FILE).is_file():
+        return _SIGNAL_FIX[signal]
+    if signal == "ensemble_std":
+        try:
+            heads = len(json.loads((path / ENSEMBLE_FILE).read_text())["weight"])
+        except (OSError, ValueError, KeyError, TypeError):
+            heads = 1
+        if heads < 2:
+            return _SIGNAL_FIX[signal]
     return None

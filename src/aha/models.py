@@ -11,13 +11,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import sys
+import threading
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
+from aha import gguf
 from aha.config import ModelConfig
 from aha.errors import ModelLoadError, first_line
 
@@ -85,8 +95,6 @@ def build_tiny(name: str, alphabet: str | None, seed: int = 0) -> tuple[LlamaFor
 
 def resolve_model_dir(name: str) -> Path:
     """Turn an alias / .gguf / local directory into a local HF directory, with clear errors."""
-    from aha import gguf
-
     if name in ALIASES:
         return gguf.resolve_smollm2(name)
     path = Path(name).expanduser()
@@ -112,12 +120,7 @@ def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, in
     if init_from is None and name.split(":")[0] == "tiny":
         model, tok = build_tiny(name, alphabet, seed)
     elif name.startswith("hf:"):
-        try:  # the hub cache, or the network where it is allowed
-            model = AutoModelForCausalLM.from_pretrained(name[3:], dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(name[3:])
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(f"model.name {name!r}: could not load it from the Hugging Face hub or its cache "
-                                 f"({first_line(e)}); use a local directory") from None
+        model, tok = _from_hub(name)
     else:
         path = resolve_model_dir(name)
         try:
@@ -138,6 +141,70 @@ def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, in
         lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
         model = get_peft_model(model, lcfg)
+    return model, tok
+
+
+HUB_PROBE_S = 1.5  # how long the hub may take to answer before a run takes it for unreachable
+
+
+def hub_reachable(timeout: float = HUB_PROBE_S) -> bool:
+    """Whether the Hugging Face hub answers within ``timeout`` seconds: False at once under ``HF_HUB_OFFLINE=1``,
+    else one HEAD request to its endpoint (through the proxies the environment names). It runs in a thread, so a
+    name that never resolves (resolving has no timeout of its own) costs ``timeout`` too, not the hub client's
+    minute of retries."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    answered = []
+
+    def probe():
+        try:
+            import httpx
+
+            httpx.head(constants.ENDPOINT, timeout=timeout)  # any answer, even an error status, is the hub's
+            answered.append(True)
+        except Exception:  # no route, no name, refused, timed out
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """The hub's libraries in offline mode for the duration: their local cache only, no request. (``datasets`` copies
+    the flag when it is imported, so its copy is set too.)"""
+    from huggingface_hub import constants
+
+    holders = [constants] + [m for m in (sys.modules.get("datasets.config"),) if m is not None]
+    saved = [m.HF_HUB_OFFLINE for m in holders]
+    for m in holders:
+        m.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for m, value in zip(holders, saved):
+            m.HF_HUB_OFFLINE = value
+
+
+def _from_hub(name: str):
+    """``hf:OWNER/NAME`` → (model, tokenizer): from the hub, or where it cannot be reached from the local cache
+    alone, or one line at once."""
+    online = hub_reachable()
+    try:
+        with contextlib.nullcontext() if online else hub_offline():
+            model = AutoModelForCausalLM.from_pretrained(name[3:], dtype=torch.float32, local_files_only=not online)
+            tok = AutoTokenizer.from_pretrained(name[3:], local_files_only=not online)
+    except (OSError, ValueError) as e:
+        if online:
+            raise ModelLoadError(f"model.name {name!r}: could not load it from the Hugging Face hub or its cache "
+                                 f"({first_line(e)}); use a local directory") from None
+        raise ModelLoadError(f"model.name {name!r}: the Hugging Face hub cannot be reached (no network, or "
+                             "HF_HUB_OFFLINE is set) and the local cache has no copy of it; download it on a machine "
+                             "with a network, or give a local directory") from None
     return model, tok
 
 

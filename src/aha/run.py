@@ -8,7 +8,7 @@ A stage reads::
     start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler))
     if run.eval_due(0): run.log(0, evaluate())
     for step in run.steps(start):
-        metrics = ...one step (an update with a non-finite loss or gradient norm skipped: aha.runtime.finite_step)...
+        metrics = ...one step (an update with a non-finite loss or gradient norm skipped: aha.optim.finite_step)...
         metrics.update(run.count_skipped(step, problem))  # None, or what was not finite
         if run.eval_due(step): metrics.update(evaluate())
         run.log(step, metrics, shown={"loss": ...})
@@ -26,8 +26,16 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from aha.checkpoint import clear_run, list_checkpoints, remove_partial_checkpoints, save_checkpoint
+from aha.checkpoint import (
+    clear_run,
+    list_checkpoints,
+    newest_intact,
+    remove_partial_checkpoints,
+    save_checkpoint,
+    set_aside,
+)
 from aha.config import RunConfig, save_config
+from aha.errors import TrainingError
 from aha.threads import refresh as refresh_threads
 from aha.track.metrics import MetricsLogger
 
@@ -38,16 +46,28 @@ class Run:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool, name: str):
         self.cfg, self.dir, self.resume, self.name = cfg, Path(run_dir), resume, name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoints = list_checkpoints(self.dir) if resume else []
-        if resume and not self.checkpoints:  # every stage: resuming nothing must not start afresh and clear the run
-            from aha.runtime import TrainingError
-
-            raise TrainingError(f"--resume: no complete checkpoint in {self.dir / 'checkpoints'}")
+        self.checkpoints = self._intact_checkpoints() if resume else []
         self.logger: MetricsLogger | None = None
         self.bar = None
         self.start = 0
         self.on_finish: list = []  # callables run by finish (e.g. stopping Ray rollout workers)
         self.skipped = SkippedSteps()
+
+    def _intact_checkpoints(self) -> list[Path]:
+        """The checkpoints to resume from, newest last: a damaged one newer than the newest intact one is said in one
+        line and set aside (renamed ``damaged-step-N``), so that the run continues from the one before it."""
+        where = self.dir / "checkpoints"
+        intact, damaged = newest_intact(self.dir)
+        if intact is None:  # every stage: resuming nothing must not start afresh and clear the run
+            if not damaged:
+                raise TrainingError(f"--resume: no complete checkpoint in {where}")
+            found = "; ".join(f"{ckpt.name}: {problem}" for ckpt, problem in damaged)
+            raise TrainingError(f"--resume: no intact checkpoint in {where} ({found}); start afresh with --overwrite")
+        for ckpt, problem in damaged:
+            aside = set_aside(ckpt)
+            print(f"checkpoint {ckpt} is damaged ({problem}): set aside as {aside.name}, resuming from {intact.name}",
+                  file=sys.stderr)
+        return list_checkpoints(self.dir)
 
     @property
     def resuming(self) -> bool:
@@ -113,8 +133,6 @@ class Run:
         limit = self.cfg.train.max_skipped_steps
         if self.skipped.in_a_row < limit:
             return
-        from aha.runtime import TrainingError
-
         self.finish({})  # the logs flushed and the report written, for a look at what led here
         done = list_checkpoints(self.dir)
         raise TrainingError(f"stopped at step {step}: the loss or gradient norm was not finite {limit} steps in a row "
@@ -139,7 +157,7 @@ class Run:
             self.bar.close()
         self.logger.close()
         if self.cfg.log.report:
-            from aha.track.report import write_report
+            from aha.track.report import write_report  # (matplotlib: loaded only when a report is written)
 
             write_report(self.dir)
         return last

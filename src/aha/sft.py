@@ -9,19 +9,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from aha.build import prepare
 from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
 from aha.data.load import DataError, column_names, labelled_rows, text_problem
+from aha.data.sampler import PromptSampler
 from aha.data.templates import encode_text, render_prompt
 from aha.evaluation import eval_verifier, evaluate
 from aha.modeling.logprobs import completion_logprobs
-from aha.rewards.builtin import completion_text
 from aha.modeling.options import autocast, set_attention, training_attention
 from aha.models import fold_adapters
+from aha.optim import finite_step, make_optimizer
+from aha.rewards.builtin import completion_text
 from aha.rollout import Rollouts, pack_rollouts
 from aha.rollout.hf import HFEngine
 from aha.run import Run
-from aha.runtime import PromptSampler, finite_step, make_optimizer, prepare
 
 
 def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "completion") -> list[dict]:

@@ -8,11 +8,35 @@ A wrong field ends in one line naming it and what is allowed (:class:`ConfigErro
 - :mod:`aha.config.load` — :func:`load_config`, overrides, :func:`save_config`, :func:`describe`
 """
 
-from aha.config.load import (RENAMED, YAML_ERRORS, apply_overrides, describe, load_config, parse_override,
-                             relative_to, save_config)
-from aha.config.run import DistributedConfig, GuardConfig, LogConfig, RewardModelConfig, RunConfig
-from aha.config.sections import (ConfigError, CriticConfig, LoraConfig, ModelConfig, RewardSpec, RLConfig,
-                                 RolloutConfig, SFTConfig, TaskConfig, TrainConfig)
+from aha.config.load import (
+                             RENAMED,
+                             YAML_ERRORS,
+                             apply_overrides,
+                             describe,
+                             load_config,
+                             parse_override,
+                             relative_to,
+                             save_config,
+)
+from aha.config.run import (
+                             DistributedConfig,
+                             GuardConfig,
+                             LogConfig,
+                             RewardModelConfig,
+                             RunConfig,
+)
+from aha.config.sections import (
+                             ConfigError,
+                             CriticConfig,
+                             LoraConfig,
+                             ModelConfig,
+                             RewardSpec,
+                             RLConfig,
+                             RolloutConfig,
+                             SFTConfig,
+                             TaskConfig,
+                             TrainConfig,
+)
 
 __all__ = [
     "RENAMED", "YAML_ERRORS", "ConfigError", "CriticConfig", "DistributedConfig", "GuardConfig", "LogConfig",

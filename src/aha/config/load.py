@@ -15,7 +15,6 @@ from aha.config.run import RunConfig
 from aha.config.sections import ConfigError
 from aha.errors import first_line
 
-
 # ----------------------------------------------------------------------------- loading
 
 

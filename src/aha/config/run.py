@@ -7,9 +7,22 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from aha.config.sections import (CriticConfig, ModelConfig, RewardSpec, RLConfig, RolloutConfig, SFTConfig,
-                                 TaskConfig, TrainConfig, _Section)
-from aha.track.reasoning import REFLECTION_PHRASES
+from aha.config.sections import (
+    CriticConfig,
+    ModelConfig,
+    RewardSpec,
+    RLConfig,
+    RolloutConfig,
+    SFTConfig,
+    TaskConfig,
+    TrainConfig,
+    _Section,
+)
+
+REFLECTION_PHRASES = (  # Oat-Zero's keywords, then the ones R1-style traces are known for (log.reflection_phrases)
+    "recheck", "rethink", "re-evaluate", "re-examine", "try again", "check again", "think again",
+    "go over the steps", "wait", "alternatively", "however", "verify",
+)
 
 
 class RewardModelConfig(_Section):
@@ -35,7 +48,7 @@ class RewardModelConfig(_Section):
     support: bool = Field(True, description="After training, save where the training data lies in the model's feature "
                           "space (mean and inverse covariance of its completions' pooled features, "
                           "aha_support.safetensors): the rm: reward then logs support_distance and ood_fraction, the "
-                          "reward-hacking guard's no-gold signal (aha.rm.support).")
+                          "reward-hacking guard's no-gold signal (aha.rewards.support).")
     support_samples: int = Field(1024, ge=2, description="Training completions (drawn at random) the support is "
                                  "fitted on, and held-out ones its unit is measured on: one fp32 forward pass each.")
     bootstrap: bool = Field(True, description="Ensemble (num_heads > 1): each head weighs every ranking by its own "
@@ -137,7 +150,7 @@ class DistributedConfig(_Section):
         """Why ``trainers`` > 1 cannot serve the run ``cfg`` (a RunConfig), or None."""
         if self.trainers == 1:
             return None
-        from aha.algos.advantages import ADVANTAGE_ESTIMATORS
+        from aha.algos.advantages import ADVANTAGE_ESTIMATORS  # (torch: the config stays importable without it)
 
         what = f"distributed.trainers={self.trainers}"
         if self.backend != "ray":
@@ -181,7 +194,7 @@ class RunConfig(_Section):
                              "or a datasets directory)")
         if self.reward_model.loss == "pl" and self.reward_model.margin:
             raise ValueError("reward_model.margin applies to loss 'bt' only (set margin: 0 or loss: bt)")
-        from aha.algos.advantages import ADVANTAGE_ESTIMATORS
+        from aha.algos.advantages import ADVANTAGE_ESTIMATORS  # (torch: the config stays importable without it)
         from aha.algos.losses import POLICY_LOSSES
 
         if self.rl.algo not in ADVANTAGE_ESTIMATORS:

@@ -6,7 +6,9 @@ Sources, by what ``source`` is:
   column may mix types (a ranking with ties, ``[[0, 2], 1, 3]``);
 - a ``.json`` file: a list of objects, or ``{"data": [...]}``;
 - a ``.csv`` or ``.parquet`` file, a directory written by ``datasets``' ``save_to_disk``, or ``hf:OWNER/NAME[:SPLIT]``
-  (a Hugging Face hub dataset; needs a network): through the ``datasets`` library;
+  (a Hugging Face hub dataset; needs a network, or a copy in the local cache): through the ``datasets`` library;
+
+Text files may start with a UTF-8 byte-order mark (as Windows editors write them).
 - in memory: a ``datasets.Dataset`` or a list of dicts (the Python API).
 
 :func:`load_rows` returns the rows as dicts, each with a label for error messages (``data.jsonl:3`` or
@@ -16,6 +18,7 @@ that names the formats accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,8 +124,8 @@ def _numbered(name: Any, rows: list) -> Labelled:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
+    try:  # (-sig: a byte-order mark, as Windows editors write at the start, is dropped)
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         hint = " (a Parquet file must be named .parquet)" if path.read_bytes()[:4] == b"PAR1" else ""
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8{hint}") from None
@@ -196,13 +199,23 @@ def _dataset_dir(path: Path) -> list[dict]:
 
 
 def _hub(spec: str) -> list[dict]:
+    """A hub dataset; where the hub cannot be reached (a probe of at most ~1.5 s, or HF_HUB_OFFLINE=1), the copy in
+    the local cache or one line at once — not the hub client's minute of retries."""
+    from aha.models import hub_offline, hub_reachable  # (transformers: loaded only for hf: data)
+
     datasets = _datasets()
     name, _, split = spec[3:].partition(":")
+    online = hub_reachable()
     try:
-        ds = datasets.load_dataset(name, split=split or None)
+        with contextlib.nullcontext() if online else hub_offline():
+            ds = datasets.load_dataset(name, split=split or None)
     except Exception as e:
-        raise DataError(f"{spec}: cannot load this hub dataset ({first_line(e)}); without a network, save it with "
-                        "save_to_disk or as .jsonl/.parquet on a machine that has one") from None
+        if online:
+            raise DataError(f"{spec}: cannot load this hub dataset ({first_line(e)}); without a network, save it with "
+                            "save_to_disk or as .jsonl/.parquet on a machine that has one") from None
+        raise DataError(f"{spec}: the Hugging Face hub cannot be reached (no network, or HF_HUB_OFFLINE is set) and "
+                        "the local cache has no copy of it; save it with save_to_disk or as .jsonl/.parquet on a "
+                        "machine with a network") from None
     return _drop_nulls(_one_split(ds, spec).to_list())
 
 

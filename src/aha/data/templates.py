@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aha.config import ConfigError
+from aha.data.load import DataError
 from aha.errors import first_line
 
 R1_SYSTEM = (
@@ -18,8 +20,6 @@ def resolve_template(template: str, tokenizer) -> str:
     if template == "auto":
         return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
     if template in ("chat", "r1") and not getattr(tokenizer, "chat_template", None):
-        from aha.config import ConfigError
-
         raise ConfigError(f"task.template {template!r}: this model's tokenizer has no chat template (use 'plain')")
     return template
 
@@ -30,8 +30,6 @@ def encode_text(text: str, tokenizer) -> list[int]:
     try:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     except Exception as e:  # the tokenizers library raises a bare Exception ("WordLevel error: Missing [UNK] …")
-        from aha.tasks import DataError
-
         vocab = tokenizer.get_vocab()
         unknown = "".join(sorted({c for c in text if c not in vocab}))
         raise DataError(f"{text[:60]!r} cannot be tokenized by this model's tokenizer"
@@ -47,8 +45,6 @@ def check_prompts(rows: list[dict], tokenizer, char_level: bool = False) -> None
     for i, row in enumerate(rows, 1):
         prompt = row.get("prompt")
         if isinstance(prompt, list) and not has_chat:
-            from aha.config import ConfigError
-
             raise ConfigError(f"row {i}: the prompt is a list of chat messages, but this model's tokenizer has no chat "
                               "template: use a chat model (e.g. model.name=smollm2-135m) or text prompts")
         if char_level and isinstance(prompt, str) and prompt not in seen:
@@ -75,7 +71,6 @@ def _render(prompt: str | list, tokenizer, template: str) -> list[int]:
             prompt = next((m.get("content", "") for m in reversed(prompt) if m.get("role") == "user"), "")
         return encode_text(R1_PLAIN.format(prompt=prompt), tokenizer)
     if not getattr(tokenizer, "chat_template", None):  # (check_prompts says so before a run; SFT data meets it here)
-        from aha.config import ConfigError
 
         raise ConfigError("a prompt is a list of chat messages, but this model's tokenizer has no chat template: use "
                           "a chat model (e.g. model.name=smollm2-135m), set model.chat_template, or use text prompts")
@@ -85,8 +80,6 @@ def _render(prompt: str | list, tokenizer, template: str) -> list[int]:
     try:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     except Exception as e:  # a character the tokenizer has no token for (a bare Exception), a template that raises
-        from aha.tasks import DataError
-
         raise DataError(f"{str(prompt)[:60]!r}: the model's chat template and tokenizer cannot encode this prompt "
                         f"({first_line(e)})") from None
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):

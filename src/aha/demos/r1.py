@@ -19,7 +19,11 @@ import statistics
 import time
 from pathlib import Path
 
+from aha.api import evaluate, final_model
 from aha.config import RunConfig
+from aha.rl import train_rl
+from aha.track.metrics import read_metrics
+from aha.track.report import load_jsonl, write_report
 
 SHOWN = ("accuracy_strict", "accuracy_lenient", "format", "reflection_rate", "accuracy_reflecting",
          "length_correct", "length_wrong", "aha_rate")
@@ -43,8 +47,6 @@ def demo_config(seed: int = 0) -> RunConfig:
 
 def measure(model: str | Path, cfg: RunConfig) -> dict:
     """Greedy eval of ``model`` on the held-out rows: eval accuracy and the reasoning metrics, by short names."""
-    from aha.api import evaluate
-
     res = evaluate(model, cfg.model_copy(update={"init_from": None}))
     out = {"accuracy": res["accuracy"], **{k.split("/", 1)[1]: v for k, v in res.items() if k.startswith("reasoning/")}}
     return {"n": res["n"], **out}
@@ -53,11 +55,6 @@ def measure(model: str | Path, cfg: RunConfig) -> dict:
 def run_demo(out: Path, seed: int = 0, cfg: RunConfig | None = None) -> dict:
     """Base eval, GRPO, trained eval; writes OUT/summary.json and OUT/report.html (``cfg``: other settings, e.g. a
     tiny model in tests). Returns the summary."""
-    from aha.api import final_model
-    from aha.rl import train_rl
-    from aha.track.metrics import read_metrics
-    from aha.track.report import load_jsonl, write_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg = cfg or demo_config(seed)

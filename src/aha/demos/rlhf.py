@@ -22,16 +22,30 @@ import random
 import time
 from pathlib import Path
 
-from aha.config import RunConfig
+from aha.algos.preference import ranked_pairs
+from aha.checkpoint import list_checkpoints
+from aha.config import ModelConfig, RunConfig
 from aha.demos import rlhf_world as world
+from aha.demos.rlhf_report import (
+    GOLD_LABEL,
+    GUARD_LABELS,
+    PROXY_LABEL,
+    curves,
+    guard_stop,
+    write_demo_report,
+)
+from aha.models import load_policy
+from aha.rewards.reward_model import RewardModelReward
+from aha.rl import train_rl
+from aha.rm import train_reward_model
+from aha.rollout import SamplingParams
+from aha.rollout.hf import HFEngine
+from aha.sft import train_sft
 
 GOLD = "aha.demos.rlhf_world:gold"
-GOLD_LABEL, PROXY_LABEL = "gold", "rm"  # their names in the metrics: reward/gold/mean, reward/rm/mean
 POLICY = "tiny:layers=2,hidden=64,heads=4,ff=256,ctx=96"
 K = 4  # notes per ranking
 GUARDS = ("unguarded", "gold", "support", "ensemble")  # the RL runs, rl-<name>
-GUARD_LABELS = {"gold": "guarded by gold", "support": "guarded by distance from the RM's data (no gold)",
-                "ensemble": "guarded by ensemble disagreement (no gold)"}
 
 
 def settings(quick: bool) -> dict:
@@ -114,10 +128,6 @@ def sample_notes(model_dir: Path, prompts: list[str], n: int, seed: int) -> list
     """``n`` notes per prompt from the model in ``model_dir``, sampled at temperature 1 (as RL samples)."""
     import torch
 
-    from aha.config import ModelConfig
-    from aha.models import load_policy
-    from aha.rollout import SamplingParams
-    from aha.rollout.hf import HFEngine
 
     torch.manual_seed(seed)
     model, tok = load_policy(ModelConfig(name=str(model_dir)), init_from=model_dir)
@@ -139,7 +149,6 @@ def write_rankings(out: Path, sft_dir: Path, seed: int, s: dict) -> float:
     prompts = [world.prompt_for(rng.choice(world.TOPICS)) for _ in range(s["rankings"])]
     groups = sample_notes(sft_dir, prompts, K, seed)
     rows, agree, pairs = [], 0, 0
-    from aha.algos.preference import ranked_pairs
 
     for prompt, notes in zip(prompts, groups):
         ranking = world.simulate_ranking(notes, rng, s["label_temperature"])
@@ -156,16 +165,12 @@ def write_rankings(out: Path, sft_dir: Path, seed: int, s: dict) -> float:
 
 
 def final_model(run_dir: Path) -> Path:
-    from aha.checkpoint import list_checkpoints
-
     return list_checkpoints(run_dir)[-1] / "model"
 
 
 def score_policy(model_dir: Path, rm_dir: Path, seed: int, s: dict) -> dict:
     """Gold and proxy (the reward model's ensemble mean) of the policy's notes on held-out prompts (the topics,
     each ``eval_samples`` times, at temperature 1), with a few of its notes."""
-    from aha.rewards.reward_model import RewardModelReward
-
     rng = random.Random(10_000 + seed)
     prompts = [world.prompt_for(rng.choice(world.TOPICS)) for _ in range(s["eval_prompts"])]
     groups = sample_notes(model_dir, prompts, s["eval_samples"], seed + 1)
@@ -184,11 +189,6 @@ def score_policy(model_dir: Path, rm_dir: Path, seed: int, s: dict) -> dict:
 
 
 def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
-    from aha.demos.rlhf_report import curves, guard_stop, write_demo_report
-    from aha.rl import train_rl
-    from aha.rm import train_reward_model
-    from aha.sft import train_sft
-
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

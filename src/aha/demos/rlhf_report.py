@@ -9,7 +9,14 @@ import math
 from html import escape
 from pathlib import Path
 
-from aha.track.report import CSS, _figure, _fmt, _to_png, load_jsonl, load_metrics, render_summary
+from aha.track.plots import figure, fmt, to_png
+from aha.track.report import CSS, load_jsonl, load_metrics, render_summary
+
+GOLD_LABEL, PROXY_LABEL = "gold", "rm"  # their names in the metrics: reward/gold/mean, reward/rm/mean
+GUARD_LABELS = {"gold": "guarded by gold", "support": "guarded by distance from the RM's data (no gold)",
+                "ensemble": "guarded by ensemble disagreement (no gold)"}
+GOLD = GOLD_LABEL  # (the report's name for it)
+
 
 
 def moving_average(xs: list[float], window: int) -> list[float]:
@@ -50,7 +57,7 @@ def guard_stop(run_dir: Path, curve: dict) -> dict | None:
 
 def plot_overoptimisation(curve: dict, summary: dict) -> str:
     """Proxy and gold (smoothed) against √KL, the gold peak marked, and where each guard stopped."""
-    fig, axes = _figure(7.2, 4.0)
+    fig, axes = figure(7.2, 4.0)
     ax = axes[0, 0]
     ax.xaxis.get_major_locator().set_params(integer=False)
     ax.plot(curve["sqrt_kl"], curve["gold_smooth"], color="C2", linewidth=1.8, label="gold (hidden preference)")
@@ -68,17 +75,17 @@ def plot_overoptimisation(curve: dict, summary: dict) -> str:
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="best")
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def plot_steps(curve: dict) -> str:
     """Proxy and gold (raw and smoothed) against the step."""
-    fig, axes = _figure(7.2, 3.4, ncols=2)
+    fig, axes = figure(7.2, 3.4, ncols=2)
     for ax, key, color, title in ((axes[0, 0], "gold", "C2", "gold"), (axes[0, 1], "proxy", "C0", "proxy")):
         ax.plot(curve["steps"], curve[key], color=color, alpha=0.3, linewidth=1)
         ax.plot(curve["steps"], curve[f"{key}_smooth"], color=color, linewidth=1.8)
         ax.set(title=f"{title} per step (unguarded)", xlabel="step")
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def notes_at(run_dir: Path, step: int, n: int = 8) -> list[dict]:
@@ -88,14 +95,13 @@ def notes_at(run_dir: Path, step: int, n: int = 8) -> list[dict]:
 
 def render_notes(title: str, rows: list[dict], gold: str) -> str:
     body = "".join(f"<tr><td><pre>{escape(str(r.get('prompt')))}</pre></td><td><pre>{escape(str(r.get('completion')))}"
-                   f"</pre></td><td class='num'>{_fmt((r.get('rewards') or {}).get(gold))}</td>"
-                   f"<td class='num'>{_fmt(r.get('reward'))}</td></tr>" for r in rows)
+                   f"</pre></td><td class='num'>{fmt((r.get('rewards') or {}).get(gold))}</td>"
+                   f"<td class='num'>{fmt(r.get('reward'))}</td></tr>" for r in rows)
     return (f"<h3>{escape(title)}</h3><table class='samples'><tr><th style='width:18%'>prompt</th><th>note</th>"
             f"<th style='width:10%'>gold</th><th style='width:10%'>proxy</th></tr>{body}</table>")
 
 
 def write_demo_report(out: Path, summary: dict, curve: dict, runs: dict) -> Path:
-    from aha.demos.rlhf import GOLD_LABEL as GOLD
 
     run = out / "rl-unguarded"
     parts = [
@@ -116,7 +122,6 @@ def write_demo_report(out: Path, summary: dict, curve: dict, runs: dict) -> Path
         render_notes(f"unguarded, at the end (step {summary['unguarded_steps']})",
                      notes_at(run, summary["unguarded_steps"]), GOLD),
     ]
-    from aha.demos.rlhf import GUARD_LABELS
 
     for name, label in GUARD_LABELS.items():
         label += ", final policy"

@@ -8,9 +8,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
 
-from aha.label.deps import CSRF_COOKIE, SESSION_COOKIE, ApiError, client_address, reader, store, throttle, writer
+from aha.label.deps import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    ApiError,
+    client_address,
+    reader,
+    store,
+    throttle,
+    writer,
+)
 from aha.label.security import safe_next
 from aha.label.store import Store
 

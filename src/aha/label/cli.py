@@ -3,7 +3,6 @@ rankings for ``stage: reward_model``."""
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -11,27 +10,17 @@ from typing import Optional
 
 import typer
 
+from aha.console import friendly
+
 label_app = typer.Typer(no_args_is_help=True, help="The ranking app: people rank model outputs in a browser; "
                         "their rankings train the reward model.")
 
 DB_HELP = "The SQLite database (created on first use)."
 
 
-def _friendly(fn):
-    """aha.cli's ``friendly`` (one-line errors, exit code 2), looked up at call time: aha.cli imports this module."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from aha.cli import friendly
-
-        return friendly(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def read_prompts(path: Path) -> list[dict]:
     """Rows of a prompts JSONL file (``{"prompt": ...}`` plus any columns, kept), or LabelError."""
-    from aha.label.store import LabelError, jsonl_rows
+    from aha.label.store import LabelError, jsonl_rows  # (the store: ~0.1 s, only for the commands that open one)
 
     rows = jsonl_rows(path, "--prompts", "no prompts in it (one JSON object per line with a 'prompt')")
     for n, row in rows:
@@ -45,12 +34,12 @@ def sample_tasks(model_name: str, prompts: list[dict], k: int, max_new_tokens: i
     """K sampled completions per prompt from ``model_name`` with aha's own sampler, as task rows."""
     import torch
 
-    from aha.config import ModelConfig
+    from aha.config import ModelConfig  # (this block: torch and transformers, loaded only to sample)
     from aha.data.templates import render_prompt, resolve_template
+    from aha.modeling.device import seed_everything
     from aha.models import load_policy
     from aha.rollout import SamplingParams
     from aha.rollout.hf import HFEngine
-    from aha.runtime import seed_everything
 
     seed_everything(seed)
     model, tok = load_policy(ModelConfig(name=model_name))
@@ -73,7 +62,7 @@ def sample_tasks(model_name: str, prompts: list[dict], k: int, max_new_tokens: i
 
 
 @label_app.command()
-@_friendly
+@friendly
 def serve(
     db: Path = typer.Option(Path("rankings.sqlite"), "--db", help=DB_HELP),
     tasks: Optional[Path] = typer.Option(None, "--tasks", help="Tasks JSONL: {\"prompt\", \"completions\": [K texts]} "
@@ -104,9 +93,9 @@ def serve(
     """Start the ranking app: the labelers' page at /, the admin page at /admin, the API at /api/."""
     import uvicorn
 
-    from aha.label.app import create_app
-    from aha.label.schema import SCHEMA_VERSION
-    from aha.label.store import LabelError, Store, read_tasks
+    from aha.label.app import create_app  # (FastAPI and uvicorn: only to serve)
+    from aha.label.schema import SCHEMA_VERSION  # (the store: ~0.1 s, only for the commands that open one)
+    from aha.label.store import LabelError, Store, read_tasks  # (the store: ~0.1 s, only for the commands that open one)
 
     if (model is None) != (prompts is None):
         raise LabelError("--model and --prompts go together: the model samples --k completions for each prompt")
@@ -148,19 +137,19 @@ def serve(
 
 
 @label_app.command("add-labeler")
-@_friendly
+@friendly
 def add_labeler(
     name: str = typer.Argument(..., help="The labeler's name (shown on the admin page and in the export)."),
     db: Path = typer.Option(Path("rankings.sqlite"), "--db", help=DB_HELP),
 ):
     """Create a labeler and print their token (stored only as a hash: keep it)."""
-    from aha.label.store import Store
+    from aha.label.store import Store  # (the store: ~0.1 s, only for the commands that open one)
 
     typer.echo(Store(db).add_labeler(name))
 
 
 @label_app.command()
-@_friendly
+@friendly
 def revoke(
     name: str = typer.Argument(..., help="The labeler to revoke."),
     db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
@@ -173,7 +162,7 @@ def revoke(
 
 
 @label_app.command("new-token")
-@_friendly
+@friendly
 def new_token(
     name: Optional[str] = typer.Argument(None, help="Whose token to replace (default: the admin's)."),
     db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
@@ -183,7 +172,7 @@ def new_token(
 
 
 @label_app.command()
-@_friendly
+@friendly
 def backup(
     db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
     out: Path = typer.Option(..., "--out", "-o", help="The copy to write (replaced whole, never half-written)."),
@@ -196,7 +185,7 @@ def backup(
 
 
 def _existing_store(db: Path):
-    from aha.label.store import LabelError, Store
+    from aha.label.store import LabelError, Store  # (the store: ~0.1 s, only for the commands that open one)
 
     if not db.is_file():
         raise LabelError(f"--db {db}: file not found")
@@ -204,14 +193,14 @@ def _existing_store(db: Path):
 
 
 @label_app.command()
-@_friendly
+@friendly
 def export(
     db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the JSONL (the ranking format that "
                              "stage: reward_model reads)."),
 ):
     """Write every ranking as a row {prompt, completions, ranking (ties nested), labeler, task_id, …}."""
-    from aha.label.store import LabelError
+    from aha.label.store import LabelError  # (the store: ~0.1 s, only for the commands that open one)
 
     store = _existing_store(db)
     n = 0

@@ -29,7 +29,13 @@ from typing import Any, Iterator
 from aha.data.preferences import PreferenceRow, normalize_ranking, ranking_row
 from aha.label.schema import SCHEMA_VERSION, NewerSchema, migrate
 from aha.label.stats import admin_stats, kendalls_w  # noqa: F401 (kendalls_w: re-exported)
-from aha.label.taskfile import MAX_COMPLETIONS, LabelError, check_task, jsonl_rows, read_tasks  # noqa: F401
+from aha.label.taskfile import (  # noqa: F401
+    MAX_COMPLETIONS,
+    LabelError,
+    check_task,
+    jsonl_rows,
+    read_tasks,
+)
 
 DEFAULT_LEASE_S = 3600.0  # an open assignment nobody submits frees its slot after this long
 DEFAULT_SESSION_S = 12 * 3600.0  # a login lasts a working day

@@ -50,6 +50,7 @@ __all__ = [
     "RewardFn",
     "accuracy",
     "as_completions",
+    "columns_of",
     "bind_args",
     "build_rewards",
     "completion_text",
@@ -73,6 +74,13 @@ def as_completions(prompts: Sequence, texts: Sequence[str]) -> list:
     ['4', [{'role': 'assistant', 'content': '4'}]]
     """
     return [[{"role": "assistant", "content": t}] if isinstance(p, list) else t for p, t in zip(prompts, texts)]
+
+
+def columns_of(rows: list[dict], repeat: int = 1) -> dict[str, list]:
+    """Every column of ``rows`` but the prompt, each value repeated ``repeat`` times (the G completions of a row):
+    the keyword arguments a reward function gets, as TRL passes them."""
+    keys = {k for r in rows for k in r if k != "prompt"}
+    return {k: [r.get(k) for r in rows for _ in range(repeat)] for k in keys}
 
 
 class RewardError(AhaError, RuntimeError):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from aha.rewards.learned import load_reward_model
+
 
 class RewardModelReward:
     """``fn(prompts, completions, **kw) -> list[float]`` scored by the reward model in ``path``.
@@ -27,20 +29,18 @@ class RewardModelReward:
 
     After every call ``last_metrics`` holds ``score_mean`` (the batch mean of the ensemble-mean score), ``score_std``
     (its spread over the batch) and, for an ensemble, ``ensemble_std`` (the batch mean of the per-sample std over
-    heads) and ``ensemble_std_max``; where the stage saved its training data's support (:mod:`aha.rm.support`),
+    heads) and ``ensemble_std_max``; where the stage saved its training data's support (:mod:`aha.rewards.support`),
     ``support_distance`` (the batch's mean Mahalanobis distance from that data, in units of the held-out data's:
     ≈ 1 in distribution, rising as the policy drifts off it) and ``ood_fraction`` (the share beyond the held-out
     99th percentile). Either can be the reward-hacking guard's no-gold warning sign (``guard.signal``).
     """
 
-    # how those statistics of shards (Ray rollout workers) make the whole batch's (aha.rewards.scoring.merge_metrics)
+    # how those statistics of shards (Ray rollout workers) make the whole batch's (aha.rollout.scoring.merge_metrics)
     # (the others, ensemble_std, support_distance, ood_fraction, score_mean, are batch means: count-weighted means)
     metric_merge = {"score_std": "std:score_mean", "ensemble_std_max": "max"}
 
     def __init__(self, path: str | Path, batch_size: int = 32, aggregate: str = "mean", std_coef: float = 0.0,
                  device: str | None = None):
-        from aha.rm import load_reward_model
-
         if aggregate not in ("mean", "min"):
             raise ValueError(f"aggregate must be 'mean' or 'min', got {aggregate!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

@@ -16,6 +16,8 @@ from typing import Any
 from aha.errors import AhaError
 from aha.rewards import code as _code
 from aha.rewards.builtin import accuracy, overlong, repetition, tag_count, think_format
+from aha.rewards.learned import RewardModelError
+from aha.rewards.reward_model import RewardModelReward
 
 RewardFn = Callable[..., list]
 
@@ -173,8 +175,6 @@ def _reward_model(spec: str, args: dict | None) -> RewardFn:
     argument is one line."""
     import inspect
 
-    from aha.rewards.reward_model import RewardModelReward
-    from aha.rm import RewardModelError
 
     path = Path(spec[3:]).expanduser()
     if not spec[3:].strip():

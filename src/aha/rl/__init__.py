@@ -20,8 +20,17 @@ from pathlib import Path
 from aha.config import RunConfig
 from aha.evaluation import evaluate
 from aha.rl.context import RLContext, build_context, restore, trainer_group
-from aha.rl.phases import advantages, collect, guard_act, guard_check, log_samples, score, step_metrics, sync
 from aha.rl.optimize import update
+from aha.rl.phases import (
+    advantages,
+    collect,
+    guard_act,
+    guard_check,
+    log_samples,
+    score,
+    step_metrics,
+    sync,
+)
 from aha.run import Run
 
 

@@ -12,19 +12,25 @@ from typing import Callable
 import torch
 
 from aha.algos.advantages import AdvantageEstimator, advantage_estimator
+from aha.build import build_engine, prepare
 from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
 from aha.critic import Critic, build_critic
-from aha.guard import Guard, check_guard_config
-from aha.models import reference_model
-from aha.modeling.options import set_attention, training_attention
+from aha.data.sampler import PromptSampler
+from aha.errors import TrainingError
 from aha.evaluation import eval_verifier
+from aha.guard import Guard, check_guard_config
+from aha.modeling.options import set_attention, training_attention
+from aha.models import reference_model
+from aha.optim import make_optimizer
 from aha.rewards import build_rewards
-from aha.rewards.scoring import RewardRecipe, RewardScorer
 from aha.rewards.specs import label_map
-from aha.rollout import Engine, SamplingParams, build_engine
+from aha.rl.optimize import updates_per_batch
+from aha.rl.ranks import start_trainers
+from aha.rollout import Engine, SamplingParams
+from aha.rollout.scoring import RewardRecipe, RewardScorer
 from aha.run import Run
-from aha.runtime import PromptSampler, TrainingError, make_optimizer, prepare
+from aha.sft import imitate_answers
 from aha.tasks import Task
 from aha.track.reasoning import ReasoningMeter, reasoning_meter
 
@@ -53,7 +59,7 @@ class RLContext:
     best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's trainable weights
     recent_weights: deque | None = None  # (guard.action rollback) copies of the weights the last steps sampled from
     reasoning: ReasoningMeter | None = None  # judges completions for the reasoning metrics (log.reasoning_metrics)
-    trainers: object = None  # data-parallel trainer ranks 1..M−1 (distributed.trainers > 1; aha.distributed.trainers)
+    trainers: object = None  # data-parallel trainer ranks 1..M−1 (distributed.trainers > 1; aha.rl.ranks)
 
     @property
     def updates(self) -> int:
@@ -69,11 +75,6 @@ class RLContext:
     def state(self) -> dict:
         """What a checkpoint holds besides the policy's weights."""
         return training_state(self.optimizer, self.scheduler, self.sampler, self.critic)
-
-
-def updates_per_batch(rl) -> int:
-    """Optimizer steps per batch of rollouts: μ passes × minibatches (``rl``: the config's RLConfig)."""
-    return rl.mu * rl.num_minibatches
 
 
 def build_context(cfg: RunConfig, run: Run) -> RLContext:
@@ -103,8 +104,6 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     # and always under LoRA, where a checkpoint holds only the adapters over the imitated base weights
     lora, needs_ref = cfg.model.lora.enabled, rl.beta > 0 or ctx.guard is not None
     if cfg.sft.imitation_steps and (not run.resuming or lora or needs_ref):
-        from aha.sft import imitate_answers  # optional: imitate the task's answers first (sft.imitation_steps)
-
         imitate_answers(policy, tok, task.train, template, cfg, device, amp)
     # frozen copy of the policy RL starts from (with the guard also at β = 0, then for measuring KL, not in the loss)
     ctx.ref = reference_model(policy, rl.beta if ctx.guard is None else max(rl.beta, 1.0), cfg.model.lora.enabled)
@@ -124,10 +123,8 @@ def restore(ctx: RLContext, checkpoint) -> int:
 
 
 def trainer_group(ctx: RLContext):
-    """The data-parallel trainer ranks ``distributed.trainers`` > 1 asks for (:mod:`aha.distributed.trainers`, which
+    """The data-parallel trainer ranks ``distributed.trainers`` > 1 asks for (:mod:`aha.rl.ranks`, which
     imports Ray), started from the context's weights and optimizer state; None for one trainer process."""
     if ctx.cfg.distributed.trainers == 1:
         return None
-    from aha.distributed.trainers import start_trainers
-
     return start_trainers(ctx)

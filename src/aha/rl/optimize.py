@@ -3,11 +3,11 @@ each, with gradient accumulation over micro-batches. Per micro-batch:
 
     loss = aggregate(policy_loss(ρ, A) [+ β·KL to the reference: GRPO]) [− c_H·entropy] [+ c_V·value loss]
 
-An optimizer step whose loss or gradient norm is not finite is skipped (:func:`aha.runtime.finite_step`): the
+An optimizer step whose loss or gradient norm is not finite is skipped (:func:`aha.optim.finite_step`): the
 weights, the optimizer's state and the learning-rate schedule stay as they were (as Megatron and DeepSpeed skip an
 overflowing fp16 step).
 
-With ``distributed.trainers`` > 1 the ranks (:mod:`aha.distributed.trainers`) each take a share of every minibatch's
+With ``distributed.trainers`` > 1 the ranks (:mod:`aha.rl.ranks`) each take a share of every minibatch's
 rows, keep its normalisers, and sum their gradients before the clip and the step: the one-process update.
 
 Returns the statistics of the pass: the ratios and KLs each a mean over the batch's completion tokens and the μ
@@ -18,15 +18,25 @@ optimizer step, or None when every one was taken.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from aha.algos.kl import kl_estimate
-from aha.algos.losses import aggregate_loss, approx_kl, clipped_value_loss, masked_mean, policy_loss
+from aha.algos.losses import (
+    aggregate_loss,
+    approx_kl,
+    clipped_value_loss,
+    masked_mean,
+    policy_loss,
+)
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast, lean_activations
+from aha.optim import finite_step
 from aha.rl.batch import RolloutBatch
-from aha.rl.context import RLContext
-from aha.runtime import finite_step
+
+if TYPE_CHECKING:  # (a type only: the context imports this module)
+    from aha.rl.context import RLContext
 
 
 def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
@@ -35,10 +45,15 @@ def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
     return [chunk.to(device) for chunk in order.tensor_split(k) if len(chunk)]
 
 
+def updates_per_batch(rl) -> int:
+    """Optimizer steps per batch of rollouts: μ passes × minibatches (``rl``: the config's RLConfig)."""
+    return rl.mu * rl.num_minibatches
+
+
 def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
     """The update phase; with ``distributed.trainers`` > 1 the data-parallel ranks share every minibatch."""
     plan = [minibatches(len(batch), ctx.cfg.rl.num_minibatches, ctx.device) for _ in range(ctx.cfg.rl.mu)]
-    if ctx.trainers is not None:  # (aha.distributed.trainers) rank 0 is this process; the others take the same plan
+    if ctx.trainers is not None:  # (aha.rl.ranks) rank 0 is this process; the others take the same plan
         return ctx.trainers.update(batch, plan)
     return update_rows(ctx, batch, plan)
 
@@ -46,7 +61,7 @@ def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
 def update_rows(ctx: RLContext, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None) \
         -> tuple[dict, str | None]:
     """The passes and minibatches ``plan`` holds (each pass's minibatches of row indices), one optimizer step each.
-    ``share`` (a :class:`~aha.distributed.trainers.Share`: one data-parallel rank's part) takes that rank's rows of
+    ``share`` (a :class:`~aha.rl.ranks.Share`: one data-parallel rank's part) takes that rank's rows of
     every minibatch, with the whole minibatch's normalisers, and sums the gradients, the loss and the statistics over
     the ranks; None: one process takes every row. ``ctx`` needs ``cfg, policy, critic, optimizer, scheduler,
     updates, estimator, device, amp``."""

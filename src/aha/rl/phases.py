@@ -20,17 +20,17 @@ from aha.algos.losses import masked_mean
 from aha.data.templates import render_prompt
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast
-from aha.rewards.scoring import Scores
 from aha.rl.batch import RolloutBatch
 from aha.rl.context import RLContext
 from aha.rollout import pack_rollouts
+from aha.rollout.scoring import Scores
 from aha.track.reasoning import reasoning_metrics
 
 # ============================================================ collect
 
 
 def sample(ctx: RLContext, rows: list[dict]) -> tuple[RolloutBatch, Scores]:
-    """G completions for each row, decoded and rewarded (aha.rewards.scoring); returns the batch and its scores
+    """G completions for each row, decoded and rewarded (aha.rollout.scoring); returns the batch and its scores
     (with how many (function, sample) pairs a failing reward skipped, and each reward's ``last_metrics``)."""
     G, prefix = ctx.cfg.rollout.group_size, ctx.cfg.task.response_prefix  # (e.g. '<think>': ends the prompt)
     prompt_ids = [render_prompt(r["prompt"], ctx.tokenizer, ctx.template, prefix) for r in rows]

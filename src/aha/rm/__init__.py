@@ -14,16 +14,29 @@ transformers (and ``critic.init_from``) returns the ensemble mean. The N heads t
 ``aha_ensemble.json``; :class:`RewardModel` (and the ``rm:`` reward) reads them for the per-head scores, their
 disagreement (std) and the conservative reward mean − λ·std.
 
-The package: :mod:`aha.rm.model` (the text a reward model scores, loading one for scoring), :mod:`aha.rm.stage` (the
+The package: :mod:`aha.rewards.learned` (the text a reward model scores, loading one for scoring), :mod:`aha.rm.stage` (the
 training stage, on the shared run skeleton :class:`aha.run.Run`).
 
 Layout: ``RUN_DIR/checkpoints/step-N/model`` (resumable, as for the other stages) and ``RUN_DIR/model``, the final
 reward model — the directory to give ``rm:`` or ``critic.init_from``.
 """
 
-from aha.rm.model import (CONFIG_KEY, ENSEMBLE_FILE, RewardModel, RewardModelError, encode_for_rm, load_reward_model,
-                          render_text, rm_template)
-from aha.rm.stage import build_reward_backbone, reward_model_dir, split_preferences, train_reward_model
+from aha.rewards.learned import (
+                          CONFIG_KEY,
+                          ENSEMBLE_FILE,
+                          RewardModel,
+                          RewardModelError,
+                          encode_for_rm,
+                          load_reward_model,
+                          render_text,
+                          rm_template,
+)
+from aha.rm.stage import (
+                          build_reward_backbone,
+                          reward_model_dir,
+                          split_preferences,
+                          train_reward_model,
+)
 
 __all__ = ["CONFIG_KEY", "ENSEMBLE_FILE", "RewardModel", "RewardModelError", "build_reward_backbone", "encode_for_rm",
            "load_reward_model", "render_text", "reward_model_dir", "rm_template", "split_preferences",

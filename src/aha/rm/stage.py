@@ -12,16 +12,41 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aha.algos.preference import (plackett_luce_loss, ranked_pairs, ranking_bt_loss, ranking_metrics,
-                                  reward_centering)
-from aha.checkpoint import list_checkpoints, resume_from, training_state
+from aha.algos.preference import (
+    plackett_luce_loss,
+    ranked_pairs,
+    ranking_bt_loss,
+    ranking_metrics,
+    reward_centering,
+)
+from aha.checkpoint import list_checkpoints, resume_from, training_state, write_manifest
 from aha.config import RunConfig
 from aha.data.preferences import PreferenceRow, read_preferences
-from aha.errors import first_line
-from aha.modeling.options import autocast, autocast_dtype, set_attention, training_attention
-from aha.rm.model import CONFIG_KEY, ENSEMBLE_FILE, _unwrap, encode_for_rm, pad_batch, pooled_hidden, render_text, rm_template
+from aha.data.sampler import PromptSampler
+from aha.errors import TrainingError, first_line
+from aha.modeling.device import pick_device, seed_everything
+from aha.modeling.options import (
+    autocast,
+    autocast_dtype,
+    set_attention,
+    training_attention,
+)
+from aha.models import DEFAULT_ALPHABET, ModelLoadError, build_tiny, resolve_model_dir
+from aha.optim import make_optimizer
+from aha.rewards.learned import (
+    CONFIG_KEY,
+    ENSEMBLE_FILE,
+    _unwrap,
+    encode_for_rm,
+    load_reward_model,
+    pad_batch,
+    pooled_hidden,
+    render_text,
+    rm_template,
+)
+from aha.rewards.support import fit_support
 from aha.run import Run
-from aha.runtime import PromptSampler, TrainingError, make_optimizer, pick_device, seed_everything
+from aha.tasks import DataError
 from aha.threads import use_threads
 
 
@@ -30,9 +55,12 @@ def build_reward_backbone(cfg: RunConfig, alphabet: str):
     (``task_type="SEQ_CLS"``) if configured. ``tiny[:spec]`` builds a Llama in code with a char tokenizer over
     ``alphabet``; anything else loads from ``init_from`` or ``model.name`` (an HF dir, a .gguf, an alias)."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        LlamaForSequenceClassification,
+    )
 
-    from aha.models import ModelLoadError, build_tiny, resolve_model_dir
 
     name = str(cfg.init_from) if cfg.init_from is not None else cfg.model.name
     if cfg.init_from is not None and not Path(cfg.init_from).exists():
@@ -112,8 +140,6 @@ def _loss_fn(kind: str, margin: float):
 
 def split_preferences(cfg: RunConfig) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
     """``(train, held_out)``: eval_path's rows, or the last eval_fraction of path's rows (at least one)."""
-    from aha.tasks import DataError
-
     rc = cfg.reward_model
     rows = read_preferences(rc.path)
     if rc.eval_path is not None:
@@ -144,7 +170,6 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     device = pick_device(tr.device)
     amp = autocast_dtype(tr.precision, device)
     train_rows, eval_rows = split_preferences(cfg)
-    from aha.models import DEFAULT_ALPHABET
 
     plain_texts = [render_text(r.prompt, c, None, "plain") for r in train_rows + eval_rows for c in r.completions]
     alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(plain_texts)) - set(DEFAULT_ALPHABET)))
@@ -255,6 +280,7 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
             ckpt = run.save(step, model, tok, training_state(optimizer, scheduler, sampler, heads))
             if rc.num_heads > 1:
                 write_ensemble(ckpt / "model", heads)
+                write_manifest(ckpt)  # (again: the manifest covers the heads too)
     publish_final_model(run.dir)
     if rc.support:  # where the training data lies in feature space: the rm: reward's support_distance
         write_support(run.dir, train_ids, eval_ids, device, tr.micro_batch_size, rc.support_samples, tr.seed,
@@ -264,7 +290,7 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
 
 def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_size: int, samples: int, seed: int,
                   progress: bool = True) -> None:
-    """Fit :mod:`aha.rm.support` on the final model's features of (at most ``samples``, drawn with ``seed``) training
+    """Fit :mod:`aha.rewards.support` on the final model's features of (at most ``samples``, drawn with ``seed``) training
     completions — the held-out ones (as many) set its unit — and save it beside ``RUN_DIR/model`` and the newest
     checkpoint's model. The features come from the saved model loaded as the ``rm:`` reward loads it (fp32, eval
     mode), so its distances are the reward's."""
@@ -272,8 +298,6 @@ def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_
 
     from tqdm.auto import tqdm
 
-    from aha.rm.model import load_reward_model
-    from aha.rm.support import fit_support
 
     rm = load_reward_model(reward_model_dir(run_dir), device)
     rng = random.Random(seed)
@@ -290,8 +314,10 @@ def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_
                 bar.update(len(parts[-1]))
             feats.append(torch.cat(parts))
     support = fit_support(*feats)
-    for model_dir in (reward_model_dir(run_dir), list_checkpoints(run_dir)[-1] / "model"):
+    newest = list_checkpoints(run_dir)[-1]
+    for model_dir in (reward_model_dir(run_dir), newest / "model"):
         support.save(model_dir)
+    write_manifest(newest)  # (again: the newest checkpoint's manifest covers its support too)
 
 
 def publish_final_model(run_dir: Path) -> None:

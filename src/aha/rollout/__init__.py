@@ -63,32 +63,6 @@ class Engine(Protocol):
     def sync(self, policy: torch.nn.Module) -> int: ...
 
 
-def build_engine(name: str, policy: torch.nn.Module, tokenizer, device: torch.device, amp: torch.dtype | None,
-                 compile: bool | str = False, lora: bool = False, distributed=None, rewards=None) -> Engine:
-    """The engine ``rollout.engine`` names, sampling from ``policy``. ``hf``: in-process, sharing the policy's
-    parameters; with ``rollout.compile`` (:func:`~aha.modeling.options.compiled_sampler`) its compiled variant;
-    with ``distributed.backend: ray`` (a ``DistributedConfig``), Ray rollout workers
-    (:class:`~aha.distributed.ray_engine.RayEngine`), which reward beside the completions when given ``rewards`` (an
-    :class:`~aha.rewards.scoring.RewardRecipe`)."""
-    from aha.modeling.options import compiled_sampler
-
-    if distributed is not None and distributed.backend == "ray":
-        from aha.distributed.ray_engine import RayEngine
-
-        return RayEngine(policy, tokenizer, distributed.rollout_workers, distributed.address, distributed.timeout_s,
-                         distributed.max_restarts, exact=device.type == "cpu" and amp is None, rewards=rewards)
-
-    if name != "hf":
-        raise ValueError(f"rollout.engine {name!r}: only 'hf' is built in")
-    if compiled_sampler(compile, device, lora):
-        from aha.rollout.compiled import CompiledEngine  # a compiled (bf16 or fp32) copy of the policy samples
-
-        return CompiledEngine(policy, tokenizer, device, amp, fallback=compile == "auto")  # see its docstring
-    from aha.rollout.hf import HFEngine
-
-    return HFEngine(policy, tokenizer, device, amp)  # samples with the model's own attention kernel
-
-
 def pack_rollouts(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     """``[left-padded prompt | right-padded completion]`` tensors plus the completion mask and the
     sampler's logprobs, padded to the batch's longest prompt and completion."""

@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from aha.errors import first_line
+from aha.errors import TrainingError, first_line
 from aha.modeling.logprobs import position_ids_from_mask
 from aha.rollout.hf import HFEngine, WeightMajorLinear, _base
 
@@ -119,7 +119,6 @@ class CompiledEngine(HFEngine):
         idempotent (the same keys and values at the same positions), so the step can run again eagerly."""
         from torch._dynamo.exc import TorchDynamoException
 
-        from aha.runtime import TrainingError
 
         if self.graphs:  # a new replay: the last one's outputs are consumed
             torch.compiler.cudagraph_mark_step_begin()

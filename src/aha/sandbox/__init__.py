@@ -51,12 +51,18 @@ import subprocess
 import tempfile
 import time
 import uuid
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from aha.sandbox.namespaces import (
+    BUILDERS,
+    SANDBOX_UID,
+    SandboxError,
+    drop_privileges,
+    sandbox_python,
+)
 from aha.sandbox.process import close_fds, communicate, kill_tree, leftover_processes
-from aha.sandbox.namespaces import BUILDERS, SANDBOX_UID, SandboxError, drop_privileges, sandbox_python
 
 log = logging.getLogger(__name__)
 

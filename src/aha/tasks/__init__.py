@@ -6,37 +6,18 @@ column handed to reward functions as a keyword list (TRL's convention).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 from aha.config import TaskConfig
-from aha.data.load import DataError  # noqa: F401 (its historical home)
+from aha.data.load import DataError
+from aha.tasks.arithmetic import arithmetic_task
+from aha.tasks.base import Task
+from aha.tasks.code import code_task
+from aha.tasks.countdown import countdown_task
+from aha.tasks.jsonl import jsonl_task
 
-
-@dataclass
-class Task:
-    name: str
-    train: list[dict]
-    eval: list[dict]
-    alphabet: str | None = None  # characters a tiny char-level model needs; None = any text
-    rewards: dict[str, Callable] = field(default_factory=dict)  # task-specific reward functions by name
-    verifier: str = "accuracy"  # the reward that decides correctness for eval/accuracy
-    note: str | None = None  # what a run should tell the user about the data (e.g. how the held-out split was made)
+__all__ = ["DataError", "Task", "build_task"]
+BUILDERS = {"arithmetic": arithmetic_task, "countdown": countdown_task, "code": code_task}
 
 
 def build_task(cfg: TaskConfig) -> Task:
-    if cfg.name == "arithmetic":
-        from aha.tasks.arithmetic import arithmetic_task
-
-        return arithmetic_task(cfg)
-    if cfg.name == "countdown":
-        from aha.tasks.countdown import countdown_task
-
-        return countdown_task(cfg)
-    if cfg.name == "code":
-        from aha.tasks.code import code_task
-
-        return code_task(cfg)
-    from aha.tasks.jsonl import jsonl_task
-
-    return jsonl_task(cfg)
+    """The task ``task.name`` names; 'dataset' (or 'jsonl') reads your data from ``task.path``."""
+    return BUILDERS.get(cfg.name, jsonl_task)(cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 
 from aha.config import TaskConfig
-from aha.tasks import Task
+from aha.tasks.base import Task
 
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 

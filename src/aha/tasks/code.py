@@ -24,7 +24,9 @@ from importlib import resources
 from pathlib import Path
 
 from aha.config import TaskConfig
-from aha.tasks import DataError, Task
+from aha.data.load import DataError
+from aha.rewards.code import code
+from aha.tasks.base import Task
 from aha.tasks.jsonl import read_jsonl
 
 INSTRUCTION = "Answer with the complete function in a single ```python code block."
@@ -51,8 +53,6 @@ def code_rows(path: Path | None = None) -> list[dict]:
 
 
 def code_task(cfg: TaskConfig) -> Task:
-    from aha.rewards.code import code
-
     rows = code_rows(cfg.path)
     random.Random(cfg.seed).shuffle(rows)
     n_eval = min(cfg.num_eval, len(rows) // 5)

@@ -11,8 +11,9 @@ import random
 import re
 
 from aha.config import TaskConfig
-from aha.tasks import Task
+from aha.rewards.builtin import completion_text
 from aha.tasks.arithmetic import split_unique
+from aha.tasks.base import Task
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
@@ -51,8 +52,6 @@ def countdown_reward(prompts, completions, numbers=None, answer=None, **_) -> li
     >>> countdown_reward(["p"], ["<answer>(25-3)*2</answer>"], numbers=[[2, 3, 25]], answer=["44"])
     [1.0]
     """
-    from aha.rewards.builtin import completion_text
-
     out: list[float | None] = []
     for comp, nums, target in zip(completions, numbers or [], answer or []):
         if nums is None or target is None:

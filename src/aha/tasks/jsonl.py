@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from aha.config import TaskConfig
-from aha.data.load import load_rows, text_problem
-from aha.tasks import DataError, Task
+from aha.data.load import DataError, load_rows, text_problem
+from aha.tasks.base import Task
 
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:

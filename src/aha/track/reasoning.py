@@ -27,12 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from aha.config.run import REFLECTION_PHRASES
 from aha.rewards.builtin import answer_matches, extract_answer, has_think_format
-
-REFLECTION_PHRASES = (  # Oat-Zero's keywords, then the ones R1-style traces are known for
-    "recheck", "rethink", "re-evaluate", "re-examine", "try again", "check again", "think again",
-    "go over the steps", "wait", "alternatively", "however", "verify",
-)
 
 # a minus sign belongs to a number unless it follows a word or a ')' (then it is subtraction: '23-45' is 23 and 45)
 _NUMBER_RE = re.compile(r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")

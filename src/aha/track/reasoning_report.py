@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from html import escape
 
+from aha.track.plots import clip, figure, plot_line, to_png
+
 PANELS = [  # (title, [(key, label)]) — training batch keys, and the held-out eval's beside them
     ("Accuracy (strict: inside <answer>; lenient: last number)", [
         ("reasoning/accuracy_strict", "strict (train)"), ("reasoning/accuracy_lenient", "lenient (train)"),
@@ -29,7 +31,6 @@ def is_reasoning_key(key: str) -> bool:
 
 def plot_reasoning(metrics: dict) -> str | None:
     """One panel per :data:`PANELS` entry with any of its keys logged; None when no reasoning metric was."""
-    from aha.track.report import _figure, _line, _to_png
 
     panels = [(title, [(k, label) for k, label in keys if k in metrics]) for title, keys in PANELS]
     panels = [p for p in panels if p[1]]
@@ -37,10 +38,10 @@ def plot_reasoning(metrics: dict) -> str | None:
         return None
     ncols = min(2, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = _figure(width=6.4 * ncols, height=3.2 * nrows, nrows=nrows, ncols=ncols)
+    fig, axes = figure(width=6.4 * ncols, height=3.2 * nrows, nrows=nrows, ncols=ncols)
     for ax, (title, keys) in zip(axes.flat, panels):
         for i, (key, label) in enumerate(keys):
-            _line(ax, metrics[key], label, color=f"C{i}", linestyle="--" if key.startswith("eval/") else "-")
+            plot_line(ax, metrics[key], label, color=f"C{i}", linestyle="--" if key.startswith("eval/") else "-")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         if "tokens" not in title:  # shares: on one 0–1 scale, so a flat 0 reads as 0
@@ -48,7 +49,7 @@ def plot_reasoning(metrics: dict) -> str | None:
         ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def first_moments(samples: list[dict], limit: int = MAX_MOMENTS) -> list[dict]:
@@ -63,7 +64,6 @@ def first_moments(samples: list[dict], limit: int = MAX_MOMENTS) -> list[dict]:
 
 def render_moments(moments: list[dict], total: int) -> str:
     """The aha-moments table: step, prompt, the answer before the reflection → the right one, the completion."""
-    from aha.track.report import _clip
 
     if not moments:
         return ("<p class='empty'>No aha moment in the logged samples: no completion reflected (a phrase of "
@@ -75,8 +75,8 @@ def render_moments(moments: list[dict], total: int) -> str:
         aha = s["aha"]
         change = (f"<b>{escape(str(aha.get('phrase', '')))}</b> · {escape(str(aha.get('first_answer', '')))} → "
                   f"{escape(str(aha.get('final_answer', '')))}")
-        rows.append(f"<tr><td class='num'>{s['step']}</td><td><pre>{_clip(s.get('prompt'))}</pre></td>"
-                    f"<td>{change}</td><td><pre>{_clip(s.get('completion'))}</pre></td></tr>")
+        rows.append(f"<tr><td class='num'>{s['step']}</td><td><pre>{clip(s.get('prompt'))}</pre></td>"
+                    f"<td>{change}</td><td><pre>{clip(s.get('completion'))}</pre></td></tr>")
     note = f"<p class='meta'>The first {len(moments)} of {total} logged aha moments.</p>"
     return f"{note}<table class='samples'>{head}{''.join(rows)}</table>"
 

@@ -12,19 +12,14 @@ the CSS is inline: the page opens offline, from a laptop or an air-gapped machin
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import io
 import json
 import math
 from html import escape
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
-
 from aha.errors import AhaError
+from aha.track.plots import Series, clip, figure, fmt, plot_line, to_png
 from aha.track.reasoning_report import is_reasoning_key, render_section
 
 # Keys that get a plot of their own, in page order. The reward plot also draws reward/std as a
@@ -37,9 +32,7 @@ MAIN_PLOTS = [
     ("clip_ratio", "Fraction of tokens clipped"),
 ]
 SAMPLE_STEPS = 4  # sample tables at the first, two middle and last logged steps
-MAX_TEXT = 3000  # characters of a prompt/completion shown before cutting it
 
-Series = tuple[list[int], list[float]]
 
 
 # ---------------------------------------------------------------- loading
@@ -122,31 +115,6 @@ def _reward_key(reward) -> float:
 # ---------------------------------------------------------------- plots
 
 
-def _figure(width: float = 6.4, height: float = 3.4, nrows: int = 1, ncols: int = 1):
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax in axes.flat:
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
-        ax.spines[["top", "right"]].set_visible(False)
-    return fig, axes
-
-
-def _to_png(fig) -> str:
-    """The figure as a data: URI, so the page needs no files next to it."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _line(ax, series: Series, label: str | None = None, **kw) -> None:
-    steps, values = series
-    # a marker keeps sparse series (eval every N steps, a 1-step run) visible
-    marker = "o" if len(steps) <= 30 else None
-    ax.plot(steps, values, label=label, marker=marker, markersize=3, linewidth=1.6, **kw)
-
-
 def reward_fn_keys(metrics: dict[str, Series]) -> list[str]:
     """`reward/<fn>/mean` keys, one per reward function."""
     return sorted(k for k in metrics if k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 2)
@@ -157,11 +125,11 @@ def plot_reward(metrics: dict[str, Series]) -> str | None:
     fn_keys = reward_fn_keys(metrics)
     if "reward/mean" not in metrics and not fn_keys:
         return None
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     if "reward/mean" in metrics:
         steps, mean = metrics["reward/mean"]
-        _line(ax, metrics["reward/mean"], "reward/mean", color="C0")
+        plot_line(ax, metrics["reward/mean"], "reward/mean", color="C0")
         if "reward/std" in metrics:
             std_at = dict(zip(*metrics["reward/std"]))
             band = [(s, m, std_at[s]) for s, m in zip(steps, mean) if s in std_at]
@@ -171,20 +139,20 @@ def plot_reward(metrics: dict[str, Series]) -> str | None:
                 hi = [m + s for m, s in zip(ms, ss)]
                 ax.fill_between(xs, lo, hi, color="C0", alpha=0.15, linewidth=0, label="± std")
     for i, key in enumerate(fn_keys, start=1):
-        _line(ax, metrics[key], key, color=f"C{i}", linestyle="--")
+        plot_line(ax, metrics[key], key, color=f"C{i}", linestyle="--")
     ax.set(title="Reward", xlabel="step")
     ax.legend(fontsize=8, loc="best")
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def plot_metric(metrics: dict[str, Series], key: str, title: str) -> str | None:
     if key not in metrics:
         return None
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
-    _line(ax, metrics[key], color="C0")
+    plot_line(ax, metrics[key], color="C0")
     ax.set(title=f"{title}  ({key})", xlabel="step")
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def other_keys(metrics: dict[str, Series]) -> list[str]:
@@ -200,14 +168,14 @@ def plot_other(metrics: dict[str, Series], ncols: int = 4) -> str | None:
         return None
     ncols = min(ncols, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig, axes = _figure(width=3.2 * ncols, height=2.3 * nrows, nrows=nrows, ncols=ncols)
+    fig, axes = figure(width=3.2 * ncols, height=2.3 * nrows, nrows=nrows, ncols=ncols)
     for ax, key in zip(axes.flat, keys):
-        _line(ax, metrics[key], color="C0")
+        plot_line(ax, metrics[key], color="C0")
         ax.set_title(key, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
-    return _to_png(fig)
+    return to_png(fig)
 
 
 def plot_all(metrics: dict[str, Series]) -> list[tuple[str, str]]:
@@ -244,31 +212,15 @@ pre.config { background: #fff; border: 1px solid #d0d7de; border-radius: 6px; pa
 """
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "—"  # a reward function with no opinion on this sample
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    return escape(str(value))
-
-
-def _clip(text) -> str:
-    if isinstance(text, list):  # chat messages: one "role: content" line each
-        text = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m)
-                         for m in text)
-    text = "" if text is None else str(text)
-    return escape(text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"… [{len(text) - MAX_TEXT} more chars]")
-
-
 def render_summary(summary: dict) -> str:
     rows = []
     for key, value in summary.items():
         if isinstance(value, dict):
-            inner = "".join(f"<tr><th>{escape(str(k))}</th><td class='num'>{_fmt(v)}</td></tr>"
+            inner = "".join(f"<tr><th>{escape(str(k))}</th><td class='num'>{fmt(v)}</td></tr>"
                             for k, v in value.items())
             cell = f"<td><table class='inner'>{inner}</table></td>"
         else:
-            cell = f"<td class='num'>{_fmt(value)}</td>"
+            cell = f"<td class='num'>{fmt(value)}</td>"
         rows.append(f"<tr><th>{escape(str(key))}</th>{cell}</tr>")
     return f"<table class='summary'>{''.join(rows)}</table>"
 
@@ -281,13 +233,13 @@ def render_samples(picked: list[tuple[int, list[dict]]]) -> str:
     for step, samples in picked:
         for sample in samples:
             per_fn = sample.get("rewards") or {}
-            breakdown = "".join(f"<tr><td>{escape(str(fn))}</td><td class='num'>{_fmt(v)}</td></tr>"
+            breakdown = "".join(f"<tr><td>{escape(str(fn))}</td><td class='num'>{fmt(v)}</td></tr>"
                                 for fn, v in per_fn.items()) if isinstance(per_fn, dict) else ""
             rows.append(
-                f"<tr><td class='num'>{step}</td><td><pre>{_clip(sample.get('prompt'))}</pre></td>"
-                f"<td><pre>{_clip(sample.get('completion'))}</pre></td>"
-                f"<td><pre>{_clip(sample.get('answer'))}</pre></td>"
-                f"<td><b>{_fmt(sample.get('reward'))}</b><table class='inner'>{breakdown}</table></td></tr>"
+                f"<tr><td class='num'>{step}</td><td><pre>{clip(sample.get('prompt'))}</pre></td>"
+                f"<td><pre>{clip(sample.get('completion'))}</pre></td>"
+                f"<td><pre>{clip(sample.get('answer'))}</pre></td>"
+                f"<td><b>{fmt(sample.get('reward'))}</b><table class='inner'>{breakdown}</table></td></tr>"
             )
     return f"<table class='samples'>{head}{''.join(rows)}</table>"
 
@@ -300,7 +252,7 @@ def _headline(metrics: dict[str, Series]) -> str:
     parts = [f"{len(steps)} logged steps (last step {steps[-1]})"]
     for key in ("reward/mean", "eval/accuracy", "loss/sft"):
         if key in metrics:
-            parts.append(f"last {key} = {_fmt(metrics[key][1][-1])}")
+            parts.append(f"last {key} = {fmt(metrics[key][1][-1])}")
     return " · ".join(parts)
 
 

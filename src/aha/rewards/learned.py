@@ -11,9 +11,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aha.config import ConfigError
+from aha.data.templates import encode_text
 from aha.errors import AhaError, first_line
 from aha.rewards.builtin import completion_text
-from aha.rm.support import Support, load_support
+from aha.rewards.support import Support, load_support
 
 ENSEMBLE_FILE = "aha_ensemble.json"
 CONFIG_KEY = "aha_reward_model"  # in config.json: {"template", "max_length", "num_heads", "loss"}
@@ -26,8 +28,6 @@ def rm_template(template: str, tokenizer) -> str:
     """'chat' or 'plain': ``auto`` is chat where the tokenizer has a chat template."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if template == "chat" and not has_chat:
-        from aha.config import ConfigError
-
         raise ConfigError("reward_model.template 'chat': this model's tokenizer has no chat template (use 'plain')")
     return "chat" if template == "chat" or (template == "auto" and has_chat) else "plain"
 
@@ -54,8 +54,6 @@ def render_text(prompt, completion, tokenizer, template: str) -> str:
 
 def encode_for_rm(text: str, tokenizer, max_length: int) -> list[int]:
     """Token ids of ``text`` as ``tokenizer(text)`` gives them, cut to the last ``max_length`` (where the score is read)."""
-    from aha.data.templates import encode_text
-
     ids = encode_text(text, tokenizer)
     if not ids:
         ids = [tokenizer.eos_token_id]  # an empty completion of an empty prompt: score something defined
@@ -101,7 +99,7 @@ class RewardModel:
     max_length: int
     device: torch.device
     path: Path
-    support: Support | None = None  # where its training data was (aha.rm.support), if saved beside it
+    support: Support | None = None  # where its training data was (aha.rewards.support), if saved beside it
 
     @property
     def num_heads(self) -> int:

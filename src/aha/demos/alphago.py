@@ -18,7 +18,14 @@ import random
 import time
 from pathlib import Path
 
+from aha.build import prepare
 from aha.config import RunConfig
+from aha.evaluation import evaluate
+from aha.rl import train_grpo
+from aha.rollout.hf import HFEngine
+from aha.sft import train_sft
+from aha.tasks import build_task
+from aha.track.report import write_report
 
 CARRY_DROP = 0.75  # how often the teacher forgets the carry out of the top column
 DIGITS = 2
@@ -77,10 +84,6 @@ def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
 
 def evaluate_model(model_dir: Path, cfg: RunConfig, rows: list[dict]) -> list[bool]:
     """Greedy correctness of a saved model on ``rows``."""
-    from aha.evaluation import evaluate
-    from aha.rollout.hf import HFEngine
-    from aha.runtime import prepare
-
     device, amp, task, model, tok, template = prepare(cfg.model_copy(update={"init_from": model_dir}))
     return evaluate(HFEngine(model, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens)["correct"]
 
@@ -93,11 +96,6 @@ def per_class(rows: list[dict], correct: list[bool]) -> dict[str, float]:
 
 
 def run_demo(out: Path, seed: int = 0) -> dict:
-    from aha.sft import train_sft
-    from aha.tasks import build_task
-    from aha.rl import train_grpo
-    from aha.track.report import write_report
-
     t_start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@ its own copy of the policy (an in-process :class:`~aha.rollout.hf.HFEngine` insi
   with a seed drawn from the trainer's RNG (so a run is reproducible for a given worker count), and the shards are
   joined in order.
 - ``generate_scored`` (``distributed.rewards: workers``): the same, and each worker also rewards its shard beside the
-  completions, with the run's reward functions it built itself (:class:`~aha.rewards.scoring.RewardRecipe`); the
-  shards' :class:`~aha.rewards.scoring.Scores` are joined in order (:func:`~aha.rewards.scoring.merge_scores`).
+  completions, with the run's reward functions it built itself (:class:`~aha.rollout.scoring.RewardRecipe`); the
+  shards' :class:`~aha.rollout.scoring.Scores` are joined in order (:func:`~aha.rollout.scoring.merge_scores`).
 - ``sync(policy)``: the trainer's weights go into Ray's object store once (``ray.put``) and every worker loads them;
   each call to a worker names the weights version it must sample from, and a worker that holds another version
   (a restarted one) is sent the current weights first.
@@ -32,11 +32,13 @@ import time
 
 import torch
 
-from aha.errors import AhaError
+from aha import sandbox
+from aha.errors import AhaError, TrainingError
 from aha.rewards import RewardError
-from aha.rewards.scoring import RewardRecipe, Scores, WarningsKept, log as reward_log, merge_scores
 from aha.rollout import Rollouts, SamplingParams
-from aha.runtime import TrainingError
+from aha.rollout.hf import HFEngine
+from aha.rollout.scoring import RewardRecipe, Scores, WarningsKept, merge_scores
+from aha.rollout.scoring import log as reward_log
 
 
 def plain_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -56,10 +58,6 @@ class RolloutWorker:
     def __init__(self, model_config, tokenizer, threads: int, fail_at: str | None = None,
                  rewards: RewardRecipe | None = None):
         from transformers import AutoModelForCausalLM
-
-        from aha.rollout.hf import HFEngine
-
-        from aha import sandbox
 
         torch.set_num_threads(max(1, threads))
         sandbox.set_default_workers(threads)  # the code reward's programs: this worker's share of the cores
@@ -82,7 +80,7 @@ class RolloutWorker:
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int, version: int,
                  rows: list[dict] | None = None, first: int = 0) -> Rollouts | tuple[Rollouts, Scores] | None:
-        """The shard's rollouts; with its task ``rows``, also their :class:`~aha.rewards.scoring.Scores` (``first``:
+        """The shard's rollouts; with its task ``rows``, also their :class:`~aha.rollout.scoring.Scores` (``first``:
         the shard's first completion in the step's batch)."""
         if version != self.version:
             return None  # stale weights: the engine sends the current ones and asks again

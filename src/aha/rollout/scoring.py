@@ -15,8 +15,13 @@ import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from aha.evaluation import columns_of
-from aha.rewards import PYTHON_REWARDS, as_completions, build_rewards, compute_rewards
+from aha.rewards import (
+    PYTHON_REWARDS,
+    as_completions,
+    build_rewards,
+    columns_of,
+    compute_rewards,
+)
 from aha.rewards.specs import unwrap_partial
 from aha.rollout import Rollouts
 

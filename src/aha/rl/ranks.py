@@ -31,7 +31,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from aha.runtime import TrainingError
+from aha.algos.advantages import advantage_estimator
+from aha.errors import TrainingError
+from aha.optim import make_optimizer
+from aha.rl.optimize import update_rows, updates_per_batch
 
 
 class Share:
@@ -98,7 +101,6 @@ class RankContext:
 
     @property
     def updates(self) -> int:
-        from aha.rl.context import updates_per_batch
 
         return updates_per_batch(self.cfg.rl)
 
@@ -118,9 +120,6 @@ class TrainerRank:
 
     def load(self, cfg, blob: bytes, amp: torch.dtype | None, cuda: bool) -> None:
         """Rank 0's policy (pickled whole: its attention and checkpointing settings too), optimizer and schedule."""
-        from aha.algos.advantages import advantage_estimator
-        from aha.rl.context import updates_per_batch
-        from aha.runtime import make_optimizer
 
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         state = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
@@ -133,7 +132,6 @@ class TrainerRank:
 
     def update(self, work: tuple):
         """``work``: (the batch's tensors, the passes' minibatches), as :meth:`TrainerGroup.update` sends them."""
-        from aha.rl.optimize import update_rows
 
         batch, plan = work
         dev = self.ctx.device
@@ -181,7 +179,6 @@ class TrainerGroup:
 
     def update(self, batch, plan: list[list[torch.Tensor]]) -> tuple[dict, str | None]:
         """:func:`~aha.rl.optimize.update_rows` on every rank at once; returns rank 0's (summed) statistics."""
-        from aha.rl.optimize import update_rows
 
         cpu = {k: getattr(batch, k).cpu() for k in ("old_logp", "ref_logp", "advantages") if getattr(batch, k) is not None}
         slim = replace(batch, rows=[], rollouts=None, texts=[], rewards=[], per_fn={}, kl=None, judgements=None,

@@ -1,0 +1,27 @@
+"""The package's structure: the layers of pyproject.toml's import-linter contract hold, and no module imports in a
+circle (imports inside functions count; a type named only for a checker does not)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import networkx as nx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_layers_hold():
+    lint = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 kept, 0 broken" in done.stdout, done.stdout[-3000:]
+
+
+def test_no_import_cycles():
+    graph = grimp.build_graph("aha", exclude_type_checking_imports=True)
+    imports = nx.DiGraph((m, other) for m in graph.modules for other in graph.find_modules_directly_imported_by(m))
+    cycles = [sorted(c) for c in nx.strongly_connected_components(imports) if len(c) > 1]
+    assert not cycles, f"modules importing each other in a circle: {cycles}"
+    assert imports.number_of_nodes() > 80  # (the graph is the real one)
