@@ -98,7 +98,7 @@ def final_weights(run, step: int) -> dict:
 
 # One process and two ranks add the same gradients in another order and forward other micro-batches (float rounding
 # differs); Adam divides by √v + ε, which scales such a difference in a gradient near 0 up to lr·δ/ε in the weights.
-# Measured: see README "Scale out on Ray" (the test prints it with -s).
+# Measured: see docs/ray.md (the test prints it with -s).
 RTOL, ATOL = 1e-5, 1e-6  # metrics each step
 W_RTOL, W_ATOL = 1e-4, 1e-5  # weights after the run
 
