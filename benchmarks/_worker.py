@@ -36,12 +36,13 @@ def report(result: dict) -> None:
 def run_worker(script: str | Path, spec: dict, cwd: Path, tail: int = 8, log: Path | None = None) -> dict:
     """In the parent: run ``script --worker SPEC`` and return the result it reported (``log``: where to keep the
     worker's whole output)."""
-    proc = subprocess.run([sys.executable, str(script), "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          cwd=cwd)
+    proc = subprocess.run(
+        [sys.executable, str(script), "--worker", json.dumps(spec)], capture_output=True, text=True, cwd=cwd
+    )
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"$ exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(PREFIX)), None)
     if proc.returncode != 0 or line is None:
         raise WorkerFailed("\n".join((proc.stderr or proc.stdout).strip().splitlines()[-tail:]))
-    return json.loads(line[len(PREFIX):])
+    return json.loads(line[len(PREFIX) :])

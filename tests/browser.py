@@ -70,12 +70,14 @@ def headless_page(block_network: bool = False, viewport: dict | None = None):
             page.on("console", lambda msg: msg.type == "error" and errors.append(f"console: {msg.text}"))
             page.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
             if block_network:
+
                 def route(r):
                     if r.request.url.startswith(LOCAL_SCHEMES):
                         r.continue_()
                     else:
                         errors.append(f"blocked request: {r.request.url}")
                         r.abort()
+
                 page.route("**/*", route)
             yield page
         finally:

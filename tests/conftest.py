@@ -20,8 +20,7 @@ TINY = {
 # A dense reward with spread inside each group, so advantages, the loss and the gradients are non-zero
 # (a random tiny model almost never gets a sum right, which would leave accuracy at 0 everywhere).
 DIGITS_REWARD = (
-    "def digits(prompts, completions, **kw):\n"
-    "    return [sum(ch.isdigit() for ch in c) / 3 for c in completions]\n"
+    "def digits(prompts, completions, **kw):\n    return [sum(ch.isdigit() for ch in c) / 3 for c in completions]\n"
 )
 
 

@@ -12,11 +12,12 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from aha.rollout.ray import RayEngine  # noqa: E402
+from test_cli import aha  # noqa: E402
+
 from aha.models import build_tiny  # noqa: E402
 from aha.rollout import SamplingParams  # noqa: E402
 from aha.rollout.hf import HFEngine  # noqa: E402
-from test_cli import aha  # noqa: E402
+from aha.rollout.ray import RayEngine  # noqa: E402
 
 ALPHABET = "0123456789+="
 
@@ -72,12 +73,14 @@ def test_workers_sample_what_the_trainer_would_and_follow_each_sync(local_ray):
         remote.close()
 
 
-def test_a_rollout_worker_that_dies_mid_run_is_restarted_and_the_run_completes(local_ray, tmp_path, write_config,
-                                                                                monkeypatch):
+def test_a_rollout_worker_that_dies_mid_run_is_restarted_and_the_run_completes(
+    local_ray, tmp_path, write_config, monkeypatch
+):
     marker = tmp_path / "worker-died"
     monkeypatch.setenv("AHA_TEST_WORKER_FAIL_AT", f"3:{marker}")  # worker 0's process exits on its 3rd sampling call
-    cfg = write_config({"train": {"steps": 4}, "distributed": {"backend": "ray", "rollout_workers": 2,
-                                                               "timeout_s": 120}})
+    cfg = write_config(
+        {"train": {"steps": 4}, "distributed": {"backend": "ray", "rollout_workers": 2, "timeout_s": 120}}
+    )
     result = aha("train", cfg, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert marker.exists()  # it really died
@@ -107,8 +110,11 @@ def assert_same_updates(got, want, steps: range) -> float:
     """Step by step: the same rollouts (rewards) and the same update (loss, gradient norm, clip ratio, KL, lr).
     Returns the largest relative difference of those metrics."""
     rows_g, rows_w = {r["step"]: r for r in read_rows(got)}, {r["step"]: r for r in read_rows(want)}
-    pairs = [(step, key, rows_g[step][key], rows_w[step][key]) for step in steps
-             for key in ("loss/policy", "grad_norm", "clip_ratio", "approx_kl", "kl", "lr")]
+    pairs = [
+        (step, key, rows_g[step][key], rows_w[step][key])
+        for step in steps
+        for key in ("loss/policy", "grad_norm", "clip_ratio", "approx_kl", "kl", "lr")
+    ]
     worst = max(abs(g - w) / max(abs(w), 1e-30) for _, _, g, w in pairs)
     print(f"\n{got.name} vs {want.name}: metrics max rel. difference {worst:.1e}")
     for step in steps:
@@ -122,13 +128,18 @@ def assert_same_updates(got, want, steps: range) -> float:
 def weight_difference(got: dict, want: dict) -> tuple[float, float]:
     """(max |got − want|, max |got − want| / |want|) over every weight."""
     diff = [(got[k] - want[k]).abs() for k in want]
-    return (max(d.max().item() for d in diff),
-            max((d / want[k].abs().clamp(min=1e-12)).max().item() for d, k in zip(diff, want)))
+    return (
+        max(d.max().item() for d in diff),
+        max((d / want[k].abs().clamp(min=1e-12)).max().item() for d, k in zip(diff, want)),
+    )
 
 
 # 16 rows: 2 minibatches of 8; one process forwards micro-batches of 3+3+2 rows, each rank 3+1 of its 4
-TRAINERS = {"rl": {"num_minibatches": 2, "beta": 0.04}, "train": {"steps": 3, "micro_batch_size": 3},
-            "log": {"eval_every": 0, "save_every": 2}}
+TRAINERS = {
+    "rl": {"num_minibatches": 2, "beta": 0.04},
+    "train": {"steps": 3, "micro_batch_size": 3},
+    "log": {"eval_every": 0, "save_every": 2},
+}
 
 
 def test_two_trainer_ranks_update_as_one_process_and_resume_alike(local_ray, tmp_path, write_config, digits_reward):
@@ -142,14 +153,25 @@ def test_two_trainer_ranks_update_as_one_process_and_resume_alike(local_ray, tmp
 
     configs = {}
     for m in (1, 2):
-        configs[m] = write_config(merge(TRAINERS, {"rewards": [{"name": digits_reward}], "distributed": {
-            "backend": "ray", "rollout_workers": 2, "trainers": m, "timeout_s": 120}}), name=f"m{m}.yaml")
+        configs[m] = write_config(
+            merge(
+                TRAINERS,
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "distributed": {"backend": "ray", "rollout_workers": 2, "trainers": m, "timeout_s": 120},
+                },
+            ),
+            name=f"m{m}.yaml",
+        )
         result = aha("train", configs[m], "-o", tmp_path / f"m{m}")
         assert result.exit_code == 0, result.output
     assert_same_updates(tmp_path / "m2", tmp_path / "m1", range(1, 4))
     one, two = final_weights(tmp_path / "m1", 3), final_weights(tmp_path / "m2", 3)
-    print("2 ranks vs 1: weights after 3 steps max abs. difference {:.1e}, max rel. difference {:.1e}".format(
-        *weight_difference(two, one)))
+    print(
+        "2 ranks vs 1: weights after 3 steps max abs. difference {:.1e}, max rel. difference {:.1e}".format(
+            *weight_difference(two, one)
+        )
+    )
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=W_RTOL, atol=W_ATOL)
 
@@ -161,8 +183,7 @@ def test_two_trainer_ranks_update_as_one_process_and_resume_alike(local_ray, tmp
     assert "(step 2)" in result.output
     assert_same_updates(resumed, tmp_path / "m2", range(1, 4))
     again = final_weights(resumed, 3)
-    print("resumed vs uninterrupted (2 ranks): weights max abs. difference {:.1e}".format(
-        weight_difference(again, two)[0]))
+    print(f"resumed vs uninterrupted (2 ranks): weights max abs. difference {weight_difference(again, two)[0]:.1e}")
     for k in two:
         torch.testing.assert_close(again[k], two[k], rtol=W_RTOL, atol=W_ATOL)
 
@@ -171,7 +192,7 @@ def test_two_trainer_ranks_update_as_one_process_and_resume_alike(local_ray, tmp
 
 # A dense reward that reads a dataset column (answer) and keeps statistics of its batch, declared mergeable over the
 # workers' shards (aha.rollout.scoring.merge_metrics): a spread (pooled std), a maximum, a count, a mean.
-SHARD_REWARD = '''
+SHARD_REWARD = """
 import statistics
 
 
@@ -191,11 +212,12 @@ class Digits:
 
 
 digits = Digits()
-'''
+"""
 
 
-def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewarding(local_ray, tmp_path, write_config,
-                                                                                     monkeypatch):
+def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewarding(
+    local_ray, tmp_path, write_config, monkeypatch
+):
     """distributed.rewards: workers against trainer, same config and seed, 2 steps of 2 rollout workers with two
     rewards: a Python reward that reads the answer column and keeps batch statistics, and an rm: reward (a 3-head
     ensemble, so ensemble_std is a batch statistic merged over the shards). Worker 0 dies while it rewards step 2's
@@ -214,8 +236,10 @@ def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewardi
     for where in ("trainer", "workers"):
         if where == "workers":  # worker 0's process exits on its 2nd call, after sampling, before rewarding
             monkeypatch.setenv("AHA_TEST_WORKER_FAIL_AT", f"2:reward:{marker}")
-        cfg = write_config(merge(base, {"distributed": {"backend": "ray", "rollout_workers": 2, "rewards": where,
-                                                        "timeout_s": 120}}), name=f"{where}.yaml")
+        cfg = write_config(
+            merge(base, {"distributed": {"backend": "ray", "rollout_workers": 2, "rewards": where, "timeout_s": 120}}),
+            name=f"{where}.yaml",
+        )
         result = aha("train", cfg, "-o", tmp_path / where)
         assert result.exit_code == 0, result.output
     assert marker.exists()
@@ -233,8 +257,10 @@ def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewardi
             worst, worst_key = max((worst, worst_key), (abs(got[k] - want[k]) / max(abs(want[k]), 1e-30), k))
             assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), (got["step"], k)
     w, t = final_weights(tmp_path / "workers", 2), final_weights(tmp_path / "trainer", 2)
-    print(f"\nrewards in the workers vs the trainer: metrics max rel. difference {worst:.1e} ({worst_key}), "
-          "weights max abs. difference {:.1e}".format(weight_difference(w, t)[0]))
+    print(
+        f"\nrewards in the workers vs the trainer: metrics max rel. difference {worst:.1e} ({worst_key}), "
+        "weights max abs. difference {:.1e}".format(weight_difference(w, t)[0])
+    )
     for k in t:
         torch.testing.assert_close(w[k], t[k], rtol=W_RTOL, atol=W_ATOL)
 
@@ -242,10 +268,11 @@ def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewardi
 def test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line(local_ray, tmp_path, write_config):
     """A reward that fails on one prompt of worker 1's shard: the same line as when the trainer rewards, naming the
     reward and the sample by its index in the step's batch."""
+    from test_cli import one_line_error
+
     from aha.config import load_config
     from aha.data.sampler import PromptSampler
     from aha.tasks import build_task
-    from test_cli import one_line_error
 
     cfg = write_config({"train": {"steps": 1}, "log": {"eval_every": 0}})
     train = build_task(load_config(cfg).task).train
@@ -253,12 +280,24 @@ def test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line(local_ray, tmp
     k = next(k for k in range(2, 4) if first[k] not in first[:k])  # in worker 1's shard (prompts 2 and 3)
     (tmp_path / "bad_reward.py").write_text(
         f"def bad(prompts, completions, **kw):\n    if {first[k]!r} in prompts:\n        raise ValueError('boom')\n"
-        "    return [0.0] * len(prompts)\n")
+        "    return [0.0] * len(prompts)\n"
+    )
     lines = {}
     for where in ("trainer", "workers"):
-        lines[where] = one_line_error(aha(
-            "train", cfg, "-o", tmp_path / where, "--set", "distributed.backend=ray", "--set",
-            f"distributed.rewards={where}", "--set", f"rewards=[{{name: {tmp_path / 'bad_reward.py'}:bad}}]"))
+        lines[where] = one_line_error(
+            aha(
+                "train",
+                cfg,
+                "-o",
+                tmp_path / where,
+                "--set",
+                "distributed.backend=ray",
+                "--set",
+                f"distributed.rewards={where}",
+                "--set",
+                f"rewards=[{{name: {tmp_path / 'bad_reward.py'}:bad}}]",
+            )
+        )
     assert lines["workers"] == lines["trainer"]
     assert lines["workers"].startswith(f"error: reward function 'bad' failed on sample {4 * k} (prompt ")
     assert "ValueError: boom" in lines["workers"]

@@ -9,8 +9,8 @@ import torch
 
 from aha.algos.advantages import group_relative_advantages, zero_std_groups
 from aha.algos.kl import kl_estimate
-from aha.modeling.logprobs import completion_logprobs, entropy_from_logits, selective_log_softmax
 from aha.algos.losses import aggregate_loss, clipped_surrogate, masked_mean
+from aha.modeling.logprobs import completion_logprobs, entropy_from_logits, selective_log_softmax
 
 LN = math.log
 
@@ -274,7 +274,9 @@ def micro_vs_full(lengths, loss_type, **totals):
     full = aggregate_loss(vals * x_full**2, mask, loss_type, 4)
     full.backward()
     x = torch.ones(4, 4, requires_grad=True)
-    micro = sum(aggregate_loss(vals[s] * x[s] ** 2, mask[s], loss_type, 4, **totals) for s in (slice(0, 2), slice(2, 4)))
+    micro = sum(
+        aggregate_loss(vals[s] * x[s] ** 2, mask[s], loss_type, 4, **totals) for s in (slice(0, 2), slice(2, 4))
+    )
     micro.backward()
     return full.item(), micro.item(), x_full.grad, x.grad
 

@@ -10,17 +10,31 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY, merge
 from typer.testing import CliRunner
 
 from aha.cli import app
-from conftest import TINY, merge
 
 runner = CliRunner()
 
-STEP_KEYS = {"reward/mean", "reward/std", "reward/accuracy/mean", "completions/mean_length",
-             "completions/clipped_ratio", "frac_reward_zero_std", "entropy", "clip_ratio", "loss/policy",
-             "grad_norm", "lr", "time/rollout_s", "time/train_s", "throughput/tokens_per_s", "kl",
-             "train/skipped_steps"}
+STEP_KEYS = {
+    "reward/mean",
+    "reward/std",
+    "reward/accuracy/mean",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "frac_reward_zero_std",
+    "entropy",
+    "clip_ratio",
+    "loss/policy",
+    "grad_norm",
+    "lr",
+    "time/rollout_s",
+    "time/train_s",
+    "throughput/tokens_per_s",
+    "kl",
+    "train/skipped_steps",
+}
 
 
 def aha(*args: str):
@@ -60,7 +74,9 @@ def test_out_of_range_value_names_the_field(tmp_path, write_config):
 
 
 def test_missing_model_path_names_the_path(tmp_path, write_config):
-    line = one_line_error(aha("train", write_config(), "-o", tmp_path / "run", "--set", "model.name=/nonexistent/model"))
+    line = one_line_error(
+        aha("train", write_config(), "-o", tmp_path / "run", "--set", "model.name=/nonexistent/model")
+    )
     assert "/nonexistent/model" in line and "model.name" in line
 
 
@@ -92,21 +108,39 @@ MISTAKES = [
     ("too few rows to hold any out", "three rows", [], ["no held-out rows", "task.eval_path"]),
     ("a character the tiny model has no token for", "unknown character", [], ["cannot be tokenized", "'é'"]),
     ("an init_from that does not exist", {"init_from": "/nonexistent/ckpt"}, [], ["init_from", "/nonexistent/ckpt"]),
-    ("trainer ranks without Ray", {}, ["distributed.trainers=2"], ["distributed.trainers=2", "distributed.backend: ray"]),
-    ("trainer ranks with a critic", {"distributed": {"backend": "ray", "trainers": 2}}, ["rl.algo=ppo"],
-     ["distributed.trainers=2", "critic", "'ppo'"]),
-    ("trainer ranks with LoRA", {"distributed": {"backend": "ray", "trainers": 2}}, ["model.lora.enabled=true"],
-     ["distributed.trainers=2", "LoRA"]),
+    (
+        "trainer ranks without Ray",
+        {},
+        ["distributed.trainers=2"],
+        ["distributed.trainers=2", "distributed.backend: ray"],
+    ),
+    (
+        "trainer ranks with a critic",
+        {"distributed": {"backend": "ray", "trainers": 2}},
+        ["rl.algo=ppo"],
+        ["distributed.trainers=2", "critic", "'ppo'"],
+    ),
+    (
+        "trainer ranks with LoRA",
+        {"distributed": {"backend": "ray", "trainers": 2}},
+        ["model.lora.enabled=true"],
+        ["distributed.trainers=2", "LoRA"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("what, extra, overrides, words", MISTAKES, ids=[m[0] for m in MISTAKES])
 def test_more_mistakes_end_in_one_line_that_names_them(tmp_path, write_config, what, extra, overrides, words):
     if isinstance(extra, str):  # a JSONL dataset with the mistake in it
-        extra = _jsonl(tmp_path, {"latin-1": GOOD_ROWS + "{\"prompt\": \"é+1=\"}\n".encode("latin-1"),
-                                  "number": b'{"prompt": 3, "answer": "4"}\n' + GOOD_ROWS,
-                                  "three rows": b"".join(GOOD_ROWS.splitlines(keepends=True)[:3]),
-                                  "unknown character": GOOD_ROWS + '{"prompt": "é+1=", "answer": "2"}\n'.encode()}[extra])
+        extra = _jsonl(
+            tmp_path,
+            {
+                "latin-1": GOOD_ROWS + '{"prompt": "é+1="}\n'.encode("latin-1"),
+                "number": b'{"prompt": 3, "answer": "4"}\n' + GOOD_ROWS,
+                "three rows": b"".join(GOOD_ROWS.splitlines(keepends=True)[:3]),
+                "unknown character": GOOD_ROWS + '{"prompt": "é+1=", "answer": "2"}\n'.encode(),
+            }[extra],
+        )
         extra["task"]["template"] = "plain"
     args = [x for o in overrides for x in ("--set", o)]
     line = one_line_error(aha("train", write_config(extra), "-o", tmp_path / "run", *args))
@@ -139,8 +173,12 @@ def test_real_entry_point_prints_no_traceback(tmp_path, write_config):
     """The installed ``aha`` script, in its own process: what a user's terminal shows."""
     exe = Path(sys.executable).with_name("aha")
     assert exe.is_file(), exe
-    proc = subprocess.run([str(exe), "train", str(write_config()), "-o", str(tmp_path / "run"), "--set", "rl.betta=0.1"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "train", str(write_config()), "-o", str(tmp_path / "run"), "--set", "rl.betta=0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stdout + proc.stderr
     assert proc.stdout == ""
@@ -151,7 +189,9 @@ def test_real_entry_point_prints_no_traceback(tmp_path, write_config):
 def test_failing_reward_function_names_it_and_a_sample_unless_skipped(tmp_path, write_config, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tmp").mkdir()
-    (tmp_path / "tmp" / "bad_reward.py").write_text('def bad(prompts, completions, **kw):\n    raise ValueError("boom")\n')
+    (tmp_path / "tmp" / "bad_reward.py").write_text(
+        'def bad(prompts, completions, **kw):\n    raise ValueError("boom")\n'
+    )
     cfg = write_config({"train": {"steps": 1}, "log": {"eval_every": 0}})
     bad = ["--set", "rewards=[{name: tmp/bad_reward.py:bad}]"]
 
@@ -240,14 +280,15 @@ def test_checkpoint_loads_with_plain_transformers_and_generates(good_run):
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = tok("3+4=", return_tensors="pt").input_ids
     assert tok.decode(ids[0]) == "3+4="
-    out = model.generate(ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=3, do_sample=False,
-                         pad_token_id=tok.pad_token_id)
+    out = model.generate(
+        ids, attention_mask=ids.new_ones(ids.shape), max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id
+    )
     assert out.shape[1] > ids.shape[1]
     # the same greedy completion aha's own sampler writes from these weights (the run's max_new_tokens is 3 too)
     import aha
 
     ours = aha.evaluate(model_dir, dataset=[{"prompt": "3+4=", "answer": "7"}])["completions"]
-    assert [tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)] == ours
+    assert [tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)] == ours
 
 
 def test_eval_finds_the_runs_config(good_run):
@@ -280,7 +321,9 @@ def test_a_run_directory_that_holds_a_run_is_not_overwritten_unless_asked(tmp_pa
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert "choose one" in one_line_error(aha("train", write_config(), "-o", out, "--resume", "--overwrite"))
 
-    again = aha("train", write_config(), "-o", out, "--set", "train.steps=1", "--set", "log.save_every=1", "--overwrite")
+    again = aha(
+        "train", write_config(), "-o", out, "--set", "train.steps=1", "--set", "log.save_every=1", "--overwrite"
+    )
     assert again.exit_code == 0, again.output
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-1"]  # the earlier run's step-2 is gone
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
@@ -310,8 +353,9 @@ def test_resuming_from_a_foreign_checkpoint_is_one_line_and_changes_nothing(tmp_
     assert aha("train", write_config(), "-o", out, "--set", "log.save_every=1").exit_code == 0
     newest = out / "checkpoints" / "step-2"
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    line = one_line_error(aha("train", write_config(), "-o", out, "--resume", "--set",
-                              "model.name=tiny:layers=1,hidden=16,heads=2,ff=32"))
+    line = one_line_error(
+        aha("train", write_config(), "-o", out, "--resume", "--set", "model.name=tiny:layers=1,hidden=16,heads=2,ff=32")
+    )
     assert str(newest) in line and "aside" in line
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 

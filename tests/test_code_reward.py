@@ -14,8 +14,10 @@ from aha.rewards.code import code, extract_program, with_counted_asserts
 from aha.tasks import build_task
 from aha.tasks.code import code_rows
 
-pytestmark = pytest.mark.skipif(bool(sandbox.isolation_available("bwrap") and sandbox.isolation_available("unshare")),
-                                reason="no namespaces here: " + str(sandbox.isolation_available("bwrap")))
+pytestmark = pytest.mark.skipif(
+    bool(sandbox.isolation_available("bwrap") and sandbox.isolation_available("unshare")),
+    reason="no namespaces here: " + str(sandbox.isolation_available("bwrap")),
+)
 FAST = dict(timeout_s=3.0, cpu_s=1.0, memory_mb=256, workers=2)
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(2, 2) == 4\nassert add(-1, 5) == 4\n"
 
@@ -49,8 +51,12 @@ def test_right_wrong_and_broken_programs():
 
 
 def test_timeouts_memory_and_output_are_counted_not_raised():
-    completions = [fenced("while True:\n    pass\n"), fenced("x = bytearray(1 << 40)\n"),
-                   fenced("while True:\n    print('y' * 1000)\n"), fenced("def add(a, b):\n    return a + b\n")]
+    completions = [
+        fenced("while True:\n    pass\n"),
+        fenced("x = bytearray(1 << 40)\n"),
+        fenced("while True:\n    print('y' * 1000)\n"),
+        fenced("def add(a, b):\n    return a + b\n"),
+    ]
     scores = code(["p"] * 4, completions, tests=[ADD_TESTS] * 4, **FAST)
     assert scores == [0.0, 0.0, 0.0, 1.0]
     m = code.last_metrics
@@ -59,8 +65,13 @@ def test_timeouts_memory_and_output_are_counted_not_raised():
 
 def test_partial_scores_the_fraction_of_asserts():
     half_right = fenced("def add(a, b):\n    return 4\n")  # right on the 2nd and 3rd assert
-    scores = code(["p"] * 2, [half_right, fenced("def add(a, b):\n    return a + b\n")],
-                  tests=[ADD_TESTS] * 2, partial=True, **FAST)
+    scores = code(
+        ["p"] * 2,
+        [half_right, fenced("def add(a, b):\n    return a + b\n")],
+        tests=[ADD_TESTS] * 2,
+        partial=True,
+        **FAST,
+    )
     assert scores == [pytest.approx(2 / 3), 1.0]
     source, n = with_counted_asserts("assert (1 +\n        1) == 2\nassert False, 'no'\n", "_ok")
     assert n == 2 and "except Exception" in source
@@ -76,6 +87,7 @@ def test_no_sandbox_is_one_line_naming_the_fix_and_a_failed_start_scores_zero(mo
 
     def broken_python():
         raise sandbox.SandboxError("no python3 that the sandbox user can run")
+
     monkeypatch.setattr(sandbox, "sandbox_python", broken_python)
     scores = code(["p"], [fenced("def add(a, b):\n    return a + b\n")], tests=[ADD_TESTS], **FAST)
     assert scores == [0.0] and code.last_metrics["errors"] == 1.0
@@ -84,9 +96,12 @@ def test_no_sandbox_is_one_line_naming_the_fix_and_a_failed_start_scores_zero(mo
 def test_config_binds_limits_and_the_trainer_sees_metrics():
     assert resolve_reward("code") is BUILTIN_REWARDS["code"] is code
     bound = functools.partial(resolve_reward("code"), timeout_s=1.0, cpu_s=1.0)
-    totals, per_fn, skipped = compute_rewards([("code", bound, 1.0)], ["p", "q"],
-                                              [fenced("while True:\n    pass\n"), fenced("print('hi')\n")],
-                                              {"tests": [None, None]})
+    totals, per_fn, skipped = compute_rewards(
+        [("code", bound, 1.0)],
+        ["p", "q"],
+        [fenced("while True:\n    pass\n"), fenced("print('hi')\n")],
+        {"tests": [None, None]},
+    )
     assert totals == [0.0, 1.0] and skipped == 0
     assert bound.func.last_metrics["timeouts"] == 1.0
 

@@ -16,18 +16,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import DIGITS_REWARD, TINY, merge
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_resume import TIMING, read_jsonl
 
 from aha.checkpoint import list_checkpoints
-from conftest import DIGITS_REWARD, TINY, merge
-from test_resume import TIMING, read_jsonl
 
 AHA = Path(sys.executable).with_name("aha")
 
 # the digits reward; with AHA_TEST_PAUSE_AT_CALL=N its N-th call (step N's: one call per step) touches the file
 # AHA_TEST_PAUSE_MARKER and sleeps, so that the test kills a process that is mid-step (rolled out, not yet updated)
-PAUSING_REWARD = DIGITS_REWARD + '''
+PAUSING_REWARD = (
+    DIGITS_REWARD
+    + """
 import os, time
 _digits, _calls = digits, [0]
 
@@ -37,7 +39,8 @@ def digits(prompts, completions, **kw):
         open(os.environ["AHA_TEST_PAUSE_MARKER"], "w").close()
         time.sleep(600)
     return _digits(prompts, completions, **kw)
-'''
+"""
+)
 
 
 class Aha:
@@ -46,8 +49,12 @@ class Aha:
     def __init__(self, config: Path, out: Path, *args: str, env: dict | None = None):
         self.out, self.log = out, out.with_name(f"{out.name}.{time.monotonic_ns()}.log")
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen([str(AHA), "train", str(config), "-o", str(out), *args], stdout=log,
-                                         stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+            self.proc = subprocess.Popen(
+                [str(AHA), "train", str(config), "-o", str(out), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+            )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -74,13 +81,21 @@ def configs(tmp_path_factory) -> dict[str, Path]:
     must restore (an SFT warm-up reference at β > 0, μ = 2, a decaying LR, two rewards); ``sft``: SFT on sums."""
     root = tmp_path_factory.mktemp("configs")
     (root / "pausing_reward.py").write_text(PAUSING_REWARD)
-    (root / "sums.jsonl").write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)}) + "\n"
-                                             for a in range(10) for b in range(10)))
-    common = {"train": {"steps": 6, "lr_schedule": "linear", "warmup_steps": 1},
-              "log": {"save_every": 2, "eval_every": 2, "keep_checkpoints": 4, "tensorboard": True}}
+    (root / "sums.jsonl").write_text(
+        "".join(
+            json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)}) + "\n" for a in range(10) for b in range(10)
+        )
+    )
+    common = {
+        "train": {"steps": 6, "lr_schedule": "linear", "warmup_steps": 1},
+        "log": {"save_every": 2, "eval_every": 2, "keep_checkpoints": 4, "tensorboard": True},
+    }
     stages = {
-        "rl": {"rewards": [{"name": "accuracy"}, {"name": f"{root / 'pausing_reward.py'}:digits"}],
-               "rl": {"beta": 0.04, "mu": 2}, "sft": {"imitation_steps": 3}},
+        "rl": {
+            "rewards": [{"name": "accuracy"}, {"name": f"{root / 'pausing_reward.py'}:digits"}],
+            "rl": {"beta": 0.04, "mu": 2},
+            "sft": {"imitation_steps": 3},
+        },
         "sft": {"stage": "sft", "sft": {"path": str(root / "sums.jsonl")}, "train": {"batch_size": 8}},
     }
     for stage, extra in stages.items():
@@ -106,14 +121,19 @@ def assert_same_run(resumed: Path, uninterrupted: Path, last_step: int) -> None:
     """Every metrics row but its wall-clock keys is equal (==, not close), the samples and the final weights too."""
     rows_r, rows_u = read_jsonl(resumed / "metrics.jsonl"), read_jsonl(uninterrupted / "metrics.jsonl")
     assert [r["step"] for r in rows_r] == [r["step"] for r in rows_u] == list(range(last_step + 1))
-    assert rows_u[-1]["grad_norm"] > 0 and rows_u[-1].get("kl", 1) > 0  # what is compared is not zeros
+    stage = yaml.safe_load((uninterrupted / "config.yaml").read_text())["stage"]
+    # what is compared is not zeros (an RL run at β > 0 logs its KL; SFT has none)
+    assert rows_u[-1]["grad_norm"] > 0 and (rows_u[-1]["kl"] > 0 if stage == "rl" else "kl" not in rows_u[-1])
     for row_r, row_u in zip(rows_r, rows_u):
-        assert {k: v for k, v in row_r.items() if not k.startswith(TIMING)} == \
-               {k: v for k, v in row_u.items() if not k.startswith(TIMING)}
+        assert {k: v for k, v in row_r.items() if not k.startswith(TIMING)} == {
+            k: v for k, v in row_u.items() if not k.startswith(TIMING)
+        }
     if (uninterrupted / "samples.jsonl").exists():  # (RL's)
         assert read_jsonl(resumed / "samples.jsonl") == read_jsonl(uninterrupted / "samples.jsonl")
-    weights_r, weights_u = (load_file(r / "checkpoints" / f"step-{last_step}" / "model" / "model.safetensors")
-                            for r in (resumed, uninterrupted))
+    weights_r, weights_u = (
+        load_file(r / "checkpoints" / f"step-{last_step}" / "model" / "model.safetensors")
+        for r in (resumed, uninterrupted)
+    )
     assert weights_r.keys() == weights_u.keys()
     assert all(torch.equal(weights_r[k], weights_u[k]) for k in weights_u)
 

@@ -11,9 +11,8 @@ import torch
 
 from aha.modeling.logprobs import completion_logprobs
 from aha.models import build_tiny
-from aha.rollout import SamplingParams
+from aha.rollout import SamplingParams, pack_rollouts
 from aha.rollout.hf import HFEngine, WeightMajorLinear, top_p_filter
-from aha.rollout import pack_rollouts
 
 SPEC = "tiny:layers=1,hidden=32,heads=2,ff=64"
 ALPHABET = "0123456789+="
@@ -60,7 +59,7 @@ def test_generate_groups_rows_per_prompt_and_reports_why_each_stopped(engine):
 
     assert len(roll) == len(prompts) * n
     for i, p in enumerate(prompts):
-        assert roll.prompt_ids[i * n:(i + 1) * n] == [p] * n
+        assert roll.prompt_ids[i * n : (i + 1) * n] == [p] * n
     for c, lp, why in zip(roll.completion_ids, roll.logprobs, roll.finish_reasons):
         assert 1 <= len(c) <= max_new and len(lp) == len(c)
         if eos in c:  # EOS is kept, as the last token, and only then is the reason 'stop'
@@ -102,11 +101,13 @@ def test_sampler_logprobs_equal_a_full_forward_at_the_sampling_temperature(engin
 
     batch = pack_rollouts(roll, engine.tokenizer.pad_token_id, CPU)
     with torch.no_grad():
-        logp, _ = completion_logprobs(engine.model, batch["input_ids"], batch["attention_mask"],
-                                      batch["mask"].shape[1], temperature=T)
+        logp, _ = completion_logprobs(
+            engine.model, batch["input_ids"], batch["attention_mask"], batch["mask"].shape[1], temperature=T
+        )
     mask = batch["mask"].bool()
-    assert torch.allclose(logp[mask], batch["sampler_logp"][mask], atol=1e-4), \
+    assert torch.allclose(logp[mask], batch["sampler_logp"][mask], atol=1e-4), (
         (logp[mask] - batch["sampler_logp"][mask]).abs().max()
+    )
 
     # and by hand for one token: log_softmax(logits / T) of the first completion token of row 0
     ids = torch.tensor([roll.prompt_ids[0]])
@@ -155,7 +156,7 @@ def test_stop_string_cuts_right_after_the_token_that_completes_it(engine, start,
     prompts = encode(tok, ["31+", "5="])
     before = greedy(engine, prompts, max_new_tokens=14)
     text = tok.decode(before.completion_ids[0])
-    stop = text[start:start + length]
+    stop = text[start : start + length]
     assert before.finish_reasons[0] == "length" and len(stop) == length and stop.isdigit()  # no special token
     assert stop not in tok.decode(before.completion_ids[1])
     cut = text.index(stop) + len(stop)  # the first occurrence may come before `start`
@@ -248,8 +249,18 @@ def test_engine_decodes_with_the_models_own_attention_while_training_passes_use_
     assert torch.allclose(logp * batch["mask"], batch["sampler_logp"], atol=1e-5)
 
 
-@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="no CUDA GPU (on one, the decode step replays CUDA graphs)"))])
+@pytest.mark.parametrize(
+    "dev",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="no CUDA GPU (on one, the decode step replays CUDA graphs)"
+            ),
+        ),
+    ],
+)
 def test_compiled_engine_samples_like_the_eager_one_and_follows_weight_updates(dev):
     """rollout.compile in fp32: the compiled copy shares the policy's parameters (no second set of weights), decodes
     exactly like the eager engine, and follows a weight change at once (update_weights has nothing to copy)."""
@@ -285,8 +296,8 @@ def test_a_decode_step_that_does_not_compile_falls_back_or_stops_clearly(fallbac
     eager engine's tokens; asked for explicitly: one error that names the way out."""
     from torch._dynamo.exc import TorchDynamoException
 
-    from aha.rollout.compiled import CompiledEngine
     from aha.errors import TrainingError
+    from aha.rollout.compiled import CompiledEngine
 
     model, tok = spiky_model(seed=0)
     compiled = CompiledEngine(model, tok, CPU, None, fallback=fallback)
@@ -342,13 +353,23 @@ def test_compiled_sampler_starts_from_the_warmed_up_policy(tmp_path, write_confi
 
     first = {}
     for compile_ in (False, True):
-        cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rollout": {"compile": compile_},
-                                        "sft": {"imitation_steps": 30}, "train": {"steps": 1},
-                                        "log": {"eval_every": 0, "save_every": 0, "samples_per_step": 16}},
-                                       name=f"c{compile_}.yaml"))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "rollout": {"compile": compile_},
+                    "sft": {"imitation_steps": 30},
+                    "train": {"steps": 1},
+                    "log": {"eval_every": 0, "save_every": 0, "samples_per_step": 16},
+                },
+                name=f"c{compile_}.yaml",
+            )
+        )
         train_rl(cfg, tmp_path / f"run-{compile_}")
-        first[compile_] = [json.loads(line)["completion"]
-                           for line in (tmp_path / f"run-{compile_}" / "samples.jsonl").read_text().splitlines()]
+        first[compile_] = [
+            json.loads(line)["completion"]
+            for line in (tmp_path / f"run-{compile_}" / "samples.jsonl").read_text().splitlines()
+        ]
     assert first[True] == first[False] and len(first[False]) == 16
 
 

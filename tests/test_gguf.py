@@ -63,7 +63,7 @@ def test_greedy_chat_answers_4(hf) -> None:
     ids = _chat_ids(tok)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=30, do_sample=False)
-    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    answer = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert answer and "4" in answer, answer
 
 

@@ -30,8 +30,9 @@ def run(cfg, stream):
 
 
 def test_gold_vs_proxy_rolls_back_to_the_peak():
-    cfg = GuardConfig(enabled=True, gold="gold", window=3, patience=4, min_steps=5, gold_tolerance=0.02,
-                      gao_confirms=False)
+    cfg = GuardConfig(
+        enabled=True, gold="gold", window=3, patience=4, min_steps=5, gold_tolerance=0.02, gao_confirms=False
+    )
     g, step, d = run(cfg, gold_proxy_stream())
     assert d.action == "rollback"
     # smoothed gold (window 3) peaks at step 26; it falls 2 % below that by step 28, then 4 steps of patience
@@ -118,15 +119,30 @@ def disagreement_stream(n=60, off_support=30, seed=0, key="ensemble_std", level=
     rng = random.Random(seed)
     for step in range(1, n + 1):
         value = level * (1 + rng.gauss(0, 0.05) + 0.2 * max(step - off_support, 0))
-        yield step, {"reward/mean": 0.1 * step, f"reward/rm:x/{key}": value, "reward/rm:x/mean": 0.1 * step,
-                     "kl": 0.01 * step}
+        yield (
+            step,
+            {"reward/mean": 0.1 * step, f"reward/rm:x/{key}": value, "reward/rm:x/mean": 0.1 * step, "kl": 0.01 * step},
+        )
 
 
-@pytest.mark.parametrize("signal,level,words", [("ensemble_std", 0.1, "ensemble disagreement rose"),
-                                                ("support_distance", 1.0, "distance from the reward model's training")])
+@pytest.mark.parametrize(
+    "signal,level,words",
+    [
+        ("ensemble_std", 0.1, "ensemble disagreement rose"),
+        ("support_distance", 1.0, "distance from the reward model's training"),
+    ],
+)
 def test_no_gold_signal_rising_rolls_back(signal, level, words):
-    cfg = GuardConfig(enabled=True, disagreement="rm:x", signal=signal, window=3, patience=3, baseline_steps=10,
-                      disagreement_rise=0.5, min_steps=10)
+    cfg = GuardConfig(
+        enabled=True,
+        disagreement="rm:x",
+        signal=signal,
+        window=3,
+        patience=3,
+        baseline_steps=10,
+        disagreement_rise=0.5,
+        min_steps=10,
+    )
     g, step, d = run(cfg, disagreement_stream(key=signal, level=level))
     assert g.mode == "disagreement" and d.action == "rollback"
     assert d.metrics["guard/stop_reason"] == "disagreement" and words in d.reason and signal in d.reason
@@ -144,8 +160,9 @@ def test_disagreement_that_stays_flat_never_triggers():
     assert step is None
 
 
-@pytest.mark.parametrize("signal,fix", [("support_distance", "reward_model.support"),
-                                        ("ensemble_std", "reward_model.num_heads")])
+@pytest.mark.parametrize(
+    "signal,fix", [("support_distance", "reward_model.support"), ("ensemble_std", "reward_model.num_heads")]
+)
 def test_a_no_gold_signal_the_reward_does_not_log_is_one_clear_error(signal, fix):
     from aha.guard import GuardError
 
@@ -172,18 +189,21 @@ def test_guard_logs_the_online_gao_fit():
     g = Guard(cfg)
     for step in range(1, 200):
         dd = 0.03 * step
-        d = g.observe(step, {"reward/mean": dd, "reward/gold/mean": 2.0 + dd * (alpha - beta * math.log(dd)),
-                             "kl": dd * dd})
+        d = g.observe(
+            step, {"reward/mean": dd, "reward/gold/mean": 2.0 + dd * (alpha - beta * math.log(dd)), "kl": dd * dd}
+        )
     # gold is fitted relative to its first window's mean (≈ R at d ≈ 0.06), so α, β are close, not exact
     assert d.metrics["guard/predicted_peak_sqrt_kl"] == pytest.approx(math.e, rel=0.1)
 
 
 def test_config_checks_name_the_field():
-    cfg = RunConfig.model_validate({"rewards": [{"name": "accuracy"}, {"name": "gold", "weight": 1.0}],
-                                    "guard": {"enabled": True, "gold": "gold"}})
+    cfg = RunConfig.model_validate(
+        {"rewards": [{"name": "accuracy"}, {"name": "gold", "weight": 1.0}], "guard": {"enabled": True, "gold": "gold"}}
+    )
     assert "give it weight 0" in check_guard_config(cfg)
     cfg = RunConfig.model_validate({"rewards": [{"name": "accuracy"}], "guard": {"enabled": True, "gold": "judge"}})
     assert "guard.gold 'judge' is not among the rewards" in check_guard_config(cfg)
-    cfg = RunConfig.model_validate({"rewards": [{"name": "accuracy"}, {"name": "gold", "weight": 0}],
-                                    "guard": {"enabled": True, "gold": "gold"}})
+    cfg = RunConfig.model_validate(
+        {"rewards": [{"name": "accuracy"}, {"name": "gold", "weight": 0}], "guard": {"enabled": True, "gold": "gold"}}
+    )
     assert check_guard_config(cfg) is None

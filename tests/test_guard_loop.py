@@ -14,10 +14,17 @@ from aha.track.metrics import read_metrics
 
 @pytest.mark.parametrize("action", ["stop", "rollback"])
 def test_a_kl_budget_stops_the_run_and_says_why(tmp_path, write_config, digits_reward, action):
-    cfg = load_config(write_config({
-        "rewards": [{"name": digits_reward}], "train": {"steps": 8, "lr": 3e-3}, "rl": {"beta": 0.0},
-        "log": {"eval_every": 0, "save_every": 0},
-        "guard": {"enabled": True, "action": action, "kl_budget": 1e-6, "proxy": digits_reward}}))
+    cfg = load_config(
+        write_config(
+            {
+                "rewards": [{"name": digits_reward}],
+                "train": {"steps": 8, "lr": 3e-3},
+                "rl": {"beta": 0.0},
+                "log": {"eval_every": 0, "save_every": 0},
+                "guard": {"enabled": True, "action": action, "kl_budget": 1e-6, "proxy": digits_reward},
+            }
+        )
+    )
     run = tmp_path / "run"
     train_rl(cfg, run)
     rows = [r for r in read_metrics(run) if r["step"] > 0]
@@ -35,15 +42,27 @@ def test_rollback_restores_the_weights_that_sampled_the_best_step(tmp_path, writ
     from safetensors.torch import load_file
 
     def run(name, steps, lr, guard):
-        cfg = load_config(write_config({
-            "rewards": [{"name": digits_reward}], "train": {"steps": steps, "lr": lr}, "rl": {"beta": 0.0},
-            "log": {"eval_every": 0, "save_every": 0}, "guard": guard}))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "train": {"steps": steps, "lr": lr},
+                    "rl": {"beta": 0.0},
+                    "log": {"eval_every": 0, "save_every": 0},
+                    "guard": guard,
+                }
+            )
+        )
         train_rl(cfg, tmp_path / name)
         return tmp_path / name
 
     start = run("start", 1, 1e-30, {"enabled": False})  # a step far below fp32 resolution: the starting weights
-    rolled = run("rolled", 8, 3e-3, {"enabled": True, "action": "rollback", "kl_budget": 1e-6, "window": 1,
-                                     "proxy": digits_reward})
+    rolled = run(
+        "rolled",
+        8,
+        3e-3,
+        {"enabled": True, "action": "rollback", "kl_budget": 1e-6, "window": 1, "proxy": digits_reward},
+    )
     stopped = json.loads((rolled / "guard.json").read_text())
     assert stopped["action"] == "rollback" and stopped["best_step"] == 1 and stopped["step"] == 2
     before = load_file(start / "checkpoints" / "step-1" / "model" / "model.safetensors")

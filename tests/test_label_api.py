@@ -21,8 +21,10 @@ SCRIPT = '<script>document.title="pwned"</script><img src=x onerror=alert(1)>'
 
 
 def task_rows(n: int, k: int = 3) -> list[dict]:
-    return [{"prompt": f"prompt {i}", "completions": [f"answer {i}.{j}" for j in range(k)], "source": "test"}
-            for i in range(n)]
+    return [
+        {"prompt": f"prompt {i}", "completions": [f"answer {i}.{j}" for j in range(k)], "source": "test"}
+        for i in range(n)
+    ]
 
 
 class Env:
@@ -89,15 +91,18 @@ def test_another_labelers_task_id_is_refused(env):
     assert env.store.stats()["progress"]["answered"] == 0
 
 
-@pytest.mark.parametrize("ranking, pattern", [
-    ([0, 0, 1], "repeats index 0"),
-    ([[0, 1], 1, 2], "repeats index 1"),
-    ([0, 1, 7], "out of range"),
-    ([0, "1", 2], "integer indices"),
-    ([[0, 1, 2]], "one tie"),
-    ("0,1,2", "non-empty list"),
-    ([0, 1, True], "integer indices"),
-])
+@pytest.mark.parametrize(
+    "ranking, pattern",
+    [
+        ([0, 0, 1], "repeats index 0"),
+        ([[0, 1], 1, 2], "repeats index 1"),
+        ([0, 1, 7], "out of range"),
+        ([0, "1", 2], "integer indices"),
+        ([[0, 1, 2]], "one tie"),
+        ("0,1,2", "non-empty list"),
+        ([0, 1, True], "integer indices"),
+    ],
+)
 def test_non_permutation_is_422(env, ranking, pattern):
     task = env.next("alice").json()["task_id"]
     assert_one_line_error(env.rank("alice", task, ranking), 422, pattern)
@@ -116,21 +121,29 @@ def test_oversized_body_is_413(env):
     headers = {**env.auth("alice"), "content-type": "application/json"}
     assert_one_line_error(env.client.post("/api/rankings", content=big, headers=headers), 413, "64 KiB")
     # a chunked body has no Content-Length to check: it is counted as it arrives
-    chunks = (big[i:i + 8192].encode() for i in range(0, len(big), 8192))
+    chunks = (big[i : i + 8192].encode() for i in range(0, len(big), 8192))
     assert_one_line_error(env.client.post("/api/rankings", content=chunks, headers=headers), 413, "64 KiB")
     assert env.store.stats()["progress"]["answered"] == 0
 
 
-@pytest.mark.parametrize("headers, pattern", [
-    ({}, "not logged in"),
-    ({"Authorization": "Bearer forged-token-123"}, "unknown token"),
-    ({"Authorization": "Basic YWxpY2U6eA=="}, "Bearer TOKEN"),
-    ({"Authorization": "Bearer "}, "Bearer TOKEN"),
-    ({"Cookie": "aha_session=forged; aha_csrf=a", "X-CSRF-Token": "a"}, "session has ended.*log in again"),
-])
+@pytest.mark.parametrize(
+    "headers, pattern",
+    [
+        ({}, "not logged in"),
+        ({"Authorization": "Bearer forged-token-123"}, "unknown token"),
+        ({"Authorization": "Basic YWxpY2U6eA=="}, "Bearer TOKEN"),
+        ({"Authorization": "Bearer "}, "Bearer TOKEN"),
+        ({"Cookie": "aha_session=forged; aha_csrf=a", "X-CSRF-Token": "a"}, "session has ended.*log in again"),
+    ],
+)
 def test_missing_or_forged_token_is_401(env, headers, pattern):
-    for method, path in [("GET", "/api/next"), ("GET", "/api/me"), ("POST", "/api/rankings"),
-                         ("GET", "/api/admin/stats"), ("GET", "/api/admin/export")]:
+    for method, path in [
+        ("GET", "/api/next"),
+        ("GET", "/api/me"),
+        ("POST", "/api/rankings"),
+        ("GET", "/api/admin/stats"),
+        ("GET", "/api/admin/export"),
+    ]:
         kw = {"json": {"task_id": 1, "ranking": [0, 1, 2]}} if method == "POST" else {}
         env.client.cookies.clear()
         resp = env.client.request(method, path, headers=headers, **kw)
@@ -171,15 +184,17 @@ def test_bad_bodies_are_one_line_4xx(env):
     task = env.next("alice").json()["task_id"]
     h = {**env.auth("alice"), "content-type": "application/json"}
     assert_one_line_error(env.client.post("/api/rankings", content=b"{not json", headers=h), 400, "not valid JSON")
-    assert_one_line_error(env.client.post("/api/rankings", json={"ranking": [0, 1, 2]}, headers=h), 422,
-                          "missing field 'task_id'")
+    assert_one_line_error(
+        env.client.post("/api/rankings", json={"ranking": [0, 1, 2]}, headers=h), 422, "missing field 'task_id'"
+    )
     assert_one_line_error(env.client.post("/api/rankings", json={"task_id": "one"}, headers=h), 422, "task_id")
-    assert_one_line_error(env.client.post("/api/rankings", json={"task_id": task, "rank": [0]}, headers=h), 422,
-                          "unknown field 'rank'")
+    assert_one_line_error(
+        env.client.post("/api/rankings", json={"task_id": task, "rank": [0]}, headers=h), 422, "unknown field 'rank'"
+    )
     assert_one_line_error(env.client.post("/api/rankings", json=[1, 2], headers=h), 422)
     assert_one_line_error(env.client.post("/api/rankings", json={"task_id": task}, headers=h), 422, "missing 'ranking'")
     assert_one_line_error(env.rank("alice", task, [0, 1, 2], skip=True), 422, "skip carries no ranking")
-    assert_one_line_error(env.client.post("/api/rankings", json={"task_id": 2 ** 70}, headers=h), 422)
+    assert_one_line_error(env.client.post("/api/rankings", json={"task_id": 2**70}, headers=h), 422)
     assert_one_line_error(env.client.get("/api/nope", headers=h), 404, "no such page")
     assert_one_line_error(env.client.delete("/api/rankings", headers=h), 405, "not allowed")
     assert_one_line_error(env.client.get("/static/../store.py"), 404)
@@ -256,12 +271,12 @@ def test_skip_gives_the_slot_to_someone_else_but_never_back(tmp_path):
 
 
 def test_an_abandoned_assignment_frees_its_slot_after_the_lease(tmp_path):
-    store = Store(tmp_path / "r.sqlite", lease_s=0.2)
+    store = Store(tmp_path / "r.sqlite", lease_s=1.0)  # bob's first ask comes within the lease on a busy machine too
     store.add_tasks(task_rows(1))
     alice, bob = (store.user_for_token(store.add_labeler(n))["id"] for n in ("alice", "bob"))
     task = store.next_task(alice)["task_id"]
     assert store.next_task(bob) is None
-    time.sleep(0.3)
+    time.sleep(1.3)
     assert store.next_task(bob)["task_id"] == task
     with pytest.raises(Exception, match="not assigned to you"):
         store.submit(alice, task, [0, 1, 2])
@@ -294,8 +309,15 @@ def test_admin_stats_progress_labelers_agreement(tmp_path):
         task = env.next(name).json()["task_id"]
         assert env.rank(name, task, ranking).status_code == 201
     s = env.client.get("/api/admin/stats", headers=env.auth("admin")).json()
-    assert s["progress"] == {"tasks": 2, "per_task": 2, "target": 4, "answered": 4, "tasks_complete": 2,
-                             "skipped": 0, "open": 0}
+    assert s["progress"] == {
+        "tasks": 2,
+        "per_task": 2,
+        "target": 4,
+        "answered": 4,
+        "tasks_complete": 2,
+        "skipped": 0,
+        "open": 0,
+    }
     assert [(lab["name"], lab["ranked"]) for lab in s["labelers"]] == [("alice", 2), ("bob", 2)]
     assert s["labelers"][0]["median_seconds"] is not None
     # task 1: identical (W = 1); task 2: reversed (W = 0)
@@ -304,12 +326,18 @@ def test_admin_stats_progress_labelers_agreement(tmp_path):
 
 # ---------------------------------------------------------------------- export → the reward model's reader
 def test_export_round_trips_through_parse_preference(tmp_path):
-    tasks = [{"prompt": [{"role": "user", "content": "chat prompt"}], "completions": ["a", "b", "c", "d"],
-              "source": "chat"}, *task_rows(1, k=4)]
+    tasks = [
+        {"prompt": [{"role": "user", "content": "chat prompt"}], "completions": ["a", "b", "c", "d"], "source": "chat"},
+        *task_rows(1, k=4),
+    ]
     env = Env(tmp_path, tasks, per_task=2, labelers=("alice", "bob"))
     sent = {}
-    for name, ranking in (("alice", [[0, 2], 1, 3]), ("bob", [3, 2, 1, 0]), ("alice", [1, [0, 3], 2]),
-                          ("bob", [0, 1, 2, 3])):
+    for name, ranking in (
+        ("alice", [[0, 2], 1, 3]),
+        ("bob", [3, 2, 1, 0]),
+        ("alice", [1, [0, 3], 2]),
+        ("bob", [0, 1, 2, 3]),
+    ):
         task = env.next(name).json()["task_id"]
         assert env.rank(name, task, ranking).status_code == 201
         sent[(task, name)] = ranking
@@ -318,8 +346,9 @@ def test_export_round_trips_through_parse_preference(tmp_path):
     result = CliRunner().invoke(aha_cli, ["label", "export", "--db", str(env.db), "--out", str(out)])
     assert result.exit_code == 0 and result.output.strip() == f"wrote 4 rankings to {out}"
     cli_rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [{k: v for k, v in r.items() if k != "created_at"} for r in cli_rows] == \
-           [{k: v for k, v in r.items() if k != "created_at"} for r in api_rows]
+    assert [{k: v for k, v in r.items() if k != "created_at"} for r in cli_rows] == [
+        {k: v for k, v in r.items() if k != "created_at"} for r in api_rows
+    ]
     assert len(cli_rows) == 4
     for row in cli_rows:
         pref = parse_preference(row)
@@ -354,14 +383,17 @@ def test_cli_serve_imports_idempotently_and_shows_the_admin_token_once(tmp_path,
     assert add.exit_code == 0 and Store(db).user_for_token(add.output.strip())["name"] == "dana"
 
 
-@pytest.mark.parametrize("content, pattern", [
-    (None, "file not found"),
-    ('{"prompt": "p", "completions": ["a", "b"]}\n{"prompt": "p"', r"line 2: not valid JSON"),
-    ('{"prompt": "p", "completions": ["only one"]}', r"line 1: 'completions' must be a list of 2 to 26"),
-    ('{"completions": ["a", "b"]}', r"line 1: missing field 'prompt'"),
-    ('{"prompt": "p", "completions": ["a", 3]}', r"line 1: completion 1 must be a text"),
-    ("", "no tasks in it"),
-])
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (None, "file not found"),
+        ('{"prompt": "p", "completions": ["a", "b"]}\n{"prompt": "p"', r"line 2: not valid JSON"),
+        ('{"prompt": "p", "completions": ["only one"]}', r"line 1: 'completions' must be a list of 2 to 26"),
+        ('{"completions": ["a", "b"]}', r"line 1: missing field 'prompt'"),
+        ('{"prompt": "p", "completions": ["a", 3]}', r"line 1: completion 1 must be a text"),
+        ("", "no tasks in it"),
+    ],
+)
 def test_cli_bad_tasks_file_is_one_line_exit_2(tmp_path, content, pattern):
     tasks = tmp_path / "samples.jsonl"
     if content is not None:
@@ -379,9 +411,23 @@ def test_cli_serve_model_samples_k_completions_first(tmp_path, monkeypatch):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(3)))
     db = tmp_path / "r.sqlite"
-    result = CliRunner().invoke(aha_cli, ["label", "serve", "--db", str(db), "--model",
-                                          "tiny:layers=1,hidden=16,heads=2,ff=32", "--prompts", str(prompts),
-                                          "--k", "3", "--max-new-tokens", "4"])
+    result = CliRunner().invoke(
+        aha_cli,
+        [
+            "label",
+            "serve",
+            "--db",
+            str(db),
+            "--model",
+            "tiny:layers=1,hidden=16,heads=2,ff=32",
+            "--prompts",
+            str(prompts),
+            "--k",
+            "3",
+            "--max-new-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "sampled 3 completions for each of 3 prompts" in result.output
     env_store = Store(db)

@@ -19,18 +19,21 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("playwright")
+from browser import headless_page
 from playwright.sync_api import expect  # noqa: E402
 
 from aha.data.preferences import parse_preference
 from aha.label.app import create_app
 from aha.label.store import Store
-from browser import headless_page
 
 SCRIPT = '<script>document.title="pwned";window.pwned=1</script><img src=x onerror="window.pwned=2">'
 SHOTS = Path(os.environ.get("AHA_LABEL_SHOTS", "/tmp/label-shots"))
 TASKS = [
     {"prompt": "Write a greeting. <b>not bold</b>", "completions": [SCRIPT, "Hello there!", "Hi :)"]},
-    {"prompt": "What is 17 + 25?", "completions": ["42", "The answer is 42.", "41", "17 + 25 = 42 because 7 + 5 = 12, carry 1."]},
+    {
+        "prompt": "What is 17 + 25?",
+        "completions": ["42", "The answer is 42.", "41", "17 + 25 = 42 because 7 + 5 = 12, carry 1."],
+    },
     {"prompt": "Name a prime number.", "completions": ["7", "9"]},
     {"prompt": "Tell me a joke.", "completions": ["Why did the GPU cross the road?", "No."]},
 ]
@@ -46,8 +49,9 @@ def free_port() -> int:
 def running_server(db: Path, store: Store):
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(create_app(db, store=store), host="127.0.0.1", port=free_port(),
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(db, store=store), host="127.0.0.1", port=free_port(), log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -63,8 +67,10 @@ def running_server(db: Path, store: Store):
 
 def stored(db: Path) -> list[tuple]:
     with sqlite3.connect(db) as c:
-        return c.execute("SELECT r.task_id, l.name, r.ranking, r.skipped, r.flagged FROM rankings r JOIN labelers l "
-                         "ON l.id = r.labeler_id ORDER BY r.id").fetchall()
+        return c.execute(
+            "SELECT r.task_id, l.name, r.ranking, r.skipped, r.flagged FROM rankings r JOIN labelers l "
+            "ON l.id = r.labeler_id ORDER BY r.id"
+        ).fetchall()
 
 
 def log_in(page, base: str, token: str, lands_on: str):
@@ -154,8 +160,9 @@ PHONE = {"width": 390, "height": 844}
 
 
 def fits_the_width(page) -> bool:
-    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth "
-                         "&& document.body.scrollWidth <= window.innerWidth")
+    return page.evaluate(
+        "document.documentElement.scrollWidth <= window.innerWidth && document.body.scrollWidth <= window.innerWidth"
+    )
 
 
 def ranked_order(page) -> list[int]:
@@ -186,8 +193,12 @@ def test_26_completions_on_a_phone_by_keys_drag_and_taps(tmp_path):
     long_word = "x" * 400  # one unbroken word: must wrap, not widen the page
     completions = [f"completion {KEYS[i]}: " + ("a fairly long sentence that wraps. " * (i % 3)) for i in range(26)]
     completions[7] = long_word
-    store.add_tasks([{"prompt": "Rank these 26. " + "y" * 300, "completions": completions},
-                     {"prompt": "A second task.", "completions": ["one", "two"]}])
+    store.add_tasks(
+        [
+            {"prompt": "Rank these 26. " + "y" * 300, "completions": completions},
+            {"prompt": "A second task.", "completions": ["one", "two"]},
+        ]
+    )
     alice = store.add_labeler("alice")
     with running_server(db, store) as base, headless_page(viewport=PHONE) as page:
         page.goto(f"{base}/login?next=//evil.com")  # a hostile next: the login lands on the app's own page

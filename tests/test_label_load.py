@@ -35,14 +35,32 @@ def free_port() -> int:
 
 def start_server(db: Path, port: int, probe_token: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", "from aha.cli import app; app()", "label", "serve", "--db", str(db),
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from aha.cli import app; app()",
+            "label",
+            "serve",
+            "--db",
+            str(db),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/me", headers={"Authorization": f"Bearer {probe_token}"},
-                         timeout=1).status_code == 200:
+            if (
+                httpx.get(
+                    f"http://127.0.0.1:{port}/api/me", headers={"Authorization": f"Bearer {probe_token}"}, timeout=1
+                ).status_code
+                == 200
+            ):
                 return proc
         except httpx.TransportError:
             time.sleep(0.1)
@@ -127,30 +145,54 @@ def test_20_labelers_x_50_rankings_with_a_kill_9(tmp_path):
 
     # ------------------------------------------------------------------ count it in the database
     c = sqlite3.connect(db)
-    stored = {(t, n): json.loads(r) for t, n, r in c.execute(
-        "SELECT r.task_id, l.name, r.ranking FROM rankings r JOIN labelers l ON l.id = r.labeler_id")}
+    stored = {
+        (t, n): json.loads(r)
+        for t, n, r in c.execute(
+            "SELECT r.task_id, l.name, r.ranking FROM rankings r JOIN labelers l ON l.id = r.labeler_id"
+        )
+    }
     lost = [(t, n) for t, n, _ in acked if (t, n) not in stored]
-    wrong = [(t, n) for t, n, r in acked if (t, n) in stored and
-             stored[(t, n)] != [sorted(x) if isinstance(x, list) else [x] for x in r]]
-    duplicated = c.execute("SELECT COUNT(*) FROM (SELECT 1 FROM rankings GROUP BY task_id, labeler_id "
-                           "HAVING COUNT(*) > 1)").fetchone()[0]
-    over = c.execute("SELECT COUNT(*) FROM (SELECT task_id FROM assignments WHERE status != 'skipped' "
-                     "GROUP BY task_id HAVING COUNT(*) > ?)", (PER_TASK,)).fetchone()[0]
-    over_ranked = c.execute("SELECT COUNT(*) FROM (SELECT task_id FROM rankings GROUP BY task_id "
-                            "HAVING COUNT(*) > ?)", (PER_TASK,)).fetchone()[0]
-    drift = c.execute("SELECT COUNT(*) FROM tasks t WHERE active != (SELECT COUNT(*) FROM assignments a "
-                      "WHERE a.task_id = t.id AND a.status != 'skipped')").fetchone()[0]
+    wrong = [
+        (t, n)
+        for t, n, r in acked
+        if (t, n) in stored and stored[(t, n)] != [sorted(x) if isinstance(x, list) else [x] for x in r]
+    ]
+    duplicated = c.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM rankings GROUP BY task_id, labeler_id HAVING COUNT(*) > 1)"
+    ).fetchone()[0]
+    over = c.execute(
+        "SELECT COUNT(*) FROM (SELECT task_id FROM assignments WHERE status != 'skipped' "
+        "GROUP BY task_id HAVING COUNT(*) > ?)",
+        (PER_TASK,),
+    ).fetchone()[0]
+    over_ranked = c.execute(
+        "SELECT COUNT(*) FROM (SELECT task_id FROM rankings GROUP BY task_id HAVING COUNT(*) > ?)", (PER_TASK,)
+    ).fetchone()[0]
+    drift = c.execute(
+        "SELECT COUNT(*) FROM tasks t WHERE active != (SELECT COUNT(*) FROM assignments a "
+        "WHERE a.task_id = t.id AND a.status != 'skipped')"
+    ).fetchone()[0]
     total = c.execute("SELECT COUNT(*) FROM rankings").fetchone()[0]
     c.close()
 
-    print(f"\n[load] {LABELERS} labelers × {PER_LABELER} rankings on 127.0.0.1 in {wall:.1f} s "
-          f"(shared 2-core machine: indicative only)")
-    print(f"[load] GET /api/next      n={len(lat_next)} p50={pct(lat_next, .5):.1f} ms p95={pct(lat_next, .95):.1f} ms")
-    print(f"[load] POST /api/rankings n={len(lat_post)} p50={pct(lat_post, .5):.1f} ms p95={pct(lat_post, .95):.1f} ms")
-    print(f"[load] kill -9 after {kill_info.get('acked_at_kill')} acknowledged; restarted in "
-          f"{kill_info.get('restart_s', float('nan')):.1f} s; {transport_errors[0]} requests failed meanwhile")
-    print(f"[load] acknowledged {len(acked)}, stored {total} (stored without an ack: {total - len(acked)}); lost "
-          f"{len(lost)}, wrong {len(wrong)}, duplicated {duplicated}, over-assigned {over}, over-ranked {over_ranked}")
+    print(
+        f"\n[load] {LABELERS} labelers × {PER_LABELER} rankings on 127.0.0.1 in {wall:.1f} s "
+        f"(shared 2-core machine: indicative only)"
+    )
+    print(
+        f"[load] GET /api/next      n={len(lat_next)} p50={pct(lat_next, 0.5):.1f} ms p95={pct(lat_next, 0.95):.1f} ms"
+    )
+    print(
+        f"[load] POST /api/rankings n={len(lat_post)} p50={pct(lat_post, 0.5):.1f} ms p95={pct(lat_post, 0.95):.1f} ms"
+    )
+    print(
+        f"[load] kill -9 after {kill_info.get('acked_at_kill')} acknowledged; restarted in "
+        f"{kill_info.get('restart_s', float('nan')):.1f} s; {transport_errors[0]} requests failed meanwhile"
+    )
+    print(
+        f"[load] acknowledged {len(acked)}, stored {total} (stored without an ack: {total - len(acked)}); lost "
+        f"{len(lost)}, wrong {len(wrong)}, duplicated {duplicated}, over-assigned {over}, over-ranked {over_ranked}"
+    )
 
     assert errors == []
     assert kill_info.get("acked_at_kill", 0) >= KILL_AFTER and transport_errors[0] > 0  # the kill happened mid-run

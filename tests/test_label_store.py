@@ -9,13 +9,13 @@ import threading
 import time
 
 from fastapi.testclient import TestClient
+from test_label_api import Env, assert_one_line_error, task_rows
 from typer.testing import CliRunner
 
 from aha.cli import app as aha_cli
 from aha.data.preferences import normalize_ranking
 from aha.label.schema import SCHEMA_VERSION, V1
 from aha.label.store import Store, hash_token
-from test_label_api import Env, assert_one_line_error, task_rows
 
 
 # ---------------------------------------------------------------------- 4. rankings checked before the write lock
@@ -30,8 +30,11 @@ def test_hostile_rankings_are_refused_without_waiting_for_the_write_lock(tmp_pat
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock (busy_timeout would wait 30 s for it)
     try:
         t0 = time.perf_counter()
-        assert_one_line_error(env.client.post("/api/rankings", content=hostile, headers=h), 422,
-                              "more than 26 indices: a task has at most 26 completions")
+        assert_one_line_error(
+            env.client.post("/api/rankings", content=hostile, headers=h),
+            422,
+            "more than 26 indices: a task has at most 26 completions",
+        )
         assert_one_line_error(env.rank("alice", task, [0, 1, 1, 2]), 422, "repeats index 1")
         assert_one_line_error(env.rank("alice", task, [[0, 1], 2]), 422, "leaves out index 3")
         assert_one_line_error(env.rank("alice", 999, [0, 1, 2, 3]), 403, "not assigned to you")
@@ -89,12 +92,15 @@ def old_database(path) -> str:
     c.execute("INSERT INTO tasks (key, prompt, completions) VALUES ('k1', '\"p\"', '[\"a\", \"b\"]')")
     c.execute("INSERT INTO tasks (key, prompt, completions) VALUES ('k2', '\"q\"', '[\"c\", \"d\"]')")
     c.execute("INSERT INTO labelers (name, token_hash, is_admin, created_at) VALUES ('admin', 'h', 1, 0)")
-    c.execute("INSERT INTO labelers (name, token_hash, is_admin, created_at) VALUES ('alice', ?, 0, 0)",
-              (hash_token("alice-token"),))
+    c.execute(
+        "INSERT INTO labelers (name, token_hash, is_admin, created_at) VALUES ('alice', ?, 0, 0)",
+        (hash_token("alice-token"),),
+    )
     c.execute("INSERT INTO assignments VALUES (1, 2, 'done', 0)")
     c.execute("UPDATE tasks SET active = 1 WHERE id = 1")
-    c.execute("INSERT INTO rankings (task_id, labeler_id, ranking, seconds, created_at) "
-              "VALUES (1, 2, '[[1], [0]]', 3, 1)")
+    c.execute(
+        "INSERT INTO rankings (task_id, labeler_id, ranking, seconds, created_at) VALUES (1, 2, '[[1], [0]]', 3, 1)"
+    )
     c.commit()
     assert c.execute("PRAGMA user_version").fetchone()[0] == 0
     c.close()
@@ -148,8 +154,11 @@ def test_backup_while_the_server_is_writing(tmp_path):
             resp = client.get("/api/next", headers=env.auth("alice"))
             if resp.status_code == 204:
                 return
-            r = client.post("/api/rankings", json={"task_id": resp.json()["task_id"], "ranking": [2, 0, 1]},
-                            headers=env.auth("alice"))
+            r = client.post(
+                "/api/rankings",
+                json={"task_id": resp.json()["task_id"], "ranking": [2, 0, 1]},
+                headers=env.auth("alice"),
+            )
             assert r.status_code == 201
             acked[0] += 1
 
@@ -158,7 +167,9 @@ def test_backup_while_the_server_is_writing(tmp_path):
     try:
         copies = []
         for n in range(3):
+            deadline = time.monotonic() + 60  # a writer that failed or stalled ends the test, never hangs it
             while acked[0] < 10 * (n + 1):
+                assert writer.is_alive() and time.monotonic() < deadline, f"the labeler stopped at {acked[0]} rankings"
                 time.sleep(0.01)
             before = acked[0]
             out = tmp_path / f"backup-{n}.sqlite"

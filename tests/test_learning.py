@@ -18,7 +18,10 @@ def _evals(run_dir):
 def test_grpo_arithmetic_tiny_learns(tmp_path):
     """The recipe's held-out greedy accuracy rises by ≥ 30 points over its step-0 value, with μ = 2
     clipping engaged on the way."""
-    cfg = load_config("recipes/arithmetic-tiny.yaml", ["log.progress=false", "log.tensorboard=false", "log.save_every=0", "train.precision=fp32"])  # the recipe's 500 steps
+    cfg = load_config(
+        "recipes/arithmetic-tiny.yaml",
+        ["log.progress=false", "log.tensorboard=false", "log.save_every=0", "train.precision=fp32"],
+    )  # the recipe's 500 steps
     train_grpo(cfg, tmp_path)
     evals, rows = _evals(tmp_path)
     start, best = evals[0][1], max(acc for _, acc in evals[1:])
@@ -45,7 +48,10 @@ def test_demo_rl_surpasses_the_teacher_sft_does_not(tmp_path):
 def test_ppo_arithmetic_tiny_learns(tmp_path):
     """The PPO recipe (separate critic, GAE; its 500 steps) raises held-out greedy accuracy by ≥ 30 points, and its critic
     learns: the value loss falls and the value estimates track the rising reward."""
-    cfg = load_config("recipes/arithmetic-tiny-ppo.yaml", ["log.progress=false", "log.tensorboard=false", "log.save_every=0", "train.precision=fp32"])
+    cfg = load_config(
+        "recipes/arithmetic-tiny-ppo.yaml",
+        ["log.progress=false", "log.tensorboard=false", "log.save_every=0", "train.precision=fp32"],
+    )
     train_grpo(cfg, tmp_path)
     evals, rows = _evals(tmp_path)
     start, best = evals[0][1], max(acc for _, acc in evals[1:])

@@ -10,10 +10,10 @@ import torch
 from aha.algos.advantages import group_relative_advantages
 from aha.algos.kl import kl_estimate
 from aha.config import ConfigError, load_config
+from aha.errors import TrainingError
 from aha.rewards.builtin import overlong
 from aha.rl.batch import RolloutBatch
 from aha.rollout import Rollouts
-from aha.errors import TrainingError
 
 
 def test_k3_kl_is_clamped_where_the_reference_is_far_more_likely():
@@ -60,9 +60,14 @@ def test_overlong_message_names_what_exists():
 def _batch(n_groups: int, G: int = 2, offset: int = 0) -> RolloutBatch:
     n = n_groups * G
     ids = [[offset + i] for i in range(n)]
-    return RolloutBatch(G, [{"prompt": f"p{offset + g}"} for g in range(n_groups)],
-                        Rollouts([[0]] * n, ids, [[0.0]] * n, ["stop"] * n), [str(i[0]) for i in ids],
-                        [float(i[0]) for i in ids], {"f": [float(i[0]) for i in ids]})
+    return RolloutBatch(
+        G,
+        [{"prompt": f"p{offset + g}"} for g in range(n_groups)],
+        Rollouts([[0]] * n, ids, [[0.0]] * n, ["stop"] * n),
+        [str(i[0]) for i in ids],
+        [float(i[0]) for i in ids],
+        {"f": [float(i[0]) for i in ids]},
+    )
 
 
 def test_batch_select_concat_head_keep_groups_whole():

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM
 import aha.build
 import aha.rl.optimize
 from aha.config import load_config
-from aha.track.metrics import read_metrics
 from aha.rl import train_grpo
+from aha.track.metrics import read_metrics
 
 
 def steps_of(run_dir: Path) -> list[dict]:
@@ -45,8 +45,11 @@ def capture_policy(monkeypatch):
 
 
 def test_lora_trains_only_adapters_and_saves_a_merged_model(tmp_path, write_config, digits_reward, capture_policy):
-    cfg = load_config(write_config({"rewards": [{"name": digits_reward}],
-                                    "model": {"lora": {"enabled": True, "r": 4}}, "rl": {"beta": 0.04}}))
+    cfg = load_config(
+        write_config(
+            {"rewards": [{"name": digits_reward}], "model": {"lora": {"enabled": True, "r": 4}}, "rl": {"beta": 0.04}}
+        )
+    )
     run = tmp_path / "run"
     train_grpo(cfg, run)
     policy, start = capture_policy["model"], capture_policy["start"]
@@ -95,8 +98,15 @@ def test_dynamic_sampling_resamples_until_every_group_has_signal(tmp_path, write
     reward = tmp_path / "parity.py"
     reward.write_text(PARITY_REWARD)
     G, P = 4, 4
-    cfg = load_config(write_config({"rewards": [{"name": f"{reward}:parity"}], "rl": {"dynamic_sampling": True},
-                                    "log": {"samples_per_step": G * P}}))
+    cfg = load_config(
+        write_config(
+            {
+                "rewards": [{"name": f"{reward}:parity"}],
+                "rl": {"dynamic_sampling": True},
+                "log": {"samples_per_step": G * P},
+            }
+        )
+    )
     run = tmp_path / "run"
     train_grpo(cfg, run)
 
@@ -110,7 +120,7 @@ def test_dynamic_sampling_resamples_until_every_group_has_signal(tmp_path, write
         batch = [s for s in samples if s["step"] == step]
         assert len(batch) == G * P
         for g in range(P):
-            group = batch[g * G:(g + 1) * G]
+            group = batch[g * G : (g + 1) * G]
             assert len({s["prompt"] for s in group}) == 1
             assert int(group[0]["prompt"][0]) % 2 == 1, group[0]["prompt"]
             rewards = [s["reward"] for s in group]
@@ -118,14 +128,18 @@ def test_dynamic_sampling_resamples_until_every_group_has_signal(tmp_path, write
 
 
 def test_dynamic_sampling_step_without_signal_skips_the_update_but_still_evals_and_saves(
-        tmp_path, write_config, capture_policy):
+    tmp_path, write_config, capture_policy
+):
     """A reward every completion shares: no round ever finds a group with signal. Each step gives up after
     1 + max_resample_rounds rounds without touching the weights, and the run still ends with its final eval
     and checkpoint (the weights it started from)."""
     reward = tmp_path / "const.py"
     reward.write_text("def const(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
-    cfg = load_config(write_config({"rewards": [{"name": f"{reward}:const"}],
-                                    "rl": {"dynamic_sampling": True, "max_resample_rounds": 2}}))
+    cfg = load_config(
+        write_config(
+            {"rewards": [{"name": f"{reward}:const"}], "rl": {"dynamic_sampling": True, "max_resample_rounds": 2}}
+        )
+    )
     run = tmp_path / "run"
     train_grpo(cfg, run)
 
@@ -147,10 +161,17 @@ def test_gspo_with_each_loss_type_clips_on_the_second_pass(tmp_path, write_confi
     step-2 batch; there they differ as the lengths do (bnpo = dapo with one micro-batch). A per-token-ratio
     run on the same batch tells that the sequence level is really in use. (Seed 1: its step-2 lengths vary;
     with some seeds every step-2 completion runs to the limit and dr_grpo = dapo there.)"""
+
     def run(level: str, loss_type: str) -> list[dict]:
-        cfg = load_config(write_config({
-            "rewards": [{"name": digits_reward}], "train": {"lr": 0.05, "seed": 1},
-            "rl": {"importance_sampling_level": level, "mu": 2, "loss_type": loss_type}}))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "train": {"lr": 0.05, "seed": 1},
+                    "rl": {"importance_sampling_level": level, "mu": 2, "loss_type": loss_type},
+                }
+            )
+        )
         train_grpo(cfg, tmp_path / f"{level}-{loss_type}")
         return steps_of(tmp_path / f"{level}-{loss_type}")
 
@@ -176,9 +197,18 @@ def test_mask_truncated_drops_every_cut_completion_from_the_loss(tmp_path, write
     truncated no token contributes (loss and gradient exactly 0); one EOS completion is enough to bring
     the gradient back. Without masking, the same first step (same seed, same rollouts) has a gradient.
     (Seed 1 gives both kinds of step within 3; the assertions below say so if a sampler change breaks that.)"""
+
     def run(mask_truncated: bool, steps: int) -> list[dict]:
-        cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rollout": {"max_new_tokens": 1},
-                                        "rl": {"mask_truncated": mask_truncated}, "train": {"steps": steps, "seed": 1}}))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "rollout": {"max_new_tokens": 1},
+                    "rl": {"mask_truncated": mask_truncated},
+                    "train": {"steps": steps, "seed": 1},
+                }
+            )
+        )
         train_grpo(cfg, tmp_path / f"masked-{mask_truncated}")
         return steps_of(tmp_path / f"masked-{mask_truncated}")
 
@@ -196,12 +226,16 @@ def test_mask_truncated_drops_every_cut_completion_from_the_loss(tmp_path, write
     assert unmasked[0]["completions/clipped_ratio"] == 1.0 and unmasked[0]["grad_norm"] > 0
 
 
-@pytest.mark.parametrize("overrides, want_lean, want_compiled", [
-    ({}, True, False),  # 'auto' on a CPU: lean activations on, the eager sampler
-    ({"model": {"lean_activations": False}, "rollout": {"compile": True}}, False, True),
-])
-def test_auto_options_resolve_for_the_device_and_explicit_values_win(tmp_path, write_config, digits_reward,
-                                                                      monkeypatch, overrides, want_lean, want_compiled):
+@pytest.mark.parametrize(
+    "overrides, want_lean, want_compiled",
+    [
+        ({}, True, False),  # 'auto' on a CPU: lean activations on, the eager sampler
+        ({"model": {"lean_activations": False}, "rollout": {"compile": True}}, False, True),
+    ],
+)
+def test_auto_options_resolve_for_the_device_and_explicit_values_win(
+    tmp_path, write_config, digits_reward, monkeypatch, overrides, want_lean, want_compiled
+):
     """model.lean_activations and rollout.compile default to 'auto' (on a CPU: lean on, no compiled sampler; the GPU
     rules, which CI cannot run, are tested below with stand-ins); an explicit true/false is what the trainer uses."""
     import aha.build
@@ -267,8 +301,11 @@ def test_compiled_sampler_auto_needs_a_gpu_torch_compile_can_build_for(monkeypat
 
     def setup(capability, triton: bool):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: capability)
-        monkeypatch.setattr(importlib.util, "find_spec",
-                            lambda name, *a: (object() if triton else None) if name == "triton" else real_find_spec(name, *a))
+        monkeypatch.setattr(
+            importlib.util,
+            "find_spec",
+            lambda name, *a: (object() if triton else None) if name == "triton" else real_find_spec(name, *a),
+        )
 
     setup((9, 0), True)
     assert compiled_sampler("auto", gpu, False) is True

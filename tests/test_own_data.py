@@ -9,26 +9,35 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_cli import aha, one_line_error
 
 from aha.data.load import DataError, load_rows
 from aha.rewards import compute_rewards
 from aha.rewards.builtin import accuracy
-from test_cli import aha, one_line_error
 
-ROWS = [{"prompt": f"reverse {w}:", "solution": w[::-1], "level": i}
-        for i, w in enumerate(["abc", "pots", "stop", "level", "drawer", "lived", "parts", "smart"])]
+ROWS = [
+    {"prompt": f"reverse {w}:", "solution": w[::-1], "level": i}
+    for i, w in enumerate(["abc", "pots", "stop", "level", "drawer", "lived", "parts", "smart"])
+]
 
 # a chat template for the tiny model (it has none): every character is in its tokenizer's alphabet
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}assistant: {% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
 
 
 def write_formats(folder: Path, rows: list[dict]) -> dict[str, Path]:
     """The same rows as JSONL, JSON, CSV, Parquet and a save_to_disk directory."""
     from datasets import Dataset
 
-    paths = {"jsonl": folder / "d.jsonl", "json": folder / "d.json", "csv": folder / "d.csv",
-             "parquet": folder / "d.parquet", "save_to_disk": folder / "d_dir"}
+    paths = {
+        "jsonl": folder / "d.jsonl",
+        "json": folder / "d.json",
+        "csv": folder / "d.csv",
+        "parquet": folder / "d.parquet",
+        "save_to_disk": folder / "d_dir",
+    }
     paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths["json"].write_text(json.dumps(rows))
     ds = Dataset.from_list(rows)
@@ -59,14 +68,24 @@ def test_answer_match_from_the_config_decides_eval_accuracy(tmp_path, write_conf
     data = tmp_path / "rev.jsonl"
     # held-out rows whose reversed answers a random model cannot produce; what matters is the check's wiring
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    cfg = write_config({"task": {"name": "dataset", "path": str(data), "answer_column": "solution",
-                                 "answer_match": "exact", "num_eval": 2}, "rewards": [{"name": "accuracy"}]})
+    cfg = write_config(
+        {
+            "task": {
+                "name": "dataset",
+                "path": str(data),
+                "answer_column": "solution",
+                "answer_match": "exact",
+                "num_eval": 2,
+            },
+            "rewards": [{"name": "accuracy"}],
+        }
+    )
     from aha.config import load_config
     from aha.rewards import build_rewards
     from aha.tasks import build_task
 
     loaded = load_config(cfg)
-    (_, fn, _), = build_rewards(loaded, build_task(loaded.task))
+    ((_, fn, _),) = build_rewards(loaded, build_task(loaded.task))
     assert fn(["p"], ["1/2"], answer=["0.5"]) == [0.0]  # exact, from task.answer_match
     assert fn(["p"], ["cba"], answer=["cba"]) == [1.0]
 
@@ -120,8 +139,13 @@ def test_a_wrong_data_file_is_one_line_naming_it_and_the_formats(tmp_path, case)
 
 def test_a_dataset_task_trains_from_parquet_and_reports_its_held_out_split(tmp_path, write_config, capsys):
     path = write_formats(tmp_path, ROWS * 3)["parquet"]
-    cfg = write_config({"task": {"name": "dataset", "path": str(path), "answer_column": "solution", "num_eval": 3},
-                        "rewards": [{"name": "accuracy"}], "rollout": {"max_new_tokens": 4}})
+    cfg = write_config(
+        {
+            "task": {"name": "dataset", "path": str(path), "answer_column": "solution", "num_eval": 3},
+            "rewards": [{"name": "accuracy"}],
+            "rollout": {"max_new_tokens": 4},
+        }
+    )
     result = aha("train", cfg, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
     assert "21 rows to train on, the last 3 held out" in result.output
@@ -149,21 +173,34 @@ def test_columns_reach_rewards_under_their_own_names_and_chat_prompts_get_conver
 def test_trls_own_reward_functions_score_and_train_unchanged(tmp_path, write_config):
     trl_rewards = pytest.importorskip("trl.rewards")  # the bench and dev extras install TRL
     prompts = [[{"role": "user", "content": "half of one?"}]] * 2
-    completions = [[{"role": "assistant", "content": "<think>\nhalf\n</think>\n<answer>\\boxed{\\frac{1}{2}}</answer>"}],
-                   [{"role": "assistant", "content": "the answer is \\boxed{3}"}]]
+    completions = [
+        [{"role": "assistant", "content": "<think>\nhalf\n</think>\n<answer>\\boxed{\\frac{1}{2}}</answer>"}],
+        [{"role": "assistant", "content": "the answer is \\boxed{3}"}],
+    ]
     totals, per_fn, _ = compute_rewards(
         [("think", trl_rewards.think_format_reward, 1.0), ("acc", trl_rewards.accuracy_reward, 1.0)],
-        prompts, completions, {"solution": ["\\frac{1}{2}", "\\frac{1}{2}"]})
+        prompts,
+        completions,
+        {"solution": ["\\frac{1}{2}", "\\frac{1}{2}"]},
+    )
     assert per_fn == {"think": [1.0, 0.0], "acc": [1.0, 0.0]} and totals == [2.0, 0.0]
 
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": r["prompt"]}],
-                                        "solution": r["solution"]}) + "\n" for r in ROWS))
-    cfg = write_config({"model": {"chat_template": CHAT_TEMPLATE},
-                        "task": {"name": "dataset", "path": str(data), "num_eval": 1, "answer_column": "solution"},
-                        "rewards": [{"name": "trl.rewards:think_format_reward"},
-                                    {"name": "trl.rewards:accuracy_reward"}],
-                        "rollout": {"max_new_tokens": 6}, "log": {"samples_per_step": 2}})
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": [{"role": "user", "content": r["prompt"]}], "solution": r["solution"]}) + "\n"
+            for r in ROWS
+        )
+    )
+    cfg = write_config(
+        {
+            "model": {"chat_template": CHAT_TEMPLATE},
+            "task": {"name": "dataset", "path": str(data), "num_eval": 1, "answer_column": "solution"},
+            "rewards": [{"name": "trl.rewards:think_format_reward"}, {"name": "trl.rewards:accuracy_reward"}],
+            "rollout": {"max_new_tokens": 6},
+            "log": {"samples_per_step": 2},
+        }
+    )
     result = aha("train", cfg, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
@@ -181,8 +218,13 @@ def test_eval_can_be_judged_by_any_reward(tmp_path, write_config):
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     judge = tmp_path / "judge.py"
     judge.write_text("def nonempty(prompts, completions, **kw):\n    return [1.0 for c in completions]\n")
-    cfg = write_config({"task": {"name": "dataset", "path": str(data), "answer_column": "solution", "num_eval": 2},
-                        "rewards": [{"name": "accuracy"}], "log": {"eval_reward": f"{judge}:nonempty"}})
+    cfg = write_config(
+        {
+            "task": {"name": "dataset", "path": str(data), "answer_column": "solution", "num_eval": 2},
+            "rewards": [{"name": "accuracy"}],
+            "log": {"eval_reward": f"{judge}:nonempty"},
+        }
+    )
     result = aha("train", cfg, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -198,8 +240,9 @@ def test_eval_can_be_judged_by_any_reward(tmp_path, write_config):
 
 def test_chat_prompts_on_a_model_without_a_chat_template_is_one_line(tmp_path, write_config):
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "hi"}], "answer": "x"}) + "\n"
-                            for _ in range(6)))
+    data.write_text(
+        "".join(json.dumps({"prompt": [{"role": "user", "content": "hi"}], "answer": "x"}) + "\n" for _ in range(6))
+    )
     cfg = write_config({"task": {"name": "dataset", "path": str(data)}})
     assert "no chat template" in one_line_error(aha("train", cfg, "-o", tmp_path / "run"))
 
@@ -234,9 +277,15 @@ def test_paths_in_a_config_are_found_next_to_it(tmp_path, write_config, monkeypa
     (project / "rev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     (project / "my_reward.py").write_text(
         "def exact(prompts, completions, solution, **kw):\n"
-        "    return [float(c.strip() == s) for c, s in zip(completions, solution)]\n")
-    cfg = write_config({"task": {"name": "dataset", "path": "rev.jsonl", "answer_column": "solution", "num_eval": 2},
-                        "rewards": [{"name": "my_reward.py:exact"}]}, name="project/cfg.yaml")
+        "    return [float(c.strip() == s) for c, s in zip(completions, solution)]\n"
+    )
+    cfg = write_config(
+        {
+            "task": {"name": "dataset", "path": "rev.jsonl", "answer_column": "solution", "num_eval": 2},
+            "rewards": [{"name": "my_reward.py:exact"}],
+        },
+        name="project/cfg.yaml",
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -254,8 +303,13 @@ def test_lora_checkpoints_hold_peft_adapters_beside_the_merged_weights(tmp_path,
     from aha.models import build_tiny
     from aha.tasks import build_task
 
-    cfg = write_config({"model": {"lora": {"enabled": True, "r": 2, "alpha": 4}}, "train": {"lr": 5e-2},
-                        "rewards": [{"name": digits_reward}]})
+    cfg = write_config(
+        {
+            "model": {"lora": {"enabled": True, "r": 2, "alpha": 4}},
+            "train": {"lr": 5e-2},
+            "rewards": [{"name": digits_reward}],
+        }
+    )
     assert aha("train", cfg, "-o", tmp_path / "run").exit_code == 0
     model_dir = tmp_path / "run" / "checkpoints" / "step-2" / "model"
     assert (model_dir / "adapter" / "adapter_config.json").is_file()
@@ -275,8 +329,9 @@ def test_lora_checkpoints_hold_peft_adapters_beside_the_merged_weights(tmp_path,
 def test_a_resumed_run_leaves_tensorboard_one_value_per_step(tmp_path, write_config, digits_reward):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 4},
-                        "log": {"tensorboard": True, "save_every": 2}})
+    cfg = write_config(
+        {"rewards": [{"name": digits_reward}], "train": {"steps": 4}, "log": {"tensorboard": True, "save_every": 2}}
+    )
     run = tmp_path / "run"
     assert aha("train", cfg, "-o", run).exit_code == 0
     shutil.rmtree(run / "checkpoints" / "step-4")  # as if killed after logging steps 3 and 4, before saving 4
@@ -301,16 +356,36 @@ def test_aha_list_shows_rewards_tasks_and_models():
 
 def test_sft_takes_trls_messages_format(tmp_path, write_config):
     data = tmp_path / "chat_sft.jsonl"
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": r["prompt"]},
-                                                     {"role": "assistant", "content": r["solution"]}],
-                                        "prompt": [{"role": "user", "content": r["prompt"]}],
-                                        "solution": r["solution"]}) + "\n" for r in ROWS))
-    cfg = write_config({"stage": "sft", "sft": {"path": str(data)}, "model": {"chat_template": CHAT_TEMPLATE},
-                        "task": {"name": "dataset", "path": str(data), "answer_column": "solution", "num_eval": 1},
-                        "train": {"steps": 3, "batch_size": 4}})
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": r["prompt"]},
+                        {"role": "assistant", "content": r["solution"]},
+                    ],
+                    "prompt": [{"role": "user", "content": r["prompt"]}],
+                    "solution": r["solution"],
+                }
+            )
+            + "\n"
+            for r in ROWS
+        )
+    )
+    cfg = write_config(
+        {
+            "stage": "sft",
+            "sft": {"path": str(data)},
+            "model": {"chat_template": CHAT_TEMPLATE},
+            "task": {"name": "dataset", "path": str(data), "answer_column": "solution", "num_eval": 1},
+            "train": {"steps": 3, "batch_size": 4},
+        }
+    )
     result = aha("train", cfg, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    losses = [json.loads(line).get("loss/sft") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line).get("loss/sft") for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [x for x in losses if x is not None][-1] < [x for x in losses if x is not None][0]  # it imitates them
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from aha.algos.losses import aggregate_loss, clipped_surrogate, cispo_surrogate, policy_loss
+from aha.algos.losses import aggregate_loss, cispo_surrogate, clipped_surrogate, policy_loss
 from aha.config import ConfigError, load_config
 
 LN = math.log

@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from aha.algos.advantages import (compute_advantages, discounted_returns, explained_variance, gae_advantages,
-                                  rloo_advantages, token_level_rewards, whiten)
+from aha.algos.advantages import (
+    compute_advantages,
+    discounted_returns,
+    explained_variance,
+    gae_advantages,
+    rloo_advantages,
+    token_level_rewards,
+    whiten,
+)
 from aha.algos.losses import clipped_surrogate, clipped_value_loss
 from aha.checkpoint import list_checkpoints
 from aha.config import ConfigError, load_config
@@ -140,7 +147,9 @@ def test_separate_critic_copies_the_trunk_and_head_critic_shares_it(write_config
     hidden = policy.model(input_ids=ids, attention_mask=attn).last_hidden_state
     assert torch.allclose(values, sep.head(hidden[:, -4:-1]).squeeze(-1), atol=1e-5)
 
-    head = build_critic(_cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"kind": "head"}}), policy, torch.device("cpu"))
+    head = build_critic(
+        _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"kind": "head"}}), policy, torch.device("cpu")
+    )
     assert head.shared and sum(p.numel() for p in head.parameters()) == 33  # 32 weights + 1 bias
     _, _, hv = policy_forward(policy, head, ids, attn, 3)
     assert torch.allclose(hv, head.head(hidden[:, -4:-1]).squeeze(-1), atol=1e-5)
@@ -150,20 +159,38 @@ def test_separate_critic_copies_the_trunk_and_head_critic_shares_it(write_config
 def test_critic_initialised_from_a_reward_model(write_config, tmp_path):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                    intermediate_size=64, num_labels=1, pad_token_id=0))
+    rm = LlamaForSequenceClassification(
+        LlamaConfig(
+            vocab_size=40,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=1,
+            pad_token_id=0,
+        )
+    )
     rm.save_pretrained(tmp_path / "rm")
     policy, _ = build_tiny("tiny:layers=1,hidden=32,heads=2,ff=64", None, 0)
-    critic = build_critic(_cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"init_from": str(tmp_path / "rm")}}),
-                          policy, torch.device("cpu"))
+    critic = build_critic(
+        _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"init_from": str(tmp_path / "rm")}}),
+        policy,
+        torch.device("cpu"),
+    )
     assert torch.equal(critic.head.weight, rm.score.weight)
     assert torch.equal(critic.trunk.embed_tokens.weight, rm.model.embed_tokens.weight)
     with pytest.raises(CriticError, match="not a local HF model directory"):
-        build_critic(_cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"init_from": str(tmp_path / "nope")}}),
-                     policy, torch.device("cpu"))
+        build_critic(
+            _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"init_from": str(tmp_path / "nope")}}),
+            policy,
+            torch.device("cpu"),
+        )
     with pytest.raises(CriticError, match="separate"):
-        build_critic(_cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"kind": "head", "init_from": str(tmp_path / "rm")}}),
-                     policy, torch.device("cpu"))
+        build_critic(
+            _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"kind": "head", "init_from": str(tmp_path / "rm")}}),
+            policy,
+            torch.device("cpu"),
+        )
 
 
 def test_config_refuses_leave_one_out_without_a_group(write_config):
@@ -182,17 +209,35 @@ def _rows(run):
 
 @pytest.mark.parametrize("kind", ["separate", "head"])
 def test_ppo_run_logs_the_critic_metrics_and_trains_both(write_config, digits_reward, tmp_path, kind):
-    cfg = load_config(write_config({
-        "rewards": [{"name": digits_reward}], "rl": {"algo": "ppo", "beta": 0.05, "mu": 2, "num_minibatches": 2},
-        "critic": {"kind": kind, "lr": 1e-2}, "train": {"steps": 3}, "log": {"save_every": 0}}))
+    cfg = load_config(
+        write_config(
+            {
+                "rewards": [{"name": digits_reward}],
+                "rl": {"algo": "ppo", "beta": 0.05, "mu": 2, "num_minibatches": 2},
+                "critic": {"kind": kind, "lr": 1e-2},
+                "train": {"steps": 3},
+                "log": {"save_every": 0},
+            }
+        )
+    )
     train_rl(cfg, tmp_path / "run")
     rows = [r for r in _rows(tmp_path / "run") if r["step"] > 0]
-    for key in ("loss/value", "value/mean", "value/explained_variance", "approx_kl", "clip_ratio", "value/clip_ratio", "kl"):
+    for key in (
+        "loss/value",
+        "value/mean",
+        "value/explained_variance",
+        "approx_kl",
+        "clip_ratio",
+        "value/clip_ratio",
+        "kl",
+    ):
         assert all(math.isfinite(r[key]) for r in rows), key
     assert rows[-1]["loss/value"] < rows[0]["loss/value"]  # the critic learns to predict the returns
     assert any(r["approx_kl"] > 0 for r in rows)  # 4 optimizer steps per batch: the policy moves off the sampler's
     state = torch.load(list_checkpoints(tmp_path / "run")[-1] / "trainer_state.pt", weights_only=False)
-    assert "head.weight" in state["critic"] and (kind == "head") == (not any(k.startswith("trunk.") for k in state["critic"]))
+    assert "head.weight" in state["critic"] and (kind == "head") == (
+        not any(k.startswith("trunk.") for k in state["critic"])
+    )
 
 
 def test_ppo_refuses_a_checkpoint_without_a_critic(write_config, digits_reward, tmp_path):
@@ -201,15 +246,28 @@ def test_ppo_refuses_a_checkpoint_without_a_critic(write_config, digits_reward, 
     base = {"rewards": [{"name": digits_reward}], "train": {"steps": 2}, "log": {"eval_every": 0}}
     train_rl(load_config(write_config(base)), tmp_path / "run")
     with pytest.raises(CheckpointError, match="no critic"):
-        train_rl(load_config(write_config({**base, "rl": {"algo": "ppo"}, "train": {"steps": 4}})), tmp_path / "run", resume=True)
+        train_rl(
+            load_config(write_config({**base, "rl": {"algo": "ppo"}, "train": {"steps": 4}})),
+            tmp_path / "run",
+            resume=True,
+        )
 
 
 @pytest.mark.parametrize("algo", ["rloo", "reinforce++", "reinforce++_baseline"])
 def test_critic_free_estimators_run_and_keep_no_critic(write_config, digits_reward, tmp_path, algo):
-    cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rl": {"algo": algo, "beta": 0.1},
-                                    "train": {"steps": 2}, "log": {"eval_every": 0}}))
+    cfg = load_config(
+        write_config(
+            {
+                "rewards": [{"name": digits_reward}],
+                "rl": {"algo": algo, "beta": 0.1},
+                "train": {"steps": 2},
+                "log": {"eval_every": 0},
+            }
+        )
+    )
     last = train_rl(cfg, tmp_path / "run")
-    assert last["kl"] >= 0 and math.isfinite(last["loss/policy"]) and last["grad_norm"] > 0
+    # step 2 samples from the policy after one update: it has left the reference, so its KL (β = 0.1) is not 0
+    assert last["kl"] > 0 and math.isfinite(last["loss/policy"]) and last["grad_norm"] > 0
     assert "loss/value" not in last
     state = torch.load(list_checkpoints(tmp_path / "run")[-1] / "trainer_state.pt", weights_only=False)
     assert "critic" not in state
@@ -224,8 +282,16 @@ def test_ppo_losses_do_not_depend_on_the_micro_batch_split(write_config, digits_
     losses whether the 16 sequences go through in one micro-batch or four."""
     logged = {}
     for micro in (16, 4):
-        cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rl": {"algo": "ppo"},
-                                        "train": {"steps": 1, "micro_batch_size": micro}, "log": {"eval_every": 0}}))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "rl": {"algo": "ppo"},
+                    "train": {"steps": 1, "micro_batch_size": micro},
+                    "log": {"eval_every": 0},
+                }
+            )
+        )
         logged[micro] = train_rl(cfg, tmp_path / f"micro-{micro}")
     for key in ("loss/policy", "loss/value", "value/mean", "entropy"):
         assert logged[4][key] == pytest.approx(logged[16][key], abs=1e-5), key

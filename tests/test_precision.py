@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aha.modeling.logprobs import completion_forward
 from aha.algos.losses import aggregate_loss, clipped_surrogate
+from aha.modeling.logprobs import completion_forward
 from aha.models import build_tiny
 
 C = 12
@@ -44,7 +44,7 @@ def _reference(model, ids, attn):
     ref = copy.deepcopy(model)
     ref.set_attn_implementation("sdpa")
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = ref(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -C - 1:-1].float()
+    logits = ref(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -C - 1 : -1].float()
     logp = F.log_softmax(logits, -1).gather(-1, ids[:, -C:, None]).squeeze(-1)
     old = logp.detach() - 0.1  # ratios ≈ 1.1: the clip is in play for some tokens
     _loss(logp, old).backward()
@@ -119,8 +119,9 @@ def test_rows_that_share_a_prompt_run_it_once_and_match_the_full_pass(attention,
 
     model.set_attn_implementation(attention)
     trunk_calls = []
-    model.get_decoder().register_forward_hook(lambda m, a, kw, out: trunk_calls.append(tuple(kw["input_ids"].shape)),
-                                             with_kwargs=True)
+    model.get_decoder().register_forward_hook(
+        lambda m, a, kw, out: trunk_calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
     logp, _, _ = completion_forward(model, ids, attn, C, lean=lean)
     _loss(logp, old).backward()
     grad = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -138,7 +139,9 @@ def test_lean_activations_save_less_for_the_backward_pass_and_give_the_same_grad
     grads, saved = {}, {}
     for lean in (False, True):
         model.zero_grad(set_to_none=True)
-        saved[lean], logp = _completion_pass_saved_bytes(model, lambda: completion_forward(model, ids, attn, C, lean=lean)[0])
+        saved[lean], logp = _completion_pass_saved_bytes(
+            model, lambda lean=lean: completion_forward(model, ids, attn, C, lean=lean)[0]
+        )
         logp.sum().backward()
         grads[lean] = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert torch.allclose(grads[True], grads[False], rtol=1e-5, atol=1e-7)

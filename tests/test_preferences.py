@@ -9,8 +9,10 @@ import pytest
 from aha.data.preferences import read_preferences
 from aha.tasks import DataError
 
-ROWS = [{"prompt": "p", "completions": ["a", "b", "c"], "ranking": [[0, 2], [1]]},
-        {"prompt": "q", "chosen": "x", "rejected": "y"}]
+ROWS = [
+    {"prompt": "p", "completions": ["a", "b", "c"], "ranking": [[0, 2], [1]]},
+    {"prompt": "q", "chosen": "x", "rejected": "y"},
+]
 
 
 def test_jsonl_json_parquet_and_datasets_dir(tmp_path):
@@ -29,20 +31,26 @@ def test_jsonl_json_parquet_and_datasets_dir(tmp_path):
 
 
 def test_trl_pairs_conversational(tmp_path):
-    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello"}],
-           "rejected": [{"role": "assistant", "content": "go away"}]}
+    row = {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "hello"}],
+        "rejected": [{"role": "assistant", "content": "go away"}],
+    }
     (tmp_path / "c.jsonl").write_text(json.dumps(row) + "\n")
     pref = read_preferences(tmp_path / "c.jsonl")[0]
     assert pref.prompt[0]["content"] == "hi" and pref.completions[0][0]["content"] == "hello"
 
 
-@pytest.mark.parametrize("row, needle", [
-    ({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 5]}, "out of range"),
-    ({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 0]}, "repeats index 0"),
-    ({"prompt": "p", "completions": ["a", "b"]}, "missing field 'ranking'"),
-    ({"completions": ["a", "b"], "ranking": [0, 1]}, "missing field 'prompt'"),
-    ({"prompt": "p", "completions": ["a"], "ranking": [0]}, "at least 2 completions"),
-])
+@pytest.mark.parametrize(
+    "row, needle",
+    [
+        ({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 5]}, "out of range"),
+        ({"prompt": "p", "completions": ["a", "b"], "ranking": [0, 0]}, "repeats index 0"),
+        ({"prompt": "p", "completions": ["a", "b"]}, "missing field 'ranking'"),
+        ({"completions": ["a", "b"], "ranking": [0, 1]}, "missing field 'prompt'"),
+        ({"prompt": "p", "completions": ["a"], "ranking": [0]}, "at least 2 completions"),
+    ],
+)
 def test_malformed_row_is_one_line_naming_file_and_row(tmp_path, row, needle):
     good = json.dumps(ROWS[0])
     (tmp_path / "bad.jsonl").write_text(good + "\n" + good + "\n" + json.dumps(row) + "\n")

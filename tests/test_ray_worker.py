@@ -8,17 +8,19 @@ import os
 
 from aha import sandbox
 from aha.config import load_config
-from aha.rollout.ray import RolloutWorker, shards_error
 from aha.models import build_tiny
 from aha.rewards import RewardError, _sample_error
-from aha.rollout.scoring import RewardRecipe, merge_scores
 from aha.rollout import SamplingParams
+from aha.rollout.ray import RolloutWorker, shards_error
+from aha.rollout.scoring import RewardRecipe, merge_scores
 from aha.tasks import build_task
 
-LOUD = ("from aha import sandbox\n"
-        "def loud(prompts, completions, **kw):\n"
-        "    print(f'loud saw {len(completions)} completions; sandbox runs {sandbox.default_workers()} at once')\n"
-        "    return [0.0] * len(completions)\n")
+LOUD = (
+    "from aha import sandbox\n"
+    "def loud(prompts, completions, **kw):\n"
+    "    print(f'loud saw {len(completions)} completions; sandbox runs {sandbox.default_workers()} at once')\n"
+    "    return [0.0] * len(completions)\n"
+)
 
 
 def test_a_workers_rewards_print_to_the_trainer_and_run_its_share_of_programs(write_config, tmp_path):

@@ -6,35 +6,48 @@ import json
 
 import pytest
 
-from aha.track.reasoning import (REFLECTION_PHRASES, find_aha, judge, lenient_answer, reasoning_metrics,
-                                 reflection_pattern, strict_answer)
+from aha.track.reasoning import (
+    REFLECTION_PHRASES,
+    find_aha,
+    judge,
+    lenient_answer,
+    reasoning_metrics,
+    reflection_pattern,
+    strict_answer,
+)
 
 PATTERN = reflection_pattern(REFLECTION_PHRASES)
 
 
-@pytest.mark.parametrize("text", [
-    "Wait, that is not right.",
-    "let me RECHECK the sum",
-    "I should re-evaluate: 3+5",
-    "Let me go over  the\nsteps once more",
-    "Alternatively, add the tens first.",
-    "However the units carry.",
-    "to verify: 68-45 = 23",
-    "I will try again.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Wait, that is not right.",
+        "let me RECHECK the sum",
+        "I should re-evaluate: 3+5",
+        "Let me go over  the\nsteps once more",
+        "Alternatively, add the tens first.",
+        "However the units carry.",
+        "to verify: 68-45 = 23",
+        "I will try again.",
+    ],
+)
 def test_reflection_detected(text):
     assert PATTERN.search(text)
 
 
-@pytest.mark.parametrize("text", [
-    "The answer is 68.",
-    "await the result",  # 'wait' inside a word
-    "verified and done",  # another word form is not in the list
-    "rechecking",
-    "a waitress brought 68",
-    "pre-evaluate",  # hyphenated prefix: not 're-evaluate' as a word
-    "",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is 68.",
+        "await the result",  # 'wait' inside a word
+        "verified and done",  # another word form is not in the list
+        "rechecking",
+        "a waitress brought 68",
+        "pre-evaluate",  # hyphenated prefix: not 're-evaluate' as a word
+        "",
+    ],
+)
 def test_reflection_not_detected(text):
     assert not PATTERN.search(text)
 
@@ -74,12 +87,24 @@ def test_judge_strict_lenient_format():
 
 
 AHA = [  # (completion, gold, prompt, answer before the reflection)
-    ("<think>23+45 is 58. Wait, let me recheck: 3+5=8 and 2+4=6, so 68.</think> <answer>68</answer>", "68",
-     "23+45=", "58"),
-    ("<think>17+25 = 32. Hmm, re-examine the units: 7+5=12, carry 1, so 42.</think><answer>42</answer>", "42",
-     "17+25=", "32"),
-    ("<answer>31</answer> However, 19+12 carries: 31 is right? no, 1+1+1=3, 9+2=11 → 31. Hmm <answer>31</answer>",
-     "31", "19+12=", None),  # not a correction: the same answer before and after
+    (
+        "<think>23+45 is 58. Wait, let me recheck: 3+5=8 and 2+4=6, so 68.</think> <answer>68</answer>",
+        "68",
+        "23+45=",
+        "58",
+    ),
+    (
+        "<think>17+25 = 32. Hmm, re-examine the units: 7+5=12, carry 1, so 42.</think><answer>42</answer>",
+        "42",
+        "17+25=",
+        "32",
+    ),
+    (
+        "<answer>31</answer> However, 19+12 carries: 31 is right? no, 1+1+1=3, 9+2=11 → 31. Hmm <answer>31</answer>",
+        "31",
+        "19+12=",
+        None,
+    ),  # not a correction: the same answer before and after
     ("The sum is 90. Alternatively count up: 45, 55, 65, 75, 85, 95. <answer>95</answer>", "95", "45+50=", "90"),
 ]
 
@@ -94,15 +119,26 @@ def test_aha_moment(text, gold, prompt, first):
         assert moment.final_answer == gold and PATTERN.fullmatch(moment.phrase)
 
 
-@pytest.mark.parametrize("text,gold,prompt,why", [
-    ("23+45 = 58. Wait, let me recheck: 3+5=8, 2+4=6, so 67. <answer>67</answer>", "68", "23+45=",
-     "corrected, but to a wrong answer"),
-    ("23+45 = 68. Let me verify: 68-45 = 23. <answer>68</answer>", "68", "23+45=", "verified, nothing changed"),
-    ("Wait, 23+45: 3+5=8, 2+4=6. <answer>68</answer>", "68", "23+45=", "reflects before any answer"),
-    ("23+45 = 58, so 3+5=8, then 68. <answer>68</answer>", "68", "23+45=", "no reflection phrase"),
-    ("Let me add 23 and 45. Wait, carefully: 68. <answer>68</answer>", "68", "23+45=",
-     "only the operands came before the reflection"),
-])
+@pytest.mark.parametrize(
+    "text,gold,prompt,why",
+    [
+        (
+            "23+45 = 58. Wait, let me recheck: 3+5=8, 2+4=6, so 67. <answer>67</answer>",
+            "68",
+            "23+45=",
+            "corrected, but to a wrong answer",
+        ),
+        ("23+45 = 68. Let me verify: 68-45 = 23. <answer>68</answer>", "68", "23+45=", "verified, nothing changed"),
+        ("Wait, 23+45: 3+5=8, 2+4=6. <answer>68</answer>", "68", "23+45=", "reflects before any answer"),
+        ("23+45 = 58, so 3+5=8, then 68. <answer>68</answer>", "68", "23+45=", "no reflection phrase"),
+        (
+            "Let me add 23 and 45. Wait, carefully: 68. <answer>68</answer>",
+            "68",
+            "23+45=",
+            "only the operands came before the reflection",
+        ),
+    ],
+)
 def test_not_an_aha_moment(text, gold, prompt, why):
     assert find_aha(text, gold, PATTERN, prompt) is None, why
 
@@ -132,25 +168,34 @@ def test_batch_metrics_by_hand():
 def test_reasoning_metrics_every_step_of_a_run(tmp_path, write_config):
     """A 2-step run with the switch on: every step's metrics.jsonl line has the reasoning keys, eval has its own.
     (The same run checks task.response_prefix: the logged completions start with it.)"""
-    from aha.cli import app
     from typer.testing import CliRunner
 
-    cfg = write_config({"log": {"reasoning_metrics": True, "eval_every": 2, "samples_per_step": 2},
-                        "task": {"response_prefix": "="}})
+    from aha.cli import app
+
+    cfg = write_config(
+        {"log": {"reasoning_metrics": True, "eval_every": 2, "samples_per_step": 16}, "task": {"response_prefix": "="}}
+    )  # 16: every completion of a step (4 prompts × 4)
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(out)])
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "reward/mean" in r]
     assert [r["step"] for r in steps] == [1, 2]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and all(s["completion"].startswith("=") for s in samples)
     for r in steps:
-        for key in ("format", "accuracy_strict", "accuracy_lenient", "reflection_rate", "aha_rate"):
-            assert 0.0 <= r[f"reasoning/{key}"] <= 1.0
         # a 1-digit-sum tiny model writes no tags: strict accuracy is 0, lenient is its accuracy
         assert r["reasoning/accuracy_strict"] == 0.0 and r["reasoning/format"] == 0.0
         assert (r["reasoning/length_correct"] is None) and r["reasoning/length_wrong"] > 0
-    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert samples and all(s["completion"].startswith("=") for s in samples)
+        # its alphabet is digits, '+' and '=': no reflection phrase can be written, so no aha moment either
+        assert r["reasoning/reflection_rate"] == 0.0 and r["reasoning/aha_rate"] == 0.0
+        # lenient: the last number written is the sum, over the step's 16 completions
+        done = [s for s in samples if s["step"] == r["step"]]
+        assert len(done) == 16
+        right = [
+            lenient_answer(s["completion"]) == str(sum(map(int, s["prompt"].rstrip("=").split("+")))) for s in done
+        ]
+        assert r["reasoning/accuracy_lenient"] == pytest.approx(sum(right) / 16)
     evals = [r for r in rows if "eval/accuracy" in r]
     assert evals and all("eval/reasoning/accuracy_lenient" in r and "eval/reasoning/format" in r for r in evals)
     # aha eval reports the same metrics for the checkpoint (the run's config.yaml has the switch on)
@@ -162,14 +207,18 @@ def test_reasoning_metrics_every_step_of_a_run(tmp_path, write_config):
 
 
 def test_reasoning_metrics_off_by_default_for_plain_runs(tmp_path, write_config):
-    from aha.cli import app
     from typer.testing import CliRunner
+
+    from aha.cli import app
 
     out = tmp_path / "run"
     result = CliRunner().invoke(app, ["train", str(write_config()), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert not any(k.startswith("reasoning/") for line in (out / "metrics.jsonl").read_text().splitlines()
-                   for k in json.loads(line))
+    assert not any(
+        k.startswith("reasoning/")
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        for k in json.loads(line)
+    )
 
 
 # ----------------------------------------------------------------------------- report and demo
@@ -180,13 +229,28 @@ def test_report_draws_reasoning_and_lists_aha_moments_in_step_order(tmp_path):
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text("".join(json.dumps(
-        {"step": s, "reward/mean": 0.1 * s, "reasoning/format": 0.2 * s, "reasoning/accuracy_strict": 0.1 * s,
-         "reasoning/reflection_rate": 0.05, "reasoning/length_correct": 20 + s}) + "\n" for s in range(1, 5)))
+    (run / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "step": s,
+                    "reward/mean": 0.1 * s,
+                    "reasoning/format": 0.2 * s,
+                    "reasoning/accuracy_strict": 0.1 * s,
+                    "reasoning/reflection_rate": 0.05,
+                    "reasoning/length_correct": 20 + s,
+                }
+            )
+            + "\n"
+            for s in range(1, 5)
+        )
+    )
     moment = {"phrase": "Wait", "first_answer": "58", "final_answer": "68"}
-    samples = [{"step": 3, "prompt": "23+45=", "completion": "<think>58. Wait <b>68</b></think>", "aha": moment},
-               {"step": 1, "prompt": "1+1=", "completion": "2"},
-               {"step": 2, "prompt": "17+25=", "completion": "32. However 42", "aha": {**moment, "final_answer": "42"}}]
+    samples = [
+        {"step": 3, "prompt": "23+45=", "completion": "<think>58. Wait <b>68</b></think>", "aha": moment},
+        {"step": 1, "prompt": "1+1=", "completion": "2"},
+        {"step": 2, "prompt": "17+25=", "completion": "32. However 42", "aha": {**moment, "final_answer": "42"}},
+    ]
     (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     html = write_report(run).read_text()
     assert "<h2>Reasoning</h2>" in html and "<h2>Aha moments</h2>" in html
@@ -223,9 +287,15 @@ def test_demo_writes_base_and_trained_metrics(tmp_path, write_config):
 
     cfg = load_config(write_config({"log": {"reasoning_metrics": True, "eval_every": 2}}))
     summary = run_demo(tmp_path / "demo", 0, cfg)
+    rows = [json.loads(line) for line in (tmp_path / "demo" / "rl" / "metrics.jsonl").read_text().splitlines()]
+    evals = {"base": rows[0], "trained": rows[-1]}  # step 0 (the base model) and the last step (the trained one)
+    assert [rows[0]["step"], rows[-1]["step"]] == [0, 2]
     for when in ("base", "trained"):
         assert set(summary[when]) >= {"accuracy_strict", "accuracy_lenient", "format", "reflection_rate"}
-        assert 0.0 <= summary[when]["accuracy_lenient"] <= 1.0
+        # greedy, the same weights and held-out rows: what the run's own eval logged for that model
+        assert summary[when]["accuracy"] == evals[when]["eval/accuracy"]
+        assert summary[when]["accuracy_lenient"] == evals[when]["eval/reasoning/accuracy_lenient"]
+        assert summary[when]["format"] == evals[when]["eval/reasoning/format"]
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["steps"] == 2
     assert "<h2>Reasoning</h2>" in (tmp_path / "demo" / "report.html").read_text()
 
@@ -243,7 +313,10 @@ def test_r1_plain_template_is_the_r1_zero_text_prompt():
     tok = _CharTokenizer()
     assert resolve_template("r1_plain", tok) == "r1_plain"  # no chat template needed
     text = "".join(map(chr, render_prompt("23+45=", tok, "r1_plain")))
-    assert text.startswith("A conversation between User and Assistant.") and "<think> reasoning process here </think>" in text
+    assert (
+        text.startswith("A conversation between User and Assistant.")
+        and "<think> reasoning process here </think>" in text
+    )
     assert text.endswith("User: 23+45=\nAssistant:")
     chat = [{"role": "system", "content": "ignored"}, {"role": "user", "content": "23+45="}]
     assert "".join(map(chr, render_prompt(chat, tok, "r1_plain"))) == text

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+from browser import headless_page
 
 from aha.track.report import load_metrics, pick_samples, write_report
-from browser import headless_page
 
 STEPS = 30
 TRICKY = "<think>3 & 4</think> so <answer>7</answer>"
@@ -24,18 +24,28 @@ def make_run(run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(
         "model: tiny:llama-2l\ntask: arithmetic\nrl:\n  algo: grpo\n  beta: 0.04\n  group_size: 8\n"
-        "  note: \"<b>not bold</b>\"\n"
+        '  note: "<b>not bold</b>"\n'
     )
     lines = []
     for step in range(1, STEPS + 1):
         reward = 0.2 + 0.6 * step / STEPS
         row = {
-            "step": step, "reward/mean": reward, "reward/std": 0.3 - 0.005 * step,
-            "reward/accuracy/mean": reward - 0.1, "reward/format/mean": min(1.0, 0.5 + step / 40),
-            "completions/mean_length": 60 - step, "completions/clipped_ratio": 0.1 / step,
-            "kl": 0.001 * step, "entropy": 1.5 - 0.02 * step, "clip_ratio": 0.02 * math.sin(step) ** 2,
-            "loss/policy": 0.1 * math.cos(step), "grad_norm": 1.0 / math.sqrt(step), "lr": 1e-5,
-            "time/rollout_s": 2.0, "time/train_s": 1.0, "throughput/tokens_per_s": 900 + step,
+            "step": step,
+            "reward/mean": reward,
+            "reward/std": 0.3 - 0.005 * step,
+            "reward/accuracy/mean": reward - 0.1,
+            "reward/format/mean": min(1.0, 0.5 + step / 40),
+            "completions/mean_length": 60 - step,
+            "completions/clipped_ratio": 0.1 / step,
+            "kl": 0.001 * step,
+            "entropy": 1.5 - 0.02 * step,
+            "clip_ratio": 0.02 * math.sin(step) ** 2,
+            "loss/policy": 0.1 * math.cos(step),
+            "grad_norm": 1.0 / math.sqrt(step),
+            "lr": 1e-5,
+            "time/rollout_s": 2.0,
+            "time/train_s": 1.0,
+            "throughput/tokens_per_s": 900 + step,
             "frac_reward_zero_std": 0.5 - step / 100,
         }
         lines.append(json.dumps(row))
@@ -48,14 +58,28 @@ def make_run(run_dir: Path) -> Path:
     for step in (1, 8, 15, 22, 30):
         for i, completion in enumerate([f"step {step}: the answer is {step}", TRICKY if step == 1 else "no idea"]):
             reward = 1.0 - i
-            samples.append({"step": step, "prompt": f"What is {step} + 0? Use <answer></answer>.",
-                            "completion": completion, "reward": reward,
-                            "rewards": {"accuracy": reward, "format": None}, "answer": str(step)})
+            samples.append(
+                {
+                    "step": step,
+                    "prompt": f"What is {step} + 0? Use <answer></answer>.",
+                    "completion": completion,
+                    "reward": reward,
+                    "rewards": {"accuracy": reward, "format": None},
+                    "answer": str(step),
+                }
+            )
     (run_dir / "samples.jsonl").write_text("\n".join(json.dumps(s) for s in samples) + "\n")
-    (run_dir / "summary.json").write_text(json.dumps({
-        "teacher_accuracy": 0.91, "sft_accuracy": 0.42, "rl_accuracy": 0.77,
-        "rl_accuracy_by_class": {"easy": 0.95, "hard": 0.5}, "wall_time_s": 312.5,
-    }))
+    (run_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "teacher_accuracy": 0.91,
+                "sft_accuracy": 0.42,
+                "rl_accuracy": 0.77,
+                "rl_accuracy_by_class": {"easy": 0.95, "hard": 0.5},
+                "wall_time_s": 312.5,
+            }
+        )
+    )
     return run_dir
 
 
@@ -102,8 +126,11 @@ def test_report_tolerates_missing_files(tmp_path):
 def test_sft_run_plots_only_what_it_logged(tmp_path):
     run_dir = tmp_path / "sft"
     run_dir.mkdir()
-    (run_dir / "metrics.jsonl").write_text("\n".join(
-        json.dumps({"step": s, "loss/sft": 2.0 / s, "lr": 1e-4, "eval/accuracy": 0.1 * s}) for s in range(1, 6)))
+    (run_dir / "metrics.jsonl").write_text(
+        "\n".join(
+            json.dumps({"step": s, "loss/sft": 2.0 / s, "lr": 1e-4, "eval/accuracy": 0.1 * s}) for s in range(1, 6)
+        )
+    )
     html = write_report(run_dir).read_text()
     assert html.count("data:image/png;base64,") == 2  # eval/accuracy + other metrics (loss/sft, lr)
     assert "alt='Reward'" not in html
@@ -115,7 +142,8 @@ def test_report_renders_in_chromium(report):
         page.goto(report.as_uri())
         page.wait_for_load_state("load")
         images = page.eval_on_selector_all(
-            "img", "els => els.map(e => ({alt: e.alt, w: e.naturalWidth, shown: e.getBoundingClientRect().width}))")
+            "img", "els => els.map(e => ({alt: e.alt, w: e.naturalWidth, shown: e.getBoundingClientRect().width}))"
+        )
         assert len(images) >= EXPECTED_PLOTS
         for img in images:
             assert img["w"] > 0, f"plot {img['alt']} did not decode"

@@ -21,8 +21,8 @@ import aha.rl.optimize
 import aha.run
 import aha.sft
 from aha.checkpoint import list_checkpoints
-from aha.config import load_config
 from aha.cli import app
+from aha.config import load_config
 from aha.errors import TrainingError
 from aha.optim import finite_step
 from aha.rl import train_grpo
@@ -59,14 +59,18 @@ def resume_cfg(write_config, digits_reward, request):
     # (LoRA: a checkpoint holds only the adapters, over base weights that hold the imitation steps)
     ppo = {"algo": "ppo", "num_minibatches": 2} if request.param == "ppo" else {}
     lora = {"model": {"lora": {"enabled": True, "r": 4}}} if request.param == "grpo-lora" else {}
-    return load_config(write_config({
-        **lora,
-        "rewards": [{"name": "accuracy"}, {"name": digits_reward}],
-        "rl": {"beta": 0.04, "mu": 2, **ppo},
-        "sft": {"imitation_steps": 3},
-        "train": {"steps": 4, "lr_schedule": "linear", "warmup_steps": 1, "batch_size": 16},
-        "log": {"save_every": 2, "eval_every": 2, "keep_checkpoints": 3},
-    }))
+    return load_config(
+        write_config(
+            {
+                **lora,
+                "rewards": [{"name": "accuracy"}, {"name": digits_reward}],
+                "rl": {"beta": 0.04, "mu": 2, **ppo},
+                "sft": {"imitation_steps": 3},
+                "train": {"steps": 4, "lr_schedule": "linear", "warmup_steps": 1, "batch_size": 16},
+                "log": {"save_every": 2, "eval_every": 2, "keep_checkpoints": 3},
+            }
+        )
+    )
 
 
 def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, monkeypatch, capsys):
@@ -115,12 +119,14 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
     assert weights_a.keys() == weights_b.keys()
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
-    critic_a, critic_b = (torch.load(r / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=False).get("critic")
-                          for r in (a, b))
+    critic_a, critic_b = (
+        torch.load(r / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=False).get("critic") for r in (a, b)
+    )
     assert (critic_a is None) == (resume_cfg.rl.algo == "grpo")
     if resume_cfg.model.lora.enabled:
-        adapters = [torch.load(r / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=False)["adapter"]
-                    for r in (a, b)]
+        adapters = [
+            torch.load(r / "checkpoints" / "step-4" / "trainer_state.pt", weights_only=False)["adapter"] for r in (a, b)
+        ]
         assert adapters[0].keys() == adapters[1].keys() and adapters[0]
         for name in adapters[0]:
             assert torch.equal(adapters[0][name], adapters[1][name]), name
@@ -170,10 +176,14 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_nan_step_is_skipped_with_a_warning_and_the_run_finishes(tmp_path, write_config, digits_reward,
-                                                                     monkeypatch, capsys):
-    cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 4},
-                                    "log": {"save_every": 2, "eval_every": 0}}))
+def test_a_nan_step_is_skipped_with_a_warning_and_the_run_finishes(
+    tmp_path, write_config, digits_reward, monkeypatch, capsys
+):
+    cfg = load_config(
+        write_config(
+            {"rewards": [{"name": digits_reward}], "train": {"steps": 4}, "log": {"save_every": 2, "eval_every": 0}}
+        )
+    )
     seen = {}
     inject_nan(monkeypatch, {2}, seen)
     last = train_grpo(cfg, tmp_path / "run")
@@ -194,10 +204,18 @@ def test_a_nan_step_is_skipped_with_a_warning_and_the_run_finishes(tmp_path, wri
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-2", "step-4"]
 
 
-def test_nan_steps_in_a_row_stop_with_step_and_last_intact_checkpoint(tmp_path, write_config, digits_reward,
-                                                                      monkeypatch, capsys):
-    cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 5, "max_skipped_steps": 2},
-                                    "log": {"save_every": 2, "eval_every": 0}}))
+def test_nan_steps_in_a_row_stop_with_step_and_last_intact_checkpoint(
+    tmp_path, write_config, digits_reward, monkeypatch, capsys
+):
+    cfg = load_config(
+        write_config(
+            {
+                "rewards": [{"name": digits_reward}],
+                "train": {"steps": 5, "max_skipped_steps": 2},
+                "log": {"save_every": 2, "eval_every": 0},
+            }
+        )
+    )
     run = tmp_path / "run"
     inject_nan(monkeypatch, {1, 3, 4})  # step 2 is fine: the count in a row starts again
     with pytest.raises(TrainingError) as err:
@@ -229,10 +247,21 @@ def test_nan_steps_in_a_row_stop_with_step_and_last_intact_checkpoint(tmp_path, 
 
 def test_sft_skips_a_nan_step(tmp_path, write_config, monkeypatch, capsys):
     data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)}) + "\n"
-                            for a in range(10) for b in range(10)))
-    cfg = load_config(write_config({"stage": "sft", "sft": {"path": str(data)}, "train": {"steps": 3, "batch_size": 8},
-                                    "log": {"eval_every": 0}}))
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)}) + "\n" for a in range(10) for b in range(10)
+        )
+    )
+    cfg = load_config(
+        write_config(
+            {
+                "stage": "sft",
+                "sft": {"path": str(data)},
+                "train": {"steps": 3, "batch_size": 8},
+                "log": {"eval_every": 0},
+            }
+        )
+    )
     real_loss, calls = aha.sft.sft_loss, []
 
     def nan_at_step_2(*args, **kwargs):
@@ -260,11 +289,16 @@ def test_finite_step_leaves_weights_and_adam_state_alone_on_a_non_finite_value()
 
     assert finite_step(optimizer, *backward(1.0)) is None  # Adam's moments exist from here on
     weights, adam = dict(layer.state_dict()), optimizer.state_dict()
-    weights, adam = {k: v.clone() for k, v in weights.items()}, {(i, k): v.clone() for i, s in adam["state"].items()
-                                                                   for k, v in s.items()}
+    weights, adam = (
+        {k: v.clone() for k, v in weights.items()},
+        {(i, k): v.clone() for i, s in adam["state"].items() for k, v in s.items()},
+    )
     loss, norm = backward(1.0)
-    for args, problem in [((float("nan"), norm), "loss is nan"), ((loss, float("inf")), "gradient norm is inf"),
-                          ((loss, norm, float("nan")), "gradient norm is nan")]:
+    for args, problem in [
+        ((float("nan"), norm), "loss is nan"),
+        ((loss, float("inf")), "gradient norm is inf"),
+        ((loss, norm, float("nan")), "gradient norm is nan"),
+    ]:
         assert finite_step(optimizer, *args) == problem
         assert all(p.grad is None for p in layer.parameters())  # dropped: the next step starts clean
         assert same(weights, dict(layer.state_dict()))

@@ -9,17 +9,25 @@ import random
 
 import pytest
 import torch
-
-from aha.algos.preference import (bradley_terry_loss, kendall_tau_b, plackett_luce_loss, ranking_bt_loss,
-                                  ranking_metrics, reward_centering)
-from aha.config import load_config
 from conftest import TINY, merge
+
+from aha.algos.preference import (
+    bradley_terry_loss,
+    kendall_tau_b,
+    plackett_luce_loss,
+    ranking_bt_loss,
+    ranking_metrics,
+    reward_centering,
+)
+from aha.config import load_config
 
 TINY_RM = "tiny:layers=1,hidden=32,heads=2,ff=64"
 
 
 def test_bradley_terry_by_hand():
-    assert bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.5])).item() == pytest.approx(math.log(1 + math.exp(-1.5)))
+    assert bradley_terry_loss(torch.tensor([2.0]), torch.tensor([0.5])).item() == pytest.approx(
+        math.log(1 + math.exp(-1.5))
+    )
     assert bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0]), margin=1.0).item() == pytest.approx(math.log(2))
     w = torch.tensor([1.0, 3.0])
     got = bradley_terry_loss(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), weight=w).item()
@@ -27,16 +35,20 @@ def test_bradley_terry_by_hand():
     # a ranking weighs once: the mean over its 3 pairs
     s = torch.tensor([2.0, 1.0, 0.0])
     assert ranking_bt_loss(s, [[0], [1], [2]]).item() == pytest.approx(
-        (2 * math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2))) / 3)
+        (2 * math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-2))) / 3
+    )
 
 
 def test_plackett_luce_by_hand_with_ties():
     s = torch.tensor([2.0, 1.0, 0.0])
     e = math.e
     assert plackett_luce_loss(s, [[0], [1], [2]]).item() == pytest.approx(
-        ((math.log(e**2 + e + 1) - 2) + (math.log(e + 1) - 1)) / 2)
+        ((math.log(e**2 + e + 1) - 2) + (math.log(e + 1) - 1)) / 2
+    )
     # a pair: PL = BT
-    assert plackett_luce_loss(torch.tensor([0.3, -0.2]), [[0], [1]]).item() == pytest.approx(math.log(1 + math.exp(-0.5)))
+    assert plackett_luce_loss(torch.tensor([0.3, -0.2]), [[0], [1]]).item() == pytest.approx(
+        math.log(1 + math.exp(-0.5))
+    )
     # ties (Breslow): 0 and 2 share first place, each chosen from {0, 1, 2}
     t = torch.tensor([1.0, 0.0, 1.0])
     assert plackett_luce_loss(t, [[0, 2], [1]]).item() == pytest.approx(math.log(2 * e + 1) - 1)
@@ -68,11 +80,23 @@ def _sevens(path, n=300, k=4, seed=0):
 
 
 def _rm_cfg(data, **rm):
-    return load_config(None, [], stage="reward_model", model={"name": TINY_RM},
-                       reward_model={"path": str(data), **rm},
-                       train={"steps": 40, "lr": 3e-3, "batch_size": 16, "micro_batch_size": 64, "device": "cpu",
-                              "precision": "fp32", "seed": 0},
-                       log={"tensorboard": False, "report": False, "progress": False, "eval_every": 20, "save_every": 20})
+    return load_config(
+        None,
+        [],
+        stage="reward_model",
+        model={"name": TINY_RM},
+        reward_model={"path": str(data), **rm},
+        train={
+            "steps": 40,
+            "lr": 3e-3,
+            "batch_size": 16,
+            "micro_batch_size": 64,
+            "device": "cpu",
+            "precision": "fp32",
+            "seed": 0,
+        },
+        log={"tensorboard": False, "report": False, "progress": False, "eval_every": 20, "save_every": 20},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +173,7 @@ def test_support_is_measured_as_the_reward_measures_even_when_trained_in_bf16(tm
     cfg.train.steps, cfg.train.precision = 6, "bf16"
     train_reward_model(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in data.read_text().splitlines()]
-    held_out = [c for r in rows[-max(1, round(len(rows) * 0.1)):] for c in r["completions"]]
+    held_out = [c for r in rows[-max(1, round(len(rows) * 0.1)) :] for c in r["completions"]]
     reward = resolve_reward(f"rm:{tmp_path / 'run' / 'model'}")
     reward(["n:"] * len(held_out), held_out)
     assert reward.last_metrics["support_distance"] == pytest.approx(1.0, rel=1e-3)

@@ -16,8 +16,10 @@ from aha.rollout.scoring import Scores, merge_metrics, merge_scores
 
 def test_merge_metrics_by_hand():
     # shards [1, 1] and [3, 3, 5]: the whole batch [1, 1, 3, 3, 5] has mean 13/5 and sample std √(11.2/4)
-    shards = [(2, {"m": 1.0, "s": 0.0, "top": 1.0, "n": 2.0}),
-              (3, {"m": 11 / 3, "s": statistics.stdev([3, 3, 5]), "top": 5.0, "n": 3.0})]
+    shards = [
+        (2, {"m": 1.0, "s": 0.0, "top": 1.0, "n": 2.0}),
+        (3, {"m": 11 / 3, "s": statistics.stdev([3, 3, 5]), "top": 5.0, "n": 3.0}),
+    ]
     got = merge_metrics(shards, {"s": "std:m", "top": "max", "n": "sum"})
     assert got["m"] == pytest.approx(13 / 5) and got["s"] == pytest.approx(statistics.stdev([1, 1, 3, 3, 5]))
     assert got["top"] == 5.0 and got["n"] == 5.0
@@ -58,8 +60,11 @@ def test_an_ensembles_statistics_over_shards_are_the_whole_batchs():
         parts.append((len(shard), dict(rm.last_metrics)))
     got = merge_metrics(parts, RewardModelReward.metric_merge)
     assert values == whole
-    assert set(got) == set(want) == {"score_mean", "score_std", "ensemble_std", "ensemble_std_max",
-                                     "support_distance", "ood_fraction"}
+    assert (
+        set(got)
+        == set(want)
+        == {"score_mean", "score_std", "ensemble_std", "ensemble_std_max", "support_distance", "ood_fraction"}
+    )
     for key in want:  # float32 statistics of each shard, merged in float64
         assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), key
 
@@ -84,8 +89,8 @@ def test_a_shards_error_names_the_sample_by_its_index_in_the_whole_batch():
 
 
 def test_the_scorer_decodes_with_the_response_prefix_and_passes_the_columns():
-    from aha.rollout.scoring import RewardScorer
     from aha.rollout import Rollouts
+    from aha.rollout.scoring import RewardScorer
 
     seen = {}
 
@@ -93,8 +98,11 @@ def test_the_scorer_decodes_with_the_response_prefix_and_passes_the_columns():
         seen.update(answer=answer, ids=completion_ids, max=max_completion_length)
         return [float(c.endswith(a)) for c, a in zip(completions, answer)]
 
-    cfg = SimpleNamespace(rollout=SimpleNamespace(group_size=2, max_new_tokens=4),
-                          task=SimpleNamespace(response_prefix="="), rl=SimpleNamespace(reward_on_error="raise"))
+    cfg = SimpleNamespace(
+        rollout=SimpleNamespace(group_size=2, max_new_tokens=4),
+        task=SimpleNamespace(response_prefix="="),
+        rl=SimpleNamespace(reward_on_error="raise"),
+    )
     tok = SimpleNamespace(decode=lambda ids, skip_special_tokens: "".join(map(str, ids)))
     roll = Rollouts([[0]] * 2, [[4], [5]], [[0.0], [0.0]], ["stop", "stop"])
     got = RewardScorer(cfg, tok, [("judge", judge, 2.0)])([{"prompt": "2+2", "answer": "4"}], roll)

@@ -50,7 +50,10 @@ def test_accuracy_answer_tags_take_the_inside():
 def test_accuracy_equivalent_latex_via_math_verify():
     completions = ["<answer>1/2</answer>", "<answer>\\frac{1}{2}</answer>", "0.5", "<answer>0.25</answer>"]
     assert accuracy([""] * 4, completions, answer=["0.5", "0.5", "\\frac{1}{2}", "1/2"]) == [
-        1.0, 1.0, 1.0, 0.0,
+        1.0,
+        1.0,
+        1.0,
+        0.0,
     ]
 
 
@@ -117,8 +120,7 @@ def test_overlong_explicit_buffer_and_text_fallback():
     assert got == [0.0, -0.5]
     # buffer 0: a hard step at the limit.
     ids = [[0] * 10, [0] * 11]
-    assert overlong(["", ""], ["", ""], completion_ids=ids, max_completion_length=10,
-                    overlong_buffer=0) == [0.0, -1.0]
+    assert overlong(["", ""], ["", ""], completion_ids=ids, max_completion_length=10, overlong_buffer=0) == [0.0, -1.0]
 
 
 def test_overlong_needs_max_length():
@@ -243,7 +245,10 @@ def test_skip_gives_none_only_to_the_bad_sample():
     const = lambda prompts, completions, **kw: [0.5] * len(completions)  # noqa: E731
     totals, per_fn, skipped = compute_rewards(
         [("picky", fails_on_bad, 1.0), ("const", const, 2.0)],
-        PROMPTS, COMPLETIONS, {}, on_error="skip",
+        PROMPTS,
+        COMPLETIONS,
+        {},
+        on_error="skip",
     )
     assert per_fn == {"picky": [1.0, None, 1.0], "const": [0.5, 0.5, 0.5]}
     assert totals == [2.0, 1.0, 2.0]
@@ -267,18 +272,14 @@ def test_bad_return_values():
     with pytest.raises(RewardError, match="sample 1.*'yes'"):
         compute_rewards([("string_value", string_value, 1.0)], PROMPTS, COMPLETIONS, {})
 
-    _, per_fn, skipped = compute_rewards(
-        [("nan_at_2", nan_at_2, 1.0)], PROMPTS, COMPLETIONS, {}, on_error="skip"
-    )
+    _, per_fn, skipped = compute_rewards([("nan_at_2", nan_at_2, 1.0)], PROMPTS, COMPLETIONS, {}, on_error="skip")
     assert per_fn["nan_at_2"] == [1.0, 1.0, None] and skipped == 1
 
 
 def test_weights_combine_with_none():
     a = lambda prompts, completions, **kw: [1.0, None, 0.0, None]  # noqa: E731
     b = lambda prompts, completions, **kw: [0.5, 0.5, True, None]  # noqa: E731
-    totals, per_fn, skipped = compute_rewards(
-        [("a", a, 2.0), ("b", b, -1.0)], ["p"] * 4, ["c"] * 4, {}
-    )
+    totals, per_fn, skipped = compute_rewards([("a", a, 2.0), ("b", b, -1.0)], ["p"] * 4, ["c"] * 4, {})
     # 2*1 - 0.5 = 1.5;  None - 0.5 = -0.5;  2*0 - 1 = -1;  all None → 0.0
     assert totals == [1.5, -0.5, -1.0, 0.0]
     assert per_fn["b"] == [0.5, 0.5, 1.0, None]
@@ -294,8 +295,11 @@ def test_columns_and_extra_reach_the_functions():
 
     compute_rewards(
         [("spy", spy, 1.0), ("accuracy", accuracy, 1.0), ("overlong", overlong, 1.0)],
-        ["p", "q"], ["<answer>4</answer>", "5"], {"answer": ["4", "4"]},
-        completion_ids=[[1, 2], [3]], max_completion_length=16,
+        ["p", "q"],
+        ["<answer>4</answer>", "5"],
+        {"answer": ["4", "4"]},
+        completion_ids=[[1, 2], [3]],
+        max_completion_length=16,
     )
     assert seen == {"answer": ["4", "4"], "completion_ids": [[1, 2], [3]], "max_completion_length": 16}
 
@@ -319,7 +323,14 @@ def test_config_errors():
 def test_accuracy_refuses_the_question_restated_as_the_answer():
     """A policy learned to write <answer>80+51</answer> for "80+51": math-verify evaluates it to 131 and called it
     right. Where the gold is a number, a sum/difference/product left to compute is not an answer; a fraction is."""
-    completions = ["<answer>80+51</answer>", "80+51", "<answer>$80 \\times 1 + 51$</answer>", "<answer>131</answer>",
-                   "80+51=131", "So the answer is 131.", "<answer>262/2</answer>"]
+    completions = [
+        "<answer>80+51</answer>",
+        "80+51",
+        "<answer>$80 \\times 1 + 51$</answer>",
+        "<answer>131</answer>",
+        "80+51=131",
+        "So the answer is 131.",
+        "<answer>262/2</answer>",
+    ]
     assert accuracy(["80+51="] * 7, completions, answer=["131"] * 7) == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     assert accuracy([""], ["<answer>1+x</answer>"], answer=["x+1"]) == [1.0]  # symbolic golds keep math-verify

@@ -26,8 +26,16 @@ def steps_of(run_dir) -> list[dict]:
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_the_kl_reference_is_the_model_after_the_imitation_steps(tmp_path, write_config, lora):
-    cfg = load_config(write_config({"model": {"lora": {"enabled": lora, "r": 4}}, "rl": {"beta": 0.1},
-                                    "sft": {"imitation_steps": 5, "imitation_lr": 1e-2}, "train": {"batch_size": 16}}))
+    cfg = load_config(
+        write_config(
+            {
+                "model": {"lora": {"enabled": lora, "r": 4}},
+                "rl": {"beta": 0.1},
+                "sft": {"imitation_steps": 5, "imitation_lr": 1e-2},
+                "train": {"batch_size": 16},
+            }
+        )
+    )
     ctx = build_context(cfg, Run(cfg, tmp_path / "run", False, "test"))
     ids = torch.randint(0, ctx.policy.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
     model, adapters_off = ctx.reference()
@@ -36,8 +44,11 @@ def test_the_kl_reference_is_the_model_after_the_imitation_steps(tmp_path, write
         with adapters_off:
             ref = torch.log_softmax(model(input_ids=ids).logits, -1)
         policy = torch.log_softmax(ctx.policy(input_ids=ids).logits, -1)
-        start, _ = load_policy(cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})}),
-                               ctx.task.alphabet, cfg.train.seed)
+        start, _ = load_policy(
+            cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})}),
+            ctx.task.alphabet,
+            cfg.train.seed,
+        )
         before = torch.log_softmax(start(input_ids=ids).logits, -1)
     assert torch.equal(ref, policy)  # step 0: KL exactly 0
     assert (ref - before).abs().max() > 0.05  # and that model is the imitated one, not the one before imitation
@@ -59,8 +70,16 @@ def test_entropy_bonus_alone_raises_the_policy_entropy(tmp_path, write_config):
     reward.write_text(CONSTANT_REWARD)
 
     def run(coef: float) -> list[float]:
-        cfg = load_config(write_config({"rewards": [{"name": f"{reward}:constant"}], "rl": {"entropy_coef": coef},
-                                        "train": {"steps": 6, "lr": 1e-2}, "log": {"eval_every": 0, "save_every": 0}}))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": f"{reward}:constant"}],
+                    "rl": {"entropy_coef": coef},
+                    "train": {"steps": 6, "lr": 1e-2},
+                    "log": {"eval_every": 0, "save_every": 0},
+                }
+            )
+        )
         train_grpo(cfg, tmp_path / f"coef-{coef}")
         return [r["entropy"] for r in steps_of(tmp_path / f"coef-{coef}")]
 
@@ -85,8 +104,16 @@ def test_recomputed_old_logprobs_match_the_samplers_in_fp32(tmp_path, write_conf
     monkeypatch.setattr(aha.rl.phases, "no_grad_pass", counted)
 
     def run(mode: str) -> list[dict]:
-        cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rl": {"mu": 2, "old_logprobs": mode},
-                                        "train": {"steps": 3}, "log": {"eval_every": 0, "save_every": 0}}))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "rl": {"mu": 2, "old_logprobs": mode},
+                    "train": {"steps": 3},
+                    "log": {"eval_every": 0, "save_every": 0},
+                }
+            )
+        )
         train_grpo(cfg, tmp_path / mode)
         return steps_of(tmp_path / mode)
 
@@ -113,9 +140,17 @@ def test_gradient_checkpointing_computes_the_same_update(tmp_path, write_config,
     monkeypatch.setattr(aha.build, "load_policy", load_and_keep)
 
     def run(on: bool) -> list[dict]:
-        cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "model": {"gradient_checkpointing": on},
-                                        "rl": {"mu": 2}, "train": {"steps": 2},
-                                        "log": {"eval_every": 0, "save_every": 0}}))
+        cfg = load_config(
+            write_config(
+                {
+                    "rewards": [{"name": digits_reward}],
+                    "model": {"gradient_checkpointing": on},
+                    "rl": {"mu": 2},
+                    "train": {"steps": 2},
+                    "log": {"eval_every": 0, "save_every": 0},
+                }
+            )
+        )
         train_grpo(cfg, tmp_path / str(on))
         return steps_of(tmp_path / str(on))
 
@@ -130,8 +165,16 @@ def test_gradient_checkpointing_computes_the_same_update(tmp_path, write_config,
 @pytest.mark.parametrize("algo", ["rloo", "reinforce++"])
 def test_critic_free_estimators_learn(tmp_path, write_config, digits_reward, algo):
     """A dense reward (the share of digits among a completion's 3 characters) rises well above its start."""
-    cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "rl": {"algo": algo},
-                                    "train": {"steps": 30, "lr": 3e-3}, "log": {"eval_every": 0, "save_every": 0}}))
+    cfg = load_config(
+        write_config(
+            {
+                "rewards": [{"name": digits_reward}],
+                "rl": {"algo": algo},
+                "train": {"steps": 30, "lr": 3e-3},
+                "log": {"eval_every": 0, "save_every": 0},
+            }
+        )
+    )
     train_grpo(cfg, tmp_path / algo)
     rewards = [r["reward/mean"] for r in steps_of(tmp_path / algo)]
     early, late = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5

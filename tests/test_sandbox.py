@@ -20,30 +20,52 @@ import pytest
 from aha import sandbox
 from aha.sandbox import Limits, leftover_processes, process, run
 
-LIMITS = Limits(timeout_s=2.0, cpu_s=1.0, memory_mb=256, max_processes=16, max_file_mb=16, disk_mb=32,
-                max_output_bytes=1 << 16)
+LIMITS = Limits(
+    timeout_s=2.0, cpu_s=1.0, memory_mb=256, max_processes=16, max_file_mb=16, disk_mb=32, max_output_bytes=1 << 16
+)
 ISOLATIONS = [iso for iso in ("bwrap", "unshare") if sandbox.isolation_available(iso) is None]
 if not ISOLATIONS:  # CI installs bubblewrap (./run test); elsewhere say why rather than pass silently
     ISOLATIONS = [pytest.param("bwrap", marks=pytest.mark.skip(reason=str(sandbox.isolation_available("bwrap"))))]
 
-# attack name → (program, expected status, wall-clock bound on containment in seconds)
+# attack name → (program, expected status, wall-clock bound on containment in seconds: the 2 s limit plus the
+# slack a loaded 2-core machine needs to start, kill and reap a sandbox)
 ATTACKS = {
-    "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-                  {"timeout", "failed"}, 3.0),
-    "infinite loop": ("while True:\n    pass\n", {"timeout"}, 2.5),
+    "fork bomb": (
+        "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+        {"timeout", "failed"},
+        4.5,
+    ),
+    "infinite loop": ("while True:\n    pass\n", {"timeout"}, 4.0),
     "loop ignoring SIGTERM/SIGXCPU": (
         "import signal\nfor s in (signal.SIGTERM, signal.SIGXCPU, signal.SIGINT, signal.SIGHUP):\n"
-        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n", {"timeout"}, 3.0),
-    "memory bomb": ("x = []\nwhile True:\n    x.append(bytearray(1 << 24))\n", {"memory"}, 2.5),
-    "1 GB write": ("with open('big.bin', 'wb') as f:\n    for _ in range(1024):\n        f.write(bytes(1 << 20))\n",
-                   {"failed"}, 2.5),
-    "fill the disk, 8 MiB at a time": ("for i in range(128):\n    with open(f'f{i}', 'wb') as f:\n"
-                                       "        f.write(bytes(8 << 20))\n", {"failed"}, 2.5),
-    "huge stdout": ("while True:\n    print('x' * 10000)\n", {"output_limit"}, 2.5),
-    "kill its parent": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\n"
-                        "os.kill(PYTEST_PID, signal.SIGKILL)\n", {"failed", "ok"}, 2.5),
-    "setsid + fork escape": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
-                             "        time.sleep(60)\n    os._exit(0)\nprint('parent done')\n", {"ok"}, 2.5),
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n",
+        {"timeout"},
+        4.5,
+    ),
+    "memory bomb": ("x = []\nwhile True:\n    x.append(bytearray(1 << 24))\n", {"memory"}, 4.0),
+    "1 GB write": (
+        "with open('big.bin', 'wb') as f:\n    for _ in range(1024):\n        f.write(bytes(1 << 20))\n",
+        {"failed"},
+        4.0,
+    ),
+    "fill the disk, 8 MiB at a time": (
+        "for i in range(128):\n    with open(f'f{i}', 'wb') as f:\n        f.write(bytes(8 << 20))\n",
+        {"failed"},
+        4.0,
+    ),
+    "huge stdout": ("while True:\n    print('x' * 10000)\n", {"output_limit"}, 4.0),
+    "kill its parent": (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nos.kill(1, signal.SIGKILL)\n"
+        "os.kill(PYTEST_PID, signal.SIGKILL)\n",
+        {"failed", "ok"},
+        4.0,
+    ),
+    "setsid + fork escape": (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+        "        time.sleep(60)\n    os._exit(0)\nprint('parent done')\n",
+        {"ok"},
+        4.0,
+    ),
 }
 
 
@@ -86,8 +108,15 @@ def test_cannot_write_outside_or_read_the_run(isolation, tmp_path):
     ckpt.parent.mkdir(parents=True)
     ckpt.write_text("SECRET-WEIGHTS")
     os.chmod(tmp_path, 0o755)  # readable by anyone: only the sandbox's mount view may hide it
-    targets = [str(run_dir / "pwned"), "/etc/aha-pwned", os.path.expanduser("~/aha-pwned"), "../aha-pwned",
-               "/work/aha-pwned", "/usr/aha-pwned", os.path.join(tempfile.gettempdir(), "aha-pwned")]
+    targets = [
+        str(run_dir / "pwned"),
+        "/etc/aha-pwned",
+        os.path.expanduser("~/aha-pwned"),
+        "../aha-pwned",
+        "/work/aha-pwned",
+        "/usr/aha-pwned",
+        os.path.join(tempfile.gettempdir(), "aha-pwned"),
+    ]
     source = (
         "import os\n"
         f"for path in {targets!r}:\n"
@@ -115,8 +144,10 @@ def test_no_network_even_to_localhost(isolation):
     listener.listen(1)
     listener.settimeout(0.2)
     port = listener.getsockname()[1]
-    source = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
-              "s.sendall(b'stolen')\nprint('CONNECTED')\n")
+    source = (
+        f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+        "s.sendall(b'stolen')\nprint('CONNECTED')\n"
+    )
     try:
         result = run(source, LIMITS, isolation)
         assert result.status == "failed" and "CONNECTED" not in result.stdout
@@ -165,7 +196,7 @@ def test_limits_are_checked():
         Limits(timeout_s=0)
 
 
-ESCAPE = r'''
+ESCAPE = r"""
 import os, subprocess
 caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith(('CapPrm', 'CapEff'))]
 print('uid', os.getuid(), 'caps', set(caps))
@@ -190,7 +221,7 @@ for p in ('/x', '/dev/shm/big', '/tmp/big', '/sandbox/big'):
         print('WROTE 40 MiB to', p)
     except OSError as e:
         print('refused', p, e.strerror)
-'''
+"""
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)
@@ -218,8 +249,9 @@ def test_the_group_is_killed_before_the_leader_is_reaped():
     """Until reaped, the leader's pid (the group's id) cannot be reused: the kill cannot reach a stranger."""
     import subprocess
 
-    proc = subprocess.Popen(["true"], start_new_session=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["true"], start_new_session=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     while not process.exited(proc):
         time.sleep(0.01)
     with open(f"/proc/{proc.pid}/stat") as f:
@@ -242,7 +274,8 @@ def test_nothing_outlives_a_killed_trainer(isolation, tmp_path):
         f"sys.path.insert(0, {str(Path(__file__).parents[1] / 'src')!r})\n"
         f"uuid.uuid4 = lambda: uuid.UUID('{tag_hex}' + '0' * 16)\n"
         "from aha.sandbox import run, Limits\n"
-        f"run('import time\\nprint(1, flush=True)\\ntime.sleep(60)', Limits(timeout_s=60, cpu_s=60), {isolation!r})\n")
+        f"run('import time\\nprint(1, flush=True)\\ntime.sleep(60)', Limits(timeout_s=60, cpu_s=60), {isolation!r})\n"
+    )
     proc = subprocess.Popen([sys.executable, str(trainer)])
     tag = f"aha-sandbox-{tag_hex[:12]}"
     deadline = time.monotonic() + 20
@@ -252,7 +285,7 @@ def test_nothing_outlives_a_killed_trainer(isolation, tmp_path):
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while leftover_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert leftover_processes(tag) == [], f"{isolation}: the program outlived its trainer"

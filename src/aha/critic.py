@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -50,9 +51,11 @@ class Critic(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             return self.head(hidden.float()).squeeze(-1)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                lean: bool = False) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int, lean: bool = False
+    ) -> torch.Tensor:
         """Values ``[B, C]`` of the prefixes before each of the last ``completion_len`` tokens (separate trunk)."""
+        assert self.trunk is not None  # (a separate critic: its own trunk)
         return self.values_from_hidden(completion_states(self.trunk, input_ids, attention_mask, completion_len, lean))
 
 
@@ -62,13 +65,15 @@ def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Cri
     Built after any SFT imitation steps (sft.imitation_steps), so 'policy' means the policy RL starts from."""
     if not advantage_estimator(cfg.rl.algo).needs_critic:
         return None
-    hidden = policy.config.hidden_size
+    hidden = cast(Any, policy).config.hidden_size  # (a transformers model's config)
     if cfg.critic.kind == "head":
         if cfg.critic.init_from != "policy":
-            raise CriticError("critic.init_from: a reward model needs critic.kind 'separate' (a 'head' critic shares the policy's trunk)")
+            raise CriticError(
+                "critic.init_from: a reward model needs critic.kind 'separate' (a 'head' critic shares the policy's trunk)"
+            )
         critic = Critic(hidden)
     elif cfg.critic.init_from == "policy":
-        source = copy.deepcopy(policy)
+        source: Any = copy.deepcopy(policy)  # (a transformers or peft model)
         if hasattr(source, "merge_and_unload"):  # LoRA: the critic gets the merged weights, trained in full
             source = source.merge_and_unload()
         critic = Critic(hidden, trunk=source.get_decoder())

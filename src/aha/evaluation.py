@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from aha.data.templates import render_prompt
 from aha.rewards import as_completions, columns_of
 from aha.rewards.specs import resolve_task_reward, reward_labels
@@ -12,7 +14,7 @@ from aha.tasks import DataError
 def verifier(task, name: str | None = None, answer_match: str = "auto", args: dict | None = None):
     """The reward function that decides correctness: ``name`` (a reward spec), else the task's own verifier
     (accuracy, or code for the code task); the built-in accuracy compares answers by ``answer_match``."""
-    return resolve_task_reward(name or getattr(task, "verifier", "accuracy"), task, args, answer_match)
+    return resolve_task_reward(cast(str, name or getattr(task, "verifier", "accuracy")), task, args, answer_match)
 
 
 def eval_verifier(cfg, task):
@@ -31,18 +33,33 @@ def check_eval_data(cfg, task) -> None:
     if cfg.log.eval_reward is None and getattr(task, "verifier", "accuracy") == "accuracy":
         missing = sum(1 for r in task.eval if r.get("answer") in (None, ""))
         if missing:
-            raise DataError(f"task {task.name!r}: {missing} of {len(task.eval)} held-out rows have no reference answer "
-                            f"(task.answer_column={cfg.task.answer_column!r}) for eval/accuracy: name the column that "
-                            "holds it with task.answer_column, score eval with another reward (log.eval_reward), "
-                            "or turn eval off (log.eval_every=0)")
+            raise DataError(
+                f"task {task.name!r}: {missing} of {len(task.eval)} held-out rows have no reference answer "
+                f"(task.answer_column={cfg.task.answer_column!r}) for eval/accuracy: name the column that "
+                "holds it with task.answer_column, score eval with another reward (log.eval_reward), "
+                "or turn eval off (log.eval_every=0)"
+            )
 
 
-NO_EVAL_ROWS = ("task {name!r} has no held-out rows to evaluate (a dataset task holds out a fifth of its rows, none "
-                "under 5): set task.eval_path, or log.eval_every=0 to train without evaluation")
+NO_EVAL_ROWS = (
+    "task {name!r} has no held-out rows to evaluate (a dataset task holds out a fifth of its rows, none "
+    "under 5): set task.eval_path, or log.eval_every=0 to train without evaluation"
+)
 
 
-def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_tokens: int,
-             k: int = 1, temperature: float = 1.0, batch_size: int = 256, scorer=None, response_prefix: str = "") -> dict:
+def evaluate(
+    engine,
+    tokenizer,
+    task,
+    rows: list[dict],
+    template: str,
+    max_new_tokens: int,
+    k: int = 1,
+    temperature: float = 1.0,
+    batch_size: int = 256,
+    scorer=None,
+    response_prefix: str = "",
+) -> dict:
     """Greedy accuracy over ``rows`` (and pass@k with ``k`` samples at ``temperature`` when k > 1), judged by
     ``scorer`` (a reward function; default: the task's verifier): a completion is right when it scores above 0.5.
     ``response_prefix`` (``task.response_prefix``) ends every prompt and starts every completion's text.
@@ -71,16 +88,21 @@ def evaluate(engine, tokenizer, task, rows: list[dict], template: str, max_new_t
     correct, texts = [], []
     greedy = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
     for start in range(0, len(rows), batch_size):
-        ok, comps = sample_and_score(rows[start:start + batch_size], 1, greedy)
+        ok, comps = sample_and_score(rows[start : start + batch_size], 1, greedy)
         correct += ok
         texts += comps
-    out = {"accuracy": sum(correct) / max(1, len(correct)), "correct": correct, "completions": texts, "lengths": lengths,
-           "reward_mean": sum(scores_seen) / len(scores_seen) if scores_seen else float("nan")}
+    out = {
+        "accuracy": sum(correct) / max(1, len(correct)),
+        "correct": correct,
+        "completions": texts,
+        "lengths": lengths,
+        "reward_mean": sum(scores_seen) / len(scores_seen) if scores_seen else float("nan"),
+    }
     if k > 1:
         hits, step = [], max(1, batch_size // k)
         sampled = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
         for start in range(0, len(rows), step):
-            ok, _ = sample_and_score(rows[start:start + step], k, sampled)
-            hits += [any(ok[i:i + k]) for i in range(0, len(ok), k)]
+            ok, _ = sample_and_score(rows[start : start + step], k, sampled)
+            hits += [any(ok[i : i + k]) for i in range(0, len(ok), k)]
         out[f"pass@{k}"] = sum(hits) / max(1, len(hits))
     return out

@@ -70,7 +70,9 @@ def gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
     if _is_converted(out_dir):
         return out_dir
     if out_dir.exists():
-        raise ModelLoadError(f"{out_dir} exists but holds no converted model (config.json + model.safetensors); remove it")
+        raise ModelLoadError(
+            f"{out_dir} exists but holds no converted model (config.json + model.safetensors); remove it"
+        )
     if not gguf_path.is_file():
         raise ModelLoadError(f"GGUF file not found: {gguf_path}")
 
@@ -94,8 +96,10 @@ def gguf_to_hf_dir(gguf_path: Path, out_dir: Path) -> Path:
         missing, unexpected = model.load_state_dict(gmodel.state_dict(), strict=False)
         tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
         if set(missing) - tied or unexpected:
-            raise ModelLoadError(f"GGUF {gguf_path}: weights do not match the architecture "
-                                 f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
+            raise ModelLoadError(
+                f"GGUF {gguf_path}: weights do not match the architecture "
+                f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})"
+            )
         model.tie_weights()
         model.generation_config = gmodel.generation_config
         del gmodel

@@ -44,6 +44,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from aha.errors import AhaError
 from aha.rewards.learned import ENSEMBLE_FILE  # file names only (the reward loads the model itself)
@@ -58,9 +59,9 @@ class GuardError(AhaError, ValueError):
 STOP_CODES = {"kl_budget": 1, "gold_vs_proxy": 2, "disagreement": 3}  # guard/stop_code in metrics
 _SIGNAL_FIX = {  # why a reward model logs no guard.signal, and the fix
     "support_distance": "the reward model has no saved support (train it with reward_model.support: true, or set "
-                        "guard.signal: ensemble_std)",
+    "guard.signal: ensemble_std)",
     "ensemble_std": "the reward model has one head (train it with reward_model.num_heads > 1, or set guard.signal: "
-                    "support_distance)",
+    "support_distance)",
 }
 
 
@@ -124,6 +125,9 @@ class Guard:
         self.mean_key = f"reward/{rm}/mean" if cfg.disagreement else None
         self._signal_checked = False  # the no-gold signal is logged beside its reward (checked once, at its first step)
         w = cfg.window
+        self._gold: deque[float]
+        self._proxy: deque[float]
+        self._std: deque[float]
         self._gold, self._proxy, self._std = deque(maxlen=w), deque(maxlen=w), deque(maxlen=w)
         self._baseline_std: list[float] = []
         self._gold0: list[float] = []  # the first window's gold: the start Gao's R(d) is measured from
@@ -154,8 +158,10 @@ class Guard:
             if len(self._gold0) < c.window:
                 self._gold0.append(gold)
         if self.mode == "disagreement" and std is None and not self._signal_checked and self.mean_key in metrics:
-            raise GuardError(f"guard: the run logs no {self.std_key}, the no-gold signal guard.signal = {c.signal!r}: "
-                             + _SIGNAL_FIX[c.signal])
+            raise GuardError(
+                f"guard: the run logs no {self.std_key}, the no-gold signal guard.signal = {c.signal!r}: "
+                + _SIGNAL_FIX[c.signal]
+            )
         if self.mode == "disagreement" and self.mean_key in metrics:
             self._signal_checked = True
         if std is not None:
@@ -184,7 +190,11 @@ class Guard:
             score = p_s if (c.kl_budget is None or kl is None or kl <= c.kl_budget) else None
         new_best = score is not None and score > self.best_score
         if new_best:
-            self.best_score, self.best_step, self._proxy_at_best = score, step, p_s if p_s is not None else -math.inf
+            self.best_score, self.best_step, self._proxy_at_best = (
+                cast(float, score),
+                step,
+                p_s if p_s is not None else -math.inf,
+            )
 
         # ---------------------------------------------------------------- the warning sign
         warning = False
@@ -203,7 +213,7 @@ class Guard:
         peak = None
         if c.fit_gao and gold is not None and kl is not None and len(self._gold0) >= c.window:
             self._fit_d.append(math.sqrt(max(kl, 0.0)))
-            self._fit_r.append(gold - _mean(self._gold0))
+            self._fit_r.append(gold - cast(float, _mean(self._gold0)))  # len >= window >= 1
             fit = fit_gao(self._fit_d, self._fit_r)
             if fit is not None:
                 out["guard/gao_alpha"], out["guard/gao_beta"] = fit
@@ -214,19 +224,36 @@ class Guard:
         # ---------------------------------------------------------------- decide
         reason, code = "", None
         if c.kl_budget is not None and kl is not None and kl > c.kl_budget:
-            reason, code = f"KL to the reference {kl:.4g} exceeded the budget guard.kl_budget = {c.kl_budget:g}", "kl_budget"
-        elif (self.warning_steps >= c.patience and self.mode == "gold"
-              and (confirmed := self._past_peak(peak, kl)) is not None):
-            reason, code = (f"gold reward fell while the proxy rose for {self.warning_steps} steps (patience "
-                            f"{c.patience}): smoothed gold {g_s:.4g} vs its best {self.best_score:.4g} at step "
-                            f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then{confirmed}"),\
-                "gold_vs_proxy"
+            reason, code = (
+                f"KL to the reference {kl:.4g} exceeded the budget guard.kl_budget = {c.kl_budget:g}",
+                "kl_budget",
+            )
+        elif (
+            self.warning_steps >= c.patience
+            and self.mode == "gold"
+            and (confirmed := self._past_peak(peak, kl)) is not None
+        ):
+            reason, code = (
+                (
+                    f"gold reward fell while the proxy rose for {self.warning_steps} steps (patience "
+                    f"{c.patience}): smoothed gold {g_s:.4g} vs its best {self.best_score:.4g} at step "
+                    f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then{confirmed}"
+                ),
+                "gold_vs_proxy",
+            )
         elif self.warning_steps >= c.patience and self.mode == "disagreement":
-            what = ("reward-model ensemble disagreement" if c.signal == "ensemble_std" else
-                    "the samples' distance from the reward model's training data")
-            reason, code = (f"{what} rose for {self.warning_steps} steps (patience {c.patience}): smoothed "
-                            f"{c.signal} {s_s:.4g} > (1 + {c.disagreement_rise:g}) × baseline {baseline:.4g}"),\
-                "disagreement"
+            what = (
+                "reward-model ensemble disagreement"
+                if c.signal == "ensemble_std"
+                else "the samples' distance from the reward model's training data"
+            )
+            reason, code = (
+                (
+                    f"{what} rose for {self.warning_steps} steps (patience {c.patience}): smoothed "
+                    f"{c.signal} {s_s:.4g} > (1 + {c.disagreement_rise:g}) × baseline {baseline:.4g}"
+                ),
+                "disagreement",
+            )
         action = "continue"
         if code is not None:
             action = c.action
@@ -276,11 +303,15 @@ def check_guard_config(cfg) -> str | None:
     for field_name in ("gold", "proxy", "disagreement"):
         name = getattr(g, field_name)
         if name is not None and name not in weights:
-            return (f"guard.{field_name} {name!r} is not among the rewards (names: {', '.join(labels)}); add it to "
-                    "rewards" + (" with weight 0" if field_name == "gold" else ""))
+            return (
+                f"guard.{field_name} {name!r} is not among the rewards (names: {', '.join(labels)}); add it to "
+                "rewards" + (" with weight 0" if field_name == "gold" else "")
+            )
     if g.gold is not None and weights[g.gold] != 0:
-        return (f"guard.gold {g.gold!r} has weight {weights[g.gold]:g}: a gold judge must not be optimised "
-                "(give it weight 0 in rewards)")
+        return (
+            f"guard.gold {g.gold!r} has weight {weights[g.gold]:g}: a gold judge must not be optimised "
+            "(give it weight 0 in rewards)"
+        )
     if g.disagreement is not None and g.gold is None:  # (its signal is watched): known from its folder, before step 1
         spec = next(s.name for s, label in zip(cfg.rewards, labels) if g.disagreement in (s.name, label))
         if (missing := _rm_lacks_signal(spec, g.signal)) is not None:

@@ -16,6 +16,7 @@ import copy
 import sys
 import threading
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -68,12 +69,15 @@ def parse_tiny_spec(name: str) -> dict[str, int]:
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in TINY_DEFAULTS or not value.strip().isdigit():
             raise ModelLoadError(
-                f"model.name {name!r}: bad tiny spec item {item!r} (use key=int with keys {', '.join(TINY_DEFAULTS)})")
+                f"model.name {name!r}: bad tiny spec item {item!r} (use key=int with keys {', '.join(TINY_DEFAULTS)})"
+            )
         spec[key.strip()] = int(value)
     if zero := [k for k, v in spec.items() if v < 1]:
         raise ModelLoadError(f"model.name {name!r}: {', '.join(zero)} must be at least 1")
     if spec["hidden"] % spec["heads"]:
-        raise ModelLoadError(f"model.name {name!r}: hidden ({spec['hidden']}) must be divisible by heads ({spec['heads']})")
+        raise ModelLoadError(
+            f"model.name {name!r}: hidden ({spec['hidden']}) must be divisible by heads ({spec['heads']})"
+        )
     return spec
 
 
@@ -82,10 +86,18 @@ def build_tiny(name: str, alphabet: str | None, seed: int = 0) -> tuple[LlamaFor
     spec = parse_tiny_spec(name)
     tok = char_tokenizer(alphabet or DEFAULT_ALPHABET)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=spec["hidden"], intermediate_size=spec["ff"],
-        num_hidden_layers=spec["layers"], num_attention_heads=spec["heads"], num_key_value_heads=spec["heads"],
-        max_position_embeddings=spec["ctx"], pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        bos_token_id=tok.eos_token_id, tie_word_embeddings=True, rms_norm_eps=1e-5,
+        vocab_size=len(tok),
+        hidden_size=spec["hidden"],
+        intermediate_size=spec["ff"],
+        num_hidden_layers=spec["layers"],
+        num_attention_heads=spec["heads"],
+        num_key_value_heads=spec["heads"],
+        max_position_embeddings=spec["ctx"],
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -108,15 +120,19 @@ def resolve_model_dir(name: str) -> Path:
         return path
     raise ModelLoadError(
         f"model.name: {name!r} not found — expected a local HF directory, a .gguf file, "
-        f"'smollm2-135m', 'tiny[:spec]' or 'hf:<hub id>'")
+        f"'smollm2-135m', 'tiny[:spec]' or 'hf:<hub id>'"
+    )
 
 
 def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, init_from: Path | None = None):
     """Return ``(model, tokenizer)`` in fp32 on CPU, with LoRA adapters attached if configured."""
     name = str(init_from) if init_from is not None else cfg.name
     if init_from is not None and not Path(init_from).exists():
-        raise ModelLoadError(f"init_from: {init_from} not found (a checkpoint's model directory, "
-                             "e.g. RUN/checkpoints/step-N/model)")
+        raise ModelLoadError(
+            f"init_from: {init_from} not found (a checkpoint's model directory, e.g. RUN/checkpoints/step-N/model)"
+        )
+    model: Any  # a transformers model (a peft one with LoRA)
+    tok: Any  # its tokenizer
     if init_from is None and name.split(":")[0] == "tiny":
         model, tok = build_tiny(name, alphabet, seed)
     elif name.startswith("hf:"):
@@ -138,8 +154,13 @@ def load_policy(cfg: ModelConfig, alphabet: str | None = None, seed: int = 0, in
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        lcfg = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lcfg)
     return model, tok
 
@@ -179,7 +200,7 @@ def hub_offline():
     the flag when it is imported, so its copy is set too.)"""
     from huggingface_hub import constants
 
-    holders = [constants] + [m for m in (sys.modules.get("datasets.config"),) if m is not None]
+    holders: list[Any] = [constants] + [m for m in (sys.modules.get("datasets.config"),) if m is not None]
     saved = [m.HF_HUB_OFFLINE for m in holders]
     for m in holders:
         m.HF_HUB_OFFLINE = True
@@ -200,11 +221,15 @@ def _from_hub(name: str):
             tok = AutoTokenizer.from_pretrained(name[3:], local_files_only=not online)
     except (OSError, ValueError) as e:
         if online:
-            raise ModelLoadError(f"model.name {name!r}: could not load it from the Hugging Face hub or its cache "
-                                 f"({first_line(e)}); use a local directory") from None
-        raise ModelLoadError(f"model.name {name!r}: the Hugging Face hub cannot be reached (no network, or "
-                             "HF_HUB_OFFLINE is set) and the local cache has no copy of it; download it on a machine "
-                             "with a network, or give a local directory") from None
+            raise ModelLoadError(
+                f"model.name {name!r}: could not load it from the Hugging Face hub or its cache "
+                f"({first_line(e)}); use a local directory"
+            ) from None
+        raise ModelLoadError(
+            f"model.name {name!r}: the Hugging Face hub cannot be reached (no network, or "
+            "HF_HUB_OFFLINE is set) and the local cache has no copy of it; download it on a machine "
+            "with a network, or give a local directory"
+        ) from None
     return model, tok
 
 
@@ -231,11 +256,11 @@ def fold_adapters(model: torch.nn.Module) -> None:
             if not isinstance(module, LoraLayer):
                 continue
             for name in module.active_adapters:
-                if name in module.lora_A:
-                    module.get_base_layer().weight += module.get_delta_weight(name)
-                    module.lora_B[name].weight.zero_()
+                if name in module.lora_A:  # (get_delta_weight: on LoraLayer's subclasses, e.g. peft's lora.Linear)
+                    module.get_base_layer().weight += cast(Any, module).get_delta_weight(name)
+                    cast(Any, module.lora_B[name]).weight.zero_()
                 elif name in module.lora_embedding_A:
-                    module.get_base_layer().weight += module.get_delta_weight(name)
+                    module.get_base_layer().weight += cast(Any, module).get_delta_weight(name)
                     module.lora_embedding_B[name].zero_()
 
 
@@ -243,10 +268,9 @@ def save_model(model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
     """HF-format save (safetensors + tokenizer); LoRA is merged into a copy so the result loads with
     plain ``AutoModelForCausalLM.from_pretrained``, and its adapters are saved as well, in ``out_dir/adapter``
     (peft's format: ``PeftModel.from_pretrained(base, out_dir / "adapter")``)."""
-    to_save = model
+    to_save: Any = model  # a transformers model (a peft one with LoRA)
     if hasattr(model, "merge_and_unload"):
-        model.save_pretrained(Path(out_dir) / "adapter", safe_serialization=True)
-        to_save = copy.deepcopy(model).merge_and_unload()
+        cast(Any, model).save_pretrained(Path(out_dir) / "adapter", safe_serialization=True)
+        to_save = cast(Any, copy.deepcopy(model)).merge_and_unload()
     to_save.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-

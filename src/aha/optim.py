@@ -4,24 +4,33 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from aha.config import TrainConfig
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int, critic: torch.nn.Module | None = None,
-                   critic_lr: float | None = None):
+def make_optimizer(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    total_steps: int,
+    critic: torch.nn.Module | None = None,
+    critic_lr: float | None = None,
+):
     """AdamW over trainable parameters and a warm-up + (constant | linear | cosine) schedule.
 
     A critic, if given, is a second parameter group (its own learning rate, the same schedule)."""
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if critic is not None:
         groups.append({"params": [p for p in critic.parameters() if p.requires_grad], "lr": critic_lr or cfg.lr})
     # the fused kernel reads and writes each parameter's state once per step, where the default for-each path
     # streams it through memory ~15 times (SmolLM2 on 2 CPU cores: 0.12 vs 0.40 s per step); same update rule
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
-                for g in groups for p in g["params"])
+    fused = all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for g in groups
+        for p in g["params"]
+    )
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay, fused=fused or None)
 
     def factor(i: int) -> float:

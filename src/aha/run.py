@@ -20,8 +20,8 @@ A stage reads::
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -65,8 +65,10 @@ class Run:
             raise TrainingError(f"--resume: no intact checkpoint in {where} ({found}); start afresh with --overwrite")
         for ckpt, problem in damaged:
             aside = set_aside(ckpt)
-            print(f"checkpoint {ckpt} is damaged ({problem}): set aside as {aside.name}, resuming from {intact.name}",
-                  file=sys.stderr)
+            print(
+                f"checkpoint {ckpt} is damaged ({problem}): set aside as {aside.name}, resuming from {intact.name}",
+                file=sys.stderr,
+            )
         return list_checkpoints(self.dir)
 
     @property
@@ -85,22 +87,35 @@ class Run:
             for partial in remove_partial_checkpoints(self.dir):  # what a process killed mid-write left
                 print(f"removed the half-written checkpoint {partial}", file=sys.stderr)
             start = restore(self.checkpoints[-1])
-            self.skipped.load_state_dict(torch.load(self.checkpoints[-1] / "trainer_state.pt", mmap=True,
-                                                    weights_only=False).get("skipped_steps", {}))
+            self.skipped.load_state_dict(
+                torch.load(self.checkpoints[-1] / "trainer_state.pt", mmap=True, weights_only=False).get(
+                    "skipped_steps", {}
+                )
+            )
             print(f"resumed from {self.checkpoints[-1]} (step {start})")
         else:  # a fresh start: nothing of an earlier run in run_dir may mix with this one (the CLI asks first)
             clear_run(self.dir)
         save_config(self.cfg, self.dir / "config.yaml")
         log = self.cfg.log
-        self.logger = MetricsLogger(self.dir, log.tensorboard, log.wandb, log.wandb_project,
-                                    self.cfg.model_dump(mode="json"), resume_step=start if self.checkpoints else None)
+        self.logger = MetricsLogger(
+            self.dir,
+            log.tensorboard,
+            log.wandb,
+            log.wandb_project,
+            self.cfg.model_dump(mode="json"),
+            resume_step=start if self.checkpoints else None,
+        )
         self.start = start
         return start
 
     def steps(self, start: int):
         """The steps after ``start`` up to ``train.steps``, under a progress bar."""
-        self.bar = tqdm(range(start + 1, self.cfg.train.steps + 1), desc=self.name, disable=not self.cfg.log.progress,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            range(start + 1, self.cfg.train.steps + 1),
+            desc=self.name,
+            disable=not self.cfg.log.progress,
+            dynamic_ncols=True,
+        )
         return self.bar
 
     def eval_due(self, step: int) -> bool:
@@ -123,8 +138,11 @@ class Run:
         one-line warning; returns the metric ``train/skipped_steps`` (cumulative)."""
         self.skipped.count(problem is not None)
         if problem is not None:
-            tqdm.write(f"warning: step {step}: {problem}: update skipped ({self.skipped.in_a_row} in a row, "
-                       f"train.max_skipped_steps={self.cfg.train.max_skipped_steps})", file=sys.stderr)
+            tqdm.write(
+                f"warning: step {step}: {problem}: update skipped ({self.skipped.in_a_row} in a row, "
+                f"train.max_skipped_steps={self.cfg.train.max_skipped_steps})",
+                file=sys.stderr,
+            )
         return {"train/skipped_steps": self.skipped.total}
 
     def stop_if_failing(self, step: int) -> None:
@@ -135,14 +153,17 @@ class Run:
             return
         self.finish({})  # the logs flushed and the report written, for a look at what led here
         done = list_checkpoints(self.dir)
-        raise TrainingError(f"stopped at step {step}: the loss or gradient norm was not finite {limit} steps in a row "
-                            f"(train.max_skipped_steps): try a lower train.lr or check the rewards; last intact "
-                            f"checkpoint: {done[-1] if done else 'none'}")
+        raise TrainingError(
+            f"stopped at step {step}: the loss or gradient norm was not finite {limit} steps in a row "
+            f"(train.max_skipped_steps): try a lower train.lr or check the rewards; last intact "
+            f"checkpoint: {done[-1] if done else 'none'}"
+        )
 
     def log(self, step: int, metrics: dict, shown: dict | None = None) -> None:
         """Write one step's metrics; ``shown`` goes to the progress bar (with eval/accuracy when it was measured).
         Between steps, the run's thread count follows the other aha runs starting and ending (:mod:`aha.threads`)."""
         refresh_threads()
+        assert self.logger is not None  # opened by begin()
         self.logger.log(step, metrics)
         if shown is not None and self.bar is not None:
             if "eval/accuracy" in metrics:
@@ -155,6 +176,7 @@ class Run:
             close()
         if self.bar is not None:
             self.bar.close()
+        assert self.logger is not None  # opened by begin()
         self.logger.close()
         if self.cfg.log.report:
             from aha.track.report import write_report  # (matplotlib: loaded only when a report is written)

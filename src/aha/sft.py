@@ -38,8 +38,9 @@ def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "co
     for where, row in labelled_rows(source, "SFT data"):
         if isinstance(row, dict) and isinstance(row.get("messages"), list) and completion_col not in row:
             msgs = row["messages"]
-            last = max((i for i, m in enumerate(msgs) if isinstance(m, dict) and m.get("role") == "assistant"),
-                       default=None)
+            last = max(
+                (i for i, m in enumerate(msgs) if isinstance(m, dict) and m.get("role") == "assistant"), default=None
+            )
             if not last:  # None (no assistant message) or 0 (nothing before it)
                 raise DataError(f"{where}: 'messages' needs an assistant message after at least one other message")
             if problem := text_problem(msgs[: last + 1]):
@@ -48,8 +49,10 @@ def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "co
             continue
         if not isinstance(row, dict) or any(row.get(c) in (None, "") for c in (prompt_col, completion_col)):
             keys = column_names(row) if isinstance(row, dict) else type(row).__name__
-            raise DataError(f"{where}: an SFT row needs {prompt_col!r} and {completion_col!r} (or TRL's 'messages'); "
-                            f"it has: {keys or 'nothing'}")
+            raise DataError(
+                f"{where}: an SFT row needs {prompt_col!r} and {completion_col!r} (or TRL's 'messages'); "
+                f"it has: {keys or 'nothing'}"
+            )
         if problem := text_problem(row[prompt_col]):
             raise DataError(f"{where}: {prompt_col!r} {problem}")
         out.append({"prompt": row[prompt_col], "completion": row[completion_col]})
@@ -68,7 +71,9 @@ def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt
 
 def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device, amp) -> torch.Tensor:
     """Mean negative log-likelihood of the completion tokens (every token weighs the same)."""
-    roll = Rollouts([p for p, _ in pairs], [c for _, c in pairs], [[0.0] * len(c) for _, c in pairs], ["stop"] * len(pairs))
+    roll = Rollouts(
+        [p for p, _ in pairs], [c for _, c in pairs], [[0.0] * len(c) for _, c in pairs], ["stop"] * len(pairs)
+    )
     batch = pack_rollouts(roll, pad_id, device)  # the same layout RL trains on
     with autocast(device, amp):
         logp, _ = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"].shape[1])
@@ -106,9 +111,11 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     except DataError as e:
         if not cfg.model.name.startswith("tiny") or cfg.task.name in ("dataset", "jsonl"):
             raise
-        raise DataError(f"{e}; a tiny model's characters come from its task (task.name={cfg.task.name}): to train "
-                        "on your SFT data, set task.name=dataset and task.path to a file of your prompts "
-                        "(e.g. the SFT file itself)") from None
+        raise DataError(
+            f"{e}; a tiny model's characters come from its task (task.name={cfg.task.name}): to train "
+            "on your SFT data, set task.name=dataset and task.path to a file of your prompts "
+            "(e.g. the SFT file itself)"
+        ) from None
     optimizer, scheduler = make_optimizer(model, tr, total_steps=tr.steps)
     sampler = PromptSampler(len(pairs), tr.seed)
     engine = HFEngine(model, tok, device, amp)  # samples with the model's own attention kernel
@@ -118,8 +125,10 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
 
     def run_eval() -> dict:
         result = evaluate(engine, tok, task, task.eval, template, cfg.rollout.max_new_tokens, scorer=scorer)
-        return {"eval/accuracy": result["accuracy"], **({"eval/reward_mean": result["reward_mean"]}
-                                                        if cfg.log.eval_reward else {})}
+        return {
+            "eval/accuracy": result["accuracy"],
+            **({"eval/reward_mean": result["reward_mean"]} if cfg.log.eval_reward else {}),
+        }
 
     last: dict = {}
     if run.eval_due(0):
@@ -130,7 +139,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         optimizer.zero_grad(set_to_none=True)
         loss_total = 0.0
         for i in range(0, len(batch), tr.micro_batch_size):
-            part = batch[i:i + tr.micro_batch_size]
+            part = batch[i : i + tr.micro_batch_size]
             loss = sft_loss(model, part, tok.pad_token_id, device, amp) * len(part) / len(batch)
             loss.backward()
             loss_total += loss.item()
@@ -138,8 +147,13 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         skipped = finite_step(optimizer, loss_total, grad_norm)  # None: the step was taken
         if skipped is None:
             scheduler.step()
-        metrics = {"loss/sft": loss_total, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                   "time/train_s": time.perf_counter() - t0, **run.count_skipped(step, skipped)}
+        metrics = {
+            "loss/sft": loss_total,
+            "grad_norm": grad_norm,
+            "lr": scheduler.get_last_lr()[0],
+            "time/train_s": time.perf_counter() - t0,
+            **run.count_skipped(step, skipped),
+        }
         if run.eval_due(step):
             metrics.update(run_eval())
         run.log(step, metrics, shown={"loss": f"{loss_total:.3f}"})

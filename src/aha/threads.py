@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 from aha.errors import AhaError
 
@@ -63,6 +64,7 @@ def set_wait_policy() -> None:
 def busy_cores(interval: float = 0.1, stat: Path = Path("/proc/stat")) -> float | None:
     """How many cores of the machine other work kept busy over the next ``interval`` seconds (this process sleeps
     meanwhile), from ``/proc/stat``; None where it cannot be read."""
+
     def sample() -> tuple[int, int]:
         fields = [int(x) for x in stat.read_text().splitlines()[0].split()[1:9]]  # user … steal (guest is in user)
         return sum(fields), fields[3] + fields[4]  # all, idle + iowait
@@ -90,9 +92,9 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     except (OSError, ValueError):
         pass
     try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 and period > 0 else None
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
     except (OSError, ValueError):
         return None
 
@@ -212,7 +214,9 @@ def use_threads(configured: int = 0) -> None:
     _policy = _Policy()
     register()
     if setting != "auto" or configured:
-        _policy.fixed = _policy.threads = setting if setting != "auto" else configured
+        _policy.fixed = _policy.threads = (
+            cast(int, setting) if setting != "auto" else configured
+        )  # "off" returned above
         why = f"{ENV}={setting}" if setting != "auto" else f"train.threads={configured}"
     else:
         cores, why = usable_cores()
@@ -238,6 +242,7 @@ def refresh() -> None:
         from tqdm.auto import tqdm
 
         torch.set_num_threads(threads)
-        tqdm.write(f"threads: {_policy.threads} → {threads} ({others} other aha run{'s' * (others != 1)})",
-                   file=sys.stderr)
+        tqdm.write(
+            f"threads: {_policy.threads} → {threads} ({others} other aha run{'s' * (others != 1)})", file=sys.stderr
+        )
         _policy.threads = threads

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -59,8 +59,9 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (grouped - baseline).reshape(-1)
 
 
-def token_level_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
-                        beta: float = 0.0) -> torch.Tensor:
+def token_level_rewards(
+    scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None, beta: float = 0.0
+) -> torch.Tensor:
     """Per-token rewards for PPO / REINFORCE++: ``−β·KL_t`` on every completion token, plus the
     sequence's score on its last unmasked token. ``scores [B]``, ``mask``/``kl`` ``[B, T]`` → ``[B, T]``.
 
@@ -90,8 +91,9 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float =
     return out
 
 
-def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-                   lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised Advantage Estimation (Schulman et al. 2016) over per-token rewards and critic values.
 
     ``δ_t = r_t + γ·V_{t+1} − V_t`` (V = 0 after a completion's last token), ``A_t = δ_t + γλ·A_{t+1}``,
@@ -164,8 +166,9 @@ class AdvantageEstimator:
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
-def register_advantage(name: str, *, needs_critic: bool = False, kl_in_reward: bool = True, min_group_size: int = 1,
-                       description: str = ""):
+def register_advantage(
+    name: str, *, needs_critic: bool = False, kl_in_reward: bool = True, min_group_size: int = 1, description: str = ""
+):
     """Register ``fn(scores, mask, group_size, *, kl, beta, values, gamma, lam, scale_rewards, whiten_advantages)
     -> (advantages, returns)`` as the estimator ``rl.algo: name``. ``scores [B]`` are the summed reward scores,
     ``mask [B, T]`` the completion tokens, ``kl [B, T]`` the per-token KL to the reference when it goes into the
@@ -173,7 +176,9 @@ def register_advantage(name: str, *, needs_critic: bool = False, kl_in_reward: b
     the critic's regression target — or None."""
 
     def register(fn):
-        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(name, fn, needs_critic, kl_in_reward, min_group_size, description)
+        ADVANTAGE_ESTIMATORS[name] = AdvantageEstimator(
+            name, fn, needs_critic, kl_in_reward, min_group_size, description
+        )
         return fn
 
     return register
@@ -185,14 +190,20 @@ def advantage_estimator(name: str) -> AdvantageEstimator:
     return ADVANTAGE_ESTIMATORS[name]
 
 
-@register_advantage("grpo", kl_in_reward=False, min_group_size=2, description="group-relative: each reward minus its group's mean, "
-                    "divided by a std (rl.scale_rewards); β·KL in the loss")
+@register_advantage(
+    "grpo",
+    kl_in_reward=False,
+    min_group_size=2,
+    description="group-relative: each reward minus its group's mean, "
+    "divided by a std (rl.scale_rewards); β·KL in the loss",
+)
 def _grpo(scores, mask, group_size, *, scale_rewards="group", **_):
     return group_relative_advantages(scores, group_size, scale_rewards)[0], None
 
 
-@register_advantage("rloo", min_group_size=2, description="leave-one-out: each reward minus the mean of the other "
-                    "samples of its prompt")
+@register_advantage(
+    "rloo", min_group_size=2, description="leave-one-out: each reward minus the mean of the other samples of its prompt"
+)
 def _rloo(scores, mask, group_size, *, kl=None, beta=0.0, **_):
     seq = scores.float() - (beta * (kl.float() * mask).sum(-1) if kl is not None else 0.0)
     return rloo_advantages(seq, group_size), None
@@ -208,8 +219,11 @@ def _reinforce(scores, mask, group_size, *, kl=None, beta=0.0, gamma=1.0, **_):
     return _reinforce_pp(scores, mask, kl, beta, gamma)
 
 
-@register_advantage("reinforce++_baseline", min_group_size=2, description="reinforce++ with the group mean "
-                    "subtracted from the scores first")
+@register_advantage(
+    "reinforce++_baseline",
+    min_group_size=2,
+    description="reinforce++ with the group mean subtracted from the scores first",
+)
 def _reinforce_baseline(scores, mask, group_size, *, kl=None, beta=0.0, gamma=1.0, **_):
     return _reinforce_pp(group_relative_advantages(scores, group_size, "none")[0], mask, kl, beta, gamma)
 
@@ -223,13 +237,33 @@ def _ppo(scores, mask, group_size, *, kl=None, beta=0.0, values=None, gamma=1.0,
     return (whiten(adv, mask) if whiten_advantages else adv), returns
 
 
-def compute_advantages(algo: str, scores: torch.Tensor, mask: torch.Tensor, group_size: int, *,
-                       kl: torch.Tensor | None = None, beta: float = 0.0, values: torch.Tensor | None = None,
-                       gamma: float = 1.0, lam: float = 0.95, scale_rewards: str = "group",
-                       whiten_advantages: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def compute_advantages(
+    algo: str,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    *,
+    kl: torch.Tensor | None = None,
+    beta: float = 0.0,
+    values: torch.Tensor | None = None,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    scale_rewards: str = "group",
+    whiten_advantages: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The advantage estimator registered as ``algo`` (see :func:`register_advantage`). ``kl`` is used only by the
     estimators that put β·KL into the reward, and only when ``beta > 0``."""
     est = advantage_estimator(algo)
     use_kl = kl is not None and beta > 0 and est.kl_in_reward
-    return est.fn(scores, mask, group_size, kl=kl if use_kl else None, beta=beta, values=values, gamma=gamma, lam=lam,
-                  scale_rewards=scale_rewards, whiten_advantages=whiten_advantages)
+    return est.fn(
+        scores,
+        mask,
+        group_size,
+        kl=kl if use_kl else None,
+        beta=beta,
+        values=values,
+        gamma=gamma,
+        lam=lam,
+        scale_rewards=scale_rewards,
+        whiten_advantages=whiten_advantages,
+    )

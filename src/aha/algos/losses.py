@@ -3,12 +3,14 @@ aggregations (GRPO, BNPO, Dr. GRPO, DAPO)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 
-def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str = "token") -> torch.Tensor:
+def importance_ratio(
+    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str = "token"
+) -> torch.Tensor:
     """``ρ [B, T]``: ``π_θ(o_t)/π_old(o_t)`` per token (``level='token'``), or GSPO's one ratio per completion
     (``level='sequence'``): ``exp(mean_t log ρ_t)`` over its unmasked tokens, shared by all its tokens."""
     log_ratio = logp - old_logp
@@ -184,16 +186,18 @@ def policy_loss(name: str):
 
 
 @register_policy_loss("clip")
-def clip_loss(logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", dual_clip=None,
-              **_):
+def clip_loss(
+    logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", dual_clip=None, **_
+):
     """The clipped surrogate of PPO, GRPO, DAPO (clip-higher) and GSPO (``level='sequence'``), with PPO's optional
     dual clip: :func:`clipped_surrogate`."""
     return clipped_surrogate(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, level, dual_clip)
 
 
 @register_policy_loss("cispo")
-def cispo_loss(logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", dual_clip=None,
-               **_):
+def cispo_loss(
+    logp, old_logp, advantages, mask, *, epsilon_low=0.2, epsilon_high=None, level="token", dual_clip=None, **_
+):
     """MiniMax-M1's clipped, stop-gradient importance weight on the REINFORCE term: :func:`cispo_surrogate`.
     (``dual_clip`` bounds the clipped surrogate only: CISPO's weight is already bounded.)"""
     return cispo_surrogate(logp, old_logp, advantages, mask, epsilon_low, epsilon_high, level)

@@ -31,13 +31,17 @@ def ranked_pairs(tiers: Tiers) -> list[tuple[int, int]]:
     """
     out = []
     for i, tier in enumerate(tiers):
-        for worse in tiers[i + 1:]:
+        for worse in tiers[i + 1 :]:
             out += [(a, b) for a in tier for b in worse]
     return out
 
 
-def bradley_terry_loss(r_better: torch.Tensor, r_worse: torch.Tensor, margin: float | torch.Tensor = 0.0,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_loss(
+    r_better: torch.Tensor,
+    r_worse: torch.Tensor,
+    margin: float | torch.Tensor = 0.0,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Bradley-Terry: ``−log σ(r_better − r_worse − margin)``, averaged (weighted by ``weight`` if given).
 
     The margin asks the better completion to win by at least ``margin`` (Llama 2's margin loss).
@@ -118,7 +122,7 @@ def reward_centering(scores: torch.Tensor, groups: Sequence[Sequence[int]], coef
     if coef == 0:
         return scores.new_zeros(scores.shape[1:])
     means = torch.stack([scores[list(g)].mean(0) for g in groups])
-    return coef * (means ** 2).mean(0)
+    return coef * (means**2).mean(0)
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -48,9 +48,10 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
             return None
         ann = field.annotation
         candidates = [ann, *getattr(ann, "__args__", ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
+        found = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if found is None:
             return None
+        model = found
     return model
 
 
@@ -67,8 +68,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
     except YAML_ERRORS as e:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({first_line(e)}); quote a value meant "
-                          "as text") from None
+        raise ConfigError(
+            f"--set {text!r}: the value is not valid YAML ({first_line(e)}); quote a value meant as text"
+        ) from None
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -106,8 +108,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_format_error(e)) from None
 
 
-_PATH_FIELDS = (("task", "path"), ("task", "eval_path"), ("sft", "path"), ("reward_model", "path"),
-                ("reward_model", "eval_path"), ("critic", "init_from"), ("model", "name"), ("init_from",))
+_PATH_FIELDS = (
+    ("task", "path"),
+    ("task", "eval_path"),
+    ("sft", "path"),
+    ("reward_model", "path"),
+    ("reward_model", "eval_path"),
+    ("critic", "init_from"),
+    ("model", "name"),
+    ("init_from",),
+)
 _REWARD_REFS = (("guard", "gold"), ("guard", "proxy"), ("guard", "disagreement"), ("log", "eval_reward"))
 
 
@@ -142,7 +152,7 @@ def relative_to(data: dict, base: Path) -> dict:
 
     data = copy.deepcopy(data)
     for keys in _PATH_FIELDS:
-        section = data
+        section: Any = data
         for key in keys[:-1]:
             section = section.get(key) if isinstance(section, dict) else None
         if isinstance(section, dict) and keys[-1] in section:

@@ -26,7 +26,9 @@ class LoraConfig(_Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA path.")
-    target_modules: str | list[str] = Field("all-linear", description="Modules to adapt: 'all-linear' or a list of names.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' or a list of names."
+    )
 
 
 class ModelConfig(_Section):
@@ -37,9 +39,12 @@ class ModelConfig(_Section):
         "(needs a network).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters.")
-    chat_template: str | None = Field(None, description="A Jinja chat template for the tokenizer (as in tokenizer_config"
-                                      ".json), for a model without one or to replace its own; chat prompts and "
-                                      "task.template chat/r1 need one.")
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template for the tokenizer (as in tokenizer_config"
+        ".json), for a model without one or to replace its own; chat prompts and "
+        "task.template chat/r1 need one.",
+    )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the policy's backward pass.")
     lean_activations: bool | Literal["auto"] = Field(
         "auto",
@@ -49,30 +54,46 @@ class ModelConfig(_Section):
         "of the training pass (SmolLM2); on a GPU only where the plain pass's activations would fill over a quarter "
         "of the card (estimated from the model's shape), since there its per-op dispatch nearly doubled a 0.5B "
         "model's training pass at 16 × 64 tokens (H200). At 64 × 256 tokens that model's GPU peak was 26 GB with it "
-        "(eager sampler), 42 GB without (compiled sampler).")
+        "(eager sampler), 42 GB without (compiled sampler).",
+    )
 
 
 class TaskConfig(_Section):
     name: Literal["arithmetic", "countdown", "jsonl", "dataset", "code"] = Field(
-        "arithmetic", description="Prompt source: 'arithmetic' and 'countdown' are generated; 'dataset' (or its older "
+        "arithmetic",
+        description="Prompt source: 'arithmetic' and 'countdown' are generated; 'dataset' (or its older "
         "name 'jsonl') reads your data from task.path; 'code': Python function problems run against their tests in a "
-        "sandbox (task.path: your own JSONL)."
+        "sandbox (task.path: your own JSONL).",
     )
-    path: Path | None = Field(None, description="dataset: the training data: a .jsonl, .json, .csv or .parquet file, a "
-                              "directory written by datasets' save_to_disk, or hf:OWNER/NAME[:SPLIT] (needs a network). "
-                              "A relative path is found next to the config file first, then in the working directory.")
-    eval_path: Path | None = Field(None, description="dataset: held-out data (same formats); default: the last "
-                                   "min(task.num_eval, a fifth of the rows) rows of task.path (the run says how many).")
-    prompt_column: str = Field("prompt", description="dataset: the column holding the prompt (text, or a list of chat "
-                               "messages); it also reaches rewards as 'prompts'.")
-    answer_column: str = Field("answer", description="dataset: the column holding the reference answer. Every column "
-                               "reaches reward functions under its own name (TRL's convention: solution=[...]); this "
-                               "one also as 'answer', the built-in accuracy's keyword.")
+    path: Path | None = Field(
+        None,
+        description="dataset: the training data: a .jsonl, .json, .csv or .parquet file, a "
+        "directory written by datasets' save_to_disk, or hf:OWNER/NAME[:SPLIT] (needs a network). "
+        "A relative path is found next to the config file first, then in the working directory.",
+    )
+    eval_path: Path | None = Field(
+        None,
+        description="dataset: held-out data (same formats); default: the last "
+        "min(task.num_eval, a fifth of the rows) rows of task.path (the run says how many).",
+    )
+    prompt_column: str = Field(
+        "prompt",
+        description="dataset: the column holding the prompt (text, or a list of chat "
+        "messages); it also reaches rewards as 'prompts'.",
+    )
+    answer_column: str = Field(
+        "answer",
+        description="dataset: the column holding the reference answer. Every column "
+        "reaches reward functions under its own name (TRL's convention: solution=[...]); this "
+        "one also as 'answer', the built-in accuracy's keyword.",
+    )
     answer_match: Literal["auto", "exact", "math"] = Field(
-        "auto", description="How the built-in accuracy (and so eval/accuracy) compares answers: 'exact' = equal text "
+        "auto",
+        description="How the built-in accuracy (and so eval/accuracy) compares answers: 'exact' = equal text "
         "(whitespace collapsed, case counts); 'math' = equal numbers, then math-verify (0.5 = 1/2 = \\frac{1}{2}); "
         "'auto' = math where the reference answer reads as mathematics (digits, LaTeX, x+1), else exact (a word, a "
-        "reversed string: math-verify would read 'abc' as a·b·c, equal to 'cba').")
+        "reversed string: math-verify would read 'abc' as a·b·c, equal to 'cba').",
+    )
     digits: int = Field(2, ge=1, le=12, description="arithmetic: digits per operand.")
     operations: list[Literal["+", "-", "*"]] = Field(["+"], description="arithmetic: operations to draw from.")
     reverse_answer: bool = Field(False, description="arithmetic: answer written least-significant digit first.")
@@ -87,107 +108,177 @@ class TaskConfig(_Section):
         "prompt for a base model ('A conversation between User and Assistant. … User: PROMPT\\nAssistant:', no chat "
         "template); 'auto' = chat if the tokenizer has a template.",
     )
-    response_prefix: str = Field("", description="Text the model's answer starts with, appended to every prompt (RL "
-                                 "rollouts and eval), e.g. '<think>' as Oat-Zero and TinyZero start R1-Zero's answer "
-                                 "turn: rewards, metrics and samples see it as the completion's first words.")
+    response_prefix: str = Field(
+        "",
+        description="Text the model's answer starts with, appended to every prompt (RL "
+        "rollouts and eval), e.g. '<think>' as Oat-Zero and TinyZero start R1-Zero's answer "
+        "turn: rewards, metrics and samples see it as the completion's first words.",
+    )
     seed: int = Field(1234, description="Seed of the generated data (independent of the training seed).")
 
 
 class RewardSpec(_Section):
-    name: str = Field(..., description="Built-in name (accuracy, think_format, tag_count, overlong, repetition, ...), "
-                      "'module:function' or 'path/to/file.py:function'.")
+    name: str = Field(
+        ...,
+        description="Built-in name (accuracy, think_format, tag_count, overlong, repetition, ...), "
+        "'module:function' or 'path/to/file.py:function'.",
+    )
     weight: float = Field(1.0, allow_inf_nan=False, description="Weight of this function in the summed reward.")
-    label: str | None = Field(None, pattern=r"^[\w.-]+$", description="Its name in the metrics (reward/<label>/mean), "
-                              "samples and guard.gold/proxy/disagreement; default: the function's name (file.py:fn → fn, "
-                              "rm:PATH → rm, a built-in → itself).")
-    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments bound to the function (e.g. "
-                                 "{match: exact} for accuracy); for rm:PATH, the reward model's (batch_size, aggregate, "
-                                 "std_coef, device).")
+    label: str | None = Field(
+        None,
+        pattern=r"^[\w.-]+$",
+        description="Its name in the metrics (reward/<label>/mean), "
+        "samples and guard.gold/proxy/disagreement; default: the function's name (file.py:fn → fn, "
+        "rm:PATH → rm, a built-in → itself).",
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments bound to the function (e.g. "
+        "{match: exact} for accuracy); for rm:PATH, the reward model's (batch_size, aggregate, "
+        "std_coef, device).",
+    )
 
 
 class RolloutConfig(_Section):
-    engine: Literal["hf"] = Field("hf", description="The sampler (an aha.rollout.Engine): 'hf' = in-process, sharing the "
-                                  "policy's weights (rollout.compile: its compiled variant).")
+    engine: Literal["hf"] = Field(
+        "hf",
+        description="The sampler (an aha.rollout.Engine): 'hf' = in-process, sharing the "
+        "policy's weights (rollout.compile: its compiled variant).",
+    )
     group_size: int = Field(8, ge=1, description="G: completions sampled per prompt.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (also applied to training logits).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
     compile: bool | Literal["auto"] = Field(
-        "auto", description="Sample from a copy of the policy with a static KV cache and a torch.compile'd decode step "
+        "auto",
+        description="Sample from a copy of the policy with a static KV cache and a torch.compile'd decode step "
         "(on a GPU with CUDA graphs: a 0.5B model's rollout on an H200 ran ×7 faster; on a CPU, SmolLM2: ~45 vs ~62 ms "
         "per token step in bf16 on AMX, 96 vs 108 ms in fp32 on AVX2); a one-off compile of up to a minute or so per "
         "batch size. Not with LoRA. 'auto': on for a CUDA GPU without LoRA (where Triton is installed and the GPU's "
-        "compute capability is ≥ 7.0), else off; if its compile fails, it says so and samples eagerly (true: an error).")
-    min_new_tokens: int = Field(0, ge=0, description="EOS cannot be sampled before this many tokens (set it to max_new_tokens "
-                                "for fixed-length completions, e.g. in benchmarks).")
+        "compute capability is ≥ 7.0), else off; if its compile fails, it says so and samples eagerly (true: an error).",
+    )
+    min_new_tokens: int = Field(
+        0,
+        ge=0,
+        description="EOS cannot be sampled before this many tokens (set it to max_new_tokens "
+        "for fixed-length completions, e.g. in benchmarks).",
+    )
 
 
 class RLConfig(_Section):
     algo: str = Field(
-        "grpo", description="Advantage estimator (registered in aha.algos.advantages): grpo (group-relative), rloo "
+        "grpo",
+        description="Advantage estimator (registered in aha.algos.advantages): grpo (group-relative), rloo "
         "(leave-one-out), reinforce++ (returns with a token-level KL penalty, whitened over the batch), "
         "reinforce++_baseline (group mean subtracted first), ppo (a critic + GAE; see the critic section). KL to the "
-        "reference goes into the loss for grpo, into the reward for the others.")
-    policy_loss: str = Field("clip", description="Policy loss (registered in aha.algos.losses): 'clip' = the clipped "
-                             "surrogate of PPO / GRPO / DAPO / GSPO; 'cispo' = MiniMax-M1's CISPO, −sg(clip(ρ, "
-                             "1−epsilon_low, 1+epsilon_high))·A·log π: the clip bounds each token's weight instead of "
-                             "dropping its gradient (the paper sets no lower bound, epsilon_low: 1.0, and tunes "
-                             "epsilon_high; μ > 1 is where it differs from the clip).")
-    prompts_per_step: int = Field(16, ge=1, description="Prompts per step; the batch holds prompts_per_step × group_size completions.")
-    mu: int = Field(1, ge=1, description="μ: optimisation passes (PPO epochs) over each batch of rollouts (the ratio departs "
-                    "from 1 after the first optimizer step).")
-    num_minibatches: int = Field(1, ge=1, description="Optimizer steps per pass: the batch is split into this many shuffled "
-                                 "minibatches (PPO-style); 1 = one step per pass over the whole batch.")
+        "reference goes into the loss for grpo, into the reward for the others.",
+    )
+    policy_loss: str = Field(
+        "clip",
+        description="Policy loss (registered in aha.algos.losses): 'clip' = the clipped "
+        "surrogate of PPO / GRPO / DAPO / GSPO; 'cispo' = MiniMax-M1's CISPO, −sg(clip(ρ, "
+        "1−epsilon_low, 1+epsilon_high))·A·log π: the clip bounds each token's weight instead of "
+        "dropping its gradient (the paper sets no lower bound, epsilon_low: 1.0, and tunes "
+        "epsilon_high; μ > 1 is where it differs from the clip).",
+    )
+    prompts_per_step: int = Field(
+        16, ge=1, description="Prompts per step; the batch holds prompts_per_step × group_size completions."
+    )
+    mu: int = Field(
+        1,
+        ge=1,
+        description="μ: optimisation passes (PPO epochs) over each batch of rollouts (the ratio departs "
+        "from 1 after the first optimizer step).",
+    )
+    num_minibatches: int = Field(
+        1,
+        ge=1,
+        description="Optimizer steps per pass: the batch is split into this many shuffled "
+        "minibatches (PPO-style); 1 = one step per pass over the whole batch.",
+    )
     beta: float = Field(0.0, ge=0, description="KL coefficient to the reference model (0 = no reference model kept).")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Per-token KL estimator (Schulman's k1/k2/k3).")
     epsilon_low: float = Field(0.2, ge=0, description="Clip range below 1 for the ratio.")
-    epsilon_high: float | None = Field(None, ge=0, description="Clip range above 1 (DAPO clip-higher, e.g. 0.28); default = epsilon_low.")
-    dual_clip: float | None = Field(None, gt=1, description="PPO's dual clip (Ye et al. 2020; 3 is typical): where the "
-                                    "advantage is negative a token's clipped-surrogate loss is at most dual_clip × |A| "
-                                    "(a token whose ratio soared cannot dominate the batch); None = off. Policy loss "
-                                    "'clip' only.")
+    epsilon_high: float | None = Field(
+        None, ge=0, description="Clip range above 1 (DAPO clip-higher, e.g. 0.28); default = epsilon_low."
+    )
+    dual_clip: float | None = Field(
+        None,
+        gt=1,
+        description="PPO's dual clip (Ye et al. 2020; 3 is typical): where the "
+        "advantage is negative a token's clipped-surrogate loss is at most dual_clip × |A| "
+        "(a token whose ratio soared cannot dominate the batch); None = off. Policy loss "
+        "'clip' only.",
+    )
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
-        "dapo", description="Loss aggregation: grpo = per-sequence mean; bnpo/dapo = token mean over the batch; "
+        "dapo",
+        description="Loss aggregation: grpo = per-sequence mean; bnpo/dapo = token mean over the batch; "
         "dr_grpo = token sum / (sequences × max_new_tokens). Left unset it is dapo, or grpo (the mean over "
         "sequences, GSPO's objective) with importance_sampling_level: sequence, where a token mean would weigh each "
-        "sequence by its length.")
+        "sequence by its length.",
+    )
     scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Divide advantages by the group std ('group', GRPO), the batch std, or not at all (Dr. GRPO).")
+        "group",
+        description="Divide advantages by the group std ('group', GRPO), the batch std, or not at all (Dr. GRPO).",
+    )
     importance_sampling_level: Literal["token", "sequence"] = Field(
-        "token", description="'sequence' = GSPO's length-normalised sequence ratio (its paper's clip range is far "
-        "narrower, e.g. epsilon_low 3e-4, epsilon_high 4e-4); loss_type then defaults to grpo (a mean over sequences).")
+        "token",
+        description="'sequence' = GSPO's length-normalised sequence ratio (its paper's clip range is far "
+        "narrower, e.g. epsilon_low 3e-4, epsilon_high 4e-4); loss_type then defaults to grpo (a mean over sequences).",
+    )
     mask_truncated: bool = Field(False, description="Exclude completions cut at max_new_tokens from the loss (DAPO).")
-    dynamic_sampling: bool = Field(False, description="Drop groups whose rewards all agree and sample more prompts (DAPO).")
+    dynamic_sampling: bool = Field(
+        False, description="Drop groups whose rewards all agree and sample more prompts (DAPO)."
+    )
     max_resample_rounds: int = Field(3, ge=0, description="Dynamic sampling: extra sampling rounds per step at most.")
     old_logprobs: Literal["auto", "sampler", "recompute"] = Field(
-        "auto", description="Old-policy logprobs for μ>1: the sampler's own (free; exact in fp32), a separate no-grad "
-        "pass, or 'auto' = recompute under bf16 (cached decoding and a full pass round differently: ~0.03 nats/token).")
+        "auto",
+        description="Old-policy logprobs for μ>1: the sampler's own (free; exact in fp32), a separate no-grad "
+        "pass, or 'auto' = recompute under bf16 (cached decoding and a full pass round differently: ~0.03 nats/token).",
+    )
     gamma: float = Field(1.0, ge=0, le=1, description="ppo / reinforce++: discount over completion tokens.")
     lam: float = Field(0.95, ge=0, le=1, description="ppo: GAE λ (1 = Monte-Carlo returns, 0 = one-step TD).")
-    whiten_advantages: bool = Field(True, description="ppo: normalise advantages over the batch's tokens (mean 0, std 1).")
-    entropy_coef: float = Field(0.0, ge=0, description="Entropy bonus: subtract entropy_coef × mean token entropy from the loss.")
+    whiten_advantages: bool = Field(
+        True, description="ppo: normalise advantages over the batch's tokens (mean 0, std 1)."
+    )
+    entropy_coef: float = Field(
+        0.0, ge=0, description="Entropy bonus: subtract entropy_coef × mean token entropy from the loss."
+    )
     reward_on_error: Literal["raise", "skip"] = Field(
-        "raise", description="A reward function that raises: stop the run naming it, or give that sample no opinion (None).")
+        "raise",
+        description="A reward function that raises: stop the run naming it, or give that sample no opinion (None).",
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _default_aggregation(cls, data: Any) -> Any:
         """GSPO's objective is a mean over sequences: an unset loss_type follows importance_sampling_level."""
-        if isinstance(data, dict) and data.get("loss_type") is None and data.get("importance_sampling_level") == "sequence":
+        if (
+            isinstance(data, dict)
+            and data.get("loss_type") is None
+            and data.get("importance_sampling_level") == "sequence"
+        ):
             data = {**data, "loss_type": "grpo"}
         return data
 
 
 class CriticConfig(_Section):
     kind: Literal["separate", "head"] = Field(
-        "separate", description="ppo: 'separate' = its own backbone (a copy of the policy's trunk or a reward model) plus a "
-        "value head; 'head' = a value head on the policy's own trunk (one forward pass, shared gradients).")
-    init_from: str = Field("policy", description="ppo, separate critic: 'policy' (the policy RL starts from) or a local HF "
-                           "directory of a reward model (sequence classification; its score head becomes the value head).")
+        "separate",
+        description="ppo: 'separate' = its own backbone (a copy of the policy's trunk or a reward model) plus a "
+        "value head; 'head' = a value head on the policy's own trunk (one forward pass, shared gradients).",
+    )
+    init_from: str = Field(
+        "policy",
+        description="ppo, separate critic: 'policy' (the policy RL starts from) or a local HF "
+        "directory of a reward model (sequence classification; its score head becomes the value head).",
+    )
     lr: float | None = Field(None, gt=0, description="Critic learning rate (default: train.lr).")
     vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss in the total loss.")
-    clip_range: float | None = Field(0.2, gt=0, description="Value clipping around the old values (None = no clipping).")
+    clip_range: float | None = Field(
+        0.2, gt=0, description="Value clipping around the old values (None = no clipping)."
+    )
 
 
 class TrainConfig(_Section):
@@ -197,37 +288,64 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up, in optimizer steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
-        (0.9, 0.99), description="AdamW betas, each in [0, 1).")
+        (0.9, 0.99), description="AdamW betas, each in [0, 1)."
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping by global norm.")
-    max_skipped_steps: int = Field(3, ge=1, description="A step whose loss or gradient norm is not finite (NaN, "
-                                   "inf) is skipped (the weights, the optimizer's state and the LR schedule stay as "
-                                   "they were) with a warning, and counted in train/skipped_steps; this many in a row "
-                                   "stop the run.")
-    micro_batch_size: int = Field(64, ge=1, description="Sequences per forward/backward; the rest is gradient accumulation.")
+    max_skipped_steps: int = Field(
+        3,
+        ge=1,
+        description="A step whose loss or gradient norm is not finite (NaN, "
+        "inf) is skipped (the weights, the optimizer's state and the LR schedule stay as "
+        "they were) with a warning, and counted in train/skipped_steps; this many in a row "
+        "stop the run.",
+    )
+    micro_batch_size: int = Field(
+        64, ge=1, description="Sequences per forward/backward; the rest is gradient accumulation."
+    )
     batch_size: int = Field(64, ge=1, description="SFT: sequences per optimizer step.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="'bf16' = bf16 autocast (fp32 master weights); 'auto' = bf16 where the CPU/GPU has fast bf16.")
+        "auto",
+        description="'bf16' = bf16 autocast (fp32 master weights); 'auto' = bf16 where the CPU/GPU has fast bf16.",
+    )
     attention: Literal["auto", "sdpa", "eager"] = Field(
-        "auto", description="Attention kernel of the training passes (the sampler keeps the model's own): 'auto' = eager "
+        "auto",
+        description="Attention kernel of the training passes (the sampler keeps the model's own): 'auto' = eager "
         "on CPU, where torch's flash-attention backward is slow under bf16 (SmolLM2, 16 × 100 tokens: fwd+bwd 2.47 → "
-        "1.93 s), the model's own on GPU.")
+        "1.93 s), the model's own on GPU.",
+    )
     seed: int = Field(0, description="Seed for sampling, initialisation and data order.")
-    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
-                        description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N' or 'mps' (Apple GPU).")
-    threads: int = Field(0, ge=0, description="CPU threads of the tensor maths; 0 = auto: the usable cores (affinity, "
-                         "cgroup quota, OMP_NUM_THREADS) shared evenly with the other aha runs on the machine, rechecked "
-                         "as they start and end. The AHA_THREADS environment variable overrides it (a count, or 'off' = "
-                         "torch's defaults).")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+        description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N' or 'mps' (Apple GPU).",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of the tensor maths; 0 = auto: the usable cores (affinity, "
+        "cgroup quota, OMP_NUM_THREADS) shared evenly with the other aha runs on the machine, rechecked "
+        "as they start and end. The AHA_THREADS environment variable overrides it (a count, or 'off' = "
+        "torch's defaults).",
+    )
 
 
 class SFTConfig(_Section):
-    path: Path | None = Field(None, description="stage sft: demonstrations, prompt + completion columns or TRL's "
-                              "conversational 'messages' (the last assistant message is the completion), in any format "
-                              "task.path takes (.jsonl, .json, .csv, .parquet, a save_to_disk directory, hf:OWNER/NAME).")
+    path: Path | None = Field(
+        None,
+        description="stage sft: demonstrations, prompt + completion columns or TRL's "
+        "conversational 'messages' (the last assistant message is the completion), in any format "
+        "task.path takes (.jsonl, .json, .csv, .parquet, a save_to_disk directory, hf:OWNER/NAME).",
+    )
     prompt_column: str = Field("prompt", description="Column holding the prompt.")
     completion_column: str = Field("completion", description="Column holding the target completion.")
-    imitation_steps: int = Field(0, ge=0, description="RL stages: first imitate the task's reference answers for this "
-                                 "many SFT steps (so a model built from scratch produces answers RL can rank); the KL "
-                                 "reference is the model after them. Formerly sft.warmup_steps (not the LR warm-up, "
-                                 "train.warmup_steps).")
-    imitation_lr: float = Field(1e-3, gt=0, description="Learning rate of the imitation steps (formerly sft.warmup_lr).")
+    imitation_steps: int = Field(
+        0,
+        ge=0,
+        description="RL stages: first imitate the task's reference answers for this "
+        "many SFT steps (so a model built from scratch produces answers RL can rank); the KL "
+        "reference is the model after them. Formerly sft.warmup_steps (not the LR warm-up, "
+        "train.warmup_steps).",
+    )
+    imitation_lr: float = Field(
+        1e-3, gt=0, description="Learning rate of the imitation steps (formerly sft.warmup_lr)."
+    )

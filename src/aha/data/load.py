@@ -31,8 +31,10 @@ class DataError(AhaError, ValueError):
     """A malformed dataset (missing file, bad row); the message names the file, line and fix."""
 
 
-ACCEPTED_FORMATS = (".jsonl (one JSON object per line), .json (a list of objects), .csv, .parquet, a directory "
-                    "written by datasets' save_to_disk, or hf:OWNER/NAME[:SPLIT] (a hub dataset, with a network)")
+ACCEPTED_FORMATS = (
+    ".jsonl (one JSON object per line), .json (a list of objects), .csv, .parquet, a directory "
+    "written by datasets' save_to_disk, or hf:OWNER/NAME[:SPLIT] (a hub dataset, with a network)"
+)
 
 Labelled = list[tuple[str, Any]]  # (where, row): "data.jsonl:3" or "data.parquet: row 3"
 
@@ -74,7 +76,11 @@ def text_problem(value: Any) -> str | None:
     if not value:
         return "is an empty list of chat messages"
     for i, m in enumerate(value, 1):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), (str, list)):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), (str, list))
+        ):
             return f"has a message {i} that is not {{'role': ..., 'content': ...}}"
         if not m["role"]:
             return f"has a message {i} with an empty role"
@@ -116,7 +122,9 @@ def _from_path(source: str | Path, what: str) -> Labelled:
         return _json(path)
     if suffix in (".csv", ".parquet"):
         return _numbered(path, _datasets_file(path, suffix[1:]))
-    raise DataError(f"{path}: cannot read {suffix or 'a file without a suffix'} as {what} (accepted: {ACCEPTED_FORMATS})")
+    raise DataError(
+        f"{path}: cannot read {suffix or 'a file without a suffix'} as {what} (accepted: {ACCEPTED_FORMATS})"
+    )
 
 
 def _numbered(name: Any, rows: list) -> Labelled:
@@ -150,8 +158,9 @@ def _jsonl(path: Path) -> Labelled:
         try:
             rows.append((f"{path}:{lineno}", json.loads(line)))
         except JSON_ERRORS as e:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({_json_problem(e)}); write one JSON object per line") \
-                from None
+            raise DataError(
+                f"{path}:{lineno}: not valid JSON ({_json_problem(e)}); write one JSON object per line"
+            ) from None
     return rows
 
 
@@ -159,12 +168,13 @@ def _json(path: Path) -> Labelled:
     try:
         data = json.loads(_read_text(path))
     except JSON_ERRORS as e:
-        raise DataError(f"{path}: not valid JSON ({_json_problem(e)}); for one object per line name it .jsonl") \
-            from None
+        raise DataError(
+            f"{path}: not valid JSON ({_json_problem(e)}); for one object per line name it .jsonl"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows (or {{\"data\": [...]}}), got {type(data).__name__}")
+        raise DataError(f'{path}: expected a JSON list of rows (or {{"data": [...]}}), got {type(data).__name__}')
     return _numbered(path, data)
 
 
@@ -172,8 +182,9 @@ def _datasets():
     try:
         import datasets
     except ImportError:  # pragma: no cover - a dependency of aha
-        raise DataError("reading CSV, Parquet and datasets directories needs the datasets package "
-                        "(pip install datasets)") from None
+        raise DataError(
+            "reading CSV, Parquet and datasets directories needs the datasets package (pip install datasets)"
+        ) from None
     datasets.disable_progress_bars()
     return datasets
 
@@ -183,8 +194,9 @@ def _datasets_file(path: Path, kind: str) -> list[dict]:
     try:
         ds = datasets.load_dataset(kind, data_files=str(path), split="train")
     except Exception as e:  # pyarrow's ArrowInvalid on a file that is not what its name says
-        raise DataError(f"{path}: not a readable {kind.upper() if kind == 'csv' else 'Parquet'} file "
-                        f"({first_line(e)})") from None
+        raise DataError(
+            f"{path}: not a readable {kind.upper() if kind == 'csv' else 'Parquet'} file ({first_line(e)})"
+        ) from None
     return _drop_nulls(ds.to_list())
 
 
@@ -193,8 +205,10 @@ def _dataset_dir(path: Path) -> list[dict]:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:  # FileNotFoundError for a directory that save_to_disk did not write
-        raise DataError(f"{path}: a directory, but not one written by datasets' save_to_disk ({first_line(e)}); "
-                        f"accepted: {ACCEPTED_FORMATS}") from None
+        raise DataError(
+            f"{path}: a directory, but not one written by datasets' save_to_disk ({first_line(e)}); "
+            f"accepted: {ACCEPTED_FORMATS}"
+        ) from None
     return _drop_nulls(_one_split(ds, str(path)).to_list())
 
 
@@ -211,11 +225,15 @@ def _hub(spec: str) -> list[dict]:
             ds = datasets.load_dataset(name, split=split or None)
     except Exception as e:
         if online:
-            raise DataError(f"{spec}: cannot load this hub dataset ({first_line(e)}); without a network, save it with "
-                            "save_to_disk or as .jsonl/.parquet on a machine that has one") from None
-        raise DataError(f"{spec}: the Hugging Face hub cannot be reached (no network, or HF_HUB_OFFLINE is set) and "
-                        "the local cache has no copy of it; save it with save_to_disk or as .jsonl/.parquet on a "
-                        "machine with a network") from None
+            raise DataError(
+                f"{spec}: cannot load this hub dataset ({first_line(e)}); without a network, save it with "
+                "save_to_disk or as .jsonl/.parquet on a machine that has one"
+            ) from None
+        raise DataError(
+            f"{spec}: the Hugging Face hub cannot be reached (no network, or HF_HUB_OFFLINE is set) and "
+            "the local cache has no copy of it; save it with save_to_disk or as .jsonl/.parquet on a "
+            "machine with a network"
+        ) from None
     return _drop_nulls(_one_split(ds, spec).to_list())
 
 
@@ -227,8 +245,10 @@ def _one_split(ds: Any, name: str) -> Any:
         return ds["train"]
     if len(ds) == 1:
         return next(iter(ds.values()))
-    raise DataError(f"{name}: a DatasetDict with splits {', '.join(ds)} and no 'train': name the split "
-                    "(hf:OWNER/NAME:SPLIT) or save that split by itself")
+    raise DataError(
+        f"{name}: a DatasetDict with splits {', '.join(ds)} and no 'train': name the split "
+        "(hf:OWNER/NAME:SPLIT) or save that split by itself"
+    )
 
 
 def _drop_nulls(rows: list[dict]) -> list[dict]:

@@ -36,7 +36,7 @@ class PreferenceRow:
         """
         out = []
         for i, tier in enumerate(self.ranking):
-            for worse_tier in self.ranking[i + 1:]:
+            for worse_tier in self.ranking[i + 1 :]:
                 out += [(a, b) for a in tier for b in worse_tier]
         return out
 
@@ -54,8 +54,9 @@ def normalize_ranking(ranking: Any, k: int) -> list[list[int]]:
     if k < 2:
         raise ValueError(f"a ranking needs at least 2 completions, got {k} (add completions or drop the row)")
     if not isinstance(ranking, (list, tuple)) or not ranking:
-        raise ValueError(f"ranking must be a non-empty list of indices best-first (ties as nested lists), "
-                         f"got {_short(ranking)}")
+        raise ValueError(
+            f"ranking must be a non-empty list of indices best-first (ties as nested lists), got {_short(ranking)}"
+        )
     tiers, seen, repeated = [], set(), set()
     for entry in ranking:
         tier = list(entry) if isinstance(entry, (list, tuple)) else [entry]
@@ -82,7 +83,7 @@ def normalize_ranking(ranking: Any, k: int) -> list[list[int]]:
 
 def _short(value: Any, n: int = 60) -> str:
     """``repr(value)`` cut to ``n`` characters: an error message stays one short line whatever was sent."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 30:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
         return f"an integer of {len(str(abs(value))) if value.bit_length() < 10_000 else 'thousands of'} digits"
     text = repr(value) if not isinstance(value, (list, dict)) or len(value) < 100 else f"a {type(value).__name__}"
     return text if len(text) <= n else text[:n] + "…"
@@ -102,8 +103,10 @@ def parse_preference(row: Any) -> PreferenceRow:
         return PreferenceRow(row["prompt"], [row["chosen"], row["rejected"]], [[0], [1]], extra)
     for key in ("completions", "ranking"):
         if key not in row:
-            raise ValueError(f"missing field '{key}' (a ranking row has prompt, completions, ranking; "
-                             "a pair row has prompt, chosen, rejected)")
+            raise ValueError(
+                f"missing field '{key}' (a ranking row has prompt, completions, ranking; "
+                "a pair row has prompt, chosen, rejected)"
+            )
     comps = row["completions"]
     if not isinstance(comps, (list, tuple)):
         raise ValueError(f"'completions' must be a list of texts, got {type(comps).__name__}")

@@ -17,7 +17,7 @@ class PromptSampler:
         return random.Random(self.seed * 1_000_003 + self.epoch).sample(range(self.n), self.n)
 
     def take(self, k: int) -> list[int]:
-        out = []
+        out: list[int] = []
         while len(out) < k:
             if self.pos >= self.n:
                 self.epoch, self.pos = self.epoch + 1, 0

@@ -32,9 +32,11 @@ def encode_text(text: str, tokenizer) -> list[int]:
     except Exception as e:  # the tokenizers library raises a bare Exception ("WordLevel error: Missing [UNK] …")
         vocab = tokenizer.get_vocab()
         unknown = "".join(sorted({c for c in text if c not in vocab}))
-        raise DataError(f"{text[:60]!r} cannot be tokenized by this model's tokenizer"
-                        + (f": it has no token for {unknown!r}" if unknown else f" ({first_line(e)})")
-                        + " (a tiny model knows only its task's characters)") from None
+        raise DataError(
+            f"{text[:60]!r} cannot be tokenized by this model's tokenizer"
+            + (f": it has no token for {unknown!r}" if unknown else f" ({first_line(e)})")
+            + " (a tiny model knows only its task's characters)"
+        ) from None
 
 
 def check_prompts(rows: list[dict], tokenizer, char_level: bool = False) -> None:
@@ -45,8 +47,10 @@ def check_prompts(rows: list[dict], tokenizer, char_level: bool = False) -> None
     for i, row in enumerate(rows, 1):
         prompt = row.get("prompt")
         if isinstance(prompt, list) and not has_chat:
-            raise ConfigError(f"row {i}: the prompt is a list of chat messages, but this model's tokenizer has no chat "
-                              "template: use a chat model (e.g. model.name=smollm2-135m) or text prompts")
+            raise ConfigError(
+                f"row {i}: the prompt is a list of chat messages, but this model's tokenizer has no chat "
+                "template: use a chat model (e.g. model.name=smollm2-135m) or text prompts"
+            )
         if char_level and isinstance(prompt, str) and prompt not in seen:
             seen.add(prompt)
             encode_text(prompt, tokenizer)
@@ -71,17 +75,19 @@ def _render(prompt: str | list, tokenizer, template: str) -> list[int]:
             prompt = next((m.get("content", "") for m in reversed(prompt) if m.get("role") == "user"), "")
         return encode_text(R1_PLAIN.format(prompt=prompt), tokenizer)
     if not getattr(tokenizer, "chat_template", None):  # (check_prompts says so before a run; SFT data meets it here)
-
-        raise ConfigError("a prompt is a list of chat messages, but this model's tokenizer has no chat template: use "
-                          "a chat model (e.g. model.name=smollm2-135m), set model.chat_template, or use text prompts")
+        raise ConfigError(
+            "a prompt is a list of chat messages, but this model's tokenizer has no chat template: use "
+            "a chat model (e.g. model.name=smollm2-135m), set model.chat_template, or use text prompts"
+        )
     messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     if template == "r1" and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": R1_SYSTEM}, *messages]
     try:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     except Exception as e:  # a character the tokenizer has no token for (a bare Exception), a template that raises
-        raise DataError(f"{str(prompt)[:60]!r}: the model's chat template and tokenizer cannot encode this prompt "
-                        f"({first_line(e)})") from None
+        raise DataError(
+            f"{str(prompt)[:60]!r}: the model's chat template and tokenizer cannot encode this prompt ({first_line(e)})"
+        ) from None
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]
     return list(ids)

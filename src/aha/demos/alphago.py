@@ -17,6 +17,7 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 from aha.build import prepare
 from aha.config import RunConfig
@@ -61,24 +62,54 @@ def teacher_answer(a: int, b: int, rng: random.Random, carry_drop: float = CARRY
 def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
     """The embedded defaults: (SFT config, GRPO config). fp32 everywhere: the demo's numbers are the same on a CPU
     with fast bf16 (AMX, AVX512-BF16), where precision 'auto' would turn bf16 autocast on."""
-    common = {
+    common: dict[str, Any] = {
         "model": {"name": "tiny:layers=2,hidden=128,heads=4,ff=512,ctx=32"},
-        "task": {"name": "arithmetic", "digits": DIGITS, "operations": ["+"], "reverse_answer": True,
-                 "num_train": 20000, "num_eval": 500, "template": "plain", "seed": 1000 + seed},
+        "task": {
+            "name": "arithmetic",
+            "digits": DIGITS,
+            "operations": ["+"],
+            "reverse_answer": True,
+            "num_train": 20000,
+            "num_eval": 500,
+            "template": "plain",
+            "seed": 1000 + seed,
+        },
         "rollout": {"group_size": 8, "temperature": 1.0, "max_new_tokens": 5},
         "log": {"eval_every": 0, "save_every": 0, "samples_per_step": 4, "report": False, "tensorboard": False},
     }
-    sft = RunConfig.model_validate({
-        **common, "stage": "sft", "sft": {"path": str(out / "teacher.jsonl")},
-        # no lr warm-up: Adam's first full-size steps break the tiny model's symmetry much sooner
-        "train": {"steps": 600, "lr": 1e-3, "batch_size": 128, "micro_batch_size": 128, "seed": seed, "precision": "fp32"},
-    })
-    rl = RunConfig.model_validate({
-        **common, "stage": "grpo", "init_from": str(out / "sft" / "checkpoints" / f"step-{sft.train.steps}" / "model"),
-        "rl": {"prompts_per_step": 32, "mu": 2, "beta": 0.0, "loss_type": "dapo"},
-        "log": {**common["log"], "eval_every": 20},
-        "train": {"steps": 80, "lr": 2e-4, "warmup_steps": 5, "micro_batch_size": 256, "seed": seed, "precision": "fp32"},
-    })
+    sft = RunConfig.model_validate(
+        {
+            **common,
+            "stage": "sft",
+            "sft": {"path": str(out / "teacher.jsonl")},
+            # no lr warm-up: Adam's first full-size steps break the tiny model's symmetry much sooner
+            "train": {
+                "steps": 600,
+                "lr": 1e-3,
+                "batch_size": 128,
+                "micro_batch_size": 128,
+                "seed": seed,
+                "precision": "fp32",
+            },
+        }
+    )
+    rl = RunConfig.model_validate(
+        {
+            **common,
+            "stage": "grpo",
+            "init_from": str(out / "sft" / "checkpoints" / f"step-{sft.train.steps}" / "model"),
+            "rl": {"prompts_per_step": 32, "mu": 2, "beta": 0.0, "loss_type": "dapo"},
+            "log": {**common["log"], "eval_every": 20},
+            "train": {
+                "steps": 80,
+                "lr": 2e-4,
+                "warmup_steps": 5,
+                "micro_batch_size": 256,
+                "seed": seed,
+                "precision": "fp32",
+            },
+        }
+    )
     return sft, rl
 
 
@@ -129,11 +160,18 @@ def run_demo(out: Path, seed: int = 0) -> dict:
     # ------------------------------------------------------------------ summary, table, report
     acc = lambda c: sum(c) / len(c)  # noqa: E731
     summary = {
-        "teacher_accuracy": acc(teacher_correct), "sft_accuracy": acc(sft_correct), "rl_accuracy": acc(rl_correct),
-        "per_class": {name: per_class(held_out, c) for name, c in
-                      (("teacher", teacher_correct), ("sft", sft_correct), ("rl", rl_correct))},
+        "teacher_accuracy": acc(teacher_correct),
+        "sft_accuracy": acc(sft_correct),
+        "rl_accuracy": acc(rl_correct),
+        "per_class": {
+            name: per_class(held_out, c)
+            for name, c in (("teacher", teacher_correct), ("sft", sft_correct), ("rl", rl_correct))
+        },
         "class_counts": {c: sum(carry_class(r["a"], r["b"]) == c for r in held_out) for c in CLASSES},
-        "n_eval": len(held_out), "seed": seed, "sft_time_s": t_sft, "rl_time_s": t_rl,
+        "n_eval": len(held_out),
+        "seed": seed,
+        "sft_time_s": t_sft,
+        "rl_time_s": t_rl,
         "wall_time_s": time.perf_counter() - t_start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -148,13 +186,18 @@ def print_table(summary: dict) -> None:
     from rich.table import Table
 
     classes = list(summary["class_counts"])
-    table = Table(title=f"held-out {DIGITS}-digit sums (n={summary['n_eval']}), greedy — {summary['wall_time_s']:.0f} s in all")
+    table = Table(
+        title=f"held-out {DIGITS}-digit sums (n={summary['n_eval']}), greedy — {summary['wall_time_s']:.0f} s in all"
+    )
     table.add_column("model")
     table.add_column("accuracy", justify="right")
     for c in classes:
         table.add_column(f"{c} (n={summary['class_counts'][c]})", justify="right")
     for name in ("teacher", "sft", "rl"):
         row = summary["per_class"][name]
-        table.add_row({"teacher": "teacher (demonstrator)", "sft": "SFT (imitation)", "rl": "RL (GRPO)"}[name],
-                      f"{summary[f'{name}_accuracy']:.3f}", *(f"{row.get(c, float('nan')):.3f}" for c in classes))
+        table.add_row(
+            {"teacher": "teacher (demonstrator)", "sft": "SFT (imitation)", "rl": "RL (GRPO)"}[name],
+            f"{summary[f'{name}_accuracy']:.3f}",
+            *(f"{row.get(c, float('nan')):.3f}" for c in classes),
+        )
     Console().print(table)

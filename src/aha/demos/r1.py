@@ -25,24 +25,43 @@ from aha.rl import train_rl
 from aha.track.metrics import read_metrics
 from aha.track.report import load_jsonl, write_report
 
-SHOWN = ("accuracy_strict", "accuracy_lenient", "format", "reflection_rate", "accuracy_reflecting",
-         "length_correct", "length_wrong", "aha_rate")
+SHOWN = (
+    "accuracy_strict",
+    "accuracy_lenient",
+    "format",
+    "reflection_rate",
+    "accuracy_reflecting",
+    "length_correct",
+    "length_wrong",
+    "aha_rate",
+)
 
 
 def demo_config(seed: int = 0) -> RunConfig:
     """The recipe's settings (recipes/r1-zero-smollm2.yaml); why each speed lever is set as it is: README, "R1"."""
-    return RunConfig.model_validate({
-        "stage": "rl",
-        "model": {"name": "smollm2-135m"},
-        "task": {"name": "arithmetic", "digits": 2, "operations": ["+"], "num_eval": 64, "template": "r1",
-                 "response_prefix": "<think>"},
-        "rewards": [{"name": "accuracy", "weight": 1.0, "args": {"strict": True}},
-                    {"name": "think_format", "weight": 0.5}, {"name": "tag_count", "weight": 0.25}],
-        "rollout": {"group_size": 8, "temperature": 0.7, "max_new_tokens": 96},
-        "rl": {"prompts_per_step": 4, "mu": 1, "beta": 0.0, "loss_type": "dr_grpo", "scale_rewards": "none"},
-        "train": {"steps": 60, "lr": 1.0e-5, "micro_batch_size": 32, "precision": "fp32", "seed": seed},
-        "log": {"eval_every": 20, "eval_reward": "accuracy", "save_every": 20, "samples_per_step": 4},
-    })
+    return RunConfig.model_validate(
+        {
+            "stage": "rl",
+            "model": {"name": "smollm2-135m"},
+            "task": {
+                "name": "arithmetic",
+                "digits": 2,
+                "operations": ["+"],
+                "num_eval": 64,
+                "template": "r1",
+                "response_prefix": "<think>",
+            },
+            "rewards": [
+                {"name": "accuracy", "weight": 1.0, "args": {"strict": True}},
+                {"name": "think_format", "weight": 0.5},
+                {"name": "tag_count", "weight": 0.25},
+            ],
+            "rollout": {"group_size": 8, "temperature": 0.7, "max_new_tokens": 96},
+            "rl": {"prompts_per_step": 4, "mu": 1, "beta": 0.0, "loss_type": "dr_grpo", "scale_rewards": "none"},
+            "train": {"steps": 60, "lr": 1.0e-5, "micro_batch_size": 32, "precision": "fp32", "seed": seed},
+            "log": {"eval_every": 20, "eval_reward": "accuracy", "save_every": 20, "samples_per_step": 4},
+        }
+    )
 
 
 def measure(model: str | Path, cfg: RunConfig) -> dict:
@@ -78,18 +97,23 @@ def run_demo(out: Path, seed: int = 0, cfg: RunConfig | None = None) -> dict:
     moments = [s for s in load_jsonl(out / "rl" / "samples.jsonl") if s.get("aha")]
     summary = {
         "task": f"{cfg.task.digits}-digit sums, template {cfg.task.template}, greedy, {cfg.rollout.max_new_tokens} "
-                f"new tokens, {base['n']} held-out prompts",
+        f"new tokens, {base['n']} held-out prompts",
         "base": {k: base.get(k) for k in ("accuracy", *SHOWN)},
         "trained": {k: trained.get(k) for k in ("accuracy", *SHOWN)},
-        "steps": cfg.train.steps, "seed": cfg.train.seed, "rl_time_s": t_rl,
+        "steps": cfg.train.steps,
+        "seed": cfg.train.seed,
+        "rl_time_s": t_rl,
         "s_per_step_median": statistics.median(step_times) if step_times else None,
-        "aha_moments_logged": len(moments), "first_aha_step": moments[0]["step"] if moments else None,
+        "aha_moments_logged": len(moments),
+        "first_aha_step": moments[0]["step"] if moments else None,
         "wall_time_s": time.perf_counter() - t_start,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out / "rl", out=out / "report.html", summary=summary)
-    print(f"[demo r1] {summary['steps']} GRPO steps in {t_rl:.0f} s; wrote {out / 'summary.json'} and "
-          f"{out / 'report.html'}")
+    print(
+        f"[demo r1] {summary['steps']} GRPO steps in {t_rl:.0f} s; wrote {out / 'summary.json'} and "
+        f"{out / 'report.html'}"
+    )
     return summary
 
 
@@ -97,5 +121,7 @@ def _line(m: dict) -> str:
     def fmt(v):
         return "—" if v is None else f"{v:.3f}"
 
-    return (f"strict {fmt(m.get('accuracy_strict'))} · lenient {fmt(m.get('accuracy_lenient'))} · format "
-            f"{fmt(m.get('format'))} · reflection {fmt(m.get('reflection_rate'))} (n={m['n']})")
+    return (
+        f"strict {fmt(m.get('accuracy_strict'))} · lenient {fmt(m.get('accuracy_lenient'))} · format "
+        f"{fmt(m.get('format'))} · reflection {fmt(m.get('reflection_rate'))} (n={m['n']})"
+    )

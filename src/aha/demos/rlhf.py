@@ -51,15 +51,40 @@ GUARDS = ("unguarded", "gold", "support", "ensemble")  # the RL runs, rl-<name>
 def settings(quick: bool) -> dict:
     """Sizes of the demo; ``quick`` is a short smoke-test setting (well under a minute)."""
     if quick:
-        return {**FULL, "corpus": 1000, "sft_steps": 30, "rankings": 100, "rm_steps": 20, "rl_steps": 5,
-                "prompts_per_step": 4, "eval_prompts": 8, "eval_samples": 4, "window": 2, "baseline_steps": 2,
-                "min_steps": 2, "patience": 2}
+        return {
+            **FULL,
+            "corpus": 1000,
+            "sft_steps": 30,
+            "rankings": 100,
+            "rm_steps": 20,
+            "rl_steps": 5,
+            "prompts_per_step": 4,
+            "eval_prompts": 8,
+            "eval_samples": 4,
+            "window": 2,
+            "baseline_steps": 2,
+            "min_steps": 2,
+            "patience": 2,
+        }
     return dict(FULL)
 
 
-FULL = {"corpus": 20000, "sft_steps": 400, "rankings": 2000, "label_temperature": 0.2, "rm_steps": 500, "rl_steps": 100,
-        "rl_lr": 1e-4, "prompts_per_step": 32, "eval_prompts": 128, "eval_samples": 8, "window": 4, "baseline_steps": 8,
-        "min_steps": 8, "patience": 5}
+FULL = {
+    "corpus": 20000,
+    "sft_steps": 400,
+    "rankings": 2000,
+    "label_temperature": 0.2,
+    "rm_steps": 500,
+    "rl_steps": 100,
+    "rl_lr": 1e-4,
+    "prompts_per_step": 32,
+    "eval_prompts": 128,
+    "eval_samples": 8,
+    "window": 4,
+    "baseline_steps": 8,
+    "min_steps": 8,
+    "patience": 5,
+}
 
 
 def _log(**extra) -> dict:
@@ -67,25 +92,54 @@ def _log(**extra) -> dict:
 
 
 def sft_config(out: Path, seed: int, s: dict) -> RunConfig:
-    return RunConfig.model_validate({
-        "stage": "sft", "model": {"name": POLICY},
-        "task": {"name": "dataset", "path": str(out / "prompts.jsonl"), "template": "plain"},
-        "sft": {"path": str(out / "corpus.jsonl")}, "rollout": {"max_new_tokens": 64},
-        "train": {"steps": s["sft_steps"], "lr": 2e-3, "warmup_steps": 10, "lr_schedule": "cosine", "batch_size": 64,
-                  "micro_batch_size": 64, "seed": seed, "precision": "fp32", "device": "cpu"},
-        "log": _log(samples_per_step=0),
-    })
+    return RunConfig.model_validate(
+        {
+            "stage": "sft",
+            "model": {"name": POLICY},
+            "task": {"name": "dataset", "path": str(out / "prompts.jsonl"), "template": "plain"},
+            "sft": {"path": str(out / "corpus.jsonl")},
+            "rollout": {"max_new_tokens": 64},
+            "train": {
+                "steps": s["sft_steps"],
+                "lr": 2e-3,
+                "warmup_steps": 10,
+                "lr_schedule": "cosine",
+                "batch_size": 64,
+                "micro_batch_size": 64,
+                "seed": seed,
+                "precision": "fp32",
+                "device": "cpu",
+            },
+            "log": _log(samples_per_step=0),
+        }
+    )
 
 
 def rm_config(out: Path, seed: int, s: dict) -> RunConfig:
-    return RunConfig.model_validate({
-        "stage": "reward_model", "init_from": str(out / "sft" / "model"),
-        "reward_model": {"path": str(out / "rankings.jsonl"), "eval_fraction": 0.2, "loss": "pl", "num_heads": 8,
-                         "template": "plain", "max_length": 96},
-        "train": {"steps": s["rm_steps"], "lr": 1e-3, "batch_size": 16, "micro_batch_size": 64, "seed": seed,
-                  "precision": "fp32", "device": "cpu"},
-        "log": _log(eval_every=max(1, s["rm_steps"] // 5)),
-    })
+    return RunConfig.model_validate(
+        {
+            "stage": "reward_model",
+            "init_from": str(out / "sft" / "model"),
+            "reward_model": {
+                "path": str(out / "rankings.jsonl"),
+                "eval_fraction": 0.2,
+                "loss": "pl",
+                "num_heads": 8,
+                "template": "plain",
+                "max_length": 96,
+            },
+            "train": {
+                "steps": s["rm_steps"],
+                "lr": 1e-3,
+                "batch_size": 16,
+                "micro_batch_size": 64,
+                "seed": seed,
+                "precision": "fp32",
+                "device": "cpu",
+            },
+            "log": _log(eval_every=max(1, s["rm_steps"] // 5)),
+        }
+    )
 
 
 def rl_config(out: Path, seed: int, s: dict, guard: str) -> RunConfig:
@@ -96,21 +150,46 @@ def rl_config(out: Path, seed: int, s: dict, guard: str) -> RunConfig:
     if guard not in GUARDS:
         raise ValueError(f"guard must be one of {GUARDS}, got {guard!r}")
     if guard != "unguarded":
-        g = {"enabled": True, "action": "rollback", "window": s["window"], "patience": s["patience"],
-             "min_steps": s["min_steps"], "baseline_steps": s["baseline_steps"],
-             "proxy": PROXY_LABEL, **({"gold": GOLD_LABEL} if guard == "gold" else {
-                 "disagreement": PROXY_LABEL, "signal": "ensemble_std" if guard == "ensemble" else "support_distance"})}
-    return RunConfig.model_validate({
-        "stage": "grpo", "init_from": str(out / "sft" / "model"),
-        "task": {"name": "dataset", "path": str(out / "prompts.jsonl"), "template": "plain"},
-        "rewards": [{"name": rm, "weight": 1.0, "label": PROXY_LABEL}, {"name": GOLD, "weight": 0.0, "label": GOLD_LABEL}],
-        "rollout": {"group_size": 8, "temperature": 1.0, "max_new_tokens": 64},
-        "rl": {"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
-        "train": {"steps": s["rl_steps"], "lr": s["rl_lr"], "micro_batch_size": 128, "seed": seed, "precision": "fp32",
-                  "device": "cpu"},
-        "log": _log(samples_per_step=8),
-        "guard": g,
-    })
+        g = {
+            "enabled": True,
+            "action": "rollback",
+            "window": s["window"],
+            "patience": s["patience"],
+            "min_steps": s["min_steps"],
+            "baseline_steps": s["baseline_steps"],
+            "proxy": PROXY_LABEL,
+            **(
+                {"gold": GOLD_LABEL}
+                if guard == "gold"
+                else {
+                    "disagreement": PROXY_LABEL,
+                    "signal": "ensemble_std" if guard == "ensemble" else "support_distance",
+                }
+            ),
+        }
+    return RunConfig.model_validate(
+        {
+            "stage": "grpo",
+            "init_from": str(out / "sft" / "model"),
+            "task": {"name": "dataset", "path": str(out / "prompts.jsonl"), "template": "plain"},
+            "rewards": [
+                {"name": rm, "weight": 1.0, "label": PROXY_LABEL},
+                {"name": GOLD, "weight": 0.0, "label": GOLD_LABEL},
+            ],
+            "rollout": {"group_size": 8, "temperature": 1.0, "max_new_tokens": 64},
+            "rl": {"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
+            "train": {
+                "steps": s["rl_steps"],
+                "lr": s["rl_lr"],
+                "micro_batch_size": 128,
+                "seed": seed,
+                "precision": "fp32",
+                "device": "cpu",
+            },
+            "log": _log(samples_per_step=8),
+            "guard": g,
+        }
+    )
 
 
 # ============================================================================ stages
@@ -128,17 +207,16 @@ def sample_notes(model_dir: Path, prompts: list[str], n: int, seed: int) -> list
     """``n`` notes per prompt from the model in ``model_dir``, sampled at temperature 1 (as RL samples)."""
     import torch
 
-
     torch.manual_seed(seed)
     model, tok = load_policy(ModelConfig(name=str(model_dir)), init_from=model_dir)
     model.eval()
     engine = HFEngine(model, tok, torch.device("cpu"), None)
     out = []
     for i in range(0, len(prompts), 32):
-        chunk = prompts[i:i + 32]
+        chunk = prompts[i : i + 32]
         roll = engine.generate([tok(p).input_ids for p in chunk], n, SamplingParams(temperature=1.0, max_new_tokens=64))
         texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
-        out += [texts[j * n:(j + 1) * n] for j in range(len(chunk))]
+        out += [texts[j * n : (j + 1) * n] for j in range(len(chunk))]
     return out
 
 
@@ -179,10 +257,16 @@ def score_policy(model_dir: Path, rm_dir: Path, seed: int, s: dict) -> dict:
     gold = world.gold(flat_p, flat_c)
     proxy = RewardModelReward(rm_dir)(flat_p, flat_c)
     n = len(flat_c)
-    return {"gold": sum(gold) / n, "proxy": sum(proxy) / n, "n": n,
-            "mean_chars": sum(len(c) for c in flat_c) / n,
-            "samples": [{"prompt": p, "completion": c, "gold": g, "proxy": r}
-                        for p, c, g, r in list(zip(flat_p, flat_c, gold, proxy))[:6]]}
+    return {
+        "gold": sum(gold) / n,
+        "proxy": sum(proxy) / n,
+        "n": n,
+        "mean_chars": sum(len(c) for c in flat_c) / n,
+        "samples": [
+            {"prompt": p, "completion": c, "gold": g, "proxy": r}
+            for p, c, g, r in list(zip(flat_p, flat_c, gold, proxy))[:6]
+        ],
+    }
 
 
 # ============================================================================ the demo
@@ -208,7 +292,9 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
     t0 = time.perf_counter()
     label_agreement = write_rankings(out, sft_dir, seed, s)
     times["rankings_s"] = time.perf_counter() - t0
-    print(f"[demo] {s['rankings']} rankings of {K} notes; the labeller agrees with gold on {label_agreement:.3f} of pairs")
+    print(
+        f"[demo] {s['rankings']} rankings of {K} notes; the labeller agrees with gold on {label_agreement:.3f} of pairs"
+    )
 
     # ------------------------------------------------------------------ 3. the reward model, from rankings only
     t0 = time.perf_counter()
@@ -231,22 +317,35 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
     curve = curves(out / "rl-unguarded", GOLD_LABEL, PROXY_LABEL, s["window"])
     peak = max(range(len(curve["gold_smooth"])), key=curve["gold_smooth"].__getitem__)
     summary = {
-        "seed": seed, "quick": quick,
-        "rm_accuracy": rm_last.get("eval/pairwise_accuracy"), "rm_top1_accuracy": rm_last.get("eval/top1_accuracy"),
-        "rm_ensemble_std": rm_last.get("eval/ensemble_std"), "label_agreement_with_gold": label_agreement,
-        "gold_start": start["gold"], "proxy_start": start["proxy"],
+        "seed": seed,
+        "quick": quick,
+        "rm_accuracy": rm_last.get("eval/pairwise_accuracy"),
+        "rm_top1_accuracy": rm_last.get("eval/top1_accuracy"),
+        "rm_ensemble_std": rm_last.get("eval/ensemble_std"),
+        "label_agreement_with_gold": label_agreement,
+        "gold_start": start["gold"],
+        "proxy_start": start["proxy"],
         # the unguarded run's curve (moving averages over guard.window steps of the training batches)
-        "gold_peak": curve["gold_smooth"][peak], "gold_peak_step": curve["steps"][peak],
-        "gold_peak_sqrt_kl": curve["sqrt_kl"][peak], "proxy_at_gold_peak": curve["proxy_smooth"][peak],
-        "gold_end_unguarded_curve": curve["gold_smooth"][-1], "proxy_end_unguarded_curve": curve["proxy_smooth"][-1],
-        "sqrt_kl_end_unguarded": curve["sqrt_kl"][-1], "unguarded_steps": curve["steps"][-1],
+        "gold_peak": curve["gold_smooth"][peak],
+        "gold_peak_step": curve["steps"][peak],
+        "gold_peak_sqrt_kl": curve["sqrt_kl"][peak],
+        "proxy_at_gold_peak": curve["proxy_smooth"][peak],
+        "gold_end_unguarded_curve": curve["gold_smooth"][-1],
+        "proxy_end_unguarded_curve": curve["proxy_smooth"][-1],
+        "sqrt_kl_end_unguarded": curve["sqrt_kl"][-1],
+        "unguarded_steps": curve["steps"][-1],
         # every run's final policy, scored on fresh samples
-        "gold_final_unguarded": runs["unguarded"]["gold"], "proxy_final_unguarded": runs["unguarded"]["proxy"],
-        "gold_final_guarded": runs["gold"]["gold"], "proxy_final_guarded": runs["gold"]["proxy"],
-        "gold_final_support_guarded": runs["support"]["gold"], "proxy_final_support_guarded": runs["support"]["proxy"],
-        "gold_final_ensemble_guarded": runs["ensemble"]["gold"], "proxy_final_ensemble_guarded": runs["ensemble"]["proxy"],
+        "gold_final_unguarded": runs["unguarded"]["gold"],
+        "proxy_final_unguarded": runs["unguarded"]["proxy"],
+        "gold_final_guarded": runs["gold"]["gold"],
+        "proxy_final_guarded": runs["gold"]["proxy"],
+        "gold_final_support_guarded": runs["support"]["gold"],
+        "proxy_final_support_guarded": runs["support"]["proxy"],
+        "gold_final_ensemble_guarded": runs["ensemble"]["gold"],
+        "proxy_final_ensemble_guarded": runs["ensemble"]["proxy"],
         **{f"guard_{name}": guard_stop(out / f"rl-{name}", curve) for name in GUARDS[1:]},
-        "times_s": times, "wall_time_s": time.perf_counter() - t_start,
+        "times_s": times,
+        "wall_time_s": time.perf_counter() - t_start,
     }
     # the gold-guarded run's own peak: its best smoothed gold before it stopped (the unguarded peak if it never did)
     summary["gold_peak_guarded_run"] = (summary["guard_gold"] or {}).get("gold_at_best", summary["gold_peak"])
@@ -268,21 +367,33 @@ def print_table(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"RLHF demo, seed {summary['seed']} — reward model held-out pairwise accuracy "
-                        f"{summary['rm_accuracy']:.3f}; {summary['wall_time_s']:.0f} s in all")
+    table = Table(
+        title=f"RLHF demo, seed {summary['seed']} — reward model held-out pairwise accuracy "
+        f"{summary['rm_accuracy']:.3f}; {summary['wall_time_s']:.0f} s in all"
+    )
     for col in ("policy", "gold", "proxy (reward model)", "stopped at step"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     table.add_row("SFT (start)", f"{summary['gold_start']:.3f}", f"{summary['proxy_start']:.3f}", "")
-    table.add_row(f"unguarded, gold peak (step {summary['gold_peak_step']})", f"{summary['gold_peak']:.3f}",
-                  f"{summary['proxy_at_gold_peak']:.3f}", "")
-    table.add_row("unguarded, end", f"{summary['gold_final_unguarded']:.3f}", f"{summary['proxy_final_unguarded']:.3f}",
-                  str(summary["unguarded_steps"]))
+    table.add_row(
+        f"unguarded, gold peak (step {summary['gold_peak_step']})",
+        f"{summary['gold_peak']:.3f}",
+        f"{summary['proxy_at_gold_peak']:.3f}",
+        "",
+    )
+    table.add_row(
+        "unguarded, end",
+        f"{summary['gold_final_unguarded']:.3f}",
+        f"{summary['proxy_final_unguarded']:.3f}",
+        str(summary["unguarded_steps"]),
+    )
     for key, label in GUARD_LABELS.items():
         stop = summary[f"guard_{key}"]
         final = summary["gold_final_guarded" if key == "gold" else f"gold_final_{key}_guarded"]
         proxy = summary["proxy_final_guarded" if key == "gold" else f"proxy_final_{key}_guarded"]
         where = f"{stop['step']} (rolled back to {stop['best_step']})" if stop else "never"
         table.add_row(label, f"{final:.3f}", f"{proxy:.3f}", where)
-    table.caption = (f"gold guard: its own peak (smoothed gold at its best step) {summary['gold_peak_guarded_run']:.3f}; "
-                     "gold and proxy of each final policy on fresh samples, the peak from the unguarded run's curve")
+    table.caption = (
+        f"gold guard: its own peak (smoothed gold at its best step) {summary['gold_peak_guarded_run']:.3f}; "
+        "gold and proxy of each final policy on fresh samples, the peak from the unguarded run's curve"
+    )
     Console().print(table)

@@ -13,10 +13,12 @@ from aha.track.plots import figure, fmt, to_png
 from aha.track.report import CSS, load_jsonl, load_metrics, render_summary
 
 GOLD_LABEL, PROXY_LABEL = "gold", "rm"  # their names in the metrics: reward/gold/mean, reward/rm/mean
-GUARD_LABELS = {"gold": "guarded by gold", "support": "guarded by distance from the RM's data (no gold)",
-                "ensemble": "guarded by ensemble disagreement (no gold)"}
+GUARD_LABELS = {
+    "gold": "guarded by gold",
+    "support": "guarded by distance from the RM's data (no gold)",
+    "ensemble": "guarded by ensemble disagreement (no gold)",
+}
 GOLD = GOLD_LABEL  # (the report's name for it)
-
 
 
 def moving_average(xs: list[float], window: int) -> list[float]:
@@ -25,7 +27,7 @@ def moving_average(xs: list[float], window: int) -> list[float]:
     >>> moving_average([1.0, 3.0, 5.0, 7.0], 2)
     [1.0, 2.0, 4.0, 6.0]
     """
-    return [sum(xs[max(0, i - window + 1):i + 1]) / len(xs[max(0, i - window + 1):i + 1]) for i in range(len(xs))]
+    return [sum(xs[max(0, i - window + 1) : i + 1]) / len(xs[max(0, i - window + 1) : i + 1]) for i in range(len(xs))]
 
 
 def curves(run_dir: Path, gold: str, proxy: str, window: int) -> dict[str, list]:
@@ -35,8 +37,14 @@ def curves(run_dir: Path, gold: str, proxy: str, window: int) -> dict[str, list]
     steps = sorted(set.intersection(*(set(m[k][0]) for k in keys)))
     at = {k: dict(zip(*m[k])) for k in keys}
     kl, g, p = ([at[k][s] for s in steps] for k in keys)
-    return {"steps": steps, "sqrt_kl": [math.sqrt(max(x, 0.0)) for x in moving_average(kl, window)],
-            "gold": g, "proxy": p, "gold_smooth": moving_average(g, window), "proxy_smooth": moving_average(p, window)}
+    return {
+        "steps": steps,
+        "sqrt_kl": [math.sqrt(max(x, 0.0)) for x in moving_average(kl, window)],
+        "gold": g,
+        "proxy": p,
+        "gold_smooth": moving_average(g, window),
+        "proxy_smooth": moving_average(p, window),
+    }
 
 
 def guard_stop(run_dir: Path, curve: dict) -> dict | None:
@@ -61,7 +69,11 @@ def plot_overoptimisation(curve: dict, summary: dict) -> str:
     ax = axes[0, 0]
     ax.xaxis.get_major_locator().set_params(integer=False)
     ax.plot(curve["sqrt_kl"], curve["gold_smooth"], color="C2", linewidth=1.8, label="gold (hidden preference)")
-    ax.set(xlabel="√KL(policy ‖ SFT start)", ylabel="gold", title="Over-optimisation: unguarded GRPO against the reward model")
+    ax.set(
+        xlabel="√KL(policy ‖ SFT start)",
+        ylabel="gold",
+        title="Over-optimisation: unguarded GRPO against the reward model",
+    )
     ax2 = ax.twinx()
     ax2.plot(curve["sqrt_kl"], curve["proxy_smooth"], color="C0", linewidth=1.8, label="proxy (reward model)")
     ax2.set_ylabel("proxy")
@@ -70,8 +82,13 @@ def plot_overoptimisation(curve: dict, summary: dict) -> str:
     for key, color in (("guard_gold", "C3"), ("guard_support", "C4"), ("guard_ensemble", "C1")):
         stop = summary.get(key)
         if stop and stop["step"] in curve["steps"]:
-            ax.axvline(curve["sqrt_kl"][curve["steps"].index(stop["step"])], color=color, linestyle="--", linewidth=1,
-                       label=f"{key.replace('_', ' ')} stopped (step {stop['step']})")
+            ax.axvline(
+                curve["sqrt_kl"][curve["steps"].index(stop["step"])],
+                color=color,
+                linestyle="--",
+                linewidth=1,
+                label=f"{key.replace('_', ' ')} stopped (step {stop['step']})",
+            )
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="best")
@@ -94,11 +111,16 @@ def notes_at(run_dir: Path, step: int, n: int = 8) -> list[dict]:
 
 
 def render_notes(title: str, rows: list[dict], gold: str) -> str:
-    body = "".join(f"<tr><td><pre>{escape(str(r.get('prompt')))}</pre></td><td><pre>{escape(str(r.get('completion')))}"
-                   f"</pre></td><td class='num'>{fmt((r.get('rewards') or {}).get(gold))}</td>"
-                   f"<td class='num'>{fmt(r.get('reward'))}</td></tr>" for r in rows)
-    return (f"<h3>{escape(title)}</h3><table class='samples'><tr><th style='width:18%'>prompt</th><th>note</th>"
-            f"<th style='width:10%'>gold</th><th style='width:10%'>proxy</th></tr>{body}</table>")
+    body = "".join(
+        f"<tr><td><pre>{escape(str(r.get('prompt')))}</pre></td><td><pre>{escape(str(r.get('completion')))}"
+        f"</pre></td><td class='num'>{fmt((r.get('rewards') or {}).get(gold))}</td>"
+        f"<td class='num'>{fmt(r.get('reward'))}</td></tr>"
+        for r in rows
+    )
+    return (
+        f"<h3>{escape(title)}</h3><table class='samples'><tr><th style='width:18%'>prompt</th><th>note</th>"
+        f"<th style='width:10%'>gold</th><th style='width:10%'>proxy</th></tr>{body}</table>"
+    )
 
 
 def write_demo_report(out: Path, summary: dict, curve: dict, runs: dict) -> Path:
@@ -113,20 +135,31 @@ def write_demo_report(out: Path, summary: dict, curve: dict, runs: dict) -> Path
         "<h2>Over-optimisation curve</h2><div class='plots'>",
         f"<div class='card'><img alt='proxy and gold against sqrt KL' src='{plot_overoptimisation(curve, summary)}'></div>",
         f"<div class='card'><img alt='proxy and gold per step' src='{plot_steps(curve)}'></div></div>",
-        "<h2>Summary</h2>", render_summary({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}),
+        "<h2>Summary</h2>",
+        render_summary({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}),
         "<h2>Where the guards stopped</h2>",
-        render_summary({k: summary[k] or {"stopped": "never"} for k in ("guard_gold", "guard_support", "guard_ensemble")}),
+        render_summary(
+            {k: summary[k] or {"stopped": "never"} for k in ("guard_gold", "guard_support", "guard_ensemble")}
+        ),
         "<h2>Notes</h2>",
-        render_notes(f"unguarded, at the gold peak (step {summary['gold_peak_step']})",
-                     notes_at(run, summary["gold_peak_step"]), GOLD),
-        render_notes(f"unguarded, at the end (step {summary['unguarded_steps']})",
-                     notes_at(run, summary["unguarded_steps"]), GOLD),
+        render_notes(
+            f"unguarded, at the gold peak (step {summary['gold_peak_step']})",
+            notes_at(run, summary["gold_peak_step"]),
+            GOLD,
+        ),
+        render_notes(
+            f"unguarded, at the end (step {summary['unguarded_steps']})",
+            notes_at(run, summary["unguarded_steps"]),
+            GOLD,
+        ),
     ]
 
     for name, label in GUARD_LABELS.items():
         label += ", final policy"
-        rows = [{"prompt": r["prompt"], "completion": r["completion"], "reward": r["proxy"], "rewards": {GOLD: r["gold"]}}
-                for r in runs[name]["samples"]]
+        rows = [
+            {"prompt": r["prompt"], "completion": r["completion"], "reward": r["proxy"], "rewards": {GOLD: r["gold"]}}
+            for r in runs[name]["samples"]
+        ]
         parts.append(render_notes(label, rows, GOLD))
     parts.append("</main></body></html>")
     path = out / "report.html"

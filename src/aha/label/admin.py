@@ -27,8 +27,9 @@ def admin_stats(u: dict = Depends(admin), db: Store = Depends(store)):
 @router.get("/export")
 def admin_export(u: dict = Depends(admin), db: Store = Depends(store)):
     lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in db.export_rows())
-    return StreamingResponse(lines, media_type="application/x-ndjson",
-                             headers={"content-disposition": 'attachment; filename="prefs.jsonl"'})
+    return StreamingResponse(
+        lines, media_type="application/x-ndjson", headers={"content-disposition": 'attachment; filename="prefs.jsonl"'}
+    )
 
 
 @router.post("/revoke")

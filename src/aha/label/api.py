@@ -46,7 +46,7 @@ def utf8_text(value: str | None) -> str | None:
 
 class RankingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    task_id: Annotated[StrictInt, Field(ge=0, lt=2 ** 63)]  # strict: "3" or true are not task ids
+    task_id: Annotated[StrictInt, Field(ge=0, lt=2**63)]  # strict: "3" or true are not task ids
     ranking: Any = None
     skip: StrictBool = False
     flag: StrictBool = False
@@ -92,7 +92,12 @@ def login(body: LoginIn, request: Request, db: Store = Depends(store)):
     session, csrf = db.open_session(row["id"]), secrets.token_urlsafe(24)
     resp = JSONResponse({"name": row["name"], "admin": admin, "csrf": csrf, "next": safe_next(body.next, admin)})
     secure = request.app.state.secure_cookies or request.url.scheme == "https"
-    opts = {"samesite": "strict", "secure": secure, "path": "/", "max_age": max(1, math.ceil(db.session_s))}
+    opts: dict[str, Any] = {
+        "samesite": "strict",
+        "secure": secure,
+        "path": "/",
+        "max_age": max(1, math.ceil(db.session_s)),
+    }
     resp.set_cookie(SESSION_COOKIE, session, httponly=True, **opts)
     resp.set_cookie(CSRF_COOKIE, csrf, httponly=False, **opts)  # the page reads it and echoes it
     return resp

@@ -39,8 +39,13 @@ from aha.label.security import CSP, MAX_BODY, PAGES, Guard, SlidingWindow, error
 from aha.label.store import Refused, Store
 
 STATIC = Path(__file__).parent / "static"
-ASSETS = {"app.css": "text/css", "label.js": "text/javascript", "admin.js": "text/javascript",
-          "login.js": "text/javascript", "common.js": "text/javascript"}
+ASSETS = {
+    "app.css": "text/css",
+    "label.js": "text/javascript",
+    "admin.js": "text/javascript",
+    "login.js": "text/javascript",
+    "common.js": "text/javascript",
+}
 LOGINS_PER_MINUTE = 10  # per client address; failed token checks: 3× that
 
 
@@ -73,14 +78,23 @@ async def _invalid(request, exc: RequestValidationError):
 
 
 async def _http(request, exc: StarletteHTTPException):
-    message = {400: "request body could not be parsed as JSON (nested too deep?)",
-               404: f"no such page: {request.url.path}"[:300], 405: f"{request.method} is not allowed here"}
+    message = {
+        400: "request body could not be parsed as JSON (nested too deep?)",
+        404: f"no such page: {request.url.path}"[:300],
+        405: f"{request.method} is not allowed here",
+    }
     return error(exc.status_code, message.get(exc.status_code, exc.detail))
 
 
-def create_app(db_path: str | Path, *, store: Store | None = None, secure_cookies: bool = False,
-               max_body: int = MAX_BODY, trusted_proxies: tuple[str, ...] = (),
-               logins_per_minute: int = LOGINS_PER_MINUTE) -> FastAPI:
+def create_app(
+    db_path: str | Path,
+    *,
+    store: Store | None = None,
+    secure_cookies: bool = False,
+    max_body: int = MAX_BODY,
+    trusted_proxies: tuple[str, ...] = (),
+    logins_per_minute: int = LOGINS_PER_MINUTE,
+) -> FastAPI:
     """The app over the database at ``db_path`` (tasks, labelers and settings already in it).
 
     Cookies are ``Secure`` when the request came over HTTPS — directly, or per ``X-Forwarded-Proto`` from one
@@ -93,18 +107,22 @@ def create_app(db_path: str | Path, *, store: Store | None = None, secure_cookie
     app.state.failed_auth = SlidingWindow(3 * logins_per_minute, 60)
 
     # errors: one line each; a crash's 500 is Guard's (it wraps everything, so the 500 gets the headers too)
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(Refused, _refused)
-    app.add_exception_handler(RequestValidationError, _invalid)
-    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]  # Starlette types a handler as taking any Exception; it is called only with the class it is registered for
+    app.add_exception_handler(Refused, _refused)  # type: ignore[arg-type]  # (as above)
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]  # (as above)
+    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]  # (as above)
 
     app.include_router(api.router)
     app.include_router(admin.router)
 
     # pages (no CDN: everything from here)
     for route, name in PAGES.items():
-        app.add_api_route(route, (lambda name=name: FileResponse(STATIC / name, media_type="text/html")),
-                          methods=["GET"], include_in_schema=False)
+        app.add_api_route(
+            route,
+            (lambda name=name: FileResponse(STATIC / name, media_type="text/html")),
+            methods=["GET"],
+            include_in_schema=False,
+        )
 
     @app.get("/static/{name}", include_in_schema=False)
     def asset(name: str):

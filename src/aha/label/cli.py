@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from aha.console import friendly
 
-label_app = typer.Typer(no_args_is_help=True, help="The ranking app: people rank model outputs in a browser; "
-                        "their rankings train the reward model.")
+label_app = typer.Typer(
+    no_args_is_help=True,
+    help="The ranking app: people rank model outputs in a browser; their rankings train the reward model.",
+)
 
 DB_HELP = "The SQLite database (created on first use)."
 
@@ -29,8 +30,9 @@ def read_prompts(path: Path) -> list[dict]:
     return [row for _, row in rows]
 
 
-def sample_tasks(model_name: str, prompts: list[dict], k: int, max_new_tokens: int, temperature: float,
-                 seed: int = 0) -> list[dict]:
+def sample_tasks(
+    model_name: str, prompts: list[dict], k: int, max_new_tokens: int, temperature: float, seed: int = 0
+) -> list[dict]:
     """K sampled completions per prompt from ``model_name`` with aha's own sampler, as task rows."""
     import torch
 
@@ -51,13 +53,14 @@ def sample_tasks(model_name: str, prompts: list[dict], k: int, max_new_tokens: i
     sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
     tasks = []
     for start in range(0, len(prompts), 16):
-        chunk = prompts[start:start + 16]
+        chunk = prompts[start : start + 16]
         roll = engine.generate([render_prompt(r["prompt"], tok, template) for r in chunk], k, sampling)
         texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
         for i, row in enumerate(chunk):
             extra = {key: v for key, v in row.items() if key not in ("prompt", "completions")}
-            tasks.append({"prompt": row["prompt"], "completions": texts[i * k:(i + 1) * k], **extra,
-                          "model": model_name})
+            tasks.append(
+                {"prompt": row["prompt"], "completions": texts[i * k : (i + 1) * k], **extra, "model": model_name}
+            )
     return tasks
 
 
@@ -65,49 +68,79 @@ def sample_tasks(model_name: str, prompts: list[dict], k: int, max_new_tokens: i
 @friendly
 def serve(
     db: Path = typer.Option(Path("rankings.sqlite"), "--db", help=DB_HELP),
-    tasks: Optional[Path] = typer.Option(None, "--tasks", help="Tasks JSONL: {\"prompt\", \"completions\": [K texts]} "
-                                         "per line, extra columns kept. Imported idempotently (a task already in "
-                                         "--db is not added twice). With --model: where the sampled tasks are "
-                                         "written (default: next to --db)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Sample the K completions first with this model "
-                                        "(a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec)."),
-    prompts: Optional[Path] = typer.Option(None, "--prompts", help="With --model: prompts JSONL ({\"prompt\"} per "
-                                           "line, extra columns kept)."),
+    tasks: Path | None = typer.Option(
+        None,
+        "--tasks",
+        help='Tasks JSONL: {"prompt", "completions": [K texts]} '
+        "per line, extra columns kept. Imported idempotently (a task already in "
+        "--db is not added twice). With --model: where the sampled tasks are "
+        "written (default: next to --db).",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="Sample the K completions first with this model "
+        "(a checkpoint's model dir, an HF dir, .gguf, alias or tiny spec).",
+    ),
+    prompts: Path | None = typer.Option(
+        None, "--prompts", help='With --model: prompts JSONL ({"prompt"} per line, extra columns kept).'
+    ),
     k: int = typer.Option(4, "--k", min=2, max=26, help="With --model: completions sampled per prompt."),
     max_new_tokens: int = typer.Option(128, min=1, help="With --model: the longest completion, in tokens."),
     temperature: float = typer.Option(1.0, min=0.01, help="With --model: sampling temperature."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 to let other machines in)."),
     port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
-    per_task: Optional[int] = typer.Option(None, "--per-task", min=1, help="Labelers per task (default: the value "
-                                           "stored in --db, else 1). 2+ gives inter-annotator agreement."),
-    secure_cookies: bool = typer.Option(False, help="Always mark the login cookies Secure (they are anyway on a "
-                                        "request that came over HTTPS)."),
-    trust_proxy: list[str] = typer.Option([], "--trust-proxy", help="The address of your TLS proxy (repeatable, "
-                                          "e.g. 127.0.0.1): its X-Forwarded-Proto and X-Forwarded-For are honoured "
-                                          "(HTTPS cookies, the client's address for the rate limit); nobody else's."),
-    session_hours: float = typer.Option(12.0, min=0.01, help="A login lasts this long, then the page asks for the "
-                                        "token again."),
-    logins_per_minute: int = typer.Option(10, min=1, help="Logins allowed per client address per minute (failed "
-                                          "token checks: 3× that); past it: HTTP 429 with Retry-After."),
+    per_task: int | None = typer.Option(
+        None,
+        "--per-task",
+        min=1,
+        help="Labelers per task (default: the value stored in --db, else 1). 2+ gives inter-annotator agreement.",
+    ),
+    secure_cookies: bool = typer.Option(
+        False, help="Always mark the login cookies Secure (they are anyway on a request that came over HTTPS)."
+    ),
+    trust_proxy: list[str] = typer.Option(
+        [],
+        "--trust-proxy",
+        help="The address of your TLS proxy (repeatable, "
+        "e.g. 127.0.0.1): its X-Forwarded-Proto and X-Forwarded-For are honoured "
+        "(HTTPS cookies, the client's address for the rate limit); nobody else's.",
+    ),
+    session_hours: float = typer.Option(
+        12.0, min=0.01, help="A login lasts this long, then the page asks for the token again."
+    ),
+    logins_per_minute: int = typer.Option(
+        10,
+        min=1,
+        help="Logins allowed per client address per minute (failed "
+        "token checks: 3× that); past it: HTTP 429 with Retry-After.",
+    ),
 ):
     """Start the ranking app: the labelers' page at /, the admin page at /admin, the API at /api/."""
     import uvicorn
 
     from aha.label.app import create_app  # (FastAPI and uvicorn: only to serve)
     from aha.label.schema import SCHEMA_VERSION  # (the store: ~0.1 s, only for the commands that open one)
-    from aha.label.store import LabelError, Store, read_tasks  # (the store: ~0.1 s, only for the commands that open one)
+    from aha.label.store import (
+        LabelError,
+        Store,
+        read_tasks,
+    )  # (the store: ~0.1 s, only for the commands that open one)
 
     if (model is None) != (prompts is None):
         raise LabelError("--model and --prompts go together: the model samples --k completions for each prompt")
     rows = None
     if model is not None:
+        assert prompts is not None  # --model and --prompts go together (checked above)
         prompt_rows = read_prompts(prompts)
         t0 = time.perf_counter()
         rows = sample_tasks(model, prompt_rows, k, max_new_tokens, temperature)
         out = tasks or db.with_name(db.stem + "-samples.jsonl")
         out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        typer.echo(f"sampled {k} completions for each of {len(rows)} prompts with {model} "
-                   f"in {time.perf_counter() - t0:.0f} s → {out}")
+        typer.echo(
+            f"sampled {k} completions for each of {len(rows)} prompts with {model} "
+            f"in {time.perf_counter() - t0:.0f} s → {out}"
+        )
     elif tasks is not None:
         rows = read_tasks(tasks)
     existed = db.is_file()
@@ -124,14 +157,22 @@ def serve(
     token = store.ensure_admin()
     if token:
         typer.echo(f"admin token (shown once, store it): {token}")
-    typer.echo(f"each task goes to {store.per_task} labeler(s); add labelers with `aha label add-labeler NAME "
-               f"--db {db}`")
+    typer.echo(
+        f"each task goes to {store.per_task} labeler(s); add labelers with `aha label add-labeler NAME --db {db}`"
+    )
     typer.echo(f"serving http://{host}:{port}/  (labelers: /, admin: /admin, log in: /login)")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo("note: aha label speaks plain HTTP: on a network, put it behind a TLS proxy (Caddy, nginx) and "
-                   "pass --trust-proxy PROXY_ADDRESS")
-    app = create_app(db, store=store, secure_cookies=secure_cookies, trusted_proxies=tuple(trust_proxy),
-                     logins_per_minute=logins_per_minute)
+        typer.echo(
+            "note: aha label speaks plain HTTP: on a network, put it behind a TLS proxy (Caddy, nginx) and "
+            "pass --trust-proxy PROXY_ADDRESS"
+        )
+    app = create_app(
+        db,
+        store=store,
+        secure_cookies=secure_cookies,
+        trusted_proxies=tuple(trust_proxy),
+        logins_per_minute=logins_per_minute,
+    )
     # proxy_headers=False: uvicorn would trust X-Forwarded-* from 127.0.0.1 on its own; the app decides (--trust-proxy)
     uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
 
@@ -157,14 +198,17 @@ def revoke(
     """Revoke a labeler: their token and login sessions stop working at once (a running server included);
     the rankings they gave stay."""
     changed = _existing_store(db).revoke(name)
-    typer.echo(f"revoked {name.strip()}: their token no longer works; their rankings stay" if changed else
-               f"{name.strip()} was already revoked")
+    typer.echo(
+        f"revoked {name.strip()}: their token no longer works; their rankings stay"
+        if changed
+        else f"{name.strip()} was already revoked"
+    )
 
 
 @label_app.command("new-token")
 @friendly
 def new_token(
-    name: Optional[str] = typer.Argument(None, help="Whose token to replace (default: the admin's)."),
+    name: str | None = typer.Argument(None, help="Whose token to replace (default: the admin's)."),
     db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
 ):
     """Print a new token for the admin (or NAME); the old one and its login sessions stop working at once."""
@@ -180,8 +224,10 @@ def backup(
     """Copy the database with SQLite's online backup API: safe while `aha label serve` is writing to it."""
     t0 = time.perf_counter()
     counts = _existing_store(db).backup(out)
-    typer.echo(f"backed up {counts['rankings']} rankings, {counts['tasks']} tasks, {counts['labelers']} labelers "
-               f"to {out} in {time.perf_counter() - t0:.1f} s")
+    typer.echo(
+        f"backed up {counts['rankings']} rankings, {counts['tasks']} tasks, {counts['labelers']} labelers "
+        f"to {out} in {time.perf_counter() - t0:.1f} s"
+    )
 
 
 def _existing_store(db: Path):
@@ -196,8 +242,9 @@ def _existing_store(db: Path):
 @friendly
 def export(
     db: Path = typer.Option(..., "--db", help="The ranking app's SQLite database."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the JSONL (the ranking format that "
-                             "stage: reward_model reads)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Where to write the JSONL (the ranking format that stage: reward_model reads)."
+    ),
 ):
     """Write every ranking as a row {prompt, completions, ranking (ties nested), labeler, task_id, …}."""
     from aha.label.store import LabelError  # (the store: ~0.1 s, only for the commands that open one)

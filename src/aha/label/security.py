@@ -18,12 +18,17 @@ from urllib.parse import unquote, urlsplit
 from fastapi.responses import JSONResponse
 
 MAX_BODY = 64 * 1024
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = [
-    (b"content-security-policy", CSP.encode()), (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
-    (b"cross-origin-opener-policy", b"same-origin"), (b"cache-control", b"no-store"),
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cache-control", b"no-store"),
 ]
 HSTS = (b"strict-transport-security", b"max-age=31536000")  # only on responses that went out over HTTPS
 PAGES = {"/": "label.html", "/login": "login.html", "/admin": "admin.html"}
@@ -168,6 +173,8 @@ class Guard:
             log.exception("aha label: %s %s failed", scope.get("method"), scope.get("path"))
             if started:  # half a response is out: nothing better to send; the server closes the connection
                 raise
-            await error(500, f"internal error ({type(exc).__name__}): a bug in aha label, details in the server's log; "
-                             "a write it interrupted was rolled back")(
-                scope, receive, send_with_headers)
+            await error(
+                500,
+                f"internal error ({type(exc).__name__}): a bug in aha label, details in the server's log; "
+                "a write it interrupted was rolled back",
+            )(scope, receive, send_with_headers)

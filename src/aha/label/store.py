@@ -22,9 +22,10 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from aha.data.preferences import PreferenceRow, normalize_ranking, ranking_row
 from aha.label.schema import SCHEMA_VERSION, NewerSchema, migrate
@@ -77,8 +78,10 @@ class Store:
             self.schema_before, _ = migrate(self._conn())
         except NewerSchema as e:
             self.close()
-            raise LabelError(f"--db {self.path}: written by a newer aha (schema v{e.found}; this aha reads up to "
-                             f"v{SCHEMA_VERSION}): upgrade aha (pip install -U aha) to open it") from None
+            raise LabelError(
+                f"--db {self.path}: written by a newer aha (schema v{e.found}; this aha reads up to "
+                f"v{SCHEMA_VERSION}): upgrade aha (pip install -U aha) to open it"
+            ) from None
         except (sqlite3.DatabaseError, OSError) as e:
             raise LabelError(f"--db {self.path}: cannot open it as a SQLite database ({e})") from None
 
@@ -126,8 +129,10 @@ class Store:
         if n < 1:
             raise LabelError(f"--per-task {n}: each task needs at least 1 labeler")
         with self._write() as c:
-            c.execute("INSERT INTO meta VALUES ('per_task', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                      (str(n),))
+            c.execute(
+                "INSERT INTO meta VALUES ('per_task', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(n),),
+            )
 
     # ------------------------------------------------------------------ tasks
     def add_tasks(self, rows: list[dict]) -> tuple[int, int]:
@@ -137,8 +142,10 @@ class Store:
             for row in rows:
                 prompt, comps, extra = check_task(row)
                 key = hashlib.sha256(json.dumps([prompt, comps], sort_keys=True).encode()).hexdigest()
-                cur = c.execute("INSERT OR IGNORE INTO tasks (key, prompt, completions, extra) VALUES (?, ?, ?, ?)",
-                                (key, json.dumps(prompt), json.dumps(comps), json.dumps(extra)))
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO tasks (key, prompt, completions, extra) VALUES (?, ?, ?, ?)",
+                    (key, json.dumps(prompt), json.dumps(comps), json.dumps(extra)),
+                )
                 added += cur.rowcount
         return added, len(rows) - added
 
@@ -154,8 +161,10 @@ class Store:
         token = secrets.token_urlsafe(24)
         try:
             with self._write() as c:
-                c.execute("INSERT INTO labelers (name, token_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
-                          (name, hash_token(token), int(admin), time.time()))
+                c.execute(
+                    "INSERT INTO labelers (name, token_hash, is_admin, created_at) VALUES (?, ?, ?, ?)",
+                    (name, hash_token(token), int(admin), time.time()),
+                )
         except sqlite3.IntegrityError:
             raise LabelError(f"a labeler named {name!r} already exists: choose another name") from None
         return token
@@ -168,18 +177,29 @@ class Store:
 
     def user_for_token(self, token: str) -> sqlite3.Row | None:
         """The labeler whose token this is, unless revoked; None otherwise."""
-        return self._conn().execute("SELECT id, name, is_admin FROM labelers WHERE token_hash = ? AND "
-                                    "revoked_at IS NULL", (hash_token(token),)).fetchone()
+        return (
+            self._conn()
+            .execute(
+                "SELECT id, name, is_admin FROM labelers WHERE token_hash = ? AND revoked_at IS NULL",
+                (hash_token(token),),
+            )
+            .fetchone()
+        )
 
     def _labeler(self, c: sqlite3.Connection, name: str | None) -> sqlite3.Row:
         if name is None:
             row = c.execute("SELECT id, name, is_admin, revoked_at FROM labelers WHERE is_admin = 1").fetchone()
         else:
-            row = c.execute("SELECT id, name, is_admin, revoked_at FROM labelers WHERE name = ?",
-                            (name.strip(),)).fetchone()
+            row = c.execute(
+                "SELECT id, name, is_admin, revoked_at FROM labelers WHERE name = ?", (name.strip(),)
+            ).fetchone()
         if row is None:
-            raise Refused(404, f"no labeler named {name!r} in {self.path.name}" if name is not None else
-                          f"{self.path.name} has no admin yet: `aha label serve` creates one")
+            raise Refused(
+                404,
+                f"no labeler named {name!r} in {self.path.name}"
+                if name is not None
+                else f"{self.path.name} has no admin yet: `aha label serve` creates one",
+            )
         return row
 
     def revoke(self, name: str) -> bool:
@@ -194,8 +214,9 @@ class Store:
                 return False
             c.execute("UPDATE labelers SET revoked_at = ? WHERE id = ?", (now, lab["id"]))
             c.execute("DELETE FROM sessions WHERE labeler_id = ?", (lab["id"],))
-            for (task_id,) in c.execute("SELECT task_id FROM assignments WHERE labeler_id = ? AND status = 'open'",
-                                        (lab["id"],)).fetchall():
+            for (task_id,) in c.execute(
+                "SELECT task_id FROM assignments WHERE labeler_id = ? AND status = 'open'", (lab["id"],)
+            ).fetchall():
                 c.execute("DELETE FROM assignments WHERE task_id = ? AND labeler_id = ?", (task_id, lab["id"]))
                 c.execute("UPDATE tasks SET active = active - 1 WHERE id = ?", (task_id,))
         return True
@@ -216,16 +237,22 @@ class Store:
         token, now = secrets.token_urlsafe(32), time.time()
         with self._write() as c:
             c.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-            c.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)", (hash_token(token), labeler_id, now,
-                                                                   now + self.session_s))
+            c.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?)", (hash_token(token), labeler_id, now, now + self.session_s)
+            )
         return token
 
     def user_for_session(self, token: str) -> sqlite3.Row | None:
         """The labeler of an unexpired session, unless revoked; None otherwise."""
-        return self._conn().execute(
-            "SELECT l.id, l.name, l.is_admin FROM sessions s JOIN labelers l ON l.id = s.labeler_id WHERE "
-            "s.token_hash = ? AND s.expires_at > ? AND l.revoked_at IS NULL",
-            (hash_token(token), time.time())).fetchone()
+        return (
+            self._conn()
+            .execute(
+                "SELECT l.id, l.name, l.is_admin FROM sessions s JOIN labelers l ON l.id = s.labeler_id WHERE "
+                "s.token_hash = ? AND s.expires_at > ? AND l.revoked_at IS NULL",
+                (hash_token(token), time.time()),
+            )
+            .fetchone()
+        )
 
     def end_session(self, token: str) -> None:
         with self._write() as c:
@@ -238,31 +265,45 @@ class Store:
         now = time.time()
         with self._write() as c:
             self._expire(c, now)
-            row = c.execute("SELECT task_id FROM assignments WHERE labeler_id = ? AND status = 'open'",
-                            (labeler_id,)).fetchone()
+            row = c.execute(
+                "SELECT task_id FROM assignments WHERE labeler_id = ? AND status = 'open'", (labeler_id,)
+            ).fetchone()
             if row is None:
                 row = c.execute(
                     "SELECT id AS task_id FROM tasks WHERE active < ? AND id NOT IN "
                     "(SELECT task_id FROM assignments WHERE labeler_id = ?) ORDER BY active DESC, id LIMIT 1",
-                    (self.per_task, labeler_id)).fetchone()
+                    (self.per_task, labeler_id),
+                ).fetchone()
                 if row is None:
                     return None
                 c.execute("INSERT INTO assignments VALUES (?, ?, 'open', ?)", (row["task_id"], labeler_id, now))
                 c.execute("UPDATE tasks SET active = active + 1 WHERE id = ?", (row["task_id"],))
             task = c.execute("SELECT id, prompt, completions FROM tasks WHERE id = ?", (row["task_id"],)).fetchone()
-        return {"task_id": task["id"], "prompt": json.loads(task["prompt"]),
-                "completions": json.loads(task["completions"])}
+        return {
+            "task_id": task["id"],
+            "prompt": json.loads(task["prompt"]),
+            "completions": json.loads(task["completions"]),
+        }
 
     def _expire(self, c: sqlite3.Connection, now: float) -> None:
         """Free the slots of open assignments left longer than the lease (a labeler who walked away)."""
-        stale = c.execute("SELECT task_id, labeler_id FROM assignments WHERE status = 'open' AND assigned_at < ?",
-                          (now - self.lease_s,)).fetchall()
+        stale = c.execute(
+            "SELECT task_id, labeler_id FROM assignments WHERE status = 'open' AND assigned_at < ?",
+            (now - self.lease_s,),
+        ).fetchall()
         for r in stale:
             c.execute("DELETE FROM assignments WHERE task_id = ? AND labeler_id = ?", (r[0], r[1]))
             c.execute("UPDATE tasks SET active = active - 1 WHERE id = ?", (r[0],))
 
-    def submit(self, labeler_id: int, task_id: int, ranking: Any = None, skip: bool = False, flag: bool = False,
-               note: str | None = None) -> dict:
+    def submit(
+        self,
+        labeler_id: int,
+        task_id: int,
+        ranking: Any = None,
+        skip: bool = False,
+        flag: bool = False,
+        note: str | None = None,
+    ) -> dict:
         """Store one answer to the labeler's open assignment, committed before returning.
 
         ``ranking`` (tiers best-first, ties nested) is checked against the task's K; ``skip`` gives the slot
@@ -271,12 +312,21 @@ class Store:
         if skip and (flag or ranking is not None):
             raise Refused(422, "a skip carries no ranking and no flag: send either skip, or a ranking and/or flag")
         if not skip and not flag and ranking is None:
-            raise Refused(422, "missing 'ranking' (completion indices best-first, ties as nested lists), "
-                               "or send \"skip\": true / \"flag\": true")
+            raise Refused(
+                422,
+                "missing 'ranking' (completion indices best-first, ties as nested lists), "
+                'or send "skip": true / "flag": true',
+            )
         check_ranking_size(ranking)
-        a = self._conn().execute("SELECT a.status, json_array_length(t.completions) AS k FROM assignments a JOIN "
-                                 "tasks t ON t.id = a.task_id WHERE a.task_id = ? AND a.labeler_id = ?",
-                                 (task_id, labeler_id)).fetchone()
+        a = (
+            self._conn()
+            .execute(
+                "SELECT a.status, json_array_length(t.completions) AS k FROM assignments a JOIN "
+                "tasks t ON t.id = a.task_id WHERE a.task_id = ? AND a.labeler_id = ?",
+                (task_id, labeler_id),
+            )
+            .fetchone()
+        )
         _check_open(a, task_id)
         tiers = None
         if ranking is not None:
@@ -286,15 +336,29 @@ class Store:
                 raise Refused(422, str(e)) from None
         now = time.time()
         with self._write() as c:  # again under the lock: the lease may have ended, another tab may have answered
-            a = c.execute("SELECT status, assigned_at FROM assignments WHERE task_id = ? AND labeler_id = ?",
-                          (task_id, labeler_id)).fetchone()
+            a = c.execute(
+                "SELECT status, assigned_at FROM assignments WHERE task_id = ? AND labeler_id = ?",
+                (task_id, labeler_id),
+            ).fetchone()
             _check_open(a, task_id)
-            c.execute("INSERT INTO rankings (task_id, labeler_id, ranking, skipped, flagged, note, seconds, created_at)"
-                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      (task_id, labeler_id, json.dumps(tiers) if tiers else None, int(skip), int(flag), note,
-                       now - a["assigned_at"], now))
-            c.execute("UPDATE assignments SET status = ? WHERE task_id = ? AND labeler_id = ?",
-                      ("skipped" if skip else "done", task_id, labeler_id))
+            c.execute(
+                "INSERT INTO rankings (task_id, labeler_id, ranking, skipped, flagged, note, seconds, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    labeler_id,
+                    json.dumps(tiers) if tiers else None,
+                    int(skip),
+                    int(flag),
+                    note,
+                    now - a["assigned_at"],
+                    now,
+                ),
+            )
+            c.execute(
+                "UPDATE assignments SET status = ? WHERE task_id = ? AND labeler_id = ?",
+                ("skipped" if skip else "done", task_id, labeler_id),
+            )
             if skip:
                 c.execute("UPDATE tasks SET active = active - 1 WHERE id = ?", (task_id,))
         return {"task_id": task_id, "ranking": tiers, "skipped": skip, "flagged": flag}
@@ -302,16 +366,25 @@ class Store:
     # ------------------------------------------------------------------ reading
     def me(self, labeler_id: int) -> dict:
         c = self._conn()
-        r = c.execute("SELECT COUNT(*) n, COALESCE(SUM(ranking IS NOT NULL), 0) ranked, COALESCE(SUM(skipped), 0) "
-                      "skipped, COALESCE(SUM(flagged), 0) flagged FROM rankings WHERE labeler_id = ?",
-                      (labeler_id,)).fetchone()
+        r = c.execute(
+            "SELECT COUNT(*) n, COALESCE(SUM(ranking IS NOT NULL), 0) ranked, COALESCE(SUM(skipped), 0) "
+            "skipped, COALESCE(SUM(flagged), 0) flagged FROM rankings WHERE labeler_id = ?",
+            (labeler_id,),
+        ).fetchone()
         available = c.execute(
             "SELECT COUNT(*) FROM tasks WHERE (active < ? AND id NOT IN (SELECT task_id FROM assignments WHERE "
             "labeler_id = ?)) OR id IN (SELECT task_id FROM assignments WHERE labeler_id = ? AND status = 'open')",
-            (self.per_task, labeler_id, labeler_id)).fetchone()[0]
+            (self.per_task, labeler_id, labeler_id),
+        ).fetchone()[0]
         name = c.execute("SELECT name FROM labelers WHERE id = ?", (labeler_id,)).fetchone()[0]
-        return {"name": name, "answered": r["n"], "ranked": r["ranked"], "skipped": r["skipped"],
-                "flagged": r["flagged"], "available": available}
+        return {
+            "name": name,
+            "answered": r["n"],
+            "ranked": r["ranked"],
+            "skipped": r["skipped"],
+            "flagged": r["flagged"],
+            "available": available,
+        }
 
     def stats(self) -> dict:
         """Progress, per-labeler counts and speed, agreement (Kendall's W), flagged items."""
@@ -326,15 +399,24 @@ class Store:
         conn = self._connect()
         try:
             conn.execute("BEGIN")
-            for r in conn.execute("SELECT r.task_id, r.ranking, r.flagged, r.created_at, l.name, t.prompt, "
-                                  "t.completions, t.extra FROM rankings r JOIN labelers l ON l.id = r.labeler_id "
-                                  "JOIN tasks t ON t.id = r.task_id WHERE r.ranking IS NOT NULL ORDER BY r.id"):
-                extra = {**json.loads(r["extra"]), "task_id": r["task_id"], "labeler": r["name"],
-                         "created_at": round(r["created_at"], 3)}
+            for r in conn.execute(
+                "SELECT r.task_id, r.ranking, r.flagged, r.created_at, l.name, t.prompt, "
+                "t.completions, t.extra FROM rankings r JOIN labelers l ON l.id = r.labeler_id "
+                "JOIN tasks t ON t.id = r.task_id WHERE r.ranking IS NOT NULL ORDER BY r.id"
+            ):
+                extra = {
+                    **json.loads(r["extra"]),
+                    "task_id": r["task_id"],
+                    "labeler": r["name"],
+                    "created_at": round(r["created_at"], 3),
+                }
                 if r["flagged"]:
                     extra["flagged"] = True
-                yield ranking_row(PreferenceRow(json.loads(r["prompt"]), json.loads(r["completions"]),
-                                                json.loads(r["ranking"]), extra))
+                yield ranking_row(
+                    PreferenceRow(
+                        json.loads(r["prompt"]), json.loads(r["completions"]), json.loads(r["ranking"]), extra
+                    )
+                )
         finally:
             conn.close()
 
@@ -354,8 +436,9 @@ class Store:
                 src.backup(dst)  # pages=-1: the whole copy in one step, inside one read snapshot
                 dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
                 ok = dst.execute("PRAGMA integrity_check").fetchone()[0]
-                counts = {t: dst.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                          for t in ("rankings", "tasks", "labelers")}
+                counts = {
+                    t: dst.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("rankings", "tasks", "labelers")
+                }
             finally:
                 dst.close()
                 src.close()

@@ -22,7 +22,7 @@ def check_task(row: Any, where: str = "task") -> tuple[Any, list, dict]:
         raise LabelError(f"{where}: expected a JSON object with 'prompt' and 'completions', got {type(row).__name__}")
     for key in ("prompt", "completions"):
         if key not in row:
-            raise LabelError(f"{where}: missing field '{key}' (a task is {{\"prompt\": ..., \"completions\": [...]}})")
+            raise LabelError(f'{where}: missing field \'{key}\' (a task is {{"prompt": ..., "completions": [...]}})')
     prompt, comps = row["prompt"], row["completions"]
     if not _is_text(prompt):
         raise LabelError(f"{where}: 'prompt' must be a text or a list of chat messages")
@@ -36,8 +36,9 @@ def check_task(row: Any, where: str = "task") -> tuple[Any, list, dict]:
 
 
 def _is_text(x: Any) -> bool:
-    return isinstance(x, str) or (isinstance(x, list) and all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in x))
+    return isinstance(x, str) or (
+        isinstance(x, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in x)
+    )
 
 
 def jsonl_rows(path: Path, option: str, if_empty: str) -> list[tuple[int, Any]]:

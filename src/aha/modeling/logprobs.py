@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,9 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Te
         selected = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
         lse = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
         return selected - lse
-    rows = [F.log_softmax(row.float(), dim=-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1) for row, idx in zip(logits, index)]
+    rows = [
+        F.log_softmax(row.float(), dim=-1).gather(-1, idx.unsqueeze(-1)).squeeze(-1) for row, idx in zip(logits, index)
+    ]
     return torch.stack(rows)
 
 
@@ -52,8 +55,13 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def completion_states(trunk: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      completion_len: int, lean: bool = False) -> torch.Tensor:
+def completion_states(
+    trunk: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_len: int,
+    lean: bool = False,
+) -> torch.Tensor:
     """The trunk's last hidden states ``[B, C, H]`` at the ``C = completion_len`` positions that predict the
     completion tokens of ``input_ids`` (``[left-padded prompt | right-padded completion]``).
 
@@ -71,20 +79,31 @@ def completion_states(trunk: torch.nn.Module, input_ids: torch.Tensor, attention
     # (gradient checkpointing turns HF's KV cache off in training: such a trunk takes the plain pass too)
     if P == 0 or C < 2 or len(distinct) == len(rows) or getattr(trunk, "gradient_checkpointing", False):
         position_ids = position_ids_from_mask(attention_mask)
-        return trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     use_cache=False).last_hidden_state[:, -C - 1:-1]
+        return trunk(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state[:, -C - 1 : -1]
     from transformers import DynamicCache
 
     cache_kw = cache_kwarg(trunk)
-    cache = DynamicCache(config=trunk.config)
+    cache = DynamicCache(config=cast(Any, trunk).config)  # (a transformers model's config)
     p_ids, p_mask = distinct[:, :P], distinct[:, P:]
-    prompt_out = trunk(input_ids=p_ids, attention_mask=p_mask, position_ids=position_ids_from_mask(p_mask),
-                       use_cache=True, **{cache_kw: cache}).last_hidden_state
+    prompt_out = trunk(
+        input_ids=p_ids,
+        attention_mask=p_mask,
+        position_ids=position_ids_from_mask(p_mask),
+        use_cache=True,
+        **{cache_kw: cache},
+    ).last_hidden_state
     cache.reorder_cache(which)  # one copy of its prompt's keys and values per row
     mask = attention_mask[:, :-1]
     with _lean_layers(trunk, cache) if lean and torch.is_grad_enabled() else contextlib.nullcontext():
-        out = trunk(input_ids=input_ids[:, P:-1], attention_mask=mask, position_ids=position_ids_from_mask(mask)[:, P:],
-                    use_cache=True, **{cache_kw: cache}).last_hidden_state
+        out = trunk(
+            input_ids=input_ids[:, P:-1],
+            attention_mask=mask,
+            position_ids=position_ids_from_mask(mask)[:, P:],
+            use_cache=True,
+            **{cache_kw: cache},
+        ).last_hidden_state
     return torch.cat([prompt_out[which, -1:], out], 1)
 
 
@@ -105,7 +124,8 @@ def _read_only_layer():
         it is a pure function of its inputs, so the backward pass can replay it."""
 
         def update(self, key_states, value_states, *args, **kwargs):
-            return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+            keys, values = cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)  # (the prefix, set)
+            return torch.cat([keys, key_states], -2), torch.cat([values, value_states], -2)
 
     return DynamicLayer, ReadOnlyPrefix
 
@@ -167,11 +187,22 @@ def completion_forward(
         trunk, head_weight = fused
         states = completion_states(trunk, input_ids, attention_mask, completion_len, lean)
         B, C, H = states.shape
-        logp, ent = linear_logprobs(states.reshape(B * C, H), head_weight, input_ids[:, -completion_len:].reshape(-1),
-                                    temperature, with_entropy=entropy == "detached")
+        logp, ent = linear_logprobs(
+            states.reshape(B * C, H),
+            head_weight,
+            input_ids[:, -completion_len:].reshape(-1),
+            temperature,
+            with_entropy=entropy == "detached",
+        )
         return logp.view(B, C), (ent.view(B, C) if ent is not None else None), (states if hidden else None)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                logits_to_keep=completion_len + 1, use_cache=False, output_hidden_states=hidden)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=completion_len + 1,
+        use_cache=False,
+        output_hidden_states=hidden,
+    )
     logits = out.logits[:, :-1, :]
     if temperature != 1.0:
         logits = logits / temperature
@@ -182,8 +213,8 @@ def completion_forward(
     elif entropy == "detached":
         with torch.no_grad():
             ent = entropy_from_logits(logits.detach())
-    states = out.hidden_states[-1][:, -completion_len - 1:-1] if hidden else None
-    return logp, ent, states
+    last_states = out.hidden_states[-1][:, -completion_len - 1 : -1] if hidden else None
+    return logp, ent, last_states
 
 
 def completion_logprobs(
@@ -195,6 +226,7 @@ def completion_logprobs(
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`completion_forward` without hidden states: ``(logp [B, C], entropy [B, C] or None)``."""
-    logp, ent, _ = completion_forward(model, input_ids, attention_mask, completion_len, temperature,
-                                      "detached" if with_entropy else "none")
+    logp, ent, _ = completion_forward(
+        model, input_ids, attention_mask, completion_len, temperature, "detached" if with_entropy else "none"
+    )
     return logp, ent

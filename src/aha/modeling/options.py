@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+from typing import Any
 
 import torch
 
@@ -58,8 +59,9 @@ def compiled_sampler(choice: bool | str, device: torch.device, lora: bool) -> bo
     return importlib.util.find_spec("triton") is not None and torch.cuda.get_device_capability(device) >= (7, 0)
 
 
-def lean_activations(choice: bool | str, model: torch.nn.Module, device: torch.device, n_tokens: int,
-                     amp: torch.dtype | None) -> bool:
+def lean_activations(
+    choice: bool | str, model: torch.nn.Module, device: torch.device, n_tokens: int, amp: torch.dtype | None
+) -> bool:
     """Whether a training pass over ``n_tokens`` (rows × columns) runs with lean activations (see
     ``model.lean_activations``). 'auto': always on a CPU (~3% of SmolLM2's training pass for half its activation
     memory). On a GPU only where the plain pass's activations would fill over a quarter of the card: there the
@@ -72,7 +74,7 @@ def lean_activations(choice: bool | str, model: torch.nn.Module, device: torch.d
         return bool(choice)
     if device.type != "cuda":
         return True
-    cfg = getattr(model, "config", None)
+    cfg: Any = getattr(model, "config", None)  # (None, or a config without these: the except below)
     try:
         per_token = cfg.num_hidden_layers * (10 * cfg.hidden_size + 4 * cfg.intermediate_size)
     except (AttributeError, TypeError):

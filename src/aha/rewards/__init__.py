@@ -86,6 +86,8 @@ def columns_of(rows: list[dict], repeat: int = 1) -> dict[str, list]:
 class RewardError(AhaError, RuntimeError):
     """A reward function raised, or returned something other than one number/None per sample."""
 
+    reward: str | None  # the failing reward's name, where one is known (set on the instance; no class default)
+
 
 # ─────────────────────────────── calling & checking ───────────────────────────────
 
@@ -114,7 +116,9 @@ def _sample_error(
     return error
 
 
-def _fail_or_none(name: str, i: int, prompts, completions, exc: Exception, on_error: str, first: int = 0) -> None:
+def _fail_or_none(
+    name: str, i: int, prompts, completions, exc: Exception, on_error: str, first: int = 0
+) -> float | None:
     """Sample ``i`` failed: raise a :class:`RewardError` naming it (as sample ``first + i`` of the whole batch), or
     (on_error='skip') warn and give None."""
     error = _sample_error(name, i, prompts, completions, exc, first)
@@ -133,9 +137,7 @@ def _check_value(value: Any) -> float | None:
     if isinstance(value, numbers.Real):  # float, int, bool, numpy reals
         number = float(value)
     else:
-        raise TypeError(
-            f"returned {value!r} ({type(value).__name__}); expected a float, int, bool or None"
-        )
+        raise TypeError(f"returned {value!r} ({type(value).__name__}); expected a float, int, bool or None")
     if not math.isfinite(number):
         raise ValueError(f"returned {number}; rewards must be finite (use None for 'no opinion')")
     return number
@@ -144,9 +146,7 @@ def _check_value(value: Any) -> float | None:
 def _as_list(output: Any, n: int) -> list:
     """The function's output as a list of length ``n``; raises TypeError/ValueError otherwise."""
     if isinstance(output, (str, bytes, dict)) or not hasattr(output, "__len__"):
-        raise TypeError(
-            f"returned a {type(output).__name__}; expected a list with one value per sample"
-        )
+        raise TypeError(f"returned a {type(output).__name__}; expected a list with one value per sample")
     values = list(output)
     if len(values) != n:
         raise ValueError(f"returned {len(values)} values for a batch of {n} samples")
@@ -208,7 +208,9 @@ def _evaluate(
         if skipped == 0:
             log.warning(
                 "reward function '%s' failed on the batch (%s: %s) but worked sample by sample",
-                name, type(batch_exc).__name__, batch_exc,
+                name,
+                type(batch_exc).__name__,
+                batch_exc,
             )
         return values, skipped
 

@@ -43,9 +43,7 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # multimodal-style parts
-        return "".join(
-            part.get("text", "") if isinstance(part, dict) else str(part) for part in content
-        )
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
     return str(content)
 
 
@@ -72,9 +70,7 @@ def completion_text(completion: Any) -> str:
                 return _content_text(message.get("content"))
         last = completion[-1]
         return _content_text(last.get("content") if isinstance(last, dict) else last)
-    raise TypeError(
-        f"a completion must be a str or a list of messages, got {type(completion).__name__}"
-    )
+    raise TypeError(f"a completion must be a str or a list of messages, got {type(completion).__name__}")
 
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -180,8 +176,35 @@ def _is_correct(pred: str, tagged: bool, gold: str) -> bool:
     return bool(verify(list(gold_parsed), list(pred_parsed), timeout_seconds=_timeout()))
 
 
-_MATH_WORDS = frozenset({"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "pi", "inf", "oo",
-                         "mod", "gcd", "lcm", "min", "max", "abs", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh"})
+_MATH_WORDS = frozenset(
+    {
+        "sin",
+        "cos",
+        "tan",
+        "cot",
+        "sec",
+        "csc",
+        "log",
+        "ln",
+        "exp",
+        "sqrt",
+        "pi",
+        "inf",
+        "oo",
+        "mod",
+        "gcd",
+        "lcm",
+        "min",
+        "max",
+        "abs",
+        "arcsin",
+        "arccos",
+        "arctan",
+        "sinh",
+        "cosh",
+        "tanh",
+    }
+)
 _WORD_RE = re.compile(r"[A-Za-z]+")
 _MATH_OP_RE = re.compile(r"[-+*/^=()<>]")
 ANSWER_MATCHES = ("auto", "exact", "math")
@@ -227,8 +250,12 @@ def answer_matches(pred: str, tagged: bool, gold: str, match: str = "auto") -> b
 
 
 def accuracy(
-    prompts: list, completions: list, answer: list | None = None, match: str = "auto", strict: bool = False,
-    **kwargs: Any
+    prompts: list,
+    completions: list,
+    answer: list | None = None,
+    match: str = "auto",
+    strict: bool = False,
+    **kwargs: Any,
 ) -> list[float | None]:
     """1.0 when the completion's answer equals the ``answer`` column, else 0.0.
 
@@ -251,9 +278,7 @@ def accuracy(
             "task.answer_column names yours)"
         )
     if len(answer) != len(completions):
-        raise ValueError(
-            f"accuracy got {len(answer)} answers for {len(completions)} completions"
-        )
+        raise ValueError(f"accuracy got {len(answer)} answers for {len(completions)} completions")
     rewards: list[float | None] = []
     for completion, gold in zip(completions, answer):
         gold_text = "" if gold is None else str(gold).strip()
@@ -348,8 +373,7 @@ def overlong(
     buffer = max_len // 4 if overlong_buffer is None else int(overlong_buffer)
     if max_len <= 0 or buffer < 0:
         raise ValueError(
-            f"overlong needs max_completion_length > 0 and overlong_buffer >= 0, "
-            f"got {max_len} and {buffer}"
+            f"overlong needs max_completion_length > 0 and overlong_buffer >= 0, got {max_len} and {buffer}"
         )
     expected = max_len - buffer
     rewards = []

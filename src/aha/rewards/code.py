@@ -36,7 +36,7 @@ import ast
 import logging
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 from aha.rewards.builtin import completion_text
 from aha.sandbox import Limits, default_workers, resolve_isolation, run_many
@@ -80,7 +80,9 @@ def with_counted_asserts(tests: str, counter: str) -> tuple[str, int]:
     for node in tree.body:
         if isinstance(node, ast.Assert):
             count += 1
-            wrapped = ast.parse(f"try:\n    pass\n    {counter} += 1\nexcept Exception:\n    pass").body[0]
+            wrapped = cast(
+                ast.Try, ast.parse(f"try:\n    pass\n    {counter} += 1\nexcept Exception:\n    pass").body[0]
+            )
             wrapped.body[0] = node
             body.append(wrapped)
         else:
@@ -93,8 +95,23 @@ class CodeReward:
 
     __name__ = "code"
     # how the statistics of shards (Ray rollout workers, in parallel) make the whole batch's (pass_rate: a mean)
-    metric_merge = {**dict.fromkeys(("programs", "passed", "failed", "timeouts", "memory", "output_limit", "errors",
-                                     "no_code_block", "programs_per_s"), "sum"), "seconds": "max"}
+    metric_merge = {
+        **dict.fromkeys(
+            (
+                "programs",
+                "passed",
+                "failed",
+                "timeouts",
+                "memory",
+                "output_limit",
+                "errors",
+                "no_code_block",
+                "programs_per_s",
+            ),
+            "sum",
+        ),
+        "seconds": "max",
+    }
 
     def __init__(self) -> None:
         self.last_metrics: dict[str, float] = {}
@@ -123,12 +140,20 @@ class CodeReward:
         ``workers`` programs run at once (default: the cores this process may use); ``isolation`` is
         'auto', 'bwrap', 'unshare' or 'none'.
         """
-        limits = Limits(timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, max_processes=max_processes,
-                        max_file_mb=max_file_mb, disk_mb=disk_mb, max_output_bytes=max_output_bytes)
+        limits = Limits(
+            timeout_s=timeout_s,
+            cpu_s=cpu_s,
+            memory_mb=memory_mb,
+            max_processes=max_processes,
+            max_file_mb=max_file_mb,
+            disk_mb=disk_mb,
+            max_output_bytes=max_output_bytes,
+        )
         if tests is not None and len(tests) != len(completions):
             raise ValueError(f"code got {len(tests)} tests for {len(completions)} completions")
         isolation = resolve_isolation(isolation)  # no sandbox here: one line naming what to install (SandboxError)
         start = time.monotonic()
+        checks: list[str | None]
         programs, checks, totals, no_block = [], [], [], 0
         for i, completion in enumerate(completions):
             program, fenced = extract_program(completion_text(completion))
@@ -156,8 +181,12 @@ class CodeReward:
         seconds = time.monotonic() - start
         errors = [r.detail for r in results if r.status == "error"]
         if errors:
-            log.warning("code reward: %d of %d programs could not run in the sandbox (%s); they score 0",
-                        len(errors), len(results), errors[0])
+            log.warning(
+                "code reward: %d of %d programs could not run in the sandbox (%s); they score 0",
+                len(errors),
+                len(results),
+                errors[0],
+            )
         n = len(results)
         self.last_metrics = {
             "programs": float(n),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -66,8 +67,8 @@ def pad_batch(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -82,7 +83,7 @@ def pooled_hidden(trunk: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The HF model under a peft wrapper (with its LoRA layers in place)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model  # (peft)
 
 
 # ============================================================================ a trained reward model, for scoring
@@ -109,12 +110,12 @@ class RewardModel:
     def features_ids(self, seqs: list[list[int]], batch_size: int = 32) -> torch.Tensor:
         """The pooled last hidden states ``[N, hidden]`` (fp32, on the model's device) the heads read, in batches of
         similar length."""
-        pad = self.model.config.pad_token_id
+        pad = cast(Any, self.model).config.pad_token_id  # (a transformers model's config)
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))  # less padding; results put back in order
         out = torch.empty(len(seqs), self.heads.shape[1], device=self.device)
-        trunk = self.model.base_model
+        trunk = cast(Any, self.model).base_model
         for start in range(0, len(order), batch_size):
-            part = order[start:start + batch_size]
+            part = order[start : start + batch_size]
             ids, mask = pad_batch([seqs[i] for i in part], pad, self.device)
             out[part] = pooled_hidden(trunk, ids, mask, pad).float()
         return out
@@ -125,8 +126,9 @@ class RewardModel:
         return (feats @ self.heads.T).cpu()
 
     def encode(self, prompt, completion) -> list[int]:
-        return encode_for_rm(render_text(prompt, completion, self.tokenizer, self.template), self.tokenizer,
-                             self.max_length)
+        return encode_for_rm(
+            render_text(prompt, completion, self.tokenizer, self.template), self.tokenizer, self.max_length
+        )
 
     def score(self, prompts: list, completions: list, batch_size: int = 32) -> torch.Tensor:
         """``[N, heads]`` scores of ``(prompts[i], completions[i])`` (plain or conversational)."""
@@ -152,9 +154,13 @@ def load_reward_model(path: str | Path, device: str | torch.device | None = None
 
     path = Path(path).expanduser()
     if not (path / "config.json").is_file():
-        raise RewardModelError(f"{path}: not a reward-model directory (no config.json); give the RM stage's "
-                               "RUN_DIR/model or a checkpoint's model directory")
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        raise RewardModelError(
+            f"{path}: not a reward-model directory (no config.json); give the RM stage's "
+            "RUN_DIR/model or a checkpoint's model directory"
+        )
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()))
     key = (str(path.resolve()), stamp, str(device))
     if key in _CACHE:
@@ -163,9 +169,13 @@ def load_reward_model(path: str | Path, device: str | torch.device | None = None
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, SafetensorError) as e:
-        raise RewardModelError(f"{path}: could not load it as a sequence-classification model ({first_line(e)})") from None
+        raise RewardModelError(
+            f"{path}: could not load it as a sequence-classification model ({first_line(e)})"
+        ) from None
     if model.config.num_labels != 1:
-        raise RewardModelError(f"{path}: a classifier with {model.config.num_labels} labels, not a reward model (1 label)")
+        raise RewardModelError(
+            f"{path}: a classifier with {model.config.num_labels} labels, not a reward model (1 label)"
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if model.config.pad_token_id is None:
@@ -174,9 +184,16 @@ def load_reward_model(path: str | Path, device: str | torch.device | None = None
     heads = model.score.weight.detach().float()
     if (path / ENSEMBLE_FILE).is_file():
         heads = torch.tensor(json.loads((path / ENSEMBLE_FILE).read_text())["weight"], dtype=torch.float32)
-    rm = RewardModel(model.to(device).eval(), tok, heads.to(device), rm_template(meta.get("template", "auto"), tok),
-                     int(meta.get("max_length", 512)), device, path, load_support(path, device))
+    rm = RewardModel(
+        model.to(device).eval(),
+        tok,
+        heads.to(device),
+        rm_template(meta.get("template", "auto"), tok),
+        int(meta.get("max_length", 512)),
+        device,
+        path,
+        load_support(path, device),
+    )
     _CACHE.clear()  # one reward model held at a time: a run uses one, and they are large
     _CACHE[key] = rm
     return rm
-

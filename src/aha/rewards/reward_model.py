@@ -39,8 +39,14 @@ class RewardModelReward:
     # (the others, ensemble_std, support_distance, ood_fraction, score_mean, are batch means: count-weighted means)
     metric_merge = {"score_std": "std:score_mean", "ensemble_std_max": "max"}
 
-    def __init__(self, path: str | Path, batch_size: int = 32, aggregate: str = "mean", std_coef: float = 0.0,
-                 device: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 32,
+        aggregate: str = "mean",
+        std_coef: float = 0.0,
+        device: str | None = None,
+    ):
         if aggregate not in ("mean", "min"):
             raise ValueError(f"aggregate must be 'mean' or 'min', got {aggregate!r}")
         if not isinstance(batch_size, int) or batch_size < 1:

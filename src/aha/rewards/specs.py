@@ -57,8 +57,10 @@ def register_reward(fn: RewardFn, name: str | None = None) -> str:
         raise RewardConfigError(f"a reward function must be callable, got {type(fn).__name__}")
     name = name or reward_name(fn)
     if PYTHON_REWARDS.get(name, fn) is not fn:
-        raise RewardConfigError(f"two different reward functions are named {name!r}: give one another name "
-                                "(reward_funcs={'other_name': fn})")
+        raise RewardConfigError(
+            f"two different reward functions are named {name!r}: give one another name "
+            "(reward_funcs={'other_name': fn})"
+        )
     PYTHON_REWARDS[name] = fn
     return f"py:{name}"
 
@@ -75,8 +77,10 @@ def bind_args(fn: RewardFn, args: dict | None, spec: str) -> RewardFn:
     named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(set(args) - set(named))
     if unknown:
-        raise RewardConfigError(f"reward '{spec}': unknown args {', '.join(unknown)} (its parameters: "
-                                f"{', '.join(n for n in named if n not in ('prompts', 'completions')) or 'none'})")
+        raise RewardConfigError(
+            f"reward '{spec}': unknown args {', '.join(unknown)} (its parameters: "
+            f"{', '.join(n for n in named if n not in ('prompts', 'completions')) or 'none'})"
+        )
     return functools.partial(fn, **args)
 
 
@@ -99,9 +103,7 @@ def _load_file_module(path: Path, spec: str) -> Any:
         module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise RewardConfigError(
-            f"reward '{spec}': importing {path} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise RewardConfigError(f"reward '{spec}': importing {path} failed: {type(exc).__name__}: {exc}") from exc
     return module
 
 
@@ -130,8 +132,10 @@ def resolve_reward(spec: str, args: dict | None = None) -> RewardFn:
 def _function(spec: str) -> RewardFn:
     if spec.startswith("py:"):
         if spec[3:] not in PYTHON_REWARDS:
-            raise RewardConfigError(f"reward '{spec}' is a Python function handed to aha.train(reward_funcs=...) in "
-                                    "another process: pass it again (aha.train(..., reward_funcs=[fn], resume=True))")
+            raise RewardConfigError(
+                f"reward '{spec}' is a Python function handed to aha.train(reward_funcs=...) in "
+                "another process: pass it again (aha.train(..., reward_funcs=[fn], resume=True))"
+            )
         return PYTHON_REWARDS[spec[3:]]
     if spec in BUILTIN_REWARDS:
         return BUILTIN_REWARDS[spec]
@@ -164,9 +168,7 @@ def _function(spec: str) -> RewardFn:
         raise RewardConfigError(f"reward '{spec}': {where} has no attribute '{attr}'")
     fn = getattr(module, attr)
     if not callable(fn):
-        raise RewardConfigError(
-            f"reward '{spec}': '{attr}' in {where} is a {type(fn).__name__}, not a function"
-        )
+        raise RewardConfigError(f"reward '{spec}': '{attr}' in {where} is a {type(fn).__name__}, not a function")
     return fn
 
 
@@ -174,7 +176,6 @@ def _reward_model(spec: str, args: dict | None) -> RewardFn:
     """``rm:PATH`` → a RewardModelReward; a missing path, a directory that is no reward model or a wrong
     argument is one line."""
     import inspect
-
 
     path = Path(spec[3:]).expanduser()
     if not spec[3:].strip():
@@ -227,8 +228,10 @@ def build_rewards(cfg, task) -> list[tuple[str, RewardFn, float]]:
     """``(label, function, weight)`` for every reward the run optimises: the config's specs (a task's own reward
     first, then the registries), ``args`` bound; the built-in accuracy uses ``task.answer_match`` unless its args
     say otherwise."""
-    return [(label, resolve_task_reward(spec.name, task, spec.args, cfg.task.answer_match), spec.weight)
-            for spec, label in zip(cfg.rewards, reward_labels(cfg.rewards))]
+    return [
+        (label, resolve_task_reward(spec.name, task, spec.args, cfg.task.answer_match), spec.weight)
+        for spec, label in zip(cfg.rewards, reward_labels(cfg.rewards))
+    ]
 
 
 def resolve_task_reward(spec: str, task, args: dict | None, answer_match: str) -> RewardFn:

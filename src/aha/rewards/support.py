@@ -44,14 +44,23 @@ class Support:
     def metrics(self, feats: torch.Tensor) -> dict[str, float]:
         """``support_distance`` (mean distance / held-out mean) and ``ood_fraction`` (share beyond the held-out q99)."""
         d = self.distance(feats)
-        return {"support_distance": d.mean().item() / self.ref_distance, "ood_fraction": (d > self.q99).float().mean().item()}
+        return {
+            "support_distance": d.mean().item() / self.ref_distance,
+            "ood_fraction": (d > self.q99).float().mean().item(),
+        }
 
     def save(self, model_dir: Path) -> None:
         from safetensors.torch import save_file
 
         tmp = Path(model_dir) / (SUPPORT_FILE + ".tmp")
-        save_file({"mean": self.mean.contiguous().cpu(), "precision": self.precision.contiguous().cpu(),
-                   "ref": torch.tensor([self.ref_distance, self.q99], dtype=torch.float64)}, str(tmp))
+        save_file(
+            {
+                "mean": self.mean.contiguous().cpu(),
+                "precision": self.precision.contiguous().cpu(),
+                "ref": torch.tensor([self.ref_distance, self.q99], dtype=torch.float64),
+            },
+            str(tmp),
+        )
         tmp.replace(Path(model_dir) / SUPPORT_FILE)
 
 

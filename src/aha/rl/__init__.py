@@ -51,8 +51,11 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         batch, info = collect(ctx)
         t_rollout = time.perf_counter() - t0
         if batch is None:  # every group agreed: nothing to learn from this step (eval and save still run when due)
-            last = {"reward/mean": info["last_reward_mean"], "frac_reward_zero_std": info["zero_std_frac"],
-                    "dynamic_sampling/rounds": info["rounds"]}
+            last = {
+                "reward/mean": info["last_reward_mean"],
+                "frac_reward_zero_std": info["zero_std_frac"],
+                "dynamic_sampling/rounds": info["rounds"],
+            }
         else:
             t1 = time.perf_counter()
             score(ctx, batch)
@@ -65,8 +68,13 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
         if run.eval_due(step):
             last.update(run_eval(ctx))
         decision = guard_check(ctx, step, last) if batch is not None else None  # the reward-hacking guard
-        run.log(step, last, shown=None if batch is None else
-                {"reward": f"{last['reward/mean']:.3f}", "s/step": f"{last['time/step_s']:.2f}"})
+        run.log(
+            step,
+            last,
+            shown=None
+            if batch is None
+            else {"reward": f"{last['reward/mean']:.3f}", "s/step": f"{last['time/step_s']:.2f}"},
+        )
         if batch is not None:
             log_samples(ctx, step, batch)
         run.stop_if_failing(step)  # train.max_skipped_steps skipped in a row
@@ -79,8 +87,16 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
 def run_eval(ctx: RLContext) -> dict:
     """Greedy accuracy on the task's held-out rows, judged by the task's verifier or ``log.eval_reward``."""
-    result = evaluate(ctx.engine, ctx.tokenizer, ctx.task, ctx.task.eval, ctx.template, ctx.cfg.rollout.max_new_tokens,
-                      scorer=ctx.eval_scorer, response_prefix=ctx.cfg.task.response_prefix)
+    result = evaluate(
+        ctx.engine,
+        ctx.tokenizer,
+        ctx.task,
+        ctx.task.eval,
+        ctx.template,
+        ctx.cfg.rollout.max_new_tokens,
+        scorer=ctx.eval_scorer,
+        response_prefix=ctx.cfg.task.response_prefix,
+    )
     out = {"eval/accuracy": result["accuracy"]}
     if ctx.cfg.log.eval_reward:
         out["eval/reward_mean"] = result["reward_mean"]

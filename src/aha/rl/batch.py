@@ -46,21 +46,30 @@ class RolloutBatch:
         """``[B, C]`` the completion tokens that count in the loss (after the score phase)."""
         return self.tensors["mask"]
 
-    def select(self, groups: list[bool]) -> "RolloutBatch":
+    def select(self, groups: list[bool]) -> RolloutBatch:
         """The groups where ``groups`` is True (a sampled batch: before the score phase)."""
         G = self.group_size
         index = [i for g, keep in enumerate(groups) if keep for i in range(g * G, (g + 1) * G)]
-        return replace(self, rows=[r for r, keep in zip(self.rows, groups) if keep],
-                       rollouts=self.rollouts.select(index), texts=[self.texts[i] for i in index],
-                       rewards=[self.rewards[i] for i in index],
-                       per_fn={n: [v[i] for i in index] for n, v in self.per_fn.items()})
+        return replace(
+            self,
+            rows=[r for r, keep in zip(self.rows, groups) if keep],
+            rollouts=self.rollouts.select(index),
+            texts=[self.texts[i] for i in index],
+            rewards=[self.rewards[i] for i in index],
+            per_fn={n: [v[i] for i in index] for n, v in self.per_fn.items()},
+        )
 
-    def concat(self, other: "RolloutBatch") -> "RolloutBatch":
+    def concat(self, other: RolloutBatch) -> RolloutBatch:
         """This batch's groups followed by ``other``'s (both sampled, not yet scored)."""
-        return replace(self, rows=self.rows + other.rows, rollouts=self.rollouts.concat(other.rollouts),
-                       texts=self.texts + other.texts, rewards=self.rewards + other.rewards,
-                       per_fn={n: self.per_fn.get(n, []) + v for n, v in other.per_fn.items()})
+        return replace(
+            self,
+            rows=self.rows + other.rows,
+            rollouts=self.rollouts.concat(other.rollouts),
+            texts=self.texts + other.texts,
+            rewards=self.rewards + other.rewards,
+            per_fn={n: self.per_fn.get(n, []) + v for n, v in other.per_fn.items()},
+        )
 
-    def head(self, n_groups: int) -> "RolloutBatch":
+    def head(self, n_groups: int) -> RolloutBatch:
         """The first ``n_groups`` groups."""
         return self.select([g < n_groups for g in range(self.n_groups)])

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, cast
 
 import torch
 
@@ -26,7 +27,7 @@ from aha.optim import make_optimizer
 from aha.rewards import build_rewards
 from aha.rewards.specs import label_map
 from aha.rl.optimize import updates_per_batch
-from aha.rl.ranks import start_trainers
+from aha.rl.ranks import TrainerGroup, start_trainers
 from aha.rollout import Engine, SamplingParams
 from aha.rollout.scoring import RewardRecipe, RewardScorer
 from aha.run import Run
@@ -43,7 +44,7 @@ class RLContext:
     amp: torch.dtype | None  # bf16 autocast, or None = fp32
     task: Task
     policy: torch.nn.Module
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer
     template: str
     engine: Engine
     scorer: RewardScorer | None  # decodes and rewards the rollouts (None: the Ray rollout workers reward their own)
@@ -53,13 +54,13 @@ class RLContext:
     ref: torch.nn.Module | None = None  # frozen reference (None: β = 0, or LoRA: the policy with adapters off)
     critic: Critic | None = None  # PPO's value model
     optimizer: torch.optim.Optimizer | None = None
-    scheduler: object = None
+    scheduler: Any = None  # the optimizer's LRScheduler (aha.optim.make_optimizer)
     eval_scorer: Callable | None = None  # what judges eval (aha.evaluation.eval_verifier)
     guard: Guard | None = None  # the reward-hacking guard (aha.guard), when guard.enabled
     best_state: dict | None = None  # the guard's rollback target: a CPU copy of the best step's trainable weights
     recent_weights: deque | None = None  # (guard.action rollback) copies of the weights the last steps sampled from
     reasoning: ReasoningMeter | None = None  # judges completions for the reasoning metrics (log.reasoning_metrics)
-    trainers: object = None  # data-parallel trainer ranks 1..M−1 (distributed.trainers > 1; aha.rl.ranks)
+    trainers: TrainerGroup | None = None  # data-parallel trainer ranks 1..M−1 (distributed.trainers > 1; aha.rl.ranks)
 
     @property
     def updates(self) -> int:
@@ -70,7 +71,7 @@ class RLContext:
         with its adapters switched off."""
         if self.ref is not None:
             return self.ref, contextlib.nullcontext()
-        return self.policy, self.policy.disable_adapter()
+        return self.policy, cast(Any, self.policy).disable_adapter()  # (peft)
 
     def state(self) -> dict:
         """What a checkpoint holds besides the policy's weights."""
@@ -82,15 +83,39 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     rl, ro, tr = cfg.rl, cfg.rollout, cfg.train
     device, amp, task, policy, tok, template = prepare(cfg)
     in_workers = cfg.distributed.backend == "ray" and cfg.distributed.rewards == "workers"  # rewards beside samples
-    engine = build_engine(ro.engine, policy, tok, device, amp, ro.compile, cfg.model.lora.enabled, cfg.distributed,
-                          RewardRecipe.of(cfg, task) if in_workers else None)
+    engine = build_engine(
+        ro.engine,
+        policy,
+        tok,
+        device,
+        amp,
+        ro.compile,
+        cfg.model.lora.enabled,
+        cfg.distributed,
+        RewardRecipe.of(cfg, task) if in_workers else None,
+    )
     if hasattr(engine, "close"):  # remote workers (Ray) stop with the run
         run.on_finish.append(engine.close)
     set_attention([policy], training_attention(tr.attention, device))  # the reference and critic copies inherit it
     scorer = None if in_workers else RewardScorer(cfg, tok, build_rewards(cfg, task))
-    sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens)
-    ctx = RLContext(cfg, run, device, amp, task, policy, tok, template, engine, scorer, sampling,
-                    PromptSampler(len(task.train), tr.seed), advantage_estimator(rl.algo))
+    sampling = SamplingParams(
+        ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop), min_new_tokens=ro.min_new_tokens
+    )
+    ctx = RLContext(
+        cfg,
+        run,
+        device,
+        amp,
+        task,
+        policy,
+        tok,
+        template,
+        engine,
+        scorer,
+        sampling,
+        PromptSampler(len(task.train), tr.seed),
+        advantage_estimator(rl.algo),
+    )
     ctx.eval_scorer = eval_verifier(cfg, task)
     ctx.reasoning = reasoning_meter(cfg, task)
     if cfg.guard.enabled:  # it needs KL to the reference every step, even at β = 0
@@ -108,9 +133,11 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
     # frozen copy of the policy RL starts from (with the guard also at β = 0, then for measuring KL, not in the loss)
     ctx.ref = reference_model(policy, rl.beta if ctx.guard is None else max(rl.beta, 1.0), cfg.model.lora.enabled)
     if rl.importance_sampling_level == "sequence" and rl.loss_type != "grpo":
-        print(f"note: rl.loss_type {rl.loss_type} with importance_sampling_level: sequence weighs each sequence by its "
-              "length; GSPO's objective is the mean over sequences (rl.loss_type: grpo, the default at sequence level)",
-              file=sys.stderr)
+        print(
+            f"note: rl.loss_type {rl.loss_type} with importance_sampling_level: sequence weighs each sequence by its "
+            "length; GSPO's objective is the mean over sequences (rl.loss_type: grpo, the default at sequence level)",
+            file=sys.stderr,
+        )
     ctx.critic = build_critic(cfg, policy, device)  # PPO's value model; None for the critic-free algorithms
     set_attention([ctx.critic.trunk if ctx.critic is not None else None], training_attention(tr.attention, device))
     ctx.optimizer, ctx.scheduler = make_optimizer(policy, tr, tr.steps * ctx.updates, ctx.critic, cfg.critic.lr)

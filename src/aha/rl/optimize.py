@@ -18,7 +18,7 @@ optimizer step, or None when every one was taken.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -37,6 +37,7 @@ from aha.rl.batch import RolloutBatch
 
 if TYPE_CHECKING:  # (a type only: the context imports this module)
     from aha.rl.context import RLContext
+    from aha.rl.ranks import RankContext
 
 
 def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
@@ -58,8 +59,9 @@ def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
     return update_rows(ctx, batch, plan)
 
 
-def update_rows(ctx: RLContext, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None) \
-        -> tuple[dict, str | None]:
+def update_rows(
+    ctx: RLContext | RankContext, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None
+) -> tuple[dict, str | None]:
     """The passes and minibatches ``plan`` holds (each pass's minibatches of row indices), one optimizer step each.
     ``share`` (a :class:`~aha.rl.ranks.Share`: one data-parallel rank's part) takes that rank's rows of
     every minibatch, with the whole minibatch's normalisers, and sums the gradients, the loss and the statistics over
@@ -77,6 +79,7 @@ def update_rows(ctx: RLContext, batch: RolloutBatch, plan: list[list[torch.Tenso
     skipped = None
     for it, passes in enumerate(plan):
         for mb_rows in passes:
+            assert optimizer is not None  # (set up before any update)
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()  # the whole minibatch's
@@ -85,28 +88,47 @@ def update_rows(ctx: RLContext, batch: RolloutBatch, plan: list[list[torch.Tenso
                 w = mb["mask"].sum().item() / n_tok / rl.mu  # this micro-batch's share of the step's token means
                 with autocast(ctx.device, ctx.amp):
                     logp, entropy, values = policy_forward(
-                        policy, critic, mb["input_ids"], mb["attention_mask"], mask.shape[1], ro.temperature,
+                        policy,
+                        critic,
+                        mb["input_ids"],
+                        mb["attention_mask"],
+                        mask.shape[1],
+                        ro.temperature,
                         "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
-                        lean=lean_activations(cfg.model.lean_activations, policy, ctx.device, mb["input_ids"].numel(),
-                                              ctx.amp))
+                        lean=lean_activations(
+                            cfg.model.lean_activations, policy, ctx.device, mb["input_ids"].numel(), ctx.amp
+                        ),
+                    )
                 logp = logp.float()
                 # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
-                mb_old = logp.detach() if updates == 1 else batch.old_logp[rows_idx]
-                per_token, clipped = loss_fn(logp, mb_old, batch.advantages[rows_idx], mb["mask"],
-                                             epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
-                                             level=rl.importance_sampling_level, dual_clip=rl.dual_clip)
+                mb_old = logp.detach() if updates == 1 else cast(torch.Tensor, batch.old_logp)[rows_idx]
+                per_token, clipped = loss_fn(
+                    logp,
+                    mb_old,
+                    cast(torch.Tensor, batch.advantages)[rows_idx],
+                    mb["mask"],
+                    epsilon_low=rl.epsilon_low,
+                    epsilon_high=rl.epsilon_high,
+                    level=rl.importance_sampling_level,
+                    dual_clip=rl.dual_clip,
+                )
                 pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
                 loss = pg_loss
                 if kl_in_loss:
-                    kl = kl_estimate(logp, batch.ref_logp[rows_idx], rl.kl_estimator)
-                    loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq,
-                                          mb_tok)
+                    kl = kl_estimate(logp, cast(torch.Tensor, batch.ref_logp)[rows_idx], rl.kl_estimator)
+                    loss = aggregate_loss(
+                        per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok
+                    )
                     stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
                 if rl.entropy_coef > 0:
                     loss = loss - rl.entropy_coef * aggregate_loss(entropy, mb["mask"], "dapo", 0, mb_seq, mb_tok)
                 if critic is not None:
-                    v_loss, v_clipped = clipped_value_loss(values, batch.values[rows_idx], batch.returns[rows_idx],
-                                                           cfg.critic.clip_range)
+                    v_loss, v_clipped = clipped_value_loss(
+                        values,
+                        cast(torch.Tensor, batch.values)[rows_idx],
+                        cast(torch.Tensor, batch.returns)[rows_idx],
+                        cfg.critic.clip_range,
+                    )
                     v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
                     loss = loss + cfg.critic.vf_coef * v_loss
                     stats["loss/value"] += v_loss.item() / updates  # micro-batch shares sum to the minibatch's loss

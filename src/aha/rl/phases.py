@@ -1,16 +1,17 @@
 """The phases of one RL step, each a function of the context and the batch:
 
-    collect     ─ rollout (G samples per prompt) + rewards (+ DAPO dynamic resampling)
-    score       ─ no-grad passes: old policy, reference, critic values
-    advantages  ─ the estimator rl.algo names (aha.algos.advantages)
-    update      ─ μ passes × minibatches, one optimizer step each (aha.rl.optimize)
-    sync        ─ the engine samples from the new weights
-    step_metrics / log_samples
+collect     ─ rollout (G samples per prompt) + rewards (+ DAPO dynamic resampling)
+score       ─ no-grad passes: old policy, reference, critic values
+advantages  ─ the estimator rl.algo names (aha.algos.advantages)
+update      ─ μ passes × minibatches, one optimizer step each (aha.rl.optimize)
+sync        ─ the engine samples from the new weights
+step_metrics / log_samples
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -26,6 +27,9 @@ from aha.rollout import pack_rollouts
 from aha.rollout.scoring import Scores
 from aha.track.reasoning import reasoning_metrics
 
+if TYPE_CHECKING:
+    from aha.rollout.ray import RayEngine
+
 # ============================================================ collect
 
 
@@ -35,7 +39,7 @@ def sample(ctx: RLContext, rows: list[dict]) -> tuple[RolloutBatch, Scores]:
     G, prefix = ctx.cfg.rollout.group_size, ctx.cfg.task.response_prefix  # (e.g. '<think>': ends the prompt)
     prompt_ids = [render_prompt(r["prompt"], ctx.tokenizer, ctx.template, prefix) for r in rows]
     if ctx.scorer is None:  # distributed.rewards: workers — each Ray rollout worker rewards its shard beside it
-        roll, scores = ctx.engine.generate_scored(prompt_ids, rows, G, ctx.sampling)
+        roll, scores = cast("RayEngine", ctx.engine).generate_scored(prompt_ids, rows, G, ctx.sampling)
     else:
         roll = ctx.engine.generate(prompt_ids, G, ctx.sampling)
         scores = ctx.scorer(rows, roll)
@@ -49,6 +53,7 @@ def collect(ctx: RLContext) -> tuple[RolloutBatch | None, dict]:
     ``zero_std_frac`` (of the first round), ``skipped``, and of the last round ``last_reward_mean`` and
     ``reward_metrics`` (each reward's ``last_metrics``)."""
     rl, G = ctx.cfg.rl, ctx.cfg.rollout.group_size
+    info: dict[str, Any]
     kept, info = None, {"rounds": 0, "skipped": 0}
     while True:
         fresh, scores = sample(ctx, [ctx.task.train[i] for i in ctx.sampler.take(rl.prompts_per_step)])
@@ -76,8 +81,9 @@ def micro_batches(n: int, size: int) -> list[slice]:
 
 
 @torch.no_grad()
-def no_grad_pass(model, critic, batch: dict, micro: list[slice], temperature: float, device, amp,
-                 logprobs: bool = True):
+def no_grad_pass(
+    model, critic, batch: dict, micro: list[slice], temperature: float, device, amp, logprobs: bool = True
+):
     """``(logp [B, C] or None, values [B, C] or None)`` of the whole batch, micro-batch by micro-batch.
     ``logprobs=False`` skips the policy's pass unless a ``head`` critic needs its hidden states."""
     C = batch["mask"].shape[1]
@@ -106,9 +112,13 @@ def score(ctx: RLContext, batch: RolloutBatch) -> None:
     micro = micro_batches(len(batch), ctx.cfg.train.micro_batch_size)
     old_logp = t["sampler_logp"]
     need_old = ctx.updates > 1 or (ctx.estimator.kl_in_reward and rl.beta > 0)  # on-policy μ = 1 needs none
-    recompute = need_old and (rl.old_logprobs == "recompute" or (rl.old_logprobs == "auto" and not ctx.engine.exact_logprobs))
+    recompute = need_old and (
+        rl.old_logprobs == "recompute" or (rl.old_logprobs == "auto" and not ctx.engine.exact_logprobs)
+    )
     if recompute or ctx.critic is not None:
-        logp_new, batch.values = no_grad_pass(ctx.policy, ctx.critic, t, micro, T, ctx.device, ctx.amp, logprobs=recompute)
+        logp_new, batch.values = no_grad_pass(
+            ctx.policy, ctx.critic, t, micro, T, ctx.device, ctx.amp, logprobs=recompute
+        )
         old_logp = logp_new if recompute else old_logp
     if rl.beta > 0 or ctx.guard is not None:  # (the guard measures KL to the reference even at β = 0)
         model, adapters_off = ctx.reference()
@@ -127,9 +137,17 @@ def advantages(ctx: RLContext, batch: RolloutBatch) -> None:
     GAE over the critic's values (PPO)."""
     rl = ctx.cfg.rl
     batch.advantages, batch.returns = ctx.estimator.fn(
-        torch.tensor(batch.rewards, dtype=torch.float32).to(ctx.device), batch.mask, batch.group_size,
-        kl=batch.kl if rl.beta > 0 else None, beta=rl.beta, values=batch.values, gamma=rl.gamma, lam=rl.lam,
-        scale_rewards=rl.scale_rewards, whiten_advantages=rl.whiten_advantages)
+        torch.tensor(batch.rewards, dtype=torch.float32).to(ctx.device),
+        batch.mask,
+        batch.group_size,
+        kl=batch.kl if rl.beta > 0 else None,
+        beta=rl.beta,
+        values=batch.values,
+        gamma=rl.gamma,
+        lam=rl.lam,
+        scale_rewards=rl.scale_rewards,
+        whiten_advantages=rl.whiten_advantages,
+    )
 
 
 # ============================================================ sync
@@ -159,19 +177,28 @@ def step_metrics(ctx: RLContext, batch: RolloutBatch, info: dict, stats: dict, t
     if batch.kl is not None:
         stats["kl"] = masked_mean(batch.kl, mask).item()
     elif batch.ref_logp is not None and ctx.cfg.rl.beta == 0:  # the guard's: KL of the sampled batch, measured only
-        stats["kl"] = masked_mean(kl_estimate(batch.old_logp, batch.ref_logp, ctx.cfg.rl.kl_estimator), mask).item()
+        stats["kl"] = masked_mean(
+            kl_estimate(cast(torch.Tensor, batch.old_logp), batch.ref_logp, ctx.cfg.rl.kl_estimator), mask
+        ).item()
     if ctx.critic is not None:
-        stats["value/mean"] = masked_mean(batch.values, mask).item()
-        stats["value/explained_variance"] = explained_variance(batch.values, batch.returns, mask)
+        values, returns = cast(torch.Tensor, batch.values), cast(torch.Tensor, batch.returns)  # (PPO: set by prepare)
+        stats["value/mean"] = masked_mean(values, mask).item()
+        stats["value/explained_variance"] = explained_variance(values, returns, mask)
     metrics = {
-        "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std().item() if len(rewards) > 1 else 0.0,
         **{f"reward/{name}/mean": _mean_not_none(v) for name, v in batch.per_fn.items()},
         # a reward's own statistics of its last call (e.g. the rm: reward's ensemble_std, the code reward's timeouts)
         **{f"reward/{name}/{k}": v for name, kept in info["reward_metrics"].items() for k, v in kept.items()},
-        "completions/mean_length": lengths.mean().item(), "completions/max_length": lengths.max().item(),
+        "completions/mean_length": lengths.mean().item(),
+        "completions/max_length": lengths.max().item(),
         "completions/clipped_ratio": batch.tensors["truncated"].float().mean().item(),
-        "frac_reward_zero_std": info["zero_std_frac"], **stats, "lr": ctx.scheduler.get_last_lr()[0],
-        "time/rollout_s": times["rollout"], "time/train_s": times["train"], "time/step_s": times["step"],
+        "frac_reward_zero_std": info["zero_std_frac"],
+        **stats,
+        "lr": ctx.scheduler.get_last_lr()[0],
+        "time/rollout_s": times["rollout"],
+        "time/train_s": times["train"],
+        "time/step_s": times["step"],
         "throughput/tokens_per_s": lengths.sum().item() / max(times["rollout"], 1e-9),
     }
     if ctx.cfg.rl.beta == 0 and ctx.guard is None:
@@ -191,8 +218,12 @@ def reasoning(ctx: RLContext, batch: RolloutBatch, lengths: list) -> dict:
     """The batch's reasoning metrics (format, strict/lenient accuracy, reflection, lengths; aha.track.reasoning);
     the verdicts stay on the batch for :func:`log_samples`."""
     G = batch.group_size
-    batch.judgements = ctx.reasoning.judge([batch.rows[i // G]["prompt"] for i in range(len(batch))], batch.texts,
-                                           [batch.rows[i // G].get("answer") for i in range(len(batch))])
+    assert ctx.reasoning is not None  # (called only with the reasoning metrics on)
+    batch.judgements = ctx.reasoning.judge(
+        [batch.rows[i // G]["prompt"] for i in range(len(batch))],
+        batch.texts,
+        [batch.rows[i // G].get("answer") for i in range(len(batch))],
+    )
     return reasoning_metrics(batch.judgements, lengths)
 
 
@@ -204,12 +235,21 @@ def log_samples(ctx: RLContext, step: int, batch: RolloutBatch) -> None:
     picked = sorted(set(range(min(n, len(batch)))) | set(ahas))
     if picked:
         rewards = torch.tensor(batch.rewards, dtype=torch.float32)  # as the advantages saw them
-        ctx.run.logger.log_samples([
-            {"step": step, "prompt": batch.rows[i // G]["prompt"], "completion": batch.texts[i],  # text or messages
-             "reward": rewards[i].item(), "rewards": {name: v[i] for name, v in batch.per_fn.items()},
-             "answer": batch.rows[i // G].get("answer"),
-             **({"aha": asdict(batch.judgements[i].aha)} if i in ahas else {})}
-            for i in picked])
+        assert ctx.run.logger is not None  # opened by run.begin
+        ctx.run.logger.log_samples(
+            [
+                {
+                    "step": step,
+                    "prompt": batch.rows[i // G]["prompt"],
+                    "completion": batch.texts[i],  # text or messages
+                    "reward": rewards[i].item(),
+                    "rewards": {name: v[i] for name, v in batch.per_fn.items()},
+                    "answer": batch.rows[i // G].get("answer"),
+                    **({"aha": asdict(cast(list, batch.judgements)[i].aha)} if i in ahas else {}),
+                }
+                for i in picked
+            ]
+        )
 
 
 def _mean_not_none(values: list) -> float | None:
@@ -247,8 +287,17 @@ def guard_act(ctx: RLContext, step: int, decision) -> bool:
             for k, v in ctx.best_state.items():
                 params[k].copy_(v)
         sync(ctx)
-    (ctx.run.dir / "guard.json").write_text(json.dumps(
-        {"step": step, "action": decision.action, "reason": decision.reason, "best_step": decision.best_step,
-         "stop_reason": decision.metrics.get("guard/stop_reason")}, indent=2))
+    (ctx.run.dir / "guard.json").write_text(
+        json.dumps(
+            {
+                "step": step,
+                "action": decision.action,
+                "reason": decision.reason,
+                "best_step": decision.best_step,
+                "stop_reason": decision.metrics.get("guard/stop_reason"),
+            },
+            indent=2,
+        )
+    )
     ctx.run.save(step, ctx.policy, ctx.tokenizer, ctx.state())
     return True

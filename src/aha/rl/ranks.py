@@ -27,6 +27,7 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -35,6 +36,10 @@ from aha.algos.advantages import advantage_estimator
 from aha.errors import TrainingError
 from aha.optim import make_optimizer
 from aha.rl.optimize import update_rows, updates_per_batch
+
+if TYPE_CHECKING:
+    from aha.algos.advantages import AdvantageEstimator
+    from aha.config import RunConfig
 
 
 class Share:
@@ -52,11 +57,13 @@ class Share:
         """Sum every trainable parameter's gradient and ``loss`` over the ranks (one all-reduce); returns the summed
         loss. A parameter keeps no gradient (None, as in one process) where no rank gave it one."""
         params = [p for m in modules for p in m.parameters() if p.requires_grad]
-        grads = [p.grad.reshape(-1).float() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
-                 for p in params]
+        grads = [
+            p.grad.reshape(-1).float() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+            for p in params
+        ]
         seen = torch.tensor([float(p.grad is not None) for p in params] + [loss], device=self.device)
         flat = self._all_reduce(torch.cat(grads + [seen]))
-        for p, g, n in zip(params, flat[:-len(seen)].split([p.numel() for p in params]), flat[-len(seen):].tolist()):
+        for p, g, n in zip(params, flat[: -len(seen)].split([p.numel() for p in params]), flat[-len(seen) :].tolist()):
             p.grad = g.view_as(p).to(p.dtype) if n > 0 else None
         return flat[-1].item()
 
@@ -75,14 +82,16 @@ class Share:
                     self.watch()
                     last = time.monotonic()
                 if time.monotonic() > deadline:
-                    raise TrainingError(f"the trainer ranks did not meet within {self.timeout_s:g} s "
-                                        "(distributed.timeout_s)")
+                    raise TrainingError(
+                        f"the trainer ranks did not meet within {self.timeout_s:g} s (distributed.timeout_s)"
+                    )
                 time.sleep(0.0002)
         try:
             work.wait()
         except RuntimeError as e:  # a rank's process died: gloo says its connection closed
-            raise TrainingError(f"trainer rank {self.rank}: the all-reduce failed ({str(e).splitlines()[0][:200]})") \
-                from None
+            raise TrainingError(
+                f"trainer rank {self.rank}: the all-reduce failed ({str(e).splitlines()[0][:200]})"
+            ) from None
         return tensor
 
 
@@ -90,13 +99,13 @@ class Share:
 class RankContext:
     """What :func:`~aha.rl.optimize.update_rows` asks of its context, on ranks 1..M−1."""
 
-    cfg: object  # the RunConfig
+    cfg: RunConfig
     policy: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: Any  # the optimizer's LRScheduler (aha.optim.make_optimizer)
     device: torch.device
     amp: torch.dtype | None
-    estimator: object
+    estimator: AdvantageEstimator
     critic: None = None
 
     @property
@@ -113,8 +122,9 @@ class TrainerRank:
         self.ctx: RankContext | None = None
 
     def join(self, init_method: str, rank: int, world: int, backend: str, timeout_s: float) -> int:
-        dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(
+            backend, init_method=init_method, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+        )
         self.share = Share(rank, world, torch.device("cpu"), timeout_s)
         return os.getpid()
 
@@ -134,10 +144,17 @@ class TrainerRank:
         """``work``: (the batch's tensors, the passes' minibatches), as :meth:`TrainerGroup.update` sends them."""
 
         batch, plan = work
+        assert self.ctx is not None  # load() came first (TrainerGroup)
         dev = self.ctx.device
-        batch = replace(batch, tensors={k: v.to(dev) for k, v in batch.tensors.items()},
-                        **{k: getattr(batch, k).to(dev) for k in ("old_logp", "ref_logp", "advantages")
-                           if getattr(batch, k) is not None})
+        batch = replace(
+            batch,
+            tensors={k: v.to(dev) for k, v in batch.tensors.items()},
+            **{
+                k: getattr(batch, k).to(dev)
+                for k in ("old_logp", "ref_logp", "advantages")
+                if getattr(batch, k) is not None
+            },
+        )
         return update_rows(self.ctx, batch, [[rows.to(dev) for rows in p] for p in plan], self.share)
 
     def close(self) -> None:
@@ -162,17 +179,24 @@ class TrainerGroup:
             s.bind((host, 0))
             port = s.getsockname()[1]
         threads = max(1, (os.cpu_count() or 1) // self.world) if local else torch.get_num_threads()
-        actor = ray.remote(num_cpus=0, num_gpus=1 if cuda else 0, max_restarts=0,
-                           runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})(TrainerRank)
-        self.ranks = [actor.remote(threads) for _ in range(1, self.world)]
+        actor = ray.remote(
+            num_cpus=0,
+            num_gpus=1 if cuda else 0,
+            max_restarts=0,
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+        )(TrainerRank)
+        self.ranks: list[Any] = [actor.remote(threads) for _ in range(1, self.world)]  # Ray actor handles
         backend, init = ("nccl" if cuda else "gloo"), f"tcp://{host}:{port}"
         joined = [a.join.remote(init, r, self.world, backend, self.timeout_s) for r, a in enumerate(self.ranks, 1)]
-        dist.init_process_group(backend, init_method=init, rank=0, world_size=self.world,
-                                timeout=timedelta(seconds=self.timeout_s))
+        dist.init_process_group(
+            backend, init_method=init, rank=0, world_size=self.world, timeout=timedelta(seconds=self.timeout_s)
+        )
         self._get(joined, "join the process group")
         blob = io.BytesIO()
-        torch.save({"policy": ctx.policy, "optimizer": ctx.optimizer.state_dict(),
-                    "scheduler": ctx.scheduler.state_dict()}, blob)
+        torch.save(
+            {"policy": ctx.policy, "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict()},
+            blob,
+        )
         ref = ray.put(blob.getvalue())
         self._get([a.load.remote(ctx.cfg, ref, ctx.amp, cuda) for a in self.ranks], "load the policy")
         self.share = Share(0, self.world, ctx.device, self.timeout_s, watch=self._watch)
@@ -180,9 +204,21 @@ class TrainerGroup:
     def update(self, batch, plan: list[list[torch.Tensor]]) -> tuple[dict, str | None]:
         """:func:`~aha.rl.optimize.update_rows` on every rank at once; returns rank 0's (summed) statistics."""
 
-        cpu = {k: getattr(batch, k).cpu() for k in ("old_logp", "ref_logp", "advantages") if getattr(batch, k) is not None}
-        slim = replace(batch, rows=[], rollouts=None, texts=[], rewards=[], per_fn={}, kl=None, judgements=None,
-                       tensors={k: batch.tensors[k].cpu() for k in ("input_ids", "attention_mask", "mask")}, **cpu)
+        cpu = {
+            k: getattr(batch, k).cpu() for k in ("old_logp", "ref_logp", "advantages") if getattr(batch, k) is not None
+        }
+        slim = replace(
+            batch,
+            rows=[],
+            rollouts=None,
+            texts=[],
+            rewards=[],
+            per_fn={},
+            kl=None,
+            judgements=None,
+            tensors={k: batch.tensors[k].cpu() for k in ("input_ids", "attention_mask", "mask")},
+            **cpu,
+        )
         ref = self.ray.put((slim, [[rows.cpu() for rows in p] for p in plan]))
         self.calls = [a.update.remote(ref) for a in self.ranks]
         out = update_rows(self.ctx, batch, plan, self.share)
@@ -206,8 +242,9 @@ class TrainerGroup:
         try:
             return self.ray.get(refs, timeout=self.timeout_s)
         except self.ray.exceptions.GetTimeoutError:
-            raise TrainingError(f"the trainer ranks could not {what} within {self.timeout_s:g} s "
-                                "(distributed.timeout_s)") from None
+            raise TrainingError(
+                f"the trainer ranks could not {what} within {self.timeout_s:g} s (distributed.timeout_s)"
+            ) from None
         except self.ray.exceptions.RayError as e:
             cause = str(e).strip().splitlines()[-1][:300]
             raise TrainingError(f"a trainer rank failed to {what}: {cause}") from None

@@ -22,22 +22,33 @@ reward model — the directory to give ``rm:`` or ``critic.init_from``.
 """
 
 from aha.rewards.learned import (
-                          CONFIG_KEY,
-                          ENSEMBLE_FILE,
-                          RewardModel,
-                          RewardModelError,
-                          encode_for_rm,
-                          load_reward_model,
-                          render_text,
-                          rm_template,
+    CONFIG_KEY,
+    ENSEMBLE_FILE,
+    RewardModel,
+    RewardModelError,
+    encode_for_rm,
+    load_reward_model,
+    render_text,
+    rm_template,
 )
 from aha.rm.stage import (
-                          build_reward_backbone,
-                          reward_model_dir,
-                          split_preferences,
-                          train_reward_model,
+    build_reward_backbone,
+    reward_model_dir,
+    split_preferences,
+    train_reward_model,
 )
 
-__all__ = ["CONFIG_KEY", "ENSEMBLE_FILE", "RewardModel", "RewardModelError", "build_reward_backbone", "encode_for_rm",
-           "load_reward_model", "render_text", "reward_model_dir", "rm_template", "split_preferences",
-           "train_reward_model"]
+__all__ = [
+    "CONFIG_KEY",
+    "ENSEMBLE_FILE",
+    "RewardModel",
+    "RewardModelError",
+    "build_reward_backbone",
+    "encode_for_rm",
+    "load_reward_model",
+    "render_text",
+    "reward_model_dir",
+    "rm_template",
+    "split_preferences",
+    "train_reward_model",
+]

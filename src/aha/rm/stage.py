@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -61,11 +62,14 @@ def build_reward_backbone(cfg: RunConfig, alphabet: str):
         LlamaForSequenceClassification,
     )
 
-
     name = str(cfg.init_from) if cfg.init_from is not None else cfg.model.name
     if cfg.init_from is not None and not Path(cfg.init_from).exists():
-        raise ModelLoadError(f"init_from: {cfg.init_from} not found (an HF model directory, e.g. an SFT checkpoint's "
-                             "RUN/checkpoints/step-N/model)")
+        raise ModelLoadError(
+            f"init_from: {cfg.init_from} not found (an HF model directory, e.g. an SFT checkpoint's "
+            "RUN/checkpoints/step-N/model)"
+        )
+    model: Any  # a transformers model (a peft one with LoRA)
+    tok: Any  # its tokenizer
     if cfg.init_from is None and name.split(":")[0] == "tiny":
         lm, tok = build_tiny(name, alphabet, cfg.train.seed)
         config = lm.config
@@ -74,8 +78,10 @@ def build_reward_backbone(cfg: RunConfig, alphabet: str):
             torch.manual_seed(cfg.train.seed)
             model = LlamaForSequenceClassification(config)
     elif name.startswith("hf:"):
-        raise ModelLoadError("model.name 'hf:…' is not supported by the reward-model stage yet; download the model "
-                             "and give its local directory")
+        raise ModelLoadError(
+            "model.name 'hf:…' is not supported by the reward-model stage yet; download the model "
+            "and give its local directory"
+        )
     else:
         path = resolve_model_dir(name)
         try:
@@ -99,8 +105,16 @@ def build_reward_backbone(cfg: RunConfig, alphabet: str):
         from peft import LoraConfig, get_peft_model
 
         lora = cfg.model.lora
-        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                                 target_modules=lora.target_modules, task_type="SEQ_CLS"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules,
+                task_type="SEQ_CLS",
+            ),
+        )
     return model, tok
 
 
@@ -125,8 +139,11 @@ def _sync_score(model: nn.Module, heads: EnsembleHeads) -> None:
 
 def write_ensemble(model_dir: Path, heads: EnsembleHeads) -> None:
     """``aha_ensemble.json`` beside the weights: every head (exact fp32 values; JSON floats round-trip)."""
-    data = {"num_heads": heads.out_features, "weight": heads.weight.detach().float().cpu().tolist(),
-            "note": "score.weight in model.safetensors is the mean of these heads (= the ensemble mean score)"}
+    data = {
+        "num_heads": heads.out_features,
+        "weight": heads.weight.detach().float().cpu().tolist(),
+        "note": "score.weight in model.safetensors is the mean of these heads (= the ensemble mean score)",
+    }
     tmp = model_dir / (ENSEMBLE_FILE + ".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, model_dir / ENSEMBLE_FILE)
@@ -146,8 +163,10 @@ def split_preferences(cfg: RunConfig) -> tuple[list[PreferenceRow], list[Prefere
         return rows, read_preferences(rc.eval_path)
     n_eval = max(1, round(len(rows) * rc.eval_fraction))
     if len(rows) - n_eval < 1:
-        raise DataError(f"{rc.path}: {len(rows)} row(s) cannot be split into training and held-out rows; add rows or "
-                        "set reward_model.eval_path")
+        raise DataError(
+            f"{rc.path}: {len(rows)} row(s) cannot be split into training and held-out rows; add rows or "
+            "set reward_model.eval_path"
+        )
     return rows[:-n_eval], rows[-n_eval:]
 
 
@@ -176,21 +195,26 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
     model, tok = build_reward_backbone(cfg, alphabet)
     use_threads(tr.threads)
     template = rm_template(rc.template, tok)
-    setattr(_unwrap(model).config, CONFIG_KEY, {"template": template, "max_length": rc.max_length,
-                                                "num_heads": rc.num_heads, "loss": rc.loss})
+    setattr(
+        _unwrap(model).config,
+        CONFIG_KEY,
+        {"template": template, "max_length": rc.max_length, "num_heads": rc.num_heads, "loss": rc.loss},
+    )
 
     def encode(rows: list[PreferenceRow]) -> list[list[list[int]]]:
-        return [[encode_for_rm(render_text(r.prompt, c, tok, template), tok, rc.max_length) for c in r.completions]
-                for r in rows]
+        return [
+            [encode_for_rm(render_text(r.prompt, c, tok, template), tok, rc.max_length) for c in r.completions]
+            for r in rows
+        ]
 
     train_ids, eval_ids = encode(train_rows), encode(eval_rows)
     model.to(device).train()
-    hidden = _unwrap(model).config.get_text_config().hidden_size
+    hidden = cast(Any, _unwrap(model)).config.get_text_config().hidden_size  # (a transformers model's config)
     heads = EnsembleHeads(hidden, rc.num_heads, tr.seed + 17).to(device)
     for name, p in model.named_parameters():  # the HF score head is only where the heads' mean is saved
         if "score" in name.split("."):
             p.requires_grad_(False)
-    trunk = _unwrap(model).base_model
+    trunk = cast(Any, _unwrap(model)).base_model
     pad_id = tok.pad_token_id
     set_attention([_unwrap(model)], training_attention(tr.attention, device))
     # the heads are a second parameter group (make_optimizer's "critic" slot), and travel in the checkpoint's
@@ -220,8 +244,12 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
         metrics = {f"eval/{k}": v for k, v in out.items()}
         if rc.num_heads > 1:
             metrics["eval/ensemble_std"] = torch.cat([s.std(-1) for s in per_row]).mean().item()
-            head_acc = [ranking_metrics([s[:, k].tolist() for s in per_row], [r.ranking for r in eval_rows])
-                        ["pairwise_accuracy"] for k in range(rc.num_heads)]
+            head_acc = [
+                ranking_metrics([s[:, k].tolist() for s in per_row], [r.ranking for r in eval_rows])[
+                    "pairwise_accuracy"
+                ]
+                for k in range(rc.num_heads)
+            ]
             metrics["eval/head_pairwise_accuracy_min"] = min(head_acc)
         return metrics
 
@@ -236,13 +264,18 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
         norm = weights.sum(0).clamp(min=1.0)
         optimizer.zero_grad(set_to_none=True)
         loss_total = center_total = 0.0
+        right: float  # (a count of pairs, summed as floats)
         right = n_pairs = 0
         for chunk in _chunks([train_ids[i] for i in batch], tr.micro_batch_size):
             seqs = [s for j in chunk for s in train_ids[batch[j]]]
             per_row = _split(forward_scores(seqs), [len(train_ids[batch[j]]) for j in chunk])
-            losses = torch.stack([loss_of(s, train_rows[batch[j]].ranking) for j, s in zip(chunk, per_row)])  # [rows, heads]
+            losses = torch.stack(
+                [loss_of(s, train_rows[batch[j]].ranking) for j, s in zip(chunk, per_row)]
+            )  # [rows, heads]
             loss = ((losses * weights[chunk]).sum(0) / norm).mean()
-            center = reward_centering(torch.cat(per_row), _groups(per_row), rc.center_coef).mean() * len(chunk) / len(batch)
+            center = (
+                reward_centering(torch.cat(per_row), _groups(per_row), rc.center_coef).mean() * len(chunk) / len(batch)
+            )
             total = loss + center
             if not torch.isfinite(total):
                 raise TrainingError(f"reward-model loss became {total.item()} at step {step}: try a lower train.lr")
@@ -258,8 +291,13 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        metrics = {"loss/rm": loss_total, "train/pairwise_accuracy": right / max(1, n_pairs), "grad_norm": grad_norm.item(),
-                   "lr": scheduler.get_last_lr()[0], "time/train_s": time.perf_counter() - t0}
+        metrics = {
+            "loss/rm": loss_total,
+            "train/pairwise_accuracy": right / max(1, n_pairs),
+            "grad_norm": grad_norm.item(),
+            "lr": scheduler.get_last_lr()[0],
+            "time/train_s": time.perf_counter() - t0,
+        }
         if rc.center_coef:
             metrics["loss/center"] = center_total
         return metrics
@@ -273,8 +311,14 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
         last = train_step(step)
         if run.eval_due(step):
             last.update(run_eval())
-        run.log(step, last, shown={"loss": f"{last['loss/rm']:.3f}", **(
-            {"acc": f"{last['eval/pairwise_accuracy']:.3f}"} if "eval/pairwise_accuracy" in last else {})})
+        run.log(
+            step,
+            last,
+            shown={
+                "loss": f"{last['loss/rm']:.3f}",
+                **({"acc": f"{last['eval/pairwise_accuracy']:.3f}"} if "eval/pairwise_accuracy" in last else {}),
+            },
+        )
         if run.save_due(step):
             _sync_score(model, heads)
             ckpt = run.save(step, model, tok, training_state(optimizer, scheduler, sampler, heads))
@@ -283,13 +327,22 @@ def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> d
                 write_manifest(ckpt)  # (again: the manifest covers the heads too)
     publish_final_model(run.dir)
     if rc.support:  # where the training data lies in feature space: the rm: reward's support_distance
-        write_support(run.dir, train_ids, eval_ids, device, tr.micro_batch_size, rc.support_samples, tr.seed,
-                      cfg.log.progress)
+        write_support(
+            run.dir, train_ids, eval_ids, device, tr.micro_batch_size, rc.support_samples, tr.seed, cfg.log.progress
+        )
     return {**run.finish(last), "time/total_s": time.perf_counter() - t_start}
 
 
-def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_size: int, samples: int, seed: int,
-                  progress: bool = True) -> None:
+def write_support(
+    run_dir: Path,
+    train_ids: list,
+    eval_ids: list,
+    device,
+    batch_size: int,
+    samples: int,
+    seed: int,
+    progress: bool = True,
+) -> None:
     """Fit :mod:`aha.rewards.support` on the final model's features of (at most ``samples``, drawn with ``seed``) training
     completions — the held-out ones (as many) set its unit — and save it beside ``RUN_DIR/model`` and the newest
     checkpoint's model. The features come from the saved model loaded as the ``rm:`` reward loads it (fp32, eval
@@ -297,7 +350,6 @@ def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_
     import random
 
     from tqdm.auto import tqdm
-
 
     rm = load_reward_model(reward_model_dir(run_dir), device)
     rng = random.Random(seed)
@@ -310,10 +362,10 @@ def write_support(run_dir: Path, train_ids: list, eval_ids: list, device, batch_
         for seqs in flat:
             parts = []
             for start in range(0, len(seqs), batch_size):
-                parts.append(rm.features_ids(seqs[start:start + batch_size], batch_size).cpu())
+                parts.append(rm.features_ids(seqs[start : start + batch_size], batch_size).cpu())
                 bar.update(len(parts[-1]))
             feats.append(torch.cat(parts))
-    support = fit_support(*feats)
+    support = fit_support(*cast("tuple[torch.Tensor, torch.Tensor]", feats))  # (train, held-out)
     newest = list_checkpoints(run_dir)[-1]
     for model_dir in (reward_model_dir(run_dir), newest / "model"):
         support.save(model_dir)
@@ -333,6 +385,8 @@ def publish_final_model(run_dir: Path) -> None:
 
 def _chunks(rankings: list[list], max_seqs: int) -> list[list[int]]:
     """Indices of ``rankings`` in groups of whole rankings holding at most ``max_seqs`` sequences (at least one)."""
+    out: list[list[int]]
+    cur: list[int]
     out, cur, n = [], [], 0
     for i, r in enumerate(rankings):
         if cur and n + len(r) > max_seqs:
@@ -353,4 +407,3 @@ def _groups(per_row: list[torch.Tensor]) -> list[list[int]]:
         out.append(list(range(pos, pos + len(s))))
         pos += len(s)
     return out
-

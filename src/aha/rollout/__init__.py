@@ -30,11 +30,11 @@ class Rollouts:
     def __len__(self) -> int:
         return len(self.completion_ids)
 
-    def select(self, index: list[int]) -> "Rollouts":
+    def select(self, index: list[int]) -> Rollouts:
         """The completions at ``index``, in that order."""
         return Rollouts(*[[getattr(self, f)[i] for i in index] for f in _FIELDS])
 
-    def concat(self, other: "Rollouts") -> "Rollouts":
+    def concat(self, other: Rollouts) -> Rollouts:
         return Rollouts(*[getattr(self, f) + getattr(other, f) for f in _FIELDS])
 
 
@@ -74,13 +74,18 @@ def pack_rollouts(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str
     mask = torch.zeros((B, C), dtype=torch.float32)
     sampler_logp = torch.zeros((B, C), dtype=torch.float32)
     for i, (p, c, lp) in enumerate(zip(roll.prompt_ids, roll.completion_ids, roll.logprobs)):
-        input_ids[i, P - len(p):P] = torch.tensor(p)
-        attention[i, P - len(p):P + len(c)] = 1
+        input_ids[i, P - len(p) : P] = torch.tensor(p)
+        attention[i, P - len(p) : P + len(c)] = 1
         if c:
-            input_ids[i, P:P + len(c)] = torch.tensor(c)
+            input_ids[i, P : P + len(c)] = torch.tensor(c)
             mask[i, : len(c)] = 1
             sampler_logp[i, : len(c)] = torch.tensor(lp)
     truncated = torch.tensor([r == "length" for r in roll.finish_reasons])
-    out = {"input_ids": input_ids, "attention_mask": attention, "mask": mask, "sampler_logp": sampler_logp,
-           "truncated": truncated}
+    out = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "mask": mask,
+        "sampler_logp": sampler_logp,
+        "truncated": truncated,
+    }
     return {k: v.to(device) for k, v in out.items()}

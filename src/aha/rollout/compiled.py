@@ -24,6 +24,7 @@ import contextlib
 import copy
 import math
 import sys
+from typing import Any, cast
 
 import torch
 
@@ -56,11 +57,11 @@ class CompiledEngine(HFEngine):
                 if type(m) is torch.nn.Linear:
                     m.__class__ = WeightMajorLinear
         if self.attention is not None:
-            self.shadow.set_attn_implementation(self.attention)
+            cast(Any, self.shadow).set_attn_implementation(self.attention)  # (a transformers model)
         self.graphs = device.type == "cuda"
         self.compiled = torch.compile(self.shadow, dynamic=False, mode="reduce-overhead" if self.graphs else None)
         self.compiled_batch: int | None = None  # compiled for the first batch size seen; others decode eagerly
-        self._cache = None  # (batch, length, StaticCache): reused while the shape holds
+        self._cache: tuple[int, int, Any] | None = None  # (batch, length, StaticCache): reused while the shape holds
 
     @torch.no_grad()
     def update_weights(self, state: dict[str, torch.Tensor] | None = None) -> None:
@@ -85,26 +86,42 @@ class CompiledEngine(HFEngine):
             cache = self._cache[2]
             cache.reset()
         else:
-            cache = StaticCache(config=self.shadow.config, max_cache_len=length)
+            cache = StaticCache(config=cast(Any, self.shadow).config, max_cache_len=length)
             self._cache = (B, length, cache)
         full_mask = torch.zeros((B, length), dtype=mask.dtype, device=mask.device)
         full_mask[:, :P] = mask
         if self.compiled_batch is None:
             self.compiled_batch = B
-            print(f"rollout.compile: compiling the decode step for batch {B}{' with CUDA graphs' if self.graphs else ''} "
-                  "(once; up to a minute or so)", file=sys.stderr, flush=True)
-        state = {"t": 0, "positions": position_ids_from_mask(mask)}
+            print(
+                f"rollout.compile: compiling the decode step for batch {B}{' with CUDA graphs' if self.graphs else ''} "
+                "(once; up to a minute or so)",
+                file=sys.stderr,
+                flush=True,
+            )
+        state: dict[str, Any] = {"t": 0, "positions": position_ids_from_mask(mask)}
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
             if state["t"] == 0:  # prefill, eager (prompt lengths vary)
-                out = self.shadow(input_ids=ids, attention_mask=full_mask[:, :P], position_ids=state["positions"],
-                                  use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                out = self.shadow(
+                    input_ids=ids,
+                    attention_mask=full_mask[:, :P],
+                    position_ids=state["positions"],
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kw: cache},
+                )
                 state["positions"] = state["positions"][:, -1:]
             else:
                 full_mask[:, P + state["t"] - 1] = 1
                 state["positions"] = state["positions"] + 1
-                inputs = dict(input_ids=step_ids, attention_mask=full_mask, position_ids=state["positions"],
-                              use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+                inputs = dict(
+                    input_ids=step_ids,
+                    attention_mask=full_mask,
+                    position_ids=state["positions"],
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kw: cache},
+                )
                 out = self._compiled_step(inputs) if B == self.compiled_batch and not self.failed else None
                 if out is None:  # another batch size, or no compiled step
                     out = self.shadow(**inputs)
@@ -119,7 +136,6 @@ class CompiledEngine(HFEngine):
         idempotent (the same keys and values at the same positions), so the step can run again eagerly."""
         from torch._dynamo.exc import TorchDynamoException
 
-
         if self.graphs:  # a new replay: the last one's outputs are consumed
             torch.compiler.cudagraph_mark_step_begin()
         try:
@@ -127,9 +143,15 @@ class CompiledEngine(HFEngine):
         except TorchDynamoException as e:
             reason = f"{type(e).__name__}: {first_line(e)}"
             if not self.fallback:
-                raise TrainingError(f"rollout.compile: torch.compile could not build the decode step ({reason}); "
-                                    "set rollout.compile=false to sample eagerly") from e
-            print(f"rollout.compile: torch.compile could not build the decode step ({reason}); "
-                  "sampling eagerly from now on", file=sys.stderr, flush=True)
+                raise TrainingError(
+                    f"rollout.compile: torch.compile could not build the decode step ({reason}); "
+                    "set rollout.compile=false to sample eagerly"
+                ) from e
+            print(
+                f"rollout.compile: torch.compile could not build the decode step ({reason}); "
+                "sampling eagerly from now on",
+                file=sys.stderr,
+                flush=True,
+            )
             self.failed = True
             return None

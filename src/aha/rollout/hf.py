@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +91,7 @@ class HFEngine:
         train_attention = getattr(self.model.config, "_attn_implementation", None)
         switch = self.attention is not None and train_attention != self.attention
         if switch:
-            self.model.set_attn_implementation(self.attention)
+            cast(Any, self.model).set_attn_implementation(self.attention)  # (a transformers model)
         linears = [m for m in self.model.modules() if type(m) is torch.nn.Linear] if self.weight_major else []
         for m in linears:
             m.__class__ = WeightMajorLinear
@@ -102,26 +103,35 @@ class HFEngine:
             for m in linears:
                 m.__class__ = torch.nn.Linear
             if switch:
-                self.model.set_attn_implementation(train_attention)
+                cast(Any, self.model).set_attn_implementation(train_attention)
 
     def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new_tokens: int):
         """A function ``input_ids → next-token logits [B, V]`` that keeps the KV cache, mask and positions.
 
         Its first call (the prefill) takes the distinct prompts ``ids [B/n, P]``, runs each once and hands back
         ``n`` rows per prompt (the KV cache copied ``n`` times); later calls take one token per row ``[B, 1]``."""
-        state = {"cache": None, "mask": mask, "positions": position_ids_from_mask(mask)}
+        state: dict[str, Any] = {"cache": None, "mask": mask, "positions": position_ids_from_mask(mask)}
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
             if state["cache"] is not None:  # one new token per row
                 ones = torch.ones((step_ids.shape[0], 1), dtype=mask.dtype, device=mask.device)
                 state["mask"] = torch.cat([state["mask"], ones], dim=1)
                 state["positions"] = state["positions"][:, -1:] + 1
-            out = self.model(input_ids=step_ids, attention_mask=state["mask"], position_ids=state["positions"],
-                             use_cache=True, logits_to_keep=1, **{self._cache_kw: state["cache"]})
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=state["mask"],
+                position_ids=state["positions"],
+                use_cache=True,
+                logits_to_keep=1,
+                **{self._cache_kw: state["cache"]},
+            )
             logits = out.logits[:, -1, :]
             if state["cache"] is None and n > 1:  # after the prefill: n samples per prompt from here on
                 getattr(out, self._cache_kw).batch_repeat_interleave(n)
-                state["mask"], state["positions"] = state["mask"].repeat_interleave(n, 0), state["positions"].repeat_interleave(n, 0)
+                state["mask"], state["positions"] = (
+                    state["mask"].repeat_interleave(n, 0),
+                    state["positions"].repeat_interleave(n, 0),
+                )
                 logits = logits.repeat_interleave(n, 0)
             state["cache"] = getattr(out, self._cache_kw)
             return logits
@@ -136,8 +146,8 @@ class HFEngine:
         ids = torch.full((len(distinct), P), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(distinct), P), dtype=torch.long)
         for i, p in enumerate(distinct):  # left padding: every row's next token lands in the same column
-            ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, P - len(p):] = 1
+            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, P - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
 
@@ -204,7 +214,7 @@ class HFEngine:
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a peft wrapper (its forward has the real signature)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _as_list(x) -> list:

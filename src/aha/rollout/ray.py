@@ -29,6 +29,7 @@ import io
 import os
 import sys
 import time
+from typing import Any, cast
 
 import torch
 
@@ -37,14 +38,14 @@ from aha.errors import AhaError, TrainingError
 from aha.rewards import RewardError
 from aha.rollout import Rollouts, SamplingParams
 from aha.rollout.hf import HFEngine
-from aha.rollout.scoring import RewardRecipe, Scores, WarningsKept, merge_scores
+from aha.rollout.scoring import RewardRecipe, RewardScorer, Scores, WarningsKept, merge_scores
 from aha.rollout.scoring import log as reward_log
 
 
 def plain_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights a worker's plain model loads: LoRA adapters merged into a copy (peft), else the state dict."""
     if hasattr(policy, "merge_and_unload"):
-        policy = copy.deepcopy(policy).merge_and_unload()
+        policy = cast(Any, copy.deepcopy(policy)).merge_and_unload()  # (peft)
     return {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
 
 
@@ -55,8 +56,9 @@ class RolloutWorker:
     """One worker process: a plain copy of the policy and an HFEngine over it, and with a reward recipe the run's
     rewards (the Ray actor's class)."""
 
-    def __init__(self, model_config, tokenizer, threads: int, fail_at: str | None = None,
-                 rewards: RewardRecipe | None = None):
+    def __init__(
+        self, model_config, tokenizer, threads: int, fail_at: str | None = None, rewards: RewardRecipe | None = None
+    ):
         from transformers import AutoModelForCausalLM
 
         torch.set_num_threads(max(1, threads))
@@ -65,6 +67,7 @@ class RolloutWorker:
         self.engine = HFEngine(self.model, tokenizer, torch.device("cpu"), None)
         self.version = -1  # no weights yet
         self.calls, self.fail_at = 0, fail_at
+        self.scorer: RewardScorer | None
         self.recipe, self.scorer, self.tokenizer = rewards, None, tokenizer
 
     def load(self, state: dict[str, torch.Tensor], version: int) -> int:
@@ -78,8 +81,16 @@ class RolloutWorker:
             self.scorer = self.recipe.scorer(self.tokenizer)
         return os.getpid()
 
-    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingParams, seed: int, version: int,
-                 rows: list[dict] | None = None, first: int = 0) -> Rollouts | tuple[Rollouts, Scores] | None:
+    def generate(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        seed: int,
+        version: int,
+        rows: list[dict] | None = None,
+        first: int = 0,
+    ) -> Rollouts | tuple[Rollouts, Scores] | None:
         """The shard's rollouts; with its task ``rows``, also their :class:`~aha.rollout.scoring.Scores` (``first``:
         the shard's first completion in the step's batch)."""
         if version != self.version:
@@ -94,6 +105,7 @@ class RolloutWorker:
         self.prepare_rewards()
         printed = io.StringIO()
         with WarningsKept() as kept, contextlib.redirect_stdout(printed):
+            assert self.scorer is not None  # rows come only to workers built with the rewards (generate_scored)
             scores = self.scorer(rows, roll, first)
         scores.warnings, scores.printed = kept.lines, printed.getvalue()[-_MAX_PRINTED:]
         return roll, scores
@@ -113,9 +125,18 @@ class RolloutWorker:
 class RayEngine:
     """Samples with ``workers`` Ray actors; see the module docstring."""
 
-    def __init__(self, policy: torch.nn.Module, tokenizer, workers: int = 2, address: str | None = None,
-                 timeout_s: float = 600.0, max_restarts: int = 3, threads_per_worker: int | None = None,
-                 exact: bool = True, rewards: RewardRecipe | None = None):
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        tokenizer,
+        workers: int = 2,
+        address: str | None = None,
+        timeout_s: float = 600.0,
+        max_restarts: int = 3,
+        threads_per_worker: int | None = None,
+        exact: bool = True,
+        rewards: RewardRecipe | None = None,
+    ):
         """``exact``: the trainer computes in fp32 on a CPU, as the workers sample, so their logprobs are the
         trainer's (else ``rl.old_logprobs: auto`` recomputes them). ``rewards``: each worker builds the run's
         rewards from it now (an error is one line) and ``generate_scored`` rewards beside the completions."""
@@ -123,28 +144,35 @@ class RayEngine:
         try:
             import ray
         except ImportError:
-            raise TrainingError("distributed.backend=ray needs Ray: pip install 'aha[ray]' (or pip install ray)") \
-                from None
+            raise TrainingError(
+                "distributed.backend=ray needs Ray: pip install 'aha[ray]' (or pip install ray)"
+            ) from None
         self.ray, self.timeout_s, self.max_restarts = ray, timeout_s, max_restarts
         self.started_ray = not ray.is_initialized()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network at run time: Ray sends no usage stats
         if self.started_ray:
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")  # type: ignore[arg-type]  # ray types it int, but its own default is the str "info" (logging takes names)
             except Exception as e:  # ConnectionError for an address with no cluster behind it
-                raise TrainingError(f"distributed.address={address!r}: cannot reach a Ray cluster ({e}); start one "
-                                    "with `ray start --head`, or leave distributed.address unset for a local one")\
-                    from None
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+                raise TrainingError(
+                    f"distributed.address={address!r}: cannot reach a Ray cluster ({e}); start one "
+                    "with `ray start --head`, or leave distributed.address unset for a local one"
+                ) from None
+        base = cast(Any, policy).get_base_model() if hasattr(policy, "get_base_model") else policy  # (peft)
         threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
         fail = os.environ.get("AHA_TEST_WORKER_FAIL_AT")  # test hook "N:MARKER": worker 0 dies on its N-th call
         # workers idle while the trainer trains: their OpenMP threads must sleep, not spin, or they slow it down
-        actor = ray.remote(num_cpus=0, max_restarts=max_restarts, max_task_retries=0,
-                           runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})(RolloutWorker)
-        self.workers = [actor.remote(base.config, tokenizer, threads, fail if i == 0 else None, rewards)
-                        for i in range(workers)]
+        actor = ray.remote(
+            num_cpus=0,
+            max_restarts=max_restarts,
+            max_task_retries=0,
+            runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}},
+        )(RolloutWorker)
+        self.workers: list[Any] = [  # Ray actor handles (ray's types lose the actor's methods)
+            actor.remote(base.config, tokenizer, threads, fail if i == 0 else None, rewards) for i in range(workers)
+        ]
         self.weights_version, self.restarts = 0, 0
-        self._state_ref = None
+        self._state_ref: Any = None  # the weights' ObjectRef
         self.rewards = rewards is not None
         if self.rewards:
             self._wait([w.prepare_rewards.remote() for w in self.workers], "build the rewards")
@@ -161,8 +189,9 @@ class RayEngine:
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
         return _join_rollouts(self._shards(prompt_token_ids, n, sampling), len(prompt_token_ids) * n)
 
-    def generate_scored(self, prompt_token_ids: list[list[int]], rows: list[dict], n: int,
-                        sampling: SamplingParams) -> tuple[Rollouts, Scores]:
+    def generate_scored(
+        self, prompt_token_ids: list[list[int]], rows: list[dict], n: int, sampling: SamplingParams
+    ) -> tuple[Rollouts, Scores]:
         """``generate``, and the workers reward their completions (``rows``: the task row of each prompt); what the
         rewards logged is logged here too."""
         if not self.rewards:
@@ -177,8 +206,9 @@ class RayEngine:
             sys.stdout.flush()
         return joined, scores
 
-    def _shards(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams,
-                rows: list[dict] | None = None) -> list:
+    def _shards(
+        self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams, rows: list[dict] | None = None
+    ) -> list:
         """Each worker's result for its contiguous shard of the prompts (None for an empty shard), in order."""
         if self._state_ref is None:
             raise TrainingError("the Ray rollout workers have no weights yet: call sync(policy) first")
@@ -190,9 +220,18 @@ class RayEngine:
             todo = [i for i, p in enumerate(parts) if p is None and shards[i]]
             if not todo or failed:
                 break
-            calls = {i: self.workers[i].generate.remote(
-                [prompt_token_ids[j] for j in shards[i]], n, sampling, seed + i, self.weights_version,
-                None if rows is None else [rows[j] for j in shards[i]], shards[i][0] * n) for i in todo}
+            calls = {
+                i: self.workers[i].generate.remote(
+                    [prompt_token_ids[j] for j in shards[i]],
+                    n,
+                    sampling,
+                    seed + i,
+                    self.weights_version,
+                    None if rows is None else [rows[j] for j in shards[i]],
+                    shards[i][0] * n,
+                )
+                for i in todo
+            }
             for i, ref in calls.items():
                 try:
                     parts[i] = self.ray.get(ref, timeout=self.timeout_s)
@@ -201,8 +240,10 @@ class RayEngine:
                     continue
                 except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as e:
                     if attempt == self.max_restarts:
-                        raise TrainingError(f"Ray rollout worker {i} failed {attempt + 1} times in one call "
-                                            f"({type(e).__name__}); see the Ray logs under /tmp/ray") from None
+                        raise TrainingError(
+                            f"Ray rollout worker {i} failed {attempt + 1} times in one call "
+                            f"({type(e).__name__}); see the Ray logs under /tmp/ray"
+                        ) from None
                     self._restart(i, e)
                     continue
                 if parts[i] is None:  # it held other weights (a restarted actor): send the current ones
@@ -235,15 +276,19 @@ class RayEngine:
                 return self.ray.get(refs, timeout=max(0.1, deadline - time.monotonic()))
             except self.ray.exceptions.ActorUnavailableError:  # restarting: ask again until the deadline
                 if time.monotonic() > deadline or worker is None:
-                    raise TrainingError(f"Ray rollout workers could not {what}: a worker stayed unavailable "
-                                        f"for {self.timeout_s:g} s (distributed.timeout_s)") from None
+                    raise TrainingError(
+                        f"Ray rollout workers could not {what}: a worker stayed unavailable "
+                        f"for {self.timeout_s:g} s (distributed.timeout_s)"
+                    ) from None
                 time.sleep(0.5)
                 refs = [self.workers[worker].load.remote(self._state_ref, self.weights_version)]
             except self.ray.exceptions.RayTaskError as e:
                 raise _user_error(e) from None
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.GetTimeoutError) as e:
-                raise TrainingError(f"Ray rollout workers could not {what} ({type(e).__name__}) within "
-                                    f"{self.timeout_s:g} s (distributed.timeout_s)") from None
+                raise TrainingError(
+                    f"Ray rollout workers could not {what} ({type(e).__name__}) within "
+                    f"{self.timeout_s:g} s (distributed.timeout_s)"
+                ) from None
 
 
 def _join_rollouts(parts: list[Rollouts | None], expected: int) -> Rollouts:
@@ -252,8 +297,9 @@ def _join_rollouts(parts: list[Rollouts | None], expected: int) -> Rollouts:
         if part is not None:
             joined = joined.concat(part)
     if len(joined) != expected:
-        raise TrainingError(f"Ray rollout workers returned {len(joined)} completions for {expected}: a worker kept "
-                            "failing")
+        raise TrainingError(
+            f"Ray rollout workers returned {len(joined)} completions for {expected}: a worker kept failing"
+        )
     return joined
 
 

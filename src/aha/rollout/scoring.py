@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 from aha.rewards import (
     PYTHON_REWARDS,
+    RewardFn,
     as_completions,
     build_rewards,
     columns_of,
@@ -47,7 +48,7 @@ class RewardScorer:
     from its start), then :func:`~aha.rewards.compute_rewards` with ``rl.reward_on_error``, the rows' dataset columns
     as keyword arguments, ``completion_ids`` and ``max_completion_length``."""
 
-    def __init__(self, cfg, tokenizer, reward_fns: list[tuple[str, object, float]]):
+    def __init__(self, cfg, tokenizer, reward_fns: list[tuple[str, RewardFn, float]]):
         self.cfg, self.tokenizer, self.reward_fns = cfg, tokenizer, reward_fns
 
     def __call__(self, rows: list[dict], roll: Rollouts, first_sample: int = 0) -> Scores:
@@ -56,9 +57,15 @@ class RewardScorer:
         texts = [prefix + self.tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
         prompts = [r["prompt"] for r in rows for _ in range(G)]
         rewards, per_fn, skipped = compute_rewards(
-            self.reward_fns, prompts, as_completions(prompts, texts), columns_of(rows, G),
-            on_error=self.cfg.rl.reward_on_error, first_sample=first_sample, completion_ids=roll.completion_ids,
-            max_completion_length=self.cfg.rollout.max_new_tokens)
+            self.reward_fns,
+            prompts,
+            as_completions(prompts, texts),
+            columns_of(rows, G),
+            on_error=self.cfg.rl.reward_on_error,
+            first_sample=first_sample,
+            completion_ids=roll.completion_ids,
+            max_completion_length=self.cfg.rollout.max_new_tokens,
+        )
         metrics = {name: dict(last_metrics(fn) or {}) for name, fn, _ in self.reward_fns}
         merges = {name: dict(getattr(unwrap_partial(fn), "metric_merge", {})) for name, fn, _ in self.reward_fns}
         return Scores(texts, rewards, per_fn, skipped, {k: v for k, v in metrics.items() if v}, merges)
@@ -75,7 +82,7 @@ class RewardRecipe:
     python_rewards: dict
 
     @classmethod
-    def of(cls, cfg, task) -> "RewardRecipe":
+    def of(cls, cfg, task) -> RewardRecipe:
         names = {spec.name[3:] for spec in cfg.rewards if spec.name.startswith("py:")}
         return cls(cfg, dict(task.rewards), {n: PYTHON_REWARDS[n] for n in names if n in PYTHON_REWARDS})
 
@@ -95,7 +102,7 @@ class WarningsKept(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
 
-    def __enter__(self) -> "WarningsKept":
+    def __enter__(self) -> WarningsKept:
         log.addHandler(self)
         log.propagate = False  # (no second copy in the worker's log: the trainer prints them)
         return self
@@ -111,11 +118,22 @@ def merge_scores(parts: list[Scores]) -> Scores:
     per_fn = {name: [v for p in parts for v in p.per_fn[name]] for name in (parts[0].per_fn if parts else {})}
     merges = {k: v for p in parts for k, v in p.merges.items()}
     labels = list(dict.fromkeys(label for p in parts for label in p.metrics))
-    metrics = {label: merge_metrics([(len(p.texts), p.metrics[label]) for p in parts if label in p.metrics],
-                                    merges.get(label, {})) for label in labels}
-    return Scores([t for p in parts for t in p.texts], [r for p in parts for r in p.rewards], per_fn,
-                  sum(p.skipped for p in parts), metrics, merges, [w for p in parts for w in p.warnings],
-                  "".join(p.printed for p in parts))
+    metrics = {
+        label: merge_metrics(
+            [(len(p.texts), p.metrics[label]) for p in parts if label in p.metrics], merges.get(label, {})
+        )
+        for label in labels
+    }
+    return Scores(
+        [t for p in parts for t in p.texts],
+        [r for p in parts for r in p.rewards],
+        per_fn,
+        sum(p.skipped for p in parts),
+        metrics,
+        merges,
+        [w for p in parts for w in p.warnings],
+        "".join(p.printed for p in parts),
+    )
 
 
 def merge_metrics(shards: list[tuple[int, dict[str, float]]], kinds: dict[str, str]) -> dict[str, float]:

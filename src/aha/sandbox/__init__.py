@@ -66,8 +66,19 @@ from aha.sandbox.process import close_fds, communicate, kill_tree, leftover_proc
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ISOLATIONS", "Limits", "Result", "SandboxError", "default_workers", "isolation_available",
-           "leftover_processes", "resolve_isolation", "run", "run_many", "set_default_workers"]
+__all__ = [
+    "ISOLATIONS",
+    "Limits",
+    "Result",
+    "SandboxError",
+    "default_workers",
+    "isolation_available",
+    "leftover_processes",
+    "resolve_isolation",
+    "run",
+    "run_many",
+    "set_default_workers",
+]
 
 ISOLATIONS = ("auto", "bwrap", "unshare", "none")
 _START = b"\x00aha-sandbox-start\x00"  # the launcher writes it to stderr once its limits are set
@@ -92,8 +103,7 @@ class Limits:
     max_output_bytes: int = 1 << 16  # stdout + stderr together; more → killed, 'output_limit'
 
     def __post_init__(self):
-        for name in ("timeout_s", "cpu_s", "memory_mb", "max_processes", "max_file_mb", "disk_mb",
-                     "max_output_bytes"):
+        for name in ("timeout_s", "cpu_s", "memory_mb", "max_processes", "max_file_mb", "disk_mb", "max_output_bytes"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"sandbox limit {name} must be a positive number, got {value!r}")
@@ -139,7 +149,11 @@ def isolation_available(isolation: str) -> str | None:
             _PROBED[isolation] = "util-linux's unshare is not installed"
         else:
             probe = _run("import sys; sys.exit(0)", Limits(timeout_s=20), isolation)
-            _PROBED[isolation] = None if probe.ok else f"{isolation} cannot start a sandbox here: {probe.detail or probe.stderr.strip()[-200:]}"
+            _PROBED[isolation] = (
+                None
+                if probe.ok
+                else f"{isolation} cannot start a sandbox here: {probe.detail or probe.stderr.strip()[-200:]}"
+            )
     return _PROBED[isolation]
 
 
@@ -153,8 +167,10 @@ def resolve_isolation(isolation: str = "auto") -> str:
     if isolation == "none":
         if "warned-none" not in _PROBED:
             _PROBED["warned-none"] = None
-            log.warning("code sandbox: isolation 'none' was asked for: programs run with rlimits only, and see "
-                        "this machine's network and files. Use it only for programs you trust.")
+            log.warning(
+                "code sandbox: isolation 'none' was asked for: programs run with rlimits only, and see "
+                "this machine's network and files. Use it only for programs you trust."
+            )
         return "none"
     if isolation != "auto":
         why = isolation_available(isolation)
@@ -164,9 +180,11 @@ def resolve_isolation(isolation: str = "auto") -> str:
     for candidate in ("bwrap", "unshare"):
         if isolation_available(candidate) is None:
             return candidate
-    raise SandboxError(f"no code sandbox works on this machine (bwrap: {_PROBED.get('bwrap')}; unshare: "
-                       f"{_PROBED.get('unshare')}): install bubblewrap (apt-get install bubblewrap) where user "
-                       "namespaces are allowed; isolation: none runs programs unisolated, only if named")
+    raise SandboxError(
+        f"no code sandbox works on this machine (bwrap: {_PROBED.get('bwrap')}; unshare: "
+        f"{_PROBED.get('unshare')}): install bubblewrap (apt-get install bubblewrap) where user "
+        "namespaces are allowed; isolation: none runs programs unisolated, only if named"
+    )
 
 
 # ─────────────────────────────── running one program ───────────────────────────────
@@ -191,8 +209,15 @@ def _run(source: str, limits: Limits, isolation: str, tests: str | None = None) 
     start = time.monotonic()
     payload, test_bytes = source.encode("utf-8", "replace"), (tests or "").encode("utf-8", "replace")
     if len(payload) + len(test_bytes) > _MAX_SOURCE:
-        return Result("error", None, "", "", 0.0, isolation,
-                      detail=f"program and tests are {len(payload) + len(test_bytes)} bytes (> {_MAX_SOURCE})")
+        return Result(
+            "error",
+            None,
+            "",
+            "",
+            0.0,
+            isolation,
+            detail=f"program and tests are {len(payload) + len(test_bytes)} bytes (> {_MAX_SOURCE})",
+        )
     tag = f"aha-sandbox-{uuid.uuid4().hex[:12]}"
     workdir = tempfile.mkdtemp(prefix="aha-sandbox-")  # bwrap needs none; unshare's root, none's cwd
     fds = {"verdict_r": -1, "verdict_w": -1, "tests_r": -1, "tests_w": -1}
@@ -204,21 +229,39 @@ def _run(source: str, limits: Limits, isolation: str, tests: str | None = None) 
             fds["verdict_r"], fds["verdict_w"] = os.pipe()
             fds["tests_r"], fds["tests_w"] = os.pipe()
         python = sandbox_python()
-        args = [str(math.ceil(limits.cpu_s)), str(int(limits.memory_mb) << 20), str(int(limits.max_processes)),
-                str(int(limits.max_file_mb) << 20), tag, str(fds["verdict_w"]), str(fds["tests_r"]),
-                str(int(isolation == "none"))]
+        args = [
+            str(math.ceil(limits.cpu_s)),
+            str(int(limits.memory_mb) << 20),
+            str(int(limits.max_processes)),
+            str(int(limits.max_file_mb) << 20),
+            tag,
+            str(fds["verdict_w"]),
+            str(fds["tests_r"]),
+            str(int(isolation == "none")),
+        ]
         inner = [python, "-I", "-c", _LAUNCHER, *args]
         passed = tuple(fds[k] for k in ("verdict_w", "tests_r") if fds[k] >= 0)
         cmd = BUILDERS[isolation](limits.disk_mb, python, workdir, passed) + inner
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         cwd = workdir if isolation == "none" else "/"
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=cwd, env=env, start_new_session=True, close_fds=True,
-                                pass_fds=passed, **drop_privileges())
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=passed,
+            **drop_privileges(),
+        )
     except (OSError, SandboxError) as exc:
         close_fds(fds.values())
         shutil.rmtree(workdir, ignore_errors=True)
-        return Result("error", None, "", "", time.monotonic() - start, isolation, detail=f"cannot start: {exc}", tag=tag)
+        return Result(
+            "error", None, "", "", time.monotonic() - start, isolation, detail=f"cannot start: {exc}", tag=tag
+        )
     close_fds([fds.pop("verdict_w"), fds.pop("tests_r")])  # only the sandbox holds these ends now
     try:
         out, err, verdict, why = communicate(proc, payload, limits, start, fds, test_bytes)
@@ -244,8 +287,9 @@ def _checks(data: bytes) -> dict | None:
     return checks if isinstance(checks, dict) else None
 
 
-def _verdict(rc: int | None, out: bytes, err: bytes, why: str, limits: Limits, isolation: str,
-             seconds: float, tag: str) -> Result:
+def _verdict(
+    rc: int | None, out: bytes, err: bytes, why: str, limits: Limits, isolation: str, seconds: float, tag: str
+) -> Result:
     started = _START in err
     memory = _MEMORY in err
     err = err.replace(_START, b"").replace(_MEMORY, b"")
@@ -268,7 +312,11 @@ def _verdict(rc: int | None, out: bytes, err: bytes, why: str, limits: Limits, i
         status, detail = "ok", ""
     else:
         status = "failed"
-        detail = f"killed by {signal.Signals(signo).name}" if signo in signal.valid_signals() and signo else f"exit code {rc}"
+        detail = (
+            f"killed by {signal.Signals(signo).name}"
+            if signo in signal.valid_signals() and signo
+            else f"exit code {rc}"
+        )
         if signo == signal.SIGXFSZ:
             detail += f" (a file > {limits.max_file_mb} MiB)"
     return Result(status, rc, stdout, stderr, seconds, isolation, detail=detail, tag=tag)
@@ -295,8 +343,13 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_many(sources: list[str], limits: Limits | None = None, isolation: str = "auto",
-             workers: int | None = None, tests: list[str | None] | None = None) -> list[Result]:
+def run_many(
+    sources: list[str],
+    limits: Limits | None = None,
+    isolation: str = "auto",
+    workers: int | None = None,
+    tests: list[str | None] | None = None,
+) -> list[Result]:
     """Run every program (with its ``tests``, if given: see :func:`run`), ``workers`` at a time (default:
     the cores we may use); results in order.
 

@@ -36,8 +36,13 @@ _NO_IMPORT = {"antigravity", "this", "turtle", "turtledemo", "tkinter", "idlelib
 
 
 def _limits(cpu: int, mem: int, nproc: int, fsize: int) -> None:
-    for res, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, mem), (resource.RLIMIT_NPROC, nproc),
-                       (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_CORE, 0)):
+    for res, value in (
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_AS, mem),
+        (resource.RLIMIT_NPROC, nproc),
+        (resource.RLIMIT_FSIZE, fsize),
+        (resource.RLIMIT_CORE, 0),
+    ):
         resource.setrlimit(res, (value, value + 1 if res == resource.RLIMIT_CPU else value))
 
 
@@ -71,8 +76,9 @@ def _run_program(src: str, namespace: dict) -> None:
     except BaseException as exc:  # (imported late: slow)
         import linecache
         import traceback
+
         linecache.cache["main.py"] = (len(src), None, src.splitlines(True), "main.py")
-        traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))
+        traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))  # type: ignore[union-attr]  # typeshed: __traceback__ is Optional; an exception being handled has one
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
@@ -105,7 +111,7 @@ def _encode(value, handle, depth=0):
         return {"d": [[_encode(k, handle, depth + 1), _encode(v, handle, depth + 1)] for k, v in dict.items(value)]}
     for base, tag in ((list, None), (tuple, "t"), (set, "s"), (frozenset, "f")):
         if isinstance(value, base):
-            items = [_encode(v, handle, depth + 1) for v in base.__iter__(value)]
+            items = [_encode(v, handle, depth + 1) for v in base.__iter__(value)]  # type: ignore[arg-type]  # mypy cannot pair base with isinstance(value, base) over the loop's union (no typing import here: cast is not at hand)
             return items if tag is None else {tag: items}
     if type(value).__name__ == "module" and isinstance(getattr(value, "__name__", None), str):
         return {"m": value.__name__}
@@ -123,7 +129,7 @@ def _decode(value, remote, depth=0):
         return [_decode(v, remote, depth + 1) for v in value]
     if type(value) is not dict or len(value) != 1:
         raise ValueError("malformed value")
-    (tag, body), = value.items()
+    ((tag, body),) = value.items()
     if tag == "n":
         return float(str(body))
     if tag in ("t", "s", "f") and type(body) is list:
@@ -181,6 +187,7 @@ def serve(src: str, sock, json) -> None:
             if tag == "h" and type(body) is list and body and type(body[0]) is int and 0 <= body[0] < len(handles):
                 return handles[body[0]]
             raise ValueError("unknown handle")
+
         return _decode(value, remote)
 
     namespace = {"__name__": "__main__", "__file__": "main.py", "__builtins__": __builtins__}
@@ -298,6 +305,7 @@ def check(tests: str, sock, json, builtins) -> dict:
             if type(obj) is Remote:
                 return {"h": [object.__getattribute__(obj, "_aha_handle"), ""]}
             raise TypeError(f"cannot pass a {type(obj).__name__} to the program (only plain data and its own objects)")
+
         return _encode(value, handle)
 
     def ask(request):
@@ -316,8 +324,8 @@ def check(tests: str, sock, json, builtins) -> dict:
             raise cls(str(message))
         raise RemoteError(f"{kind}: {message}")
 
-    stdlib = getattr(sys, "stdlib_module_names", frozenset())
-    verdict = {"ran": False, "finished": False, "passed": None, "error": ""}
+    stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())  # (local annotations are never evaluated)
+    verdict: dict[str, object] = {"ran": False, "finished": False, "passed": None, "error": ""}
     try:
         first = _recv(sock, json)
     except (EOFError, OSError, ValueError) as exc:
@@ -339,7 +347,8 @@ def check(tests: str, sock, json, builtins) -> dict:
         exec(compile(tests, "tests.py", "exec"), namespace)
     except BaseException as exc:  # noqa: BLE001
         import traceback
-        traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))
+
+        traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))  # type: ignore[union-attr]  # typeshed: __traceback__ is Optional; an exception being handled has one
         verdict["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         return verdict
     verdict["finished"] = True
@@ -353,6 +362,7 @@ def main() -> None:
     verdict_fd, tests_fd, orphan_guard = int(sys.argv[6]), int(sys.argv[7]), sys.argv[8] == "1"
     if orphan_guard:  # isolation 'none': no pid namespace dies with aha, so die with the parent ourselves
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
         if os.getppid() == 1:
             os._exit(1)
@@ -367,6 +377,7 @@ def main() -> None:
     import ctypes
     import json
     import socket
+
     sys.set_int_max_str_digits(0)
     if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE, 0
         os.write(verdict_fd, b'{"error": "cannot make the checker non-dumpable"}')
@@ -403,6 +414,7 @@ def main() -> None:
 def _reap(pid: int, grace_s: float = 0.5):
     """The program process's exit code (negative: its signal), or None when it had to be killed after the tests."""
     import time
+
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)

@@ -30,7 +30,11 @@ class SandboxError(AhaError, RuntimeError):
 
 def sandbox_python() -> str:
     """A python3 the sandbox user may execute: this interpreter's base if world-readable, else /usr's."""
-    candidates = [getattr(sys, "_base_executable", None) or sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]
+    candidates = [
+        getattr(sys, "_base_executable", None) or sys.executable,
+        "/usr/bin/python3",
+        "/usr/local/bin/python3",
+    ]
     for path in candidates:
         real = os.path.realpath(path)
         if os.path.isfile(real) and (os.geteuid() != 0 or _world_reachable(real)):
@@ -71,18 +75,55 @@ def bwrap_command(disk_mb: int, python: str, workdir: str = "") -> list[str]:
     """bubblewrap: every namespace, no capabilities, no nested user namespaces, a read-only root whose only
     writable places are three size-capped tmpfs (/sandbox, /tmp, /dev/shm), and death with its parent."""
     size = str(int(disk_mb) << 20)
-    cmd = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--unshare-user", "--disable-userns",
-           "--cap-drop", "ALL", "--die-with-parent", "--new-session",
-           "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-           "--setenv", "HOME", "/sandbox", "--setenv", "LANG", "C.UTF-8"]
+    cmd = [
+        shutil.which("bwrap") or "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        "/sandbox",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
+    ]
     for path in _ro_paths(python):
         if os.path.islink(path):
             cmd += ["--symlink", os.readlink(path), path]
         else:
             cmd += ["--ro-bind", path, path]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/dev/shm",
-            "--size", size, "--tmpfs", "/sandbox", "--size", size, "--tmpfs", "/tmp",
-            "--remount-ro", "/", "--chdir", "/sandbox"]
+    cmd += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--size",
+        size,
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
+        size,
+        "--tmpfs",
+        "/sandbox",
+        "--size",
+        size,
+        "--tmpfs",
+        "/tmp",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        "/sandbox",
+    ]
     return cmd
 
 
@@ -127,10 +168,34 @@ def unshare_command(disk_mb: int, python: str, workdir: str, pass_fds: tuple[int
         raise SandboxError("unshare isolation needs util-linux's setpriv (to die with its parent)")
     root = os.path.join(workdir, "root")
     os.mkdir(root, 0o755)
-    return [setpriv, "--pdeathsig", "KILL", "--", unshare, "--user", "--map-root-user", "--net", "--pid",
-            "--fork", "--kill-child", "--mount", "--ipc", "--uts", "--",
-            "/bin/sh", "-c", _UNSHARE_SCRIPT, "sh", root, str(int(disk_mb) << 20), " ".join(_ro_paths(python))]
+    return [
+        setpriv,
+        "--pdeathsig",
+        "KILL",
+        "--",
+        unshare,
+        "--user",
+        "--map-root-user",
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount",
+        "--ipc",
+        "--uts",
+        "--",
+        "/bin/sh",
+        "-c",
+        _UNSHARE_SCRIPT,
+        "sh",
+        root,
+        str(int(disk_mb) << 20),
+        " ".join(_ro_paths(python)),
+    ]
 
 
-BUILDERS = {"bwrap": lambda disk_mb, python, workdir, pass_fds=(): bwrap_command(disk_mb, python, workdir),
-            "unshare": unshare_command, "none": lambda disk_mb, python, workdir, pass_fds=(): []}
+BUILDERS = {
+    "bwrap": lambda disk_mb, python, workdir, pass_fds=(): bwrap_command(disk_mb, python, workdir),
+    "unshare": unshare_command,
+    "none": lambda disk_mb, python, workdir, pass_fds=(): [],
+}

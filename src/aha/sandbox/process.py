@@ -37,10 +37,12 @@ def exited(proc: subprocess.Popen) -> bool:
         return True
 
 
-def communicate(proc: subprocess.Popen, payload: bytes, limits, start: float, fds: dict | None = None,
-                 tests: bytes = b"") -> tuple[bytes, bytes, bytes, str]:
+def communicate(
+    proc: subprocess.Popen, payload: bytes, limits, start: float, fds: dict | None = None, tests: bytes = b""
+) -> tuple[bytes, bytes, bytes, str]:
     """Feed stdin (and ``fds['tests_w']``, closed once written), read stdout/stderr up to the cap (and
     ``fds['verdict_r']``), until exit, deadline ('timeout') or cap ('output_limit')."""
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None  # all pipes (run())
     fds = fds if fds is not None else {}
     verdict_fd, tests_fd = fds.get("verdict_r", -1), fds.get("tests_w", -1)
     chunks = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
@@ -72,7 +74,7 @@ def communicate(proc: subprocess.Popen, payload: bytes, limits, start: float, fd
             for key, _ in sel.select(timeout=min(0.1, deadline - now)):
                 if key.fd in pending:
                     try:
-                        pending[key.fd] = pending[key.fd][os.write(key.fd, pending[key.fd][: 1 << 16]):]
+                        pending[key.fd] = pending[key.fd][os.write(key.fd, pending[key.fd][: 1 << 16]) :]
                     except OSError:  # the sandbox closed its end (or died)
                         pending[key.fd] = pending[key.fd][:0]
                     if not pending[key.fd]:
@@ -118,6 +120,7 @@ def kill_tree(proc: subprocess.Popen, tag: str) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     for stream in (proc.stdin, proc.stdout, proc.stderr):
+        assert stream is not None  # all three are pipes (run())
         try:
             stream.close()
         except OSError:

@@ -35,7 +35,7 @@ def split_unique(rng: random.Random, make, num_train: int, num_eval: int, max_tr
             break
         row = make(rng)
         eval_rows.setdefault(row["prompt"], row)
-    train = []
+    train: list[dict] = []
     for _ in range(num_train * max_tries):
         if len(train) >= num_train:
             break

@@ -74,12 +74,16 @@ def make_problem(rng: random.Random, n: int) -> dict:
             expr = f"({expr}{op}{x})" if op in "+-" else f"{expr}{op}{x}"
         value = safe_eval(expr)
         if value is not None and value == int(value) and 0 < value < 1000:
-            prompt = (f"Using the numbers {nums}, create an equation that equals {int(value)}. "
-                      "Use + - * / and each number exactly once.")
+            prompt = (
+                f"Using the numbers {nums}, create an equation that equals {int(value)}. "
+                "Use + - * / and each number exactly once."
+            )
             return {"prompt": prompt, "answer": str(int(value)), "numbers": nums, "solution": expr}
 
 
 def countdown_task(cfg: TaskConfig) -> Task:
     rng = random.Random(cfg.seed)
     train, held_out = split_unique(rng, lambda r: make_problem(r, cfg.num_numbers), cfg.num_train, cfg.num_eval)
-    return Task("countdown", train, held_out, alphabet=None, rewards={"countdown": countdown_reward}, verifier="countdown")
+    return Task(
+        "countdown", train, held_out, alphabet=None, rewards={"countdown": countdown_reward}, verifier="countdown"
+    )

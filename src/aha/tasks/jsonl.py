@@ -41,16 +41,20 @@ def jsonl_task(cfg: TaskConfig) -> Task:
     """The task over ``cfg.path``; the held-out split is ``cfg.eval_path``, else the last
     ``min(task.num_eval, a fifth of the rows)`` rows of ``cfg.path`` (the task's ``note`` says so; the run prints it)."""
     if cfg.path is None:
-        raise DataError(f"task.name={cfg.name} needs task.path: a .jsonl/.json/.csv/.parquet file, a save_to_disk "
-                        "directory or hf:OWNER/NAME")
+        raise DataError(
+            f"task.name={cfg.name} needs task.path: a .jsonl/.json/.csv/.parquet file, a save_to_disk "
+            "directory or hf:OWNER/NAME"
+        )
     rows = normalise_rows(load_rows(cfg.path, (cfg.prompt_column,), "data file"), cfg, cfg.path)
     if cfg.eval_path is not None:
         train = rows
         held_out = normalise_rows(load_rows(cfg.eval_path, (cfg.prompt_column,), "eval file"), cfg, cfg.eval_path)
     else:
         n_eval = min(cfg.num_eval, len(rows) // 5)
-        train, held_out = rows[: len(rows) - n_eval], rows[len(rows) - n_eval:]
-        note = (f"{cfg.path}: {len(train)} rows to train on, the last {n_eval} held out for eval (task.num_eval="
-                f"{cfg.num_eval}, at most a fifth of the rows; task.eval_path: a held-out file of its own)")
+        train, held_out = rows[: len(rows) - n_eval], rows[len(rows) - n_eval :]
+        note = (
+            f"{cfg.path}: {len(train)} rows to train on, the last {n_eval} held out for eval (task.num_eval="
+            f"{cfg.num_eval}, at most a fifth of the rows; task.eval_path: a held-out file of its own)"
+        )
         return Task(Path(str(cfg.path)).stem, train, held_out, note=note)
     return Task(Path(str(cfg.path)).stem, train, held_out)

@@ -11,8 +11,15 @@ from aha.errors import AhaError
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False, wandb_project: str = "aha",
-                 config: dict | None = None, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool = True,
+        wandb: bool = False,
+        wandb_project: str = "aha",
+        config: dict | None = None,
+        resume_step: int | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
@@ -31,8 +38,9 @@ class MetricsLogger:
             try:
                 import wandb as _wandb
             except ImportError:
-                raise AhaError("log.wandb is on but wandb is not installed: pip install wandb "
-                               "(or set log.wandb=false)") from None
+                raise AhaError(
+                    "log.wandb is on but wandb is not installed: pip install wandb (or set log.wandb=false)"
+                ) from None
             self._wandb = _wandb.init(project=wandb_project, dir=str(self.run_dir), config=config)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

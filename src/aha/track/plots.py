@@ -52,7 +52,8 @@ def fmt(value) -> str:
 
 def clip(text) -> str:
     if isinstance(text, list):  # chat messages: one "role: content" line each
-        text = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m)
-                         for m in text)
+        text = "\n".join(
+            f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in text
+        )
     text = "" if text is None else str(text)
     return escape(text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + f"… [{len(text) - MAX_TEXT} more chars]")

@@ -80,8 +80,9 @@ class AhaMoment:
     final_answer: str  # the right answer written at the end
 
 
-def find_aha(text: str, gold: str, pattern: re.Pattern | None = None, prompt: str = "",
-             match: str = "auto") -> AhaMoment | None:
+def find_aha(
+    text: str, gold: str, pattern: re.Pattern | None = None, prompt: str = "", match: str = "auto"
+) -> AhaMoment | None:
     """The completion's aha moment (a self-correction, see the module's definition), or None.
 
     >>> find_aha("12+30 is 32. Wait, 1+3 is 4, so 42. <answer>42</answer>", "42", prompt="12+30=").first_answer
@@ -94,7 +95,7 @@ def find_aha(text: str, gold: str, pattern: re.Pattern | None = None, prompt: st
     hit = (pattern or reflection_pattern()).search(text)
     if hit is None:
         return None
-    before = text[:hit.start()]
+    before = text[: hit.start()]
     blocks = _ANSWER_BLOCK_RE.findall(before)
     if blocks:
         first = blocks[0].strip()
@@ -120,8 +121,9 @@ class Judgement:
     aha: AhaMoment | None
 
 
-def judge(text: str, gold: str | None, pattern: re.Pattern | None = None, prompt: str = "",
-          match: str = "auto") -> Judgement:
+def judge(
+    text: str, gold: str | None, pattern: re.Pattern | None = None, prompt: str = "", match: str = "auto"
+) -> Judgement:
     """Format, reflection, strict/lenient correctness and the aha moment of one completion (``gold``: the reference
     answer; None leaves correctness and aha unjudged)."""
     pattern = pattern or reflection_pattern()
@@ -155,15 +157,17 @@ def reasoning_metrics(judgements: list[Judgement], lengths: list[int], prefix: s
     out = {"format": _mean([j.format for j in judgements]), "reflection_rate": _mean([j.reflects for j in judgements])}
     judged = [(j, n) for j, n in zip(judgements, lengths) if j.strict_correct is not None]
     if judged:
-        out.update({
-            "accuracy_strict": _mean([j.strict_correct for j, _ in judged]),
-            "accuracy_lenient": _mean([j.lenient_correct for j, _ in judged]),
-            "accuracy_reflecting": _mean([j.strict_correct for j, _ in judged if j.reflects]),
-            "accuracy_not_reflecting": _mean([j.strict_correct for j, _ in judged if not j.reflects]),
-            "length_correct": _mean([n for j, n in judged if j.strict_correct]),
-            "length_wrong": _mean([n for j, n in judged if not j.strict_correct]),
-            "aha_rate": _mean([j.aha is not None for j, _ in judged]),
-        })
+        out.update(
+            {
+                "accuracy_strict": _mean([j.strict_correct for j, _ in judged]),
+                "accuracy_lenient": _mean([j.lenient_correct for j, _ in judged]),
+                "accuracy_reflecting": _mean([j.strict_correct for j, _ in judged if j.reflects]),
+                "accuracy_not_reflecting": _mean([j.strict_correct for j, _ in judged if not j.reflects]),
+                "length_correct": _mean([n for j, n in judged if j.strict_correct]),
+                "length_wrong": _mean([n for j, n in judged if not j.strict_correct]),
+                "aha_rate": _mean([j.aha is not None for j, _ in judged]),
+            }
+        )
     return {prefix + k: (float(v) if v is not None else None) for k, v in out.items()}
 
 
@@ -172,13 +176,16 @@ class ReasoningMeter:
     task's correctness is not an answer to compare (countdown, code): then only format, reflection and length
     without the correct/wrong split are measured."""
 
-    def __init__(self, phrases: list[str] | tuple[str, ...] = REFLECTION_PHRASES, match: str = "auto",
-                 golds: bool = True):
+    def __init__(
+        self, phrases: list[str] | tuple[str, ...] = REFLECTION_PHRASES, match: str = "auto", golds: bool = True
+    ):
         self.pattern, self.match, self.golds = reflection_pattern(phrases), match, golds
 
     def judge(self, prompts: list, texts: list[str], golds: list) -> list[Judgement]:
-        return [judge(text, gold if self.golds else None, self.pattern, str(prompt), self.match)
-                for prompt, text, gold in zip(prompts, texts, golds)]
+        return [
+            judge(text, gold if self.golds else None, self.pattern, str(prompt), self.match)
+            for prompt, text, gold in zip(prompts, texts, golds)
+        ]
 
     def of_eval(self, rows: list[dict], result: dict, prefix: str = "reasoning/") -> dict:
         """The metrics of :func:`aha.evaluate.evaluate`'s greedy completions of ``rows``."""
@@ -193,5 +200,6 @@ def reasoning_meter(cfg, task) -> ReasoningMeter | None:
         on = cfg.task.template in ("r1", "r1_plain")
     if not on:
         return None
-    return ReasoningMeter(cfg.log.reflection_phrases, cfg.task.answer_match,
-                          golds=getattr(task, "verifier", "accuracy") == "accuracy")
+    return ReasoningMeter(
+        cfg.log.reflection_phrases, cfg.task.answer_match, golds=getattr(task, "verifier", "accuracy") == "accuracy"
+    )

@@ -34,7 +34,6 @@ MAIN_PLOTS = [
 SAMPLE_STEPS = 4  # sample tables at the first, two middle and last logged steps
 
 
-
 # ---------------------------------------------------------------- loading
 
 
@@ -173,7 +172,7 @@ def plot_other(metrics: dict[str, Series], ncols: int = 4) -> str | None:
         plot_line(ax, metrics[key], color="C0")
         ax.set_title(key, fontsize=9)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.set_visible(False)
     return to_png(fig)
 
@@ -216,8 +215,9 @@ def render_summary(summary: dict) -> str:
     rows = []
     for key, value in summary.items():
         if isinstance(value, dict):
-            inner = "".join(f"<tr><th>{escape(str(k))}</th><td class='num'>{fmt(v)}</td></tr>"
-                            for k, v in value.items())
+            inner = "".join(
+                f"<tr><th>{escape(str(k))}</th><td class='num'>{fmt(v)}</td></tr>" for k, v in value.items()
+            )
             cell = f"<td><table class='inner'>{inner}</table></td>"
         else:
             cell = f"<td class='num'>{fmt(value)}</td>"
@@ -226,15 +226,20 @@ def render_summary(summary: dict) -> str:
 
 
 def render_samples(picked: list[tuple[int, list[dict]]]) -> str:
-    head = ("<tr><th style='width:5%'>step</th><th style='width:25%'>prompt</th>"
-            "<th style='width:42%'>completion</th><th style='width:10%'>answer</th>"
-            "<th style='width:18%'>reward</th></tr>")
+    head = (
+        "<tr><th style='width:5%'>step</th><th style='width:25%'>prompt</th>"
+        "<th style='width:42%'>completion</th><th style='width:10%'>answer</th>"
+        "<th style='width:18%'>reward</th></tr>"
+    )
     rows = []
     for step, samples in picked:
         for sample in samples:
             per_fn = sample.get("rewards") or {}
-            breakdown = "".join(f"<tr><td>{escape(str(fn))}</td><td class='num'>{fmt(v)}</td></tr>"
-                                for fn, v in per_fn.items()) if isinstance(per_fn, dict) else ""
+            breakdown = (
+                "".join(f"<tr><td>{escape(str(fn))}</td><td class='num'>{fmt(v)}</td></tr>" for fn, v in per_fn.items())
+                if isinstance(per_fn, dict)
+                else ""
+            )
             rows.append(
                 f"<tr><td class='num'>{step}</td><td><pre>{clip(sample.get('prompt'))}</pre></td>"
                 f"<td><pre>{clip(sample.get('completion'))}</pre></td>"
@@ -256,9 +261,15 @@ def _headline(metrics: dict[str, Series]) -> str:
     return " · ".join(parts)
 
 
-def render_html(run_dir: Path, metrics: dict[str, Series], plots: list[tuple[str, str]],
-                picked: list[tuple[int, list[dict]]], summary: dict | None, config_text: str | None,
-                reasoning: str = "") -> str:
+def render_html(
+    run_dir: Path,
+    metrics: dict[str, Series],
+    plots: list[tuple[str, str]],
+    picked: list[tuple[int, list[dict]]],
+    summary: dict | None,
+    config_text: str | None,
+    reasoning: str = "",
+) -> str:
     """The whole page as one string; every piece of run data is HTML-escaped. ``reasoning``: the reasoning and
     aha-moments sections (:func:`aha.track.reasoning_report.render_section`)."""
     generated = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -285,8 +296,11 @@ def render_html(run_dir: Path, metrics: dict[str, Series], plots: list[tuple[str
     parts.append("<h2>Sample completions</h2>")
     parts.append(render_samples(picked) if picked else "<p class='empty'>No samples.jsonl in this run directory.</p>")
     parts.append("<h2>Config</h2>")
-    parts.append(f"<pre class='config'>{escape(config_text)}</pre>" if config_text is not None
-                 else "<p class='empty'>No config.yaml in this run directory.</p>")
+    parts.append(
+        f"<pre class='config'>{escape(config_text)}</pre>"
+        if config_text is not None
+        else "<p class='empty'>No config.yaml in this run directory.</p>"
+    )
     parts.append("</main></body></html>")
     return "\n".join(parts)
 
@@ -308,9 +322,15 @@ def write_report(run_dir: Path, out: Path | None = None, summary: dict | None = 
     config_path = run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
     samples = load_jsonl(run_dir / "samples.jsonl")
-    html = render_html(run_dir.resolve(), metrics, plot_all(metrics), pick_samples(samples),
-                       summary if summary is not None else load_summary(run_dir), config_text,
-                       render_section(metrics, samples))
+    html = render_html(
+        run_dir.resolve(),
+        metrics,
+        plot_all(metrics),
+        pick_samples(samples),
+        summary if summary is not None else load_summary(run_dir),
+        config_text,
+        render_section(metrics, samples),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html, encoding="utf-8")
     return out
