@@ -111,6 +111,16 @@ def gao_peak(alpha: float, beta: float) -> float | None:
     return math.exp(exponent) if exponent < 50 else None
 
 
+@dataclass
+class _Smoothed:
+    """One step's moving averages (None until there is a value) and the no-gold signal's baseline (None until known)."""
+
+    proxy: float | None
+    gold: float | None
+    signal: float | None
+    baseline: float | None
+
+
 class Guard:
     """Stateful: feed it every step's metrics in order with :meth:`observe`. ``cfg`` is a ``GuardConfig``."""
 
@@ -145,10 +155,25 @@ class Guard:
         return "gold" if self.gold_key else ("disagreement" if self.std_key else "kl")
 
     def observe(self, step: int, metrics: dict) -> Decision:
-        c = self.cfg
+        """One step's metrics in, the decision out: record the signals, smooth them, update the best step, read the
+        warning sign, fit Gao's curve (with gold), and decide. ``Decision.metrics`` is what the run logs as
+        ``guard/*``."""
         self.n += 1
         out: dict = {}
-        proxy, gold, std, kl = (_num(metrics.get(k)) for k in (self.proxy_key, self.gold_key, self.std_key, "kl"))
+        gold, kl = _num(metrics.get(self.gold_key)), _num(metrics.get("kl"))
+        self._record(metrics, out)
+        smooth = self._smooth(kl, out)
+        new_best = self._update_best(step, smooth, kl)
+        self._read_warning(smooth, out)
+        peak = self._fit(gold, kl, out)
+        reason, code = self._why_act(smooth, kl, peak)
+        return self._decide(reason, code, new_best, out)
+
+    def _record(self, metrics: dict, out: dict) -> None:
+        """Keep this step's proxy, gold and no-gold signal (the first ``window`` golds and ``baseline_steps`` signals
+        also as the start's level); a signal the run never logs is one line at its first step."""
+        c = self.cfg
+        proxy, gold, std = (_num(metrics.get(k)) for k in (self.proxy_key, self.gold_key, self.std_key))
         if proxy is not None:
             self._proxy.append(proxy)
             out["reward/proxy"] = proxy
@@ -168,36 +193,47 @@ class Guard:
             self._std.append(std)
             if len(self._baseline_std) < c.baseline_steps:
                 self._baseline_std.append(std)
-        p_s, g_s, s_s = _mean(self._proxy), _mean(self._gold), _mean(self._std)
-        for key, v in (("guard/proxy_smooth", p_s), ("guard/gold_smooth", g_s), ("guard/disagreement_smooth", s_s)):
+
+    def _smooth(self, kl: float | None, out: dict) -> _Smoothed:
+        """The moving averages over the last ``window`` steps, the signal's baseline once known, and √KL."""
+        c = self.cfg
+        smooth = _Smoothed(_mean(self._proxy), _mean(self._gold), _mean(self._std), None)
+        for key, v in (("guard/proxy_smooth", smooth.proxy), ("guard/gold_smooth", smooth.gold),
+                       ("guard/disagreement_smooth", smooth.signal)):  # fmt: skip
             if v is not None:
                 out[key] = v
-        baseline = _mean(self._baseline_std) if len(self._baseline_std) >= c.baseline_steps else None
-        if baseline is not None:
-            out["guard/disagreement_baseline"] = baseline
+        if len(self._baseline_std) >= c.baseline_steps:
+            smooth.baseline = _mean(self._baseline_std)
+        if smooth.baseline is not None:
+            out["guard/disagreement_baseline"] = smooth.baseline
         if kl is not None:
             out["guard/sqrt_kl"] = math.sqrt(max(kl, 0.0))
+        return smooth
 
-        # ---------------------------------------------------------------- the best step so far
-        warmed = self.n >= max(c.min_steps, 1)
-        score = None
+    def _update_best(self, step: int, smooth: _Smoothed, kl: float | None) -> bool:
+        """The best step so far by the score the mode trusts: smoothed gold; the proxy while the signal stays near its
+        baseline; or the proxy within the KL budget. True when this step is the new best."""
+        c = self.cfg
         if self.mode == "gold":
-            score = g_s
+            score = smooth.gold
         elif self.mode == "disagreement":
-            trusted = baseline is None or (s_s is not None and s_s <= baseline * (1 + c.disagreement_rise))
-            score = p_s if trusted else None
+            baseline, signal = smooth.baseline, smooth.signal
+            trusted = baseline is None or (signal is not None and signal <= baseline * (1 + c.disagreement_rise))
+            score = smooth.proxy if trusted else None
         else:
-            score = p_s if (c.kl_budget is None or kl is None or kl <= c.kl_budget) else None
-        new_best = score is not None and score > self.best_score
-        if new_best:
-            self.best_score, self.best_step, self._proxy_at_best = (
-                cast(float, score),
-                step,
-                p_s if p_s is not None else -math.inf,
-            )
+            score = smooth.proxy if (c.kl_budget is None or kl is None or kl <= c.kl_budget) else None
+        if score is None or not score > self.best_score:
+            return False
+        self.best_score, self.best_step = score, step
+        self._proxy_at_best = smooth.proxy if smooth.proxy is not None else -math.inf
+        return True
 
-        # ---------------------------------------------------------------- the warning sign
-        warning = False
+    def _read_warning(self, smooth: _Smoothed, out: dict) -> None:
+        """The warning sign, counted in a row: gold fallen from its best while the proxy rose past its value then, or
+        the no-gold signal risen above its baseline (only after ``min_steps``)."""
+        c, warning = self.cfg, False
+        warmed = self.n >= max(c.min_steps, 1)
+        p_s, g_s, s_s, baseline = smooth.proxy, smooth.gold, smooth.signal, smooth.baseline
         if warmed and self.mode == "gold" and g_s is not None and p_s is not None and self.best_step is not None:
             fallen = g_s < self.best_score - c.gold_tolerance * max(abs(self.best_score), 1e-8)
             warning = fallen and p_s > self._proxy_at_best
@@ -209,54 +245,54 @@ class Guard:
         if self.best_step is not None:
             out["guard/best_step"] = float(self.best_step)
 
-        # ---------------------------------------------------------------- Gao et al.'s R(d), fitted online
-        peak = None
-        if c.fit_gao and gold is not None and kl is not None and len(self._gold0) >= c.window:
-            self._fit_d.append(math.sqrt(max(kl, 0.0)))
-            self._fit_r.append(gold - cast(float, _mean(self._gold0)))  # len >= window >= 1
-            fit = fit_gao(self._fit_d, self._fit_r)
-            if fit is not None:
-                out["guard/gao_alpha"], out["guard/gao_beta"] = fit
-                peak = gao_peak(*fit)
-                if peak is not None:
-                    out["guard/predicted_peak_sqrt_kl"] = peak
+    def _fit(self, gold: float | None, kl: float | None, out: dict) -> float | None:
+        """Gao et al.'s R(d) = d(α − β log d), fitted online to gold's gain against √KL; the √KL of its peak, if any."""
+        c = self.cfg
+        if not (c.fit_gao and gold is not None and kl is not None and len(self._gold0) >= c.window):
+            return None
+        self._fit_d.append(math.sqrt(max(kl, 0.0)))
+        self._fit_r.append(gold - cast(float, _mean(self._gold0)))  # len >= window >= 1
+        fit = fit_gao(self._fit_d, self._fit_r)
+        if fit is None:
+            return None
+        out["guard/gao_alpha"], out["guard/gao_beta"] = fit
+        peak = gao_peak(*fit)
+        if peak is not None:
+            out["guard/predicted_peak_sqrt_kl"] = peak
+        return peak
 
-        # ---------------------------------------------------------------- decide
-        reason, code = "", None
+    def _why_act(self, smooth: _Smoothed, kl: float | None, peak: float | None) -> tuple[str, str | None]:
+        """Why the guard acts now (one line, and its stop code), or ``("", None)``: the KL budget spent, gold falling
+        for ``patience`` steps (past the fitted peak, with ``gao_confirms``), or the no-gold signal risen as long."""
+        c = self.cfg
+        p_s, g_s, s_s, baseline = smooth.proxy, smooth.gold, smooth.signal, smooth.baseline
         if c.kl_budget is not None and kl is not None and kl > c.kl_budget:
-            reason, code = (
-                f"KL to the reference {kl:.4g} exceeded the budget guard.kl_budget = {c.kl_budget:g}",
-                "kl_budget",
-            )
-        elif (
-            self.warning_steps >= c.patience
-            and self.mode == "gold"
-            and (confirmed := self._past_peak(peak, kl)) is not None
-        ):
-            reason, code = (
-                (
+            return f"KL to the reference {kl:.4g} exceeded the budget guard.kl_budget = {c.kl_budget:g}", "kl_budget"
+        if self.warning_steps >= c.patience and self.mode == "gold":
+            confirmed = self._past_peak(peak, kl)
+            if confirmed is not None:
+                return (
                     f"gold reward fell while the proxy rose for {self.warning_steps} steps (patience "
                     f"{c.patience}): smoothed gold {g_s:.4g} vs its best {self.best_score:.4g} at step "
                     f"{self.best_step}, proxy {p_s:.4g} vs {self._proxy_at_best:.4g} then{confirmed}"
-                ),
-                "gold_vs_proxy",
-            )
+                ), "gold_vs_proxy"
         elif self.warning_steps >= c.patience and self.mode == "disagreement":
             what = (
                 "reward-model ensemble disagreement"
                 if c.signal == "ensemble_std"
                 else "the samples' distance from the reward model's training data"
             )
-            reason, code = (
-                (
-                    f"{what} rose for {self.warning_steps} steps (patience {c.patience}): smoothed "
-                    f"{c.signal} {s_s:.4g} > (1 + {c.disagreement_rise:g}) × baseline {baseline:.4g}"
-                ),
-                "disagreement",
-            )
+            return (
+                f"{what} rose for {self.warning_steps} steps (patience {c.patience}): smoothed "
+                f"{c.signal} {s_s:.4g} > (1 + {c.disagreement_rise:g}) × baseline {baseline:.4g}"
+            ), "disagreement"
+        return "", None
+
+    def _decide(self, reason: str, code: str | None, new_best: bool, out: dict) -> Decision:
+        """The action ``guard.action`` asks for when there is a reason (a rollback with no best step yet stops)."""
         action = "continue"
         if code is not None:
-            action = c.action
+            action = self.cfg.action
             if action == "rollback" and self.best_step is None:
                 action, reason = "stop", reason + "; no best step seen yet, so stopping instead of rolling back"
             elif action == "rollback":

@@ -18,10 +18,11 @@ optimizer step, or None when every one was taken.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import Any, Protocol, cast
 
 import torch
 
+from aha.algos.advantages import AdvantageEstimator
 from aha.algos.kl import kl_estimate
 from aha.algos.losses import (
     aggregate_loss,
@@ -30,14 +31,43 @@ from aha.algos.losses import (
     masked_mean,
     policy_loss,
 )
+from aha.config import RunConfig
+from aha.critic import Critic
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast, lean_activations
 from aha.optim import finite_step
 from aha.rl.batch import RolloutBatch
 
-if TYPE_CHECKING:  # (a type only: the context imports this module)
-    from aha.rl.context import RLContext
-    from aha.rl.ranks import RankContext
+
+class UpdateContext(Protocol):
+    """What the optimizer step reads of its run: :class:`~aha.rl.context.RLContext` in the trainer (rank 0),
+    :class:`~aha.rl.ranks.RankContext` on ranks 1..M−1 (read-only here)."""
+
+    @property
+    def cfg(self) -> RunConfig: ...
+    @property
+    def policy(self) -> torch.nn.Module: ...
+    @property
+    def critic(self) -> Critic | None: ...
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None: ...
+    @property
+    def scheduler(self) -> Any: ...
+    @property
+    def estimator(self) -> AdvantageEstimator: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def amp(self) -> torch.dtype | None: ...
+    @property
+    def updates(self) -> int: ...
+
+
+class StepContext(UpdateContext, Protocol):
+    """The trainer's: also the data-parallel ranks, when ``distributed.trainers`` > 1."""
+
+    @property
+    def trainers(self) -> Any: ...
 
 
 def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
@@ -51,7 +81,7 @@ def updates_per_batch(rl) -> int:
     return rl.mu * rl.num_minibatches
 
 
-def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
+def update(ctx: StepContext, batch: RolloutBatch) -> tuple[dict, str | None]:
     """The update phase; with ``distributed.trainers`` > 1 the data-parallel ranks share every minibatch."""
     plan = [minibatches(len(batch), ctx.cfg.rl.num_minibatches, ctx.device) for _ in range(ctx.cfg.rl.mu)]
     if ctx.trainers is not None:  # (aha.rl.ranks) rank 0 is this process; the others take the same plan
@@ -60,13 +90,12 @@ def update(ctx: RLContext, batch: RolloutBatch) -> tuple[dict, str | None]:
 
 
 def update_rows(
-    ctx: RLContext | RankContext, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None
+    ctx: UpdateContext, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None
 ) -> tuple[dict, str | None]:
     """The passes and minibatches ``plan`` holds (each pass's minibatches of row indices), one optimizer step each.
     ``share`` (a :class:`~aha.rl.ranks.Share`: one data-parallel rank's part) takes that rank's rows of
     every minibatch, with the whole minibatch's normalisers, and sums the gradients, the loss and the statistics over
-    the ranks; None: one process takes every row. ``ctx`` needs ``cfg, policy, critic, optimizer, scheduler,
-    updates, estimator, device, amp``."""
+    the ranks; None: one process takes every row."""
     cfg, rl, ro = ctx.cfg, ctx.cfg.rl, ctx.cfg.rollout
     policy, critic, optimizer, updates = ctx.policy, ctx.critic, ctx.optimizer, ctx.updates
     loss_fn = policy_loss(rl.policy_loss)

@@ -15,7 +15,8 @@ transformers (and ``critic.init_from``) returns the ensemble mean. The N heads t
 disagreement (std) and the conservative reward mean − λ·std.
 
 The package: :mod:`aha.rewards.learned` (the text a reward model scores, loading one for scoring), :mod:`aha.rm.stage` (the
-training stage, on the shared run skeleton :class:`aha.run.Run`).
+backbone and its ensemble heads, the data split, publishing), :mod:`aha.rm.train` (the training loop, on the shared
+run skeleton :class:`aha.run.Run`).
 
 Layout: ``RUN_DIR/checkpoints/step-N/model`` (resumable, as for the other stages) and ``RUN_DIR/model``, the final
 reward model — the directory to give ``rm:`` or ``critic.init_from``.
@@ -31,12 +32,8 @@ from aha.rewards.learned import (
     render_text,
     rm_template,
 )
-from aha.rm.stage import (
-    build_reward_backbone,
-    reward_model_dir,
-    split_preferences,
-    train_reward_model,
-)
+from aha.rm.stage import build_reward_backbone, reward_model_dir, split_preferences
+from aha.rm.train import train_reward_model
 
 __all__ = [
     "CONFIG_KEY",

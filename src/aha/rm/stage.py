@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,40 +14,19 @@ from torch import nn
 
 from aha.algos.preference import (
     plackett_luce_loss,
-    ranked_pairs,
     ranking_bt_loss,
-    ranking_metrics,
-    reward_centering,
 )
-from aha.checkpoint import list_checkpoints, resume_from, training_state, write_manifest
+from aha.checkpoint import list_checkpoints, write_manifest
 from aha.config import RunConfig
 from aha.data.preferences import PreferenceRow, read_preferences
-from aha.data.sampler import PromptSampler
-from aha.errors import TrainingError, first_line
-from aha.modeling.device import pick_device, seed_everything
-from aha.modeling.options import (
-    autocast,
-    autocast_dtype,
-    set_attention,
-    training_attention,
-)
-from aha.models import DEFAULT_ALPHABET, ModelLoadError, build_tiny, resolve_model_dir
-from aha.optim import make_optimizer
+from aha.errors import first_line
+from aha.models import ModelLoadError, build_tiny, resolve_model_dir
 from aha.rewards.learned import (
-    CONFIG_KEY,
     ENSEMBLE_FILE,
-    _unwrap,
-    encode_for_rm,
     load_reward_model,
-    pad_batch,
-    pooled_hidden,
-    render_text,
-    rm_template,
 )
 from aha.rewards.support import fit_support
-from aha.run import Run
 from aha.tasks import DataError
-from aha.threads import use_threads
 
 
 def build_reward_backbone(cfg: RunConfig, alphabet: str):
@@ -173,164 +151,6 @@ def split_preferences(cfg: RunConfig) -> tuple[list[PreferenceRow], list[Prefere
 def reward_model_dir(run_dir: Path) -> Path:
     """Where the stage leaves its final reward model: ``RUN_DIR/model``."""
     return Path(run_dir) / "model"
-
-
-def train_reward_model(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
-    """Train a reward model on ``cfg.reward_model.path``; returns the last logged metrics.
-
-    A step takes ``train.batch_size`` rankings (all their completions), forwarded ``train.micro_batch_size``
-    sequences at a time (whole rankings per pass, since the loss couples a ranking's scores)."""
-    run = Run(cfg, run_dir, resume, "reward model")
-    rc, tr = cfg.reward_model, cfg.train
-    t_start = time.perf_counter()
-
-    # ============================================================ data, model, heads
-    seed_everything(tr.seed)
-    device = pick_device(tr.device)
-    amp = autocast_dtype(tr.precision, device)
-    train_rows, eval_rows = split_preferences(cfg)
-
-    plain_texts = [render_text(r.prompt, c, None, "plain") for r in train_rows + eval_rows for c in r.completions]
-    alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(plain_texts)) - set(DEFAULT_ALPHABET)))
-    model, tok = build_reward_backbone(cfg, alphabet)
-    use_threads(tr.threads)
-    template = rm_template(rc.template, tok)
-    setattr(
-        _unwrap(model).config,
-        CONFIG_KEY,
-        {"template": template, "max_length": rc.max_length, "num_heads": rc.num_heads, "loss": rc.loss},
-    )
-
-    def encode(rows: list[PreferenceRow]) -> list[list[list[int]]]:
-        return [
-            [encode_for_rm(render_text(r.prompt, c, tok, template), tok, rc.max_length) for c in r.completions]
-            for r in rows
-        ]
-
-    train_ids, eval_ids = encode(train_rows), encode(eval_rows)
-    model.to(device).train()
-    hidden = cast(Any, _unwrap(model)).config.get_text_config().hidden_size  # (a transformers model's config)
-    heads = EnsembleHeads(hidden, rc.num_heads, tr.seed + 17).to(device)
-    for name, p in model.named_parameters():  # the HF score head is only where the heads' mean is saved
-        if "score" in name.split("."):
-            p.requires_grad_(False)
-    trunk = cast(Any, _unwrap(model)).base_model
-    pad_id = tok.pad_token_id
-    set_attention([_unwrap(model)], training_attention(tr.attention, device))
-    # the heads are a second parameter group (make_optimizer's "critic" slot), and travel in the checkpoint's
-    # trainer state the same way, so a resumed ensemble continues exactly
-    optimizer, scheduler = make_optimizer(model, tr, tr.steps, heads, rc.head_lr)
-    sampler = PromptSampler(len(train_rows), tr.seed)
-    loss_of = _loss_fn(rc.loss, rc.margin)
-    start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler, heads))
-    if not run.resuming:  # a fresh start: no final model of an earlier run either
-        shutil.rmtree(reward_model_dir(run.dir), ignore_errors=True)
-
-    def forward_scores(seqs: list[list[int]]) -> torch.Tensor:
-        ids, mask = pad_batch(seqs, pad_id, device)
-        with autocast(device, amp):
-            pooled = pooled_hidden(trunk, ids, mask, pad_id)
-        return heads(pooled.float())  # [N, heads], the heads in fp32
-
-    @torch.no_grad()
-    def run_eval() -> dict:
-        model.eval()
-        per_row = []
-        for chunk in _chunks(eval_ids, tr.micro_batch_size):
-            flat = forward_scores([s for i in chunk for s in eval_ids[i]])
-            per_row += _split(flat, [len(eval_ids[i]) for i in chunk])
-        model.train()
-        out = ranking_metrics([s.mean(-1).tolist() for s in per_row], [r.ranking for r in eval_rows])
-        metrics = {f"eval/{k}": v for k, v in out.items()}
-        if rc.num_heads > 1:
-            metrics["eval/ensemble_std"] = torch.cat([s.std(-1) for s in per_row]).mean().item()
-            head_acc = [
-                ranking_metrics([s[:, k].tolist() for s in per_row], [r.ranking for r in eval_rows])[
-                    "pairwise_accuracy"
-                ]
-                for k in range(rc.num_heads)
-            ]
-            metrics["eval/head_pairwise_accuracy_min"] = min(head_acc)
-        return metrics
-
-    def train_step(step: int) -> dict:
-        t0 = time.perf_counter()
-        batch = sampler.take(tr.batch_size)
-        # bootstrap: head k weighs ranking r by w[r, k] ~ Poisson(1); the loss of head k is its weighted mean
-        if rc.num_heads > 1 and rc.bootstrap:
-            weights = torch.poisson(torch.ones(len(batch), rc.num_heads)).to(device)
-        else:
-            weights = torch.ones(len(batch), rc.num_heads, device=device)
-        norm = weights.sum(0).clamp(min=1.0)
-        optimizer.zero_grad(set_to_none=True)
-        loss_total = center_total = 0.0
-        right: float  # (a count of pairs, summed as floats)
-        right = n_pairs = 0
-        for chunk in _chunks([train_ids[i] for i in batch], tr.micro_batch_size):
-            seqs = [s for j in chunk for s in train_ids[batch[j]]]
-            per_row = _split(forward_scores(seqs), [len(train_ids[batch[j]]) for j in chunk])
-            losses = torch.stack(
-                [loss_of(s, train_rows[batch[j]].ranking) for j, s in zip(chunk, per_row)]
-            )  # [rows, heads]
-            loss = ((losses * weights[chunk]).sum(0) / norm).mean()
-            center = (
-                reward_centering(torch.cat(per_row), _groups(per_row), rc.center_coef).mean() * len(chunk) / len(batch)
-            )
-            total = loss + center
-            if not torch.isfinite(total):
-                raise TrainingError(f"reward-model loss became {total.item()} at step {step}: try a lower train.lr")
-            total.backward()
-            loss_total += loss.item()
-            center_total += center.item()
-            for j, s in zip(chunk, per_row):
-                mean = s.detach().mean(-1)
-                for a, b in ranked_pairs(train_rows[batch[j]].ranking):
-                    right += float(mean[a] > mean[b])
-                    n_pairs += 1
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        metrics = {
-            "loss/rm": loss_total,
-            "train/pairwise_accuracy": right / max(1, n_pairs),
-            "grad_norm": grad_norm.item(),
-            "lr": scheduler.get_last_lr()[0],
-            "time/train_s": time.perf_counter() - t0,
-        }
-        if rc.center_coef:
-            metrics["loss/center"] = center_total
-        return metrics
-
-    # ============================================================ the loop
-    last: dict = {}
-    if run.eval_due(0):
-        last = run_eval()
-        run.log(0, last)
-    for step in run.steps(start):
-        last = train_step(step)
-        if run.eval_due(step):
-            last.update(run_eval())
-        run.log(
-            step,
-            last,
-            shown={
-                "loss": f"{last['loss/rm']:.3f}",
-                **({"acc": f"{last['eval/pairwise_accuracy']:.3f}"} if "eval/pairwise_accuracy" in last else {}),
-            },
-        )
-        if run.save_due(step):
-            _sync_score(model, heads)
-            ckpt = run.save(step, model, tok, training_state(optimizer, scheduler, sampler, heads))
-            if rc.num_heads > 1:
-                write_ensemble(ckpt / "model", heads)
-                write_manifest(ckpt)  # (again: the manifest covers the heads too)
-    publish_final_model(run.dir)
-    if rc.support:  # where the training data lies in feature space: the rm: reward's support_distance
-        write_support(
-            run.dir, train_ids, eval_ids, device, tr.micro_batch_size, rc.support_samples, tr.seed, cfg.log.progress
-        )
-    return {**run.finish(last), "time/total_s": time.perf_counter() - t_start}
 
 
 def write_support(
