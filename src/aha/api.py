@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.build import prepare
-from aha.checkpoint import list_checkpoints, run_contents
+from aha.checkpoint import list_checkpoints, newest_model, run_contents
 from aha.config import ConfigError, RewardSpec, RunConfig
 from aha.config import load_config as _load_yaml
 from aha.errors import TrainingError
@@ -36,6 +36,7 @@ from aha.rewards import register_reward
 from aha.rl import train_rl
 from aha.rm import train_reward_model
 from aha.rollout.hf import HFEngine
+from aha.run import resume_problem
 from aha.sft import train_sft
 from aha.track.reasoning import reasoning_meter
 
@@ -164,10 +165,8 @@ def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise TrainingError("--resume continues the run in --out and --overwrite deletes it: choose one")
     if resume:  # checked here for every stage: train_sft would otherwise start afresh and wipe metrics.jsonl
-        if not list_checkpoints(out):
-            raise TrainingError(
-                f"--resume: no complete checkpoint in {out / 'checkpoints'} (run without --resume to start afresh)"
-            )
+        if problem := resume_problem(out):
+            raise TrainingError(problem)
     elif (held := run_contents(out)) and not overwrite:  # a fresh start would delete them: ask first
         raise TrainingError(
             f"{out} already holds a run ({', '.join(held)}): continue it with --resume, start afresh "
@@ -190,8 +189,7 @@ def final_model(cfg: RunConfig, out: Path) -> Path:
     """Where the run's final model is: RUN/model for a reward model, else the newest checkpoint's model dir."""
     if cfg.stage == "reward_model":
         return out / "model"
-    ckpts = list_checkpoints(out)
-    return ckpts[-1] / "model" if ckpts else out
+    return newest_model(out) if list_checkpoints(out) else out
 
 
 # ----------------------------------------------------------------------------- Python objects → config

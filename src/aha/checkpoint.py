@@ -254,6 +254,11 @@ def _fsync_tree(root: Path) -> None:
         _fsync(Path(dirpath))
 
 
+def newest_model(run_dir: Path) -> Path:
+    """The newest checkpoint's model directory (``RUN_DIR/checkpoints/step-N/model``); the run must hold one."""
+    return list_checkpoints(run_dir)[-1] / "model"
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first: those with a manifest (written whole, though maybe damaged since:
     :func:`checkpoint_problem`), and an older aha's with their trainer state and model config (temporary directories

@@ -329,6 +329,12 @@ def _mean(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+def rollback_reach(window: int) -> int:
+    """How many steps' weights a rollback keeps: enough to reach back to the middle of the guard's moving average
+    of ``window`` steps (the weights that sampled the best window's middle step), plus the current ones."""
+    return (window - 1) // 2 + 2
+
+
 def check_guard_config(cfg) -> str | None:
     """A one-line problem with ``cfg.guard`` against ``cfg.rewards`` (a RunConfig), or None."""
     g = cfg.guard

@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +39,14 @@ from aha.config import RunConfig, save_config
 from aha.errors import TrainingError
 from aha.threads import refresh as refresh_threads
 from aha.track.metrics import MetricsLogger
+
+
+def resume_problem(out: Path) -> str | None:
+    """Why ``--resume`` cannot continue the run in ``out`` (it holds no complete checkpoint), or None. Checked before
+    any stage starts (:func:`aha.api.train`: SFT would otherwise start afresh and wipe metrics.jsonl) and again here."""
+    if list_checkpoints(out):
+        return None
+    return f"--resume: no complete checkpoint in {out / 'checkpoints'} (run without --resume to start afresh)"
 
 
 class Run:
@@ -60,7 +69,7 @@ class Run:
         intact, damaged = newest_intact(self.dir)
         if intact is None:  # every stage: resuming nothing must not start afresh and clear the run
             if not damaged:
-                raise TrainingError(f"--resume: no complete checkpoint in {where}")
+                raise TrainingError(cast(str, resume_problem(self.dir)))
             found = "; ".join(f"{ckpt.name}: {problem}" for ckpt, problem in damaged)
             raise TrainingError(f"--resume: no intact checkpoint in {where} ({found}); start afresh with --overwrite")
         for ckpt, problem in damaged:

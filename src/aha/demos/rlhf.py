@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from aha.algos.preference import ranked_pairs
-from aha.checkpoint import list_checkpoints
+from aha.checkpoint import newest_model
 from aha.config import ModelConfig, RunConfig
 from aha.demos import rlhf_world as world
 from aha.demos.rlhf_report import (
@@ -242,10 +242,6 @@ def write_rankings(out: Path, sft_dir: Path, seed: int, s: dict) -> float:
     return agree / max(1, pairs)
 
 
-def final_model(run_dir: Path) -> Path:
-    return list_checkpoints(run_dir)[-1] / "model"
-
-
 def score_policy(model_dir: Path, rm_dir: Path, seed: int, s: dict) -> dict:
     """Gold and proxy (the reward model's ensemble mean) of the policy's notes on held-out prompts (the topics,
     each ``eval_samples`` times, at temperature 1), with a few of its notes."""
@@ -285,7 +281,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
     sft_cfg = sft_config(out, seed, s)
     train_sft(sft_cfg, out / "sft-run")
     sft_dir = out / "sft" / "model"
-    _copy_model(final_model(out / "sft-run"), sft_dir)
+    _copy_model(newest_model(out / "sft-run"), sft_dir)
     times["sft_s"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ 2. the simulated human ranks its notes
@@ -309,7 +305,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False) -> dict:
         t0 = time.perf_counter()
         train_rl(rl_config(out, seed, s, name), out / f"rl-{name}")
         times[f"rl_{name}_s"] = time.perf_counter() - t0
-        runs[name] = score_policy(final_model(out / f"rl-{name}"), rm_dir, seed, s)
+        runs[name] = score_policy(newest_model(out / f"rl-{name}"), rm_dir, seed, s)
         print(f"[demo] {name}: final gold {runs[name]['gold']:.3f}, proxy {runs[name]['proxy']:.3f}")
     start = score_policy(sft_dir, rm_dir, seed, s)
 

@@ -20,7 +20,7 @@ from aha.critic import Critic, build_critic
 from aha.data.sampler import PromptSampler
 from aha.errors import TrainingError
 from aha.evaluation import eval_verifier
-from aha.guard import Guard, check_guard_config
+from aha.guard import Guard, check_guard_config, rollback_reach
 from aha.modeling.options import set_attention, training_attention
 from aha.models import reference_model
 from aha.optim import make_optimizer
@@ -123,7 +123,7 @@ def build_context(cfg: RunConfig, run: Run) -> RLContext:
             raise TrainingError(problem)
         ctx.guard = Guard(cfg.guard, label_map(cfg.rewards))
         if cfg.guard.action == "rollback":  # enough to reach back to the middle of the guard's moving average
-            ctx.recent_weights = deque(maxlen=(cfg.guard.window - 1) // 2 + 2)
+            ctx.recent_weights = deque(maxlen=rollback_reach(cfg.guard.window))
     # the reference is the policy RL starts from (after the imitation steps, under LoRA too), so it is built before a
     # checkpoint's weights are loaded; on resume the deterministic imitation is replayed where the reference needs it,
     # and always under LoRA, where a checkpoint holds only the adapters over the imitated base weights

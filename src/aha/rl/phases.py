@@ -19,6 +19,7 @@ from aha.algos.advantages import explained_variance, zero_std_groups
 from aha.algos.kl import kl_estimate
 from aha.algos.losses import masked_mean
 from aha.data.templates import render_prompt
+from aha.guard import rollback_reach
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast
 from aha.rl.batch import RolloutBatch
@@ -276,7 +277,7 @@ def guard_act(ctx: RLContext, step: int, decision) -> bool:
     if decision.new_best and ctx.recent_weights is not None:
         # the best step is judged by a moving average of the guard.window last steps' samples: keep the weights
         # that sampled the middle of that window (the newest copy is this step's update, which sampled nothing yet)
-        back = min((ctx.cfg.guard.window - 1) // 2 + 2, len(ctx.recent_weights))
+        back = min(rollback_reach(ctx.cfg.guard.window), len(ctx.recent_weights))
         ctx.best_state = ctx.recent_weights[-back]
     if decision.action == "continue":
         return False

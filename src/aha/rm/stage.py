@@ -16,7 +16,7 @@ from aha.algos.preference import (
     plackett_luce_loss,
     ranking_bt_loss,
 )
-from aha.checkpoint import list_checkpoints, write_manifest
+from aha.checkpoint import list_checkpoints, newest_model, write_manifest
 from aha.config import RunConfig
 from aha.data.preferences import PreferenceRow, read_preferences
 from aha.errors import first_line
@@ -194,7 +194,7 @@ def write_support(
 
 def publish_final_model(run_dir: Path) -> None:
     """Copy the newest checkpoint's model to ``RUN_DIR/model`` (atomically: a copy, then a rename)."""
-    final = list_checkpoints(run_dir)[-1] / "model"
+    final = newest_model(run_dir)
     out = reward_model_dir(run_dir)
     tmp = run_dir / f".tmp-model-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -247,60 +247,74 @@ class RemoteError(Exception):
     """An exception raised by the program that has no builtin class of the same name."""
 
 
-def check(tests: str, sock, json, builtins) -> dict:
-    """Run the tests against the program's names; the verdict as a dict (never raises)."""
+class Remote:
+    """An object of the program's, held by the checker: calls, attributes, items, iteration and len go to it;
+    nothing else (no ``__eq__``, ``__bool__`` or ordering of its own: a forged answer cannot come from it)."""
 
-    class Remote:
-        """An object of the program's: calls, attributes, items, iteration and len go to it; nothing else."""
+    __slots__ = ("_aha_checker", "_aha_handle", "_aha_type")
 
-        __slots__ = ("_aha_handle", "_aha_type")
+    def __init__(self, checker, handle, type_name):
+        object.__setattr__(self, "_aha_checker", checker)
+        object.__setattr__(self, "_aha_handle", handle)
+        object.__setattr__(self, "_aha_type", type_name)
 
-        def __init__(self, handle, type_name):
-            object.__setattr__(self, "_aha_handle", handle)
-            object.__setattr__(self, "_aha_type", type_name)
+    def _aha_ask(self, op, **fields):
+        checker = object.__getattribute__(self, "_aha_checker")
+        return checker.ask({"op": op, "h": object.__getattribute__(self, "_aha_handle"), **fields})
 
-        def _aha_ask(self, op, **fields):
-            return ask({"op": op, "h": object.__getattribute__(self, "_aha_handle"), **fields})
+    def __call__(self, *args, **kwargs):
+        checker = object.__getattribute__(self, "_aha_checker")
+        return self._aha_ask("call", args=checker.encode(list(args)), kwargs=checker.encode(dict(kwargs)))
 
-        def __call__(self, *args, **kwargs):
-            return self._aha_ask("call", args=encode(list(args)), kwargs=encode(dict(kwargs)))
+    def __getattr__(self, name):
+        return self._aha_ask("getattr", name=name)
 
-        def __getattr__(self, name):
-            return self._aha_ask("getattr", name=name)
+    def __getitem__(self, key):
+        return self._aha_ask("getitem", key=object.__getattribute__(self, "_aha_checker").encode(key))
 
-        def __getitem__(self, key):
-            return self._aha_ask("getitem", key=encode(key))
+    def __iter__(self):
+        return self._aha_ask("iter")
 
-        def __iter__(self):
-            return self._aha_ask("iter")
+    def __next__(self):
+        return self._aha_ask("next")
 
-        def __next__(self):
-            return self._aha_ask("next")
+    def __len__(self):
+        n = self._aha_ask("len")
+        if type(n) is not int:
+            raise TypeError("len() of the program's object is not an int")
+        return n
 
-        def __len__(self):
-            n = self._aha_ask("len")
-            if type(n) is not int:
-                raise TypeError("len() of the program's object is not an int")
-            return n
+    def __bool__(self):
+        raise TypeError(f"an object of the program's class {self._aha_type} has no truth value in the tests")
 
-        def __bool__(self):
-            raise TypeError(f"an object of the program's class {self._aha_type} has no truth value in the tests")
+    def __repr__(self):
+        return f"<the program's {object.__getattribute__(self, '_aha_type')}>"
 
-        def __repr__(self):
-            return f"<the program's {object.__getattribute__(self, '_aha_type')}>"
 
-    def remote(tag, body):
-        if tag == "m":  # a module the program imported: the checker imports its own copy (standard library only)
+class Checker:
+    """The checker's side of the socket: asks the program, rebuilds its answers as plain data or :class:`Remote`
+    handles, and runs the tests against its names (:meth:`run`)."""
+
+    def __init__(self, sock, json, builtins):
+        self.sock, self.json, self.builtins = sock, json, builtins
+        self.stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
+
+    def remote(self, tag, body):
+        """A value the program could only send by reference: a module (the checker imports its own copy, standard
+        library only) or a handle to one of its objects."""
+        if tag == "m":
             name = str(body)
-            if name.partition(".")[0] not in stdlib or name.partition(".")[0] in _NO_IMPORT:
+            if name.partition(".")[0] not in self.stdlib or name.partition(".")[0] in _NO_IMPORT:
                 raise ValueError(f"module {name!r} is not passed to the tests")
             __import__(name)
             return sys.modules[name]
         if type(body) is list and len(body) == 2 and type(body[0]) is int:
-            return Remote(body[0], str(body[1]))
+            return Remote(self, body[0], str(body[1]))
         raise ValueError("malformed handle")
 
-    def encode(value):
+    def encode(self, value):
+        """Arguments for the program: plain data, or handles of its own objects."""
+
         def handle(obj):
             if type(obj) is Remote:
                 return {"h": [object.__getattribute__(obj, "_aha_handle"), ""]}
@@ -308,53 +322,64 @@ def check(tests: str, sock, json, builtins) -> dict:
 
         return _encode(value, handle)
 
-    def ask(request):
+    def ask(self, request):
+        """One request; the answer rebuilt, or the program's exception raised here as a builtin class of the same
+        name (else :class:`RemoteError`)."""
         try:
-            _send(sock, request, json)
-            answer = _recv(sock, json)
+            _send(self.sock, request, self.json)
+            answer = _recv(self.sock, self.json)
         except (EOFError, OSError) as exc:
             raise RemoteError(f"the program's process ended: {exc}") from None
         if type(answer) is not dict:
             raise RemoteError("the program answered with no value")
         if "ok" in answer:
-            return _decode(answer["ok"], remote)
+            return _decode(answer["ok"], self.remote)
         kind, message = (list(answer.get("raise") or []) + ["RemoteError", ""])[:2]
-        cls = getattr(builtins, str(kind), None)
+        cls = getattr(self.builtins, str(kind), None)
         if isinstance(cls, type) and issubclass(cls, Exception):
             raise cls(str(message))
         raise RemoteError(f"{kind}: {message}")
 
-    stdlib: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())  # (local annotations are never evaluated)
-    verdict: dict[str, object] = {"ran": False, "finished": False, "passed": None, "error": ""}
-    try:
-        first = _recv(sock, json)
-    except (EOFError, OSError, ValueError) as exc:
-        verdict["error"] = f"the program ended before the tests: {exc}"
-        return verdict
-    if type(first) is not dict or "names" not in first or type(first["names"]) is not dict:
-        verdict["error"] = str(first.get("died") if type(first) is dict else "")[:300] or "the program sent no names"
-        return verdict
-    verdict["ran"] = True
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
-    for name, value in first["names"].items():
-        if type(name) is not str or hasattr(builtins, name) or name.startswith("_aha"):
-            continue  # the program's 'len' or 'AssertionError' never reaches the tests
-        try:
-            namespace[name] = _decode(value, remote)
-        except Exception:  # noqa: BLE001 — a name that cannot be rebuilt is left out
-            pass
-    try:
-        exec(compile(tests, "tests.py", "exec"), namespace)
-    except BaseException as exc:  # noqa: BLE001
-        import traceback
+    def namespace(self, names: dict) -> dict:
+        """The tests' globals: the checker's own builtins, and the program's names (never one that shadows a builtin,
+        so the program's ``len`` or ``AssertionError`` does not reach the tests)."""
+        namespace = {"__name__": "__main__", "__builtins__": self.builtins}
+        for name, value in names.items():
+            if type(name) is not str or hasattr(self.builtins, name) or name.startswith("_aha"):
+                continue
+            try:
+                namespace[name] = _decode(value, self.remote)
+            except Exception:  # noqa: BLE001 — a name that cannot be rebuilt is left out
+                pass
+        return namespace
 
-        traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))  # type: ignore[union-attr]  # typeshed: __traceback__ is Optional; an exception being handled has one
-        verdict["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    def run(self, tests: str) -> dict:
+        """Wait for the program's names, run the tests; the verdict as a dict (never raises)."""
+        verdict: dict[str, object] = {"ran": False, "finished": False, "passed": None, "error": ""}
+        try:
+            first = _recv(self.sock, self.json)
+        except (EOFError, OSError, ValueError) as exc:
+            verdict["error"] = f"the program ended before the tests: {exc}"
+            return verdict
+        if type(first) is not dict or "names" not in first or type(first["names"]) is not dict:
+            verdict["error"] = (
+                str(first.get("died") if type(first) is dict else "")[:300] or "the program sent no names"
+            )
+            return verdict
+        verdict["ran"] = True
+        namespace = self.namespace(first["names"])
+        try:
+            exec(compile(tests, "tests.py", "exec"), namespace)
+        except BaseException as exc:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exception(exc.with_traceback(exc.__traceback__.tb_next))  # type: ignore[union-attr]  # typeshed: __traceback__ is Optional; an exception being handled has one
+            verdict["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            return verdict
+        verdict["finished"] = True
+        passed = namespace.get("_aha_passed")
+        verdict["passed"] = passed if type(passed) is int else None
         return verdict
-    verdict["finished"] = True
-    passed = namespace.get("_aha_passed")
-    verdict["passed"] = passed if type(passed) is int else None
-    return verdict
 
 
 def main() -> None:
@@ -396,7 +421,7 @@ def main() -> None:
     theirs.close()
     tests = _read_exact(tests_fd, 1 << 30).decode("utf-8", "replace")
     os.close(tests_fd)
-    verdict = check(tests, mine, json, builtins)
+    verdict = Checker(mine, json, builtins).run(tests)
     try:
         _send(mine, {"op": "bye"}, json)
     except OSError:
