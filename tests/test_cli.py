@@ -83,14 +83,14 @@ def test_missing_model_path_names_the_path(tmp_path, write_config):
 def test_jsonl_row_without_prompt_names_file_and_line(tmp_path, write_config):
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"question": "2+2=", "answer": "4"}\n')
-    result = aha("train", write_config({"task": {"name": "jsonl", "path": str(data)}}), "-o", tmp_path / "run")
+    result = aha("train", write_config({"task": {"name": "dataset", "path": str(data)}}), "-o", tmp_path / "run")
     line = one_line_error(result)
     assert f"{data}:2:" in line and "'prompt'" in line
 
 
 def _jsonl(tmp_path: Path, content: bytes) -> dict:
     (tmp_path / "data.jsonl").write_bytes(content)
-    return {"task": {"name": "jsonl", "path": str(tmp_path / "data.jsonl")}}
+    return {"task": {"name": "dataset", "path": str(tmp_path / "data.jsonl")}}
 
 
 GOOD_ROWS = b"".join(b'{"prompt": "%d+1=", "answer": "%d"}\n' % (i, i + 1) for i in range(10))

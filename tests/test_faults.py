@@ -24,7 +24,7 @@ from aha.checkpoint import MANIFEST, checkpoint_problem, list_checkpoints
 from aha.config import load_config
 from aha.data.load import DataError, load_rows
 from aha.errors import ModelLoadError, TrainingError
-from aha.rl import train_grpo
+from aha.rl import train_rl
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096  # a tmpfs counts whole pages
 
@@ -146,7 +146,7 @@ def test_a_damaged_checkpoint_is_named_and_the_run_resumes_from_the_newest_intac
 ):
     cfg = load_config(rl_config, ["train.steps=4", "log.keep_checkpoints=3"])
     run = tmp_path / "run"
-    train_grpo(cfg, run)
+    train_rl(cfg, run)
     ckpts = run / "checkpoints"
     assert json.loads((ckpts / "step-4" / MANIFEST).read_text())["files"].keys() >= {
         "model/model.safetensors",
@@ -160,7 +160,7 @@ def test_a_damaged_checkpoint_is_named_and_the_run_resumes_from_the_newest_intac
     how, name, words = DAMAGE[damage]
     how(ckpts / "step-4" / name)
     capsys.readouterr()
-    train_grpo(cfg, run, resume=True)
+    train_rl(cfg, run, resume=True)
     out, err = capsys.readouterr()
     [said] = [line for line in err.splitlines() if "damaged" in line]
     assert said.startswith(f"checkpoint {ckpts / 'step-4'} is damaged ({words}")
@@ -184,7 +184,7 @@ def test_with_every_checkpoint_damaged_resume_says_so_in_one_line(tmp_path, rl_c
 
     run = tmp_path / "run"
     cfg = load_config(rl_config, ["train.steps=2"])
-    train_grpo(cfg, run)
+    train_rl(cfg, run)
     truncate(run / "checkpoints" / "step-2" / "trainer_state.pt")
     line = one_line_error(aha("train", rl_config, "-o", run, "--resume", "--set", "train.steps=2"))
     assert line.startswith(
@@ -197,13 +197,13 @@ def test_with_every_checkpoint_damaged_resume_says_so_in_one_line(tmp_path, rl_c
 def test_a_checkpoint_without_a_manifest_from_an_older_aha_still_resumes(tmp_path, rl_config, capsys):
     cfg = load_config(rl_config, ["train.steps=4"])
     run = tmp_path / "run"
-    train_grpo(cfg, run)
+    train_rl(cfg, run)
     rows = read_jsonl(run / "metrics.jsonl")
     for ckpt in list_checkpoints(run):
         (ckpt / MANIFEST).unlink()
     (run / "checkpoints" / "step-4" / "trainer_state.pt").unlink()  # an older aha's unfinished one: not a checkpoint
     capsys.readouterr()
-    train_grpo(cfg, run, resume=True)
+    train_rl(cfg, run, resume=True)
     out, err = capsys.readouterr()
     assert f"resumed from {run / 'checkpoints' / 'step-2'} (step 2)" in out and "damaged" not in err
     assert read_jsonl(run / "metrics.jsonl")[-1]["reward/mean"] == rows[-1]["reward/mean"]
@@ -331,7 +331,7 @@ def test_a_guard_signal_that_will_not_be_logged_stops_the_run_before_its_first_s
     )
     run = tmp_path / "run"
     with pytest.raises(TrainingError) as err:
-        train_grpo(cfg, run)
+        train_rl(cfg, run)
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith(f"guard.disagreement 'rm:{rm}' will log no {signal} (guard.signal): ")

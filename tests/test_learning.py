@@ -6,7 +6,7 @@ import pytest
 
 from aha.config import load_config
 from aha.demos.alphago import run_demo
-from aha.rl import train_grpo
+from aha.rl import train_rl
 
 
 def _evals(run_dir):
@@ -22,7 +22,7 @@ def test_grpo_arithmetic_tiny_learns(tmp_path):
         "recipes/arithmetic-tiny.yaml",
         ["log.progress=false", "log.tensorboard=false", "log.save_every=0", "train.precision=fp32"],
     )  # the recipe's 500 steps
-    train_grpo(cfg, tmp_path)
+    train_rl(cfg, tmp_path)
     evals, rows = _evals(tmp_path)
     start, best = evals[0][1], max(acc for _, acc in evals[1:])
     assert evals[0][0] == 0
@@ -52,7 +52,7 @@ def test_ppo_arithmetic_tiny_learns(tmp_path):
         "recipes/arithmetic-tiny-ppo.yaml",
         ["log.progress=false", "log.tensorboard=false", "log.save_every=0", "train.precision=fp32"],
     )
-    train_grpo(cfg, tmp_path)
+    train_rl(cfg, tmp_path)
     evals, rows = _evals(tmp_path)
     start, best = evals[0][1], max(acc for _, acc in evals[1:])
     assert best - start >= 0.30, f"eval/accuracy went {evals}"

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 import aha.build
 import aha.rl.optimize
 from aha.config import load_config
-from aha.rl import train_grpo
+from aha.rl import train_rl
 from aha.track.metrics import read_metrics
 
 
@@ -27,7 +27,7 @@ def steps_of(run_dir: Path) -> list[dict]:
 
 @pytest.fixture
 def capture_policy(monkeypatch):
-    """Keeps the policy train_grpo builds (the trained object itself) and a copy of its starting weights."""
+    """Keeps the policy train_rl builds (the trained object itself) and a copy of its starting weights."""
     box: dict = {}
     real = aha.build.load_policy
 
@@ -51,7 +51,7 @@ def test_lora_trains_only_adapters_and_saves_a_merged_model(tmp_path, write_conf
         )
     )
     run = tmp_path / "run"
-    train_grpo(cfg, run)
+    train_rl(cfg, run)
     policy, start = capture_policy["model"], capture_policy["start"]
 
     lora = [n for n, _ in policy.named_parameters() if "lora_" in n]
@@ -108,7 +108,7 @@ def test_dynamic_sampling_resamples_until_every_group_has_signal(tmp_path, write
         )
     )
     run = tmp_path / "run"
-    train_grpo(cfg, run)
+    train_rl(cfg, run)
 
     rows = steps_of(run)
     assert any(r["frac_reward_zero_std"] > 0 for r in rows)  # the first round did draw groups without signal
@@ -141,7 +141,7 @@ def test_dynamic_sampling_step_without_signal_skips_the_update_but_still_evals_a
         )
     )
     run = tmp_path / "run"
-    train_grpo(cfg, run)
+    train_rl(cfg, run)
 
     rows = steps_of(run)
     assert [r["dynamic_sampling/rounds"] for r in rows] == [3, 3]
@@ -172,7 +172,7 @@ def test_gspo_with_each_loss_type_clips_on_the_second_pass(tmp_path, write_confi
                 }
             )
         )
-        train_grpo(cfg, tmp_path / f"{level}-{loss_type}")
+        train_rl(cfg, tmp_path / f"{level}-{loss_type}")
         return steps_of(tmp_path / f"{level}-{loss_type}")
 
     step1, step2 = {}, {}
@@ -209,7 +209,7 @@ def test_mask_truncated_drops_every_cut_completion_from_the_loss(tmp_path, write
                 }
             )
         )
-        train_grpo(cfg, tmp_path / f"masked-{mask_truncated}")
+        train_rl(cfg, tmp_path / f"masked-{mask_truncated}")
         return steps_of(tmp_path / f"masked-{mask_truncated}")
 
     masked = run(True, 3)
@@ -256,7 +256,7 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(
     monkeypatch.setattr(aha.rl.optimize, "policy_forward", spy_forward)
     monkeypatch.setattr(aha.build, "CompiledEngine", SpyCompiled)  # where the engine is built
     cfg = load_config(write_config({"rewards": [{"name": digits_reward}], "train": {"steps": 1}, **overrides}))
-    train_grpo(cfg, tmp_path / "run")
+    train_rl(cfg, tmp_path / "run")
     assert set(leans) == {want_lean} and bool(built) == want_compiled
     assert built in ([], [False])  # asked for explicitly: a failed compile is an error, not a quiet fallback
 

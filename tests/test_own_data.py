@@ -220,9 +220,14 @@ def test_eval_can_be_judged_by_any_reward(tmp_path, write_config):
     judge.write_text("def nonempty(prompts, completions, **kw):\n    return [1.0 for c in completions]\n")
     cfg = write_config(
         {
-            "task": {"name": "dataset", "path": str(data), "answer_column": "solution", "num_eval": 2},
+            "task": {
+                "name": "dataset",
+                "path": str(data),
+                "answer_column": "solution",
+                "num_eval": 2,
+                "eval_reward": f"{judge}:nonempty",
+            },
             "rewards": [{"name": "accuracy"}],
-            "log": {"eval_reward": f"{judge}:nonempty"},
         }
     )
     result = aha("train", cfg, "-o", tmp_path / "run")
@@ -252,7 +257,7 @@ def test_eval_without_the_answer_column_is_one_line_that_names_the_fixes(tmp_pat
     data.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(10)))
     cfg = write_config({"task": {"name": "dataset", "path": str(data)}, "rewards": [{"name": "think_format"}]})
     line = one_line_error(aha("train", cfg, "-o", tmp_path / "run"))
-    assert "task.answer_column" in line and "log.eval_reward" in line and "log.eval_every=0" in line
+    assert "task.answer_column" in line and "task.eval_reward" in line and "log.eval_every=0" in line
 
 
 def test_wandb_without_wandb_is_one_line(tmp_path, write_config, monkeypatch):

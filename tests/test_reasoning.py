@@ -333,7 +333,7 @@ def test_reasoning_switch():
     assert reasoning_meter(load_config(None, ["task.template=r1_plain"]), task) is not None
     assert reasoning_meter(load_config(None, ["task.template=chat"]), task) is None
     assert reasoning_meter(load_config(None, ["task.template=r1", "log.reasoning_metrics=false"]), task) is None
-    meter = reasoning_meter(load_config(None, ["log.reasoning_metrics=true", "log.reflection_phrases=[hmm]"]), task)
+    meter = reasoning_meter(load_config(None, ["log.reasoning_metrics=true", "task.reflection_phrases=[hmm]"]), task)
     assert [j.reflects for j in meter.judge(["p", "p"], ["Hmm, 4", "Wait, 4"], ["4", "4"])] == [True, False]
     countdown = reasoning_meter(load_config(None, ["task.template=r1"]), Task("c", [], [], verifier="countdown"))
     assert countdown.judge(["p"], ["<think>x</think><answer>5</answer>"], ["5"])[0].strict_correct is None

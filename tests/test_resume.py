@@ -25,7 +25,7 @@ from aha.cli import app
 from aha.config import load_config
 from aha.errors import TrainingError
 from aha.optim import finite_step
-from aha.rl import train_grpo
+from aha.rl import train_rl
 from aha.sft import train_sft
 
 TIMING = ("time/", "throughput/")  # wall-clock keys: the only ones allowed to differ between runs
@@ -75,7 +75,7 @@ def resume_cfg(write_config, digits_reward, request):
 
 def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, monkeypatch, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
-    train_grpo(resume_cfg, a)
+    train_rl(resume_cfg, a)
 
     # run B: killed (Ctrl-C) right after its step-2 checkpoint is on disk
     real_save = aha.run.save_checkpoint
@@ -88,7 +88,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
 
     monkeypatch.setattr(aha.run, "save_checkpoint", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_grpo(resume_cfg, b)
+        train_rl(resume_cfg, b)
     monkeypatch.setattr(aha.run, "save_checkpoint", real_save)
     assert [p.name for p in list_checkpoints(b)] == ["step-2"]
 
@@ -101,7 +101,7 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
         f.write(json.dumps({"step": 3, "reward/mean": 123.0}) + "\n" + '{"step": 3, "reward/me')
 
     capsys.readouterr()
-    train_grpo(resume_cfg, b, resume=True)
+    train_rl(resume_cfg, b, resume=True)
     assert f"resumed from {b / 'checkpoints' / 'step-2'} (step 2)" in capsys.readouterr().out
 
     rows_a, rows_b = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
@@ -137,12 +137,12 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path, resume_cfg, 
 def test_resume_without_a_complete_checkpoint_is_a_clear_error(tmp_path, write_config):
     cfg = load_config(write_config())
     with pytest.raises(TrainingError, match="no complete checkpoint"):
-        train_grpo(cfg, tmp_path / "fresh", resume=True)
+        train_rl(cfg, tmp_path / "fresh", resume=True)
     debris = tmp_path / "debris" / "checkpoints"
     (debris / ".tmp-step-6-123" / "model").mkdir(parents=True)
     (debris / "step-6" / "model").mkdir(parents=True)  # no trainer_state.pt: never finished
     with pytest.raises(TrainingError, match="no complete checkpoint"):
-        train_grpo(cfg, tmp_path / "debris", resume=True)
+        train_rl(cfg, tmp_path / "debris", resume=True)
 
 
 def inject_nan(monkeypatch, nan_steps: set[int], seen: dict | None = None) -> None:
@@ -186,7 +186,7 @@ def test_a_nan_step_is_skipped_with_a_warning_and_the_run_finishes(
     )
     seen = {}
     inject_nan(monkeypatch, {2}, seen)
-    last = train_grpo(cfg, tmp_path / "run")
+    last = train_rl(cfg, tmp_path / "run")
 
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -219,7 +219,7 @@ def test_nan_steps_in_a_row_stop_with_step_and_last_intact_checkpoint(
     run = tmp_path / "run"
     inject_nan(monkeypatch, {1, 3, 4})  # step 2 is fine: the count in a row starts again
     with pytest.raises(TrainingError) as err:
-        train_grpo(cfg, run)
+        train_rl(cfg, run)
     message = str(err.value)
     assert "\n" not in message
     assert message.startswith("stopped at step 4: the loss or gradient norm was not finite 2 steps in a row")
@@ -237,7 +237,7 @@ def test_nan_steps_in_a_row_stop_with_step_and_last_intact_checkpoint(
 
     monkeypatch.undo()  # the fix: continue from step 2
     capsys.readouterr()
-    last = train_grpo(cfg, run, resume=True)
+    last = train_rl(cfg, run, resume=True)
     assert f"resumed from {run / 'checkpoints' / 'step-2'} (step 2)" in capsys.readouterr().out
     assert math.isfinite(last["loss/policy"])
     rows = read_jsonl(run / "metrics.jsonl")

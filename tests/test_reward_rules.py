@@ -138,7 +138,7 @@ def test_strict_and_non_strict_agree_once_the_answer_is_tagged():
 
 def test_the_r1_recipe_trains_and_evaluates_with_strict_accuracy():
     """recipes/r1-zero-smollm2.yaml's accuracy reward, resolved as a run resolves it, refuses an untagged answer,
-    and so does its eval (log.eval_reward names that reward, with its args)."""
+    and so does its eval (task.eval_reward names that reward, with its args)."""
     from aha.evaluation import eval_verifier
     from aha.rewards.specs import resolve_reward
     from aha.tasks import build_task

@@ -11,7 +11,7 @@ import torch
 
 from aha.config import load_config
 from aha.models import load_policy
-from aha.rl import train_grpo
+from aha.rl import train_rl
 from aha.rl.context import build_context
 from aha.run import Run
 from aha.tasks import build_task
@@ -80,7 +80,7 @@ def test_entropy_bonus_alone_raises_the_policy_entropy(tmp_path, write_config):
                 }
             )
         )
-        train_grpo(cfg, tmp_path / f"coef-{coef}")
+        train_rl(cfg, tmp_path / f"coef-{coef}")
         return [r["entropy"] for r in steps_of(tmp_path / f"coef-{coef}")]
 
     without, with_bonus = run(0.0), run(0.5)
@@ -114,7 +114,7 @@ def test_recomputed_old_logprobs_match_the_samplers_in_fp32(tmp_path, write_conf
                 }
             )
         )
-        train_grpo(cfg, tmp_path / mode)
+        train_rl(cfg, tmp_path / mode)
         return steps_of(tmp_path / mode)
 
     sampler = run("sampler")
@@ -151,7 +151,7 @@ def test_gradient_checkpointing_computes_the_same_update(tmp_path, write_config,
                 }
             )
         )
-        train_grpo(cfg, tmp_path / str(on))
+        train_rl(cfg, tmp_path / str(on))
         return steps_of(tmp_path / str(on))
 
     plain, checkpointed = run(False), run(True)
@@ -175,7 +175,7 @@ def test_critic_free_estimators_learn(tmp_path, write_config, digits_reward, alg
             }
         )
     )
-    train_grpo(cfg, tmp_path / algo)
+    train_rl(cfg, tmp_path / algo)
     rewards = [r["reward/mean"] for r in steps_of(tmp_path / algo)]
     early, late = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert late > early + 0.25, rewards

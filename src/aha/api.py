@@ -126,7 +126,7 @@ def evaluate(
         cfg.task.name, cfg.task.path = "dataset", _store(dataset, Path(tempfile.mkdtemp(prefix="aha-eval-")), "eval")
         cfg.task.eval_path = cfg.task.path  # every row is held out
     if reward is not None:
-        cfg.log.eval_reward = reward if isinstance(reward, str) else _register(reward, None)
+        cfg.task.eval_reward = reward if isinstance(reward, str) else _register(reward, None)
     cfg.log.eval_every = max(1, cfg.log.eval_every)  # (prepare checks that the held-out rows can be judged)
     device, amp, task, policy, tok, template = prepare(cfg)
     rows = task.eval[:limit] if limit else task.eval

@@ -1,4 +1,4 @@
-"""Held-out evaluation: greedy accuracy and sampled pass@k, judged by the task's verifier or ``log.eval_reward``."""
+"""Held-out evaluation: greedy accuracy and sampled pass@k, judged by the task's verifier or ``task.eval_reward``."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ def verifier(task, name: str | None = None, answer_match: str = "auto", args: di
 
 
 def eval_verifier(cfg, task):
-    """The verifier a run's eval uses: ``log.eval_reward`` (with its ``args`` where it is one of the run's rewards),
+    """The verifier a run's eval uses: ``task.eval_reward`` (with its ``args`` where it is one of the run's rewards),
     else the task's."""
-    name = cfg.log.eval_reward
+    name = cfg.task.eval_reward
     spec = next((r for r, label in zip(cfg.rewards, reward_labels(cfg.rewards)) if name in (r.name, label)), None)
     return verifier(task, spec.name if spec else name, cfg.task.answer_match, spec.args if spec else None)
 
@@ -30,13 +30,13 @@ def check_eval_data(cfg, task) -> None:
     answer the built-in accuracy needs."""
     if not task.eval:
         raise DataError(NO_EVAL_ROWS.format(name=task.name))
-    if cfg.log.eval_reward is None and getattr(task, "verifier", "accuracy") == "accuracy":
+    if cfg.task.eval_reward is None and getattr(task, "verifier", "accuracy") == "accuracy":
         missing = sum(1 for r in task.eval if r.get("answer") in (None, ""))
         if missing:
             raise DataError(
                 f"task {task.name!r}: {missing} of {len(task.eval)} held-out rows have no reference answer "
                 f"(task.answer_column={cfg.task.answer_column!r}) for eval/accuracy: name the column that "
-                "holds it with task.answer_column, score eval with another reward (log.eval_reward), "
+                "holds it with task.answer_column, score eval with another reward (task.eval_reward), "
                 "or turn eval off (log.eval_every=0)"
             )
 

@@ -109,7 +109,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     try:
         pairs = encode_pairs(rows, tok, template)
     except DataError as e:
-        if not cfg.model.name.startswith("tiny") or cfg.task.name in ("dataset", "jsonl"):
+        if not cfg.model.name.startswith("tiny") or cfg.task.name == "dataset":
             raise
         raise DataError(
             f"{e}; a tiny model's characters come from its task (task.name={cfg.task.name}): to train "
@@ -127,7 +127,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         result = evaluate(engine, tok, task, task.eval, template, cfg.rollout.max_new_tokens, scorer=scorer)
         return {
             "eval/accuracy": result["accuracy"],
-            **({"eval/reward_mean": result["reward_mean"]} if cfg.log.eval_reward else {}),
+            **({"eval/reward_mean": result["reward_mean"]} if cfg.task.eval_reward else {}),
         }
 
     last: dict = {}

@@ -18,7 +18,13 @@ from aha.errors import first_line
 # ----------------------------------------------------------------------------- loading
 
 
-RENAMED = {"sft.warmup_steps": "sft.imitation_steps", "sft.warmup_lr": "sft.imitation_lr"}  # old name → new
+RENAMED = {  # old name → new: an old key is one line saying so
+    "sft.warmup_steps": "sft.imitation_steps",
+    "sft.warmup_lr": "sft.imitation_lr",
+    "log.eval_reward": "task.eval_reward",
+    "log.reflection_phrases": "task.reflection_phrases",
+}
+RENAMED_VALUES = {("stage", "grpo"): "rl", ("task.name", "jsonl"): "dataset"}  # pre-release names, refused by name
 
 
 def _format_error(err: ValidationError) -> str:
@@ -33,6 +39,8 @@ def _format_error(err: ValidationError) -> str:
             parent = _model_at(RunConfig, e["loc"][:-1])
             allowed = ", ".join(parent.model_fields) if parent is not None else "?"
             lines.append(f"{loc}: unknown field (allowed: {allowed})")
+        elif isinstance(e.get("input"), str) and (loc, e["input"]) in RENAMED_VALUES:
+            lines.append(f"{loc}: {e['input']!r} was renamed to {RENAMED_VALUES[loc, e['input']]!r}")
         else:
             msg = e["msg"].replace("Value error, ", "")
             lines.append(f"{loc}: {msg} (got {e.get('input')!r})" if loc else msg)
@@ -118,7 +126,7 @@ _PATH_FIELDS = (
     ("model", "name"),
     ("init_from",),
 )
-_REWARD_REFS = (("guard", "gold"), ("guard", "proxy"), ("guard", "disagreement"), ("log", "eval_reward"))
+_REWARD_REFS = (("guard", "gold"), ("guard", "proxy"), ("guard", "disagreement"), ("task", "eval_reward"))
 
 
 def _near(value: Any, base: Path) -> Any:

@@ -19,21 +19,6 @@ from aha.config.sections import (
     _Section,
 )
 
-REFLECTION_PHRASES = (  # Oat-Zero's keywords, then the ones R1-style traces are known for (log.reflection_phrases)
-    "recheck",
-    "rethink",
-    "re-evaluate",
-    "re-examine",
-    "try again",
-    "check again",
-    "think again",
-    "go over the steps",
-    "wait",
-    "alternatively",
-    "however",
-    "verify",
-)
-
 
 class RewardModelConfig(_Section):
     path: Path | None = Field(
@@ -198,17 +183,6 @@ class LogConfig(_Section):
         "completions, aha moments; see aha.track.reasoning), at eval (eval/reasoning/*) and in `aha eval`; "
         "'auto' = on for task.template r1 and r1_plain.",
     )
-    reflection_phrases: list[str] = Field(
-        list(REFLECTION_PHRASES),
-        description="Phrases that count as reflection (whole words, any case): Oat-Zero's "
-        "keywords plus wait, alternatively, however, verify.",
-    )
-    eval_reward: str | None = Field(
-        None,
-        description="The reward that scores eval (a reward spec, e.g. 'code', "
-        "'file.py:fn'; a row counts as right when it scores above 0.5; eval/reward_mean "
-        "is its mean); default: the task's own check (accuracy, or code for task code).",
-    )
 
 
 class DistributedConfig(_Section):
@@ -257,7 +231,7 @@ class DistributedConfig(_Section):
         what = f"distributed.trainers={self.trainers}"
         if self.backend != "ray":
             return f"{what} needs distributed.backend: ray (the other trainer ranks are Ray actors)"
-        if cfg.stage not in ("rl", "grpo"):
+        if cfg.stage != "rl":
             return f"{what} applies to the RL stages only (stage {cfg.stage!r} trains in one process)"
         if cfg.rl.algo in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[cfg.rl.algo].needs_critic:
             return f"{what} does not support a critic yet (rl.algo {cfg.rl.algo!r}): use a critic-free rl.algo or trainers: 1"
@@ -269,9 +243,9 @@ class DistributedConfig(_Section):
 class RunConfig(_Section):
     """A whole run: ``stage`` picks the trainer; the other sections configure it."""
 
-    stage: Literal["rl", "grpo", "sft", "reward_model"] = Field(
+    stage: Literal["rl", "sft", "reward_model"] = Field(
         "rl",
-        description="Which trainer runs: 'rl' (the algorithm rl.algo names; 'grpo' is a synonym), 'sft' (imitation) "
+        description="Which trainer runs: 'rl' (the algorithm rl.algo names), 'sft' (imitation) "
         "or 'reward_model' (a scalar reward model from rankings or pairs; see reward_model).",
     )
     init_from: Path | None = Field(
@@ -332,6 +306,4 @@ class RunConfig(_Section):
             )
         if problem := self.distributed.trainer_problem(self):
             raise ValueError(problem)
-        if self.task.name == "jsonl" and self.task.path is None:
-            raise ValueError("task.name 'jsonl' needs task.path")
         return self

@@ -58,11 +58,27 @@ class ModelConfig(_Section):
     )
 
 
+REFLECTION_PHRASES = (  # Oat-Zero's keywords, then the ones R1-style traces are known for (task.reflection_phrases)
+    "recheck",
+    "rethink",
+    "re-evaluate",
+    "re-examine",
+    "try again",
+    "check again",
+    "think again",
+    "go over the steps",
+    "wait",
+    "alternatively",
+    "however",
+    "verify",
+)
+
+
 class TaskConfig(_Section):
-    name: Literal["arithmetic", "countdown", "jsonl", "dataset", "code"] = Field(
+    name: Literal["arithmetic", "countdown", "dataset", "code"] = Field(
         "arithmetic",
-        description="Prompt source: 'arithmetic' and 'countdown' are generated; 'dataset' (or its older "
-        "name 'jsonl') reads your data from task.path; 'code': Python function problems run against their tests in a "
+        description="Prompt source: 'arithmetic' and 'countdown' are generated; 'dataset' reads your data from "
+        "task.path; 'code': Python function problems run against their tests in a "
         "sandbox (task.path: your own JSONL).",
     )
     path: Path | None = Field(
@@ -115,6 +131,17 @@ class TaskConfig(_Section):
         "turn: rewards, metrics and samples see it as the completion's first words.",
     )
     seed: int = Field(1234, description="Seed of the generated data (independent of the training seed).")
+    reflection_phrases: list[str] = Field(
+        list(REFLECTION_PHRASES),
+        description="Phrases that count as reflection (whole words, any case): Oat-Zero's "
+        "keywords plus wait, alternatively, however, verify.",
+    )
+    eval_reward: str | None = Field(
+        None,
+        description="The reward that scores eval (a reward spec, e.g. 'code', "
+        "'file.py:fn'; a row counts as right when it scores above 0.5; eval/reward_mean "
+        "is its mean); default: the task's own check (accuracy, or code for task code).",
+    )
 
 
 class RewardSpec(_Section):

@@ -22,7 +22,7 @@ from typing import Any
 from aha.build import prepare
 from aha.config import RunConfig
 from aha.evaluation import evaluate
-from aha.rl import train_grpo
+from aha.rl import train_rl
 from aha.rollout.hf import HFEngine
 from aha.sft import train_sft
 from aha.tasks import build_task
@@ -96,7 +96,7 @@ def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
     rl = RunConfig.model_validate(
         {
             **common,
-            "stage": "grpo",
+            "stage": "rl",
             "init_from": str(out / "sft" / "checkpoints" / f"step-{sft.train.steps}" / "model"),
             "rl": {"prompts_per_step": 32, "mu": 2, "beta": 0.0, "loss_type": "dapo"},
             "log": {**common["log"], "eval_every": 20},
@@ -151,7 +151,7 @@ def run_demo(out: Path, seed: int = 0) -> dict:
 
     # ------------------------------------------------------------------ 2. RL (GRPO) from the SFT checkpoint
     t0 = time.perf_counter()
-    train_grpo(rl_cfg, out / "rl")
+    train_rl(rl_cfg, out / "rl")
     t_rl = time.perf_counter() - t0
     rl_dir = out / "rl" / "checkpoints" / f"step-{rl_cfg.train.steps}" / "model"
     rl_correct = evaluate_model(rl_dir, rl_cfg, held_out)

@@ -49,6 +49,7 @@ def demo_config(seed: int = 0) -> RunConfig:
                 "operations": ["+"],
                 "num_eval": 64,
                 "template": "r1",
+                "eval_reward": "accuracy",
                 "response_prefix": "<think>",
             },
             "rewards": [
@@ -59,7 +60,7 @@ def demo_config(seed: int = 0) -> RunConfig:
             "rollout": {"group_size": 8, "temperature": 0.7, "max_new_tokens": 96},
             "rl": {"prompts_per_step": 4, "mu": 1, "beta": 0.0, "loss_type": "dr_grpo", "scale_rewards": "none"},
             "train": {"steps": 60, "lr": 1.0e-5, "micro_batch_size": 32, "precision": "fp32", "seed": seed},
-            "log": {"eval_every": 20, "eval_reward": "accuracy", "save_every": 20, "samples_per_step": 4},
+            "log": {"eval_every": 20, "save_every": 20, "samples_per_step": 4},
         }
     )
 

@@ -169,7 +169,7 @@ def rl_config(out: Path, seed: int, s: dict, guard: str) -> RunConfig:
         }
     return RunConfig.model_validate(
         {
-            "stage": "grpo",
+            "stage": "rl",
             "init_from": str(out / "sft" / "model"),
             "task": {"name": "dataset", "path": str(out / "prompts.jsonl"), "template": "plain"},
             "rewards": [

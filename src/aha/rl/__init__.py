@@ -86,7 +86,7 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
 
 
 def run_eval(ctx: RLContext) -> dict:
-    """Greedy accuracy on the task's held-out rows, judged by the task's verifier or ``log.eval_reward``."""
+    """Greedy accuracy on the task's held-out rows, judged by the task's verifier or ``task.eval_reward``."""
     result = evaluate(
         ctx.engine,
         ctx.tokenizer,
@@ -98,11 +98,8 @@ def run_eval(ctx: RLContext) -> dict:
         response_prefix=ctx.cfg.task.response_prefix,
     )
     out = {"eval/accuracy": result["accuracy"]}
-    if ctx.cfg.log.eval_reward:
+    if ctx.cfg.task.eval_reward:
         out["eval/reward_mean"] = result["reward_mean"]
     if ctx.reasoning is not None:
         out.update(ctx.reasoning.of_eval(ctx.task.eval, result, "eval/reasoning/"))
     return out
-
-
-train_grpo = train_rl  # the name the first releases used

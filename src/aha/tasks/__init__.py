@@ -19,5 +19,5 @@ BUILDERS = {"arithmetic": arithmetic_task, "countdown": countdown_task, "code": 
 
 
 def build_task(cfg: TaskConfig) -> Task:
-    """The task ``task.name`` names; 'dataset' (or 'jsonl') reads your data from ``task.path``."""
+    """The task ``task.name`` names; 'dataset' reads your data from ``task.path``."""
     return BUILDERS.get(cfg.name, jsonl_task)(cfg)

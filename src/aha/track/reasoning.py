@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from aha.config.run import REFLECTION_PHRASES
+from aha.config.sections import REFLECTION_PHRASES
 from aha.rewards.builtin import answer_matches, extract_answer, has_think_format
 
 # a minus sign belongs to a number unless it follows a word or a ')' (then it is subtraction: '23-45' is 23 and 45)
@@ -201,5 +201,5 @@ def reasoning_meter(cfg, task) -> ReasoningMeter | None:
     if not on:
         return None
     return ReasoningMeter(
-        cfg.log.reflection_phrases, cfg.task.answer_match, golds=getattr(task, "verifier", "accuracy") == "accuracy"
+        cfg.task.reflection_phrases, cfg.task.answer_match, golds=getattr(task, "verifier", "accuracy") == "accuracy"
     )

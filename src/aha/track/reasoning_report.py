@@ -89,7 +89,7 @@ def render_moments(moments: list[dict], total: int) -> str:
     if not moments:
         return (
             "<p class='empty'>No aha moment in the logged samples: no completion reflected (a phrase of "
-            "log.reflection_phrases), changed its answer and ended right.</p>"
+            "task.reflection_phrases), changed its answer and ended right.</p>"
         )
     head = (
         "<tr><th style='width:5%'>step</th><th style='width:15%'>prompt</th><th style='width:18%'>"
