@@ -1,5 +1,17 @@
 """The one base class of the errors a user can cause (a config field, a data file, a path, a reward function,
-a checkpoint): the CLI prints their message as one line and exits with code 2, never a traceback."""
+a checkpoint): the CLI prints their message as one line and exits with code 2, never a traceback.
+
+Every one of them, each beside the module that raises it (tests/test_layers.py keeps this list whole):
+
+- here: :class:`TrainingError` (training cannot go on), :class:`ModelLoadError` (a model cannot be loaded)
+- ``aha.config.ConfigError`` (a config field), ``aha.data.load.DataError`` (a data file or row)
+- ``aha.rewards.RewardError`` (a reward function failed), ``aha.rewards.specs.RewardConfigError`` (a reward spec),
+  ``aha.rewards.learned.RewardModelError`` (a reward model's folder)
+- ``aha.checkpoint.CheckpointError`` and ``CheckpointSpaceError`` (a checkpoint damaged, foreign, or the disk full)
+- ``aha.guard.GuardError``, ``aha.critic.CriticError``, ``aha.threads.ThreadsError``, ``aha.track.report.ReportError``
+- ``aha.sandbox.SandboxError`` (no sandbox works here), ``aha.label.taskfile.LabelError`` (and its ``Refused``: a
+  ranking the app refuses)
+"""
 
 from __future__ import annotations
 
