@@ -267,12 +267,12 @@ def test_nothing_outlives_a_killed_trainer(isolation, tmp_path):
     import subprocess
     import sys
 
-    tag_hex = "feedfacecafe" + os.urandom(2).hex()
+    tag_hex = os.urandom(6).hex()  # (the 12 characters a tag holds: unique to this test run)
     trainer = tmp_path / "trainer.py"
     trainer.write_text(
         "import sys, uuid\n"
         f"sys.path.insert(0, {str(Path(__file__).parents[1] / 'src')!r})\n"
-        f"uuid.uuid4 = lambda: uuid.UUID('{tag_hex}' + '0' * 16)\n"
+        f"uuid.uuid4 = lambda: uuid.UUID('{tag_hex}' + '0' * 20)\n"
         "from aha.sandbox import run, Limits\n"
         f"run('import time\\nprint(1, flush=True)\\ntime.sleep(60)', Limits(timeout_s=60, cpu_s=60), {isolation!r})\n"
     )
@@ -289,3 +289,27 @@ def test_nothing_outlives_a_killed_trainer(isolation, tmp_path):
     while leftover_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert leftover_processes(tag) == [], f"{isolation}: the program outlived its trainer"
+
+
+@pytest.mark.parametrize("isolation", [*ISOLATIONS, "none"])
+def test_privileges_drop_without_setpriv_too(monkeypatch, isolation):
+    """Where util-linux's setpriv is missing, Python's own setuid drops root before the sandbox starts (unshare mode,
+    which needs setpriv to die with its parent, is refused in one line)."""
+    import shutil
+
+    from aha.sandbox import namespaces
+
+    real = shutil.which
+    monkeypatch.setattr(
+        namespaces.shutil, "which", lambda name, *a, **k: None if name == "setpriv" else real(name, *a, **k)
+    )
+    result = run("import os\nprint(os.getuid(), os.getgid(), os.getgroups())\n", LIMITS, isolation)
+    if isolation == "unshare":
+        assert result.status == "error" and "setpriv" in result.detail
+        return
+    assert result.status == "ok", result.stderr[-300:]
+    uid, gid, groups = result.stdout.split(" ", 2)
+    if os.geteuid() == 0:
+        assert (uid, gid) == ("65534", "65534") and "0" not in groups.strip("[]\n").split(", ")
+    else:
+        assert uid == str(os.getuid())

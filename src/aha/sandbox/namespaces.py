@@ -51,15 +51,21 @@ def _world_reachable(path: str) -> bool:
     return os.stat(path).st_mode & 0o005 == 0o005
 
 
-def drop_privileges() -> dict:
-    """``subprocess.Popen`` arguments that run the sandbox as uid/gid 65534 with no groups when we are root.
+def drop_privileges() -> tuple[list[str], dict, bool]:
+    """How the sandbox starts: ``(command prefix, subprocess.Popen arguments, launcher_guards_itself)``.
 
-    Python's own setuid before exec: no ``setpriv`` needed. (As any other user, the sandbox keeps that user's
-    uid; it holds no capabilities outside its namespaces either way.)
+    With util-linux's ``setpriv``: ``setpriv [--reuid/--regid 65534 --clear-groups] --pdeathsig KILL --`` (when aha is
+    root, the sandbox runs as uid/gid 65534 with no groups; it dies with the thread that started it). Without it:
+    Python's own setuid before exec (``user``/``group``/``extra_groups``, when root; Popen then forks instead of using
+    vfork, ~2 ms more a program here and more in a large trainer) and the launcher sets its own parent-death signal.
     """
-    if os.geteuid() != 0:
-        return {}
-    return {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []}
+    setpriv = shutil.which("setpriv")
+    root = os.geteuid() == 0
+    if setpriv is not None:
+        ids = [f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"] if root else []
+        return [setpriv, *ids, "--pdeathsig", "KILL", "--"], {}, False
+    kwargs = {"user": SANDBOX_UID, "group": SANDBOX_UID, "extra_groups": []} if root else {}
+    return [], kwargs, True
 
 
 def _ro_paths(python: str) -> list[str]:
@@ -161,18 +167,14 @@ exit $?
 
 def unshare_command(disk_mb: int, python: str, workdir: str, pass_fds: tuple[int, ...] = ()) -> list[str]:
     """util-linux's unshare (where bubblewrap is missing): the view of :func:`bwrap_command`, built by
-    :data:`_UNSHARE_SCRIPT`, under ``setpriv --pdeathsig KILL`` so it dies with its parent."""
+    :data:`_UNSHARE_SCRIPT`; it runs under :func:`drop_privileges`' ``setpriv --pdeathsig KILL``, so it dies with its
+    parent (refused without setpriv: nothing else would stop it outliving a killed trainer)."""
     unshare = shutil.which("unshare") or "unshare"
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
+    if shutil.which("setpriv") is None:
         raise SandboxError("unshare isolation needs util-linux's setpriv (to die with its parent)")
     root = os.path.join(workdir, "root")
     os.mkdir(root, 0o755)
     return [
-        setpriv,
-        "--pdeathsig",
-        "KILL",
-        "--",
         unshare,
         "--user",
         "--map-root-user",
