@@ -47,7 +47,7 @@ def test_the_own_data_example_runs_as_shown(tmp_path, monkeypatch):
 
 
 def test_the_python_example_runs_as_shown(tmp_path, monkeypatch, capsys):
-    code = re.search(r"```python\n(.*?)```", section("### From Python", "## The demo"), re.S).group(1)
+    code = re.search(r"```python\n(.*?)```", section("### From Python", "\n## "), re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     reward_mean, model = capsys.readouterr().out.strip().splitlines()[-2].split()
