@@ -12,10 +12,6 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from aha.algos.preference import (
-    plackett_luce_loss,
-    ranking_bt_loss,
-)
 from aha.checkpoint import list_checkpoints, newest_model, write_manifest
 from aha.config import RunConfig
 from aha.data.preferences import PreferenceRow, read_preferences
@@ -106,15 +102,6 @@ class EnsembleHeads(nn.Linear):
             self.weight.copy_(torch.randn(num_heads, hidden, generator=gen) / (hidden + 1) ** 0.5)
 
 
-def _sync_score(model: nn.Module, heads: EnsembleHeads) -> None:
-    """Write the heads' mean into the HF model's score head (every copy peft keeps of it) before a save."""
-    mean = heads.weight.detach().mean(0, keepdim=True)
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, nn.Linear) and "score" in name.split(".") and module.weight.shape == mean.shape:
-                module.weight.copy_(mean.to(module.weight.dtype))
-
-
 def write_ensemble(model_dir: Path, heads: EnsembleHeads) -> None:
     """``aha_ensemble.json`` beside the weights: every head (exact fp32 values; JSON floats round-trip)."""
     data = {
@@ -125,12 +112,6 @@ def write_ensemble(model_dir: Path, heads: EnsembleHeads) -> None:
     tmp = model_dir / (ENSEMBLE_FILE + ".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, model_dir / ENSEMBLE_FILE)
-
-
-def _loss_fn(kind: str, margin: float):
-    if kind == "pl":
-        return plackett_luce_loss
-    return lambda scores, tiers: ranking_bt_loss(scores, tiers, margin)
 
 
 def split_preferences(cfg: RunConfig) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
@@ -201,29 +182,3 @@ def publish_final_model(run_dir: Path) -> None:
     shutil.copytree(final, tmp)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-
-
-def _chunks(rankings: list[list], max_seqs: int) -> list[list[int]]:
-    """Indices of ``rankings`` in groups of whole rankings holding at most ``max_seqs`` sequences (at least one)."""
-    out: list[list[int]]
-    cur: list[int]
-    out, cur, n = [], [], 0
-    for i, r in enumerate(rankings):
-        if cur and n + len(r) > max_seqs:
-            out.append(cur)
-            cur, n = [], 0
-        cur.append(i)
-        n += len(r)
-    return out + ([cur] if cur else [])
-
-
-def _split(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    return list(torch.split(flat, sizes))
-
-
-def _groups(per_row: list[torch.Tensor]) -> list[list[int]]:
-    out, pos = [], 0
-    for s in per_row:
-        out.append(list(range(pos, pos + len(s))))
-        pos += len(s)
-    return out

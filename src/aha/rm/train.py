@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch import nn
 
-from aha.algos.preference import ranked_pairs, ranking_metrics, reward_centering
+from aha.algos.preference import plackett_luce_loss, ranked_pairs, ranking_bt_loss, ranking_metrics, reward_centering
 from aha.checkpoint import resume_from, training_state, write_manifest
 from aha.config import RunConfig
 from aha.data.preferences import PreferenceRow
@@ -25,11 +26,6 @@ from aha.optim import make_optimizer
 from aha.rewards.learned import CONFIG_KEY, _unwrap, encode_for_rm, pad_batch, pooled_hidden, render_text, rm_template
 from aha.rm.stage import (
     EnsembleHeads,
-    _chunks,
-    _groups,
-    _loss_fn,
-    _split,
-    _sync_score,
     build_reward_backbone,
     publish_final_model,
     reward_model_dir,
@@ -228,3 +224,44 @@ def _accumulate(p: RMParts, step: int, batch: list[int], weights: torch.Tensor) 
                 right += float(mean[a] > mean[b])
                 n_pairs += 1
     return loss_total, center_total, right, n_pairs
+
+
+def _sync_score(model: nn.Module, heads: EnsembleHeads) -> None:
+    """Write the heads' mean into the HF model's score head (every copy peft keeps of it) before a save."""
+    mean = heads.weight.detach().mean(0, keepdim=True)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and "score" in name.split(".") and module.weight.shape == mean.shape:
+                module.weight.copy_(mean.to(module.weight.dtype))
+
+
+def _loss_fn(kind: str, margin: float):
+    if kind == "pl":
+        return plackett_luce_loss
+    return lambda scores, tiers: ranking_bt_loss(scores, tiers, margin)
+
+
+def _chunks(rankings: list[list], max_seqs: int) -> list[list[int]]:
+    """Indices of ``rankings`` in groups of whole rankings holding at most ``max_seqs`` sequences (at least one)."""
+    out: list[list[int]]
+    cur: list[int]
+    out, cur, n = [], [], 0
+    for i, r in enumerate(rankings):
+        if cur and n + len(r) > max_seqs:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(i)
+        n += len(r)
+    return out + ([cur] if cur else [])
+
+
+def _split(flat: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    return list(torch.split(flat, sizes))
+
+
+def _groups(per_row: list[torch.Tensor]) -> list[list[int]]:
+    out, pos = [], 0
+    for s in per_row:
+        out.append(list(range(pos, pos + len(s))))
+        pos += len(s)
+    return out
