@@ -77,7 +77,7 @@ def worker(spec: dict) -> None:
     cfg = load_config(spec["recipe"], overrides)
     run_dir = Path(spec["run_dir"])
     counted: dict[str, int] = {}
-    import aha.rl.context as context
+    import aha.rl.parts as context
 
     real = context.make_optimizer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_label_api import Env, task_rows
+from label_env import Env, task_rows
 
 from aha.data.preferences import normalize_ranking, read_preferences
 from aha.errors import AhaError

@@ -9,7 +9,7 @@ import threading
 import time
 
 from fastapi.testclient import TestClient
-from test_label_api import Env, assert_one_line_error, task_rows
+from label_env import Env, assert_one_line_error, task_rows
 from typer.testing import CliRunner
 
 from aha.cli import app as aha_cli

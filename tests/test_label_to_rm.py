@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 
-from test_label_api import Env
+from label_env import Env
 from typer.testing import CliRunner
 
 from aha.cli import app as aha_cli

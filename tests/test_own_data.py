@@ -85,7 +85,7 @@ def test_answer_match_from_the_config_decides_eval_accuracy(tmp_path, write_conf
     from aha.tasks import build_task
 
     loaded = load_config(cfg)
-    ((_, fn, _),) = build_rewards(loaded, build_task(loaded.task))
+    ((_, fn, _),) = build_rewards(loaded.rewards, build_task(loaded.task), loaded.task.answer_match)
     assert fn(["p"], ["1/2"], answer=["0.5"]) == [0.0]  # exact, from task.answer_match
     assert fn(["p"], ["cba"], answer=["cba"]) == [1.0]
 
@@ -353,7 +353,7 @@ def test_aha_list_shows_rewards_tasks_and_models():
     from aha.rewards.specs import BUILTIN_REWARDS
 
     lines = result.stdout.splitlines()
-    for name in [*BUILTIN_REWARDS, "dataset", "arithmetic", "smollm2-135m"]:
+    for name in [*BUILTIN_REWARDS, "dataset", "arithmetic", "smollm2-135m", "guess_number", "calculator", "python"]:
         line = next((ln for ln in lines if ln.strip().startswith(name)), None)
         assert line is not None and len(line.split()) > 2, (name, result.stdout)
     assert aha("list", "rewards").stdout.count("\n") == len(BUILTIN_REWARDS) + 3

@@ -133,11 +133,16 @@ def _cfg(write_config, extra):
     return load_config(write_config(extra))
 
 
+def _critic_of(cfg, policy, device):
+    """The critic a run builds from its config's ``critic`` section and ``rl.algo``."""
+    return build_critic(cfg.critic, cfg.rl.algo, policy, device)
+
+
 def test_separate_critic_copies_the_trunk_and_head_critic_shares_it(write_config):
     policy, _ = build_tiny("tiny:layers=1,hidden=32,heads=2,ff=64", None, 0)
     ids = torch.randint(3, 20, (2, 6))
     attn = torch.ones_like(ids)
-    sep = build_critic(_cfg(write_config, {"rl": {"algo": "ppo"}}), policy, torch.device("cpu"))
+    sep = _critic_of(_cfg(write_config, {"rl": {"algo": "ppo"}}), policy, torch.device("cpu"))
     assert not sep.shared
     assert all(p.data_ptr() != q.data_ptr() for p in sep.trunk.parameters() for q in policy.parameters())
     assert torch.equal(sep.trunk.embed_tokens.weight, policy.model.embed_tokens.weight)
@@ -147,13 +152,13 @@ def test_separate_critic_copies_the_trunk_and_head_critic_shares_it(write_config
     hidden = policy.model(input_ids=ids, attention_mask=attn).last_hidden_state
     assert torch.allclose(values, sep.head(hidden[:, -4:-1]).squeeze(-1), atol=1e-5)
 
-    head = build_critic(
+    head = _critic_of(
         _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"kind": "head"}}), policy, torch.device("cpu")
     )
     assert head.shared and sum(p.numel() for p in head.parameters()) == 33  # 32 weights + 1 bias
     _, _, hv = policy_forward(policy, head, ids, attn, 3)
     assert torch.allclose(hv, head.head(hidden[:, -4:-1]).squeeze(-1), atol=1e-5)
-    assert build_critic(_cfg(write_config, {}), policy, torch.device("cpu")) is None  # grpo: no critic
+    assert _critic_of(_cfg(write_config, {}), policy, torch.device("cpu")) is None  # grpo: no critic
 
 
 def test_critic_initialised_from_a_reward_model(write_config, tmp_path):
@@ -172,7 +177,7 @@ def test_critic_initialised_from_a_reward_model(write_config, tmp_path):
     )
     rm.save_pretrained(tmp_path / "rm")
     policy, _ = build_tiny("tiny:layers=1,hidden=32,heads=2,ff=64", None, 0)
-    critic = build_critic(
+    critic = _critic_of(
         _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"init_from": str(tmp_path / "rm")}}),
         policy,
         torch.device("cpu"),
@@ -180,13 +185,13 @@ def test_critic_initialised_from_a_reward_model(write_config, tmp_path):
     assert torch.equal(critic.head.weight, rm.score.weight)
     assert torch.equal(critic.trunk.embed_tokens.weight, rm.model.embed_tokens.weight)
     with pytest.raises(CriticError, match="not a local HF model directory"):
-        build_critic(
+        _critic_of(
             _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"init_from": str(tmp_path / "nope")}}),
             policy,
             torch.device("cpu"),
         )
     with pytest.raises(CriticError, match="separate"):
-        build_critic(
+        _critic_of(
             _cfg(write_config, {"rl": {"algo": "ppo"}, "critic": {"kind": "head", "init_from": str(tmp_path / "rm")}}),
             policy,
             torch.device("cpu"),

@@ -324,16 +324,23 @@ def test_r1_plain_template_is_the_r1_zero_text_prompt():
 
 
 def test_reasoning_switch():
-    from aha.config import load_config
     from aha.tasks import Task
     from aha.track.reasoning import reasoning_meter
 
     task = Task("t", [], [])
-    assert reasoning_meter(load_config(None, ["task.template=r1"]), task) is not None
-    assert reasoning_meter(load_config(None, ["task.template=r1_plain"]), task) is not None
-    assert reasoning_meter(load_config(None, ["task.template=chat"]), task) is None
-    assert reasoning_meter(load_config(None, ["task.template=r1", "log.reasoning_metrics=false"]), task) is None
-    meter = reasoning_meter(load_config(None, ["log.reasoning_metrics=true", "task.reflection_phrases=[hmm]"]), task)
+    assert reasoning_meter(*_meter_args(["task.template=r1"]), task) is not None
+    assert reasoning_meter(*_meter_args(["task.template=r1_plain"]), task) is not None
+    assert reasoning_meter(*_meter_args(["task.template=chat"]), task) is None
+    assert reasoning_meter(*_meter_args(["task.template=r1", "log.reasoning_metrics=false"]), task) is None
+    meter = reasoning_meter(*_meter_args(["log.reasoning_metrics=true", "task.reflection_phrases=[hmm]"]), task)
     assert [j.reflects for j in meter.judge(["p", "p"], ["Hmm, 4", "Wait, 4"], ["4", "4"])] == [True, False]
-    countdown = reasoning_meter(load_config(None, ["task.template=r1"]), Task("c", [], [], verifier="countdown"))
+    countdown = reasoning_meter(*_meter_args(["task.template=r1"]), Task("c", [], [], verifier="countdown"))
     assert countdown.judge(["p"], ["<think>x</think><answer>5</answer>"], ["5"])[0].strict_correct is None
+
+
+def _meter_args(overrides: list[str]) -> tuple:
+    """What a run hands :func:`aha.track.reasoning.reasoning_meter`: ``log.reasoning_metrics`` and the task section."""
+    from aha.config import load_config
+
+    cfg = load_config(None, overrides)
+    return cfg.log.reasoning_metrics, cfg.task

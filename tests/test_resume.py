@@ -154,21 +154,22 @@ def inject_nan(monkeypatch, nan_steps: set[int], seen: dict | None = None) -> No
     def loss(*args, **kwargs):
         return real_loss(*args, **kwargs) * (float("nan") if now["step"] in nan_steps else 1.0)
 
-    def update(ctx, batch):
+    def update(opt, batch):
         now["step"] += 1
-        before = snapshot(ctx)
-        out = real_update(ctx, batch)
+        before = snapshot(opt)
+        out = real_update(opt, batch)
         if seen is not None:
-            seen[now["step"]] = before, snapshot(ctx)
+            seen[now["step"]] = before, snapshot(opt)
         return out
 
     monkeypatch.setattr(aha.rl.optimize, "aggregate_loss", loss)
     monkeypatch.setattr(aha.rl, "update", update)
 
 
-def snapshot(ctx) -> tuple[dict, dict]:
-    weights = {k: v.detach().clone() for k, v in ctx.policy.state_dict().items()}
-    adam = {(i, k): v.clone() for i, s in ctx.optimizer.state_dict()["state"].items() for k, v in s.items()}
+def snapshot(opt) -> tuple[dict, dict]:
+    """The optimizer step's policy weights and optimizer state, copied."""
+    weights = {k: v.detach().clone() for k, v in opt.policy.state_dict().items()}
+    adam = {(i, k): v.clone() for i, s in opt.optimizer.state_dict()["state"].items() for k, v in s.items()}
     return weights, adam
 
 

@@ -148,5 +148,5 @@ def test_the_r1_recipe_trains_and_evaluates_with_strict_accuracy():
     reward = resolve_reward(spec.name, spec.args)
     both = ["12", "<think>5+7</think> <answer>12</answer>"]
     assert reward(["5+7="] * 2, both, answer=["12", "12"]) == [0.0, 1.0]
-    judge = eval_verifier(cfg, build_task(cfg.task))
+    judge = eval_verifier(cfg.task, cfg.rewards, build_task(cfg.task))
     assert judge(prompts=["5+7="] * 2, completions=both, answer=["12", "12"]) == [0.0, 1.0]

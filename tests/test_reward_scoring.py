@@ -90,7 +90,7 @@ def test_a_shards_error_names_the_sample_by_its_index_in_the_whole_batch():
 
 def test_the_scorer_decodes_with_the_response_prefix_and_passes_the_columns():
     from aha.rollout import Rollouts
-    from aha.rollout.scoring import RewardScorer
+    from aha.rollout.scoring import RewardScorer, ScoreSettings
 
     seen = {}
 
@@ -98,13 +98,9 @@ def test_the_scorer_decodes_with_the_response_prefix_and_passes_the_columns():
         seen.update(answer=answer, ids=completion_ids, max=max_completion_length)
         return [float(c.endswith(a)) for c, a in zip(completions, answer)]
 
-    cfg = SimpleNamespace(
-        rollout=SimpleNamespace(group_size=2, max_new_tokens=4),
-        task=SimpleNamespace(response_prefix="="),
-        rl=SimpleNamespace(reward_on_error="raise"),
-    )
+    settings = ScoreSettings(group_size=2, response_prefix="=", on_error="raise", max_completion_length=4)
     tok = SimpleNamespace(decode=lambda ids, skip_special_tokens: "".join(map(str, ids)))
     roll = Rollouts([[0]] * 2, [[4], [5]], [[0.0], [0.0]], ["stop", "stop"])
-    got = RewardScorer(cfg, tok, [("judge", judge, 2.0)])([{"prompt": "2+2", "answer": "4"}], roll)
+    got = RewardScorer(settings, tok, [("judge", judge, 2.0)])([{"prompt": "2+2", "answer": "4"}], roll)
     assert got.texts == ["=4", "=5"] and got.rewards == [2.0, 0.0] and got.per_fn == {"judge": [1.0, 0.0]}
     assert seen == {"answer": ["4", "4"], "ids": [[4], [5]], "max": 4}

@@ -12,7 +12,7 @@ import torch
 from aha.config import load_config
 from aha.models import load_policy
 from aha.rl import train_rl
-from aha.rl.context import build_context
+from aha.rl.parts import build_parts
 from aha.run import Run
 from aha.tasks import build_task
 from aha.track.metrics import read_metrics
@@ -36,17 +36,18 @@ def test_the_kl_reference_is_the_model_after_the_imitation_steps(tmp_path, write
             }
         )
     )
-    ctx = build_context(cfg, Run(cfg, tmp_path / "run", False, "test"))
-    ids = torch.randint(0, ctx.policy.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
-    model, adapters_off = ctx.reference()
-    assert (model is ctx.policy) == lora  # under LoRA: the policy with its adapters switched off
+    parts = build_parts(cfg, Run(cfg, tmp_path / "run", False, "test"))
+    trained = parts.policy.model
+    ids = torch.randint(0, trained.config.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
+    model, adapters_off = parts.policy.reference()
+    assert (model is trained) == lora  # under LoRA: the policy with its adapters switched off
     with torch.no_grad():
         with adapters_off:
             ref = torch.log_softmax(model(input_ids=ids).logits, -1)
-        policy = torch.log_softmax(ctx.policy(input_ids=ids).logits, -1)
+        policy = torch.log_softmax(trained(input_ids=ids).logits, -1)
         start, _ = load_policy(
             cfg.model.model_copy(update={"lora": cfg.model.lora.model_copy(update={"enabled": False})}),
-            ctx.task.alphabet,
+            parts.task.alphabet,
             cfg.train.seed,
         )
         before = torch.log_softmax(start(input_ids=ids).logits, -1)
@@ -56,10 +57,10 @@ def test_the_kl_reference_is_the_model_after_the_imitation_steps(tmp_path, write
 
 def test_gspo_with_a_token_mean_says_so(tmp_path, write_config, capsys):
     cfg = load_config(write_config({"rl": {"importance_sampling_level": "sequence", "loss_type": "dapo"}}))
-    build_context(cfg, Run(cfg, tmp_path / "run", False, "test"))
+    build_parts(cfg, Run(cfg, tmp_path / "run", False, "test"))
     assert "weighs each sequence by its length" in capsys.readouterr().err
     cfg = load_config(write_config({"rl": {"importance_sampling_level": "sequence"}}))
-    build_context(cfg, Run(cfg, tmp_path / "run2", False, "test"))
+    build_parts(cfg, Run(cfg, tmp_path / "run2", False, "test"))
     assert "weighs each sequence" not in capsys.readouterr().err
 
 

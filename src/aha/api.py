@@ -35,6 +35,7 @@ from aha.evaluation import evaluate as _evaluate
 from aha.rewards import register_reward
 from aha.rl import train_rl
 from aha.rm import train_reward_model
+from aha.rollout.episodes import PYTHON_ENVS
 from aha.rollout.hf import HFEngine
 from aha.run import resume_problem
 from aha.sft import train_sft
@@ -77,8 +78,14 @@ def train(
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    environment_factory: Any = None,
+    tools: Sequence[Any] | None = None,
 ) -> dict:
     """Train as ``aha train`` does, with the stage the config names (rl, sft or reward_model).
+
+    ``environment_factory`` (rl: multi-turn episodes, as TRL's GRPOTrainer takes it): a class with ``reset(**row)``
+    and public methods as tools, or a gym-style class (``reset``/``step``); ``tools``: plain functions with docstrings
+    as stateless tools. Both as TRL takes them; YAML's ``env.factory`` / ``env.tools`` name them by spec instead.
 
     ``reward_funcs`` (rl) replaces the config's rewards: callables with TRL's signature, reward specs (``"accuracy"``,
     ``"file.py:fn"``, ``"rm:DIR"``), ``(reward, weight)`` pairs, or a dict ``{name: callable}``. ``train_dataset`` /
@@ -91,12 +98,36 @@ def train(
     cfg = load_config(config, overrides)
     out = Path(out)
     _check_out(out, resume, overwrite)
+    if environment_factory is not None or tools:
+        cfg = _with_env(cfg, environment_factory, tools or [], reward_funcs is None)
     if reward_funcs is not None:
         cfg.rewards = _reward_specs(reward_funcs)
     if train_dataset is not None or eval_dataset is not None:
         cfg = _with_data(cfg, out, train_dataset, eval_dataset)
     metrics = run_stage(cfg, out, resume)
     return {"run_dir": str(out), "stage": cfg.stage, "model": str(final_model(cfg, out)), "metrics": metrics}
+
+
+def _with_env(cfg: RunConfig, factory: Any, tools: Sequence[Any], own_reward: bool) -> RunConfig:
+    """The config with ``env`` naming the given class and functions (registered in this process as ``py:NAME``);
+    without ``reward_funcs`` the environment's own reward is the run's (as ``env.factory`` in YAML makes it)."""
+    specs = []
+    for obj in ([factory] if factory is not None else []) + list(tools):
+        if isinstance(obj, str):
+            specs.append(obj)
+            continue
+        name = getattr(obj, "__name__", type(obj).__name__)
+        PYTHON_ENVS[name] = obj
+        specs.append(f"py:{name}")
+    data = cfg.model_dump(mode="json", exclude_unset=False)
+    env = dict(data["env"])
+    if factory is not None:
+        env["factory"] = specs.pop(0)
+    env["tools"] = list(env["tools"]) + specs
+    data["env"] = env
+    if own_reward and factory is not None and "rewards" not in cfg.model_fields_set:
+        data.pop("rewards")
+    return _load_yaml(None, [], **data)
 
 
 def evaluate(
@@ -139,10 +170,12 @@ def evaluate(
         cfg.rollout.max_new_tokens,
         k=k,
         temperature=temperature,
-        scorer=eval_verifier(cfg, task),
+        scorer=eval_verifier(cfg.task, cfg.rewards, task),
         response_prefix=cfg.task.response_prefix,
     )
-    if meter := reasoning_meter(cfg, task):  # format, strict/lenient accuracy, reflection (log.reasoning_metrics)
+    if meter := reasoning_meter(
+        cfg.log.reasoning_metrics, cfg.task, task
+    ):  # format, strict/lenient accuracy, reflection (log.reasoning_metrics)
         result.update(meter.of_eval(rows, result))
     return {"task": task.name, "n": len(rows), **result}
 

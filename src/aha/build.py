@@ -3,6 +3,8 @@ template (:func:`prepare`), and the rollout engine RL samples with (:func:`build
 
 from __future__ import annotations
 
+import string
+
 import torch
 
 from aha.config import RunConfig
@@ -27,8 +29,11 @@ def prepare(cfg: RunConfig):
     amp = autocast_dtype(cfg.train.precision, device)
     task = build_task(cfg.task)
     if cfg.log.eval_every > 0:
-        check_eval_data(cfg, task)
-    model, tok = load_policy(cfg.model, task.alphabet, cfg.train.seed, cfg.init_from)
+        check_eval_data(cfg.task, task, needs_answers=not cfg.env.enabled)
+    alphabet = task.alphabet
+    if alphabet is not None and cfg.env.enabled:  # a tiny model must read the environment's answers too
+        alphabet += "".join(c for c in string.printable if c not in alphabet and c not in "\t\r\x0b\x0c")
+    model, tok = load_policy(cfg.model, alphabet, cfg.train.seed, cfg.init_from)
     model.to(device).train()
     template = resolve_template(cfg.task.template, tok)
     check_prompts(task.train + task.eval, tok, char_level=cfg.model.name.startswith("tiny") and task.alphabet is None)

@@ -3,6 +3,8 @@ and the config's own descriptions, so the list cannot drift from the code)."""
 
 from __future__ import annotations
 
+from aha.env.builtin import calculator
+from aha.env.games import BUILTIN_ENVS
 from aha.rewards.specs import BUILTIN_REWARDS
 
 TASKS = {
@@ -28,8 +30,17 @@ def _first_line(obj) -> str:
 
 
 def catalog() -> dict[str, dict[str, str]]:
-    """``{"rewards": {name: line}, "tasks": {...}, "models": {...}}``."""
+    """``{"rewards": {name: line}, "tasks": {...}, "models": {...}, "environments": {...}, "tools": {...}}``."""
     rewards = {name: _first_line(fn) for name, fn in BUILTIN_REWARDS.items()}
     rewards["rm:DIR"] = "a reward model trained with stage reward_model (RUN/model), scored in batches"
     rewards["FILE.py:FN / module:FN"] = "your own function, TRL's signature fn(prompts, completions, **columns)"
-    return {"rewards": rewards, "tasks": dict(TASKS), "models": dict(MODELS)}
+    envs = {name: _first_line(cls) for name, cls in BUILTIN_ENVS.items()}
+    envs["FILE.py:Class / module:Class"] = (
+        "your environment: TRL's environment_factory shape (reset + tools), or gym-style (reset + step)"
+    )
+    tools = {
+        "calculator": _first_line(calculator),
+        "python": "runs the model's program in aha's sandbox; answers its output",
+    }
+    tools["FILE.py:FN / module:FN"] = "your function with a docstring (TRL's tools=)"
+    return {"rewards": rewards, "tasks": dict(TASKS), "models": dict(MODELS), "environments": envs, "tools": tools}

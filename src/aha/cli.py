@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+import yaml
 
 from aha.console import friendly
 from aha.threads import set_wait_policy
@@ -155,10 +156,21 @@ def list_(what: str | None = typer.Argument(None, help="rewards, tasks or models
 def config_show(
     config: Path | None = typer.Argument(None, help="A YAML config to resolve (omit for the defaults)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    parts: bool = typer.Option(
+        False, "--parts", help="Show the config as an RL run's parts see it (policy, experience, optimizer step, ...)."
+    ),
 ):
-    """Every config field with its value and description."""
+    """Every config field with its value and description; with --parts, what each part of an RL run reads."""
     from aha.config import describe, load_config  # (pydantic's models, only for these commands)
 
+    if parts:
+        from aha.rl.parts import describe_parts  # (torch: only for this view)
+
+        resolved = load_config(config, set_)
+        if resolved.stage != "rl":
+            raise typer.BadParameter(f"--parts shows an RL run's parts; this config's stage is {resolved.stage!r}")
+        typer.echo(yaml.safe_dump(describe_parts(resolved), sort_keys=False).rstrip())
+        return
     cfg = load_config(config, set_).model_dump(mode="json")
     for name, _default, desc in describe():
         value = cfg

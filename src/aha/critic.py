@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from aha.algos.advantages import advantage_estimator
-from aha.config import RunConfig
+from aha.config.sections import CriticConfig
 from aha.errors import AhaError, first_line
 from aha.modeling.logprobs import completion_states
 
@@ -59,27 +59,28 @@ class Critic(nn.Module):
         return self.values_from_hidden(completion_states(self.trunk, input_ids, attention_mask, completion_len, lean))
 
 
-def build_critic(cfg: RunConfig, policy: nn.Module, device: torch.device) -> Critic | None:
-    """The critic ``rl.algo: ppo`` needs (None for the critic-free algorithms), on ``device`` in train mode.
+def build_critic(critic_cfg: CriticConfig, algo: str, policy: nn.Module, device: torch.device) -> Critic | None:
+    """The critic ``algo`` (``rl.algo``: ppo) needs, as the config's ``critic`` section describes it (None for the
+    critic-free algorithms), on ``device`` in train mode.
 
     Built after any SFT imitation steps (sft.imitation_steps), so 'policy' means the policy RL starts from."""
-    if not advantage_estimator(cfg.rl.algo).needs_critic:
+    if not advantage_estimator(algo).needs_critic:
         return None
     hidden = cast(Any, policy).config.hidden_size  # (a transformers model's config)
-    if cfg.critic.kind == "head":
-        if cfg.critic.init_from != "policy":
+    if critic_cfg.kind == "head":
+        if critic_cfg.init_from != "policy":
             raise CriticError(
                 "critic.init_from: a reward model needs critic.kind 'separate' (a 'head' critic shares the policy's trunk)"
             )
         critic = Critic(hidden)
-    elif cfg.critic.init_from == "policy":
+    elif critic_cfg.init_from == "policy":
         source: Any = copy.deepcopy(policy)  # (a transformers or peft model)
         if hasattr(source, "merge_and_unload"):  # LoRA: the critic gets the merged weights, trained in full
             source = source.merge_and_unload()
         critic = Critic(hidden, trunk=source.get_decoder())
         del source
     else:
-        critic = _critic_from_reward_model(Path(cfg.critic.init_from), hidden)
+        critic = _critic_from_reward_model(Path(critic_cfg.init_from), hidden)
     critic.requires_grad_(True)
     return critic.to(device).train()
 

@@ -9,8 +9,9 @@ Every one of them, each beside the module that raises it (tests/test_layers.py k
   ``aha.rewards.learned.RewardModelError`` (a reward model's folder)
 - ``aha.checkpoint.CheckpointError`` and ``CheckpointSpaceError`` (a checkpoint damaged, foreign, or the disk full)
 - ``aha.guard.GuardError``, ``aha.critic.CriticError``, ``aha.threads.ThreadsError``, ``aha.track.report.ReportError``
-- ``aha.sandbox.SandboxError`` (no sandbox works here), ``aha.label.taskfile.LabelError`` (and its ``Refused``: a
-  ranking the app refuses)
+- ``aha.sandbox.SandboxError`` (no sandbox works here), ``aha.label.taskfile.LabelError`` (and ``aha.label.db.Refused``:
+  a ranking the app refuses)
+- ``aha.env.EnvError`` (an environment or tool spec that fits no shape, or a ``reset`` that raised: the row is named)
 """
 
 from __future__ import annotations

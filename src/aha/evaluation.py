@@ -17,25 +17,25 @@ def verifier(task, name: str | None = None, answer_match: str = "auto", args: di
     return resolve_task_reward(cast(str, name or getattr(task, "verifier", "accuracy")), task, args, answer_match)
 
 
-def eval_verifier(cfg, task):
-    """The verifier a run's eval uses: ``task.eval_reward`` (with its ``args`` where it is one of the run's rewards),
-    else the task's."""
-    name = cfg.task.eval_reward
-    spec = next((r for r, label in zip(cfg.rewards, reward_labels(cfg.rewards)) if name in (r.name, label)), None)
-    return verifier(task, spec.name if spec else name, cfg.task.answer_match, spec.args if spec else None)
+def eval_verifier(task_cfg, specs, task):
+    """The verifier a run's eval uses: ``task.eval_reward`` (with its ``args`` where it is one of the run's reward
+    ``specs``), else the task's. ``task_cfg``: the config's ``task`` section."""
+    name = task_cfg.eval_reward
+    spec = next((r for r, label in zip(specs, reward_labels(specs)) if name in (r.name, label)), None)
+    return verifier(task, spec.name if spec else name, task_cfg.answer_match, spec.args if spec else None)
 
 
-def check_eval_data(cfg, task) -> None:
+def check_eval_data(task_cfg, task, needs_answers: bool = True) -> None:
     """Fail before training, in one line, where eval could not run: no held-out rows, or rows without the reference
-    answer the built-in accuracy needs."""
+    answer the built-in accuracy needs (``needs_answers``: False where episodes are judged by the run's rewards)."""
     if not task.eval:
         raise DataError(NO_EVAL_ROWS.format(name=task.name))
-    if cfg.task.eval_reward is None and getattr(task, "verifier", "accuracy") == "accuracy":
+    if needs_answers and task_cfg.eval_reward is None and getattr(task, "verifier", "accuracy") == "accuracy":
         missing = sum(1 for r in task.eval if r.get("answer") in (None, ""))
         if missing:
             raise DataError(
                 f"task {task.name!r}: {missing} of {len(task.eval)} held-out rows have no reference answer "
-                f"(task.answer_column={cfg.task.answer_column!r}) for eval/accuracy: name the column that "
+                f"(task.answer_column={task_cfg.answer_column!r}) for eval/accuracy: name the column that "
                 "holds it with task.answer_column, score eval with another reward (task.eval_reward), "
                 "or turn eval off (log.eval_every=0)"
             )

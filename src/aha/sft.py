@@ -81,20 +81,23 @@ def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, devic
     return -(logp.float() * mask).sum() / mask.sum().clamp(min=1)
 
 
-def imitate_answers(model, tok, rows: list[dict], template: str, cfg: RunConfig, device, amp) -> float:
-    """``sft.imitation_steps`` of SFT on the task's own (prompt, answer) rows before RL; returns the last loss.
+def imitate_answers(
+    model, tok, rows: list[dict], template: str, sft, train, device, amp, progress: bool = True
+) -> float:
+    """``sft.imitation_steps`` of SFT on the task's own (prompt, answer) rows before RL, with the ``train`` section's
+    batch size, seed and gradient clip (``sft``, ``train``: the config's sections); returns the last loss.
     Under LoRA the trained adapters are then folded into the base weights (:func:`aha.models.fold_adapters`), so
     the KL reference (the policy with its adapters off) is the model after imitation, as with full fine-tuning."""
     pairs = encode_pairs(rows, tok, template, "prompt", "answer")
-    tr = cfg.train.model_copy(update={"lr": cfg.sft.imitation_lr, "warmup_steps": 0, "lr_schedule": "constant"})
-    optimizer, _ = make_optimizer(model, tr, cfg.sft.imitation_steps)
-    sampler = PromptSampler(len(pairs), cfg.train.seed + 1)
+    tr = train.model_copy(update={"lr": sft.imitation_lr, "warmup_steps": 0, "lr_schedule": "constant"})
+    optimizer, _ = make_optimizer(model, tr, sft.imitation_steps)
+    sampler = PromptSampler(len(pairs), train.seed + 1)
     loss = torch.tensor(float("nan"))
-    for _ in tqdm(range(cfg.sft.imitation_steps), desc="imitation", disable=not cfg.log.progress, dynamic_ncols=True):
+    for _ in tqdm(range(sft.imitation_steps), desc="imitation", disable=not progress, dynamic_ncols=True):
         optimizer.zero_grad(set_to_none=True)
-        loss = sft_loss(model, [pairs[i] for i in sampler.take(cfg.train.batch_size)], tok.pad_token_id, device, amp)
+        loss = sft_loss(model, [pairs[i] for i in sampler.take(train.batch_size)], tok.pad_token_id, device, amp)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.max_grad_norm)
         optimizer.step()
     fold_adapters(model)
     return loss.item()
@@ -119,7 +122,7 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     optimizer, scheduler = make_optimizer(model, tr, total_steps=tr.steps)
     sampler = PromptSampler(len(pairs), tr.seed)
     engine = HFEngine(model, tok, device, amp)  # samples with the model's own attention kernel
-    scorer = eval_verifier(cfg, task)
+    scorer = eval_verifier(cfg.task, cfg.rewards, task)
     set_attention([model], training_attention(tr.attention, device))
     start = run.begin(lambda ckpt: resume_from(ckpt, model, optimizer, scheduler, sampler), task.note)
 

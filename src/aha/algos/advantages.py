@@ -79,15 +79,18 @@ def token_level_rewards(
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """``G_t = Σ_{s ≥ t} γ^{s−t} r_s`` over each completion's unmasked tokens (REINFORCE's return-to-go).
+    Masked positions are skipped, not zeroed: in a multi-turn episode the environment's tokens between two of the
+    model's turns carry the return through (γ counts the model's tokens only); they come out 0.
 
-    Worked example: rewards ``[−0.05, −0.1, 1.0, 0]``, mask ``[1, 1, 1, 0]``, γ = 1 → ``[0.85, 0.9, 1.0, 0]``.
+    Worked example: rewards ``[−0.05, −0.1, 1.0, 0]``, mask ``[1, 1, 1, 0]``, γ = 1 → ``[0.85, 0.9, 1.0, 0]``;
+    with an environment token inside, rewards ``[0, 0, 1]``, mask ``[1, 0, 1]``, γ = 0.5 → ``[0.5, 0, 1]``.
     """
     mask = mask.to(torch.float32)
     out = torch.zeros_like(rewards, dtype=torch.float32)
     running = torch.zeros(rewards.shape[0], device=rewards.device)
     for t in reversed(range(rewards.shape[1])):
-        running = (rewards[:, t] + gamma * running) * mask[:, t]
-        out[:, t] = running
+        running = torch.where(mask[:, t] > 0, rewards[:, t] + gamma * running, running)
+        out[:, t] = running * mask[:, t]
     return out
 
 
@@ -99,22 +102,26 @@ def gae_advantages(
     ``δ_t = r_t + γ·V_{t+1} − V_t`` (V = 0 after a completion's last token), ``A_t = δ_t + γλ·A_{t+1}``,
     returns ``R_t = A_t + V_t`` (the critic's regression target). λ = 1 gives Monte-Carlo returns minus V;
     λ = 0 one-step TD. All ``[B, T]``; masked positions come out 0. Returns ``(advantages, returns)``.
+    The recursion runs over the unmasked tokens only: ``t + 1`` is the next unmasked token, so in a multi-turn
+    episode the environment's tokens between two of the model's turns are skipped, not treated as an end.
 
     Worked example, one completion of 3 tokens, r = ``[0, 0, 1]``, V = ``[0.5, 0.6, 0.7]``, γ = 1, λ = 0.9:
     δ = ``[0.1, 0.1, 0.3]``; A_2 = 0.3, A_1 = 0.1 + 0.9·0.3 = 0.37, A_0 = 0.1 + 0.9·0.37 = 0.433;
-    R = ``[0.933, 0.97, 1.0]``.
+    R = ``[0.933, 0.97, 1.0]``. With an environment token between the first two (mask ``[1, 0, 1, 1]``) the
+    model's three tokens get the same advantages, and the environment's 0.
     """
     mask = mask.to(torch.float32)
     values = values.float() * mask
     rewards = rewards.float() * mask
     adv = torch.zeros_like(rewards)
     running = torch.zeros(rewards.shape[0], device=rewards.device)
-    T = rewards.shape[1]
-    for t in reversed(range(T)):
-        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(running)
+    next_value = torch.zeros_like(running)  # V of the next unmasked token (0 after the last)
+    for t in reversed(range(rewards.shape[1])):
+        model = mask[:, t] > 0
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = (delta + gamma * lam * running) * mask[:, t]
-        adv[:, t] = running
+        running = torch.where(model, delta + gamma * lam * running, running)
+        next_value = torch.where(model, values[:, t], next_value)
+        adv[:, t] = running * mask[:, t]
     return adv, (adv + values) * mask
 
 

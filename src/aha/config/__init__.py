@@ -20,6 +20,7 @@ from aha.config.load import (
 )
 from aha.config.run import (
     DistributedConfig,
+    EnvConfig,
     GuardConfig,
     LogConfig,
     RewardModelConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigError",
     "CriticConfig",
     "DistributedConfig",
+    "EnvConfig",
     "GuardConfig",
     "LogConfig",
     "LoraConfig",

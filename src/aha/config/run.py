@@ -240,6 +240,33 @@ class DistributedConfig(_Section):
         return None
 
 
+class EnvConfig(_Section):
+    factory: str | None = Field(
+        None,
+        description="Multi-turn episodes: the environment, as file.py:Class or module:Class (or a built-in: "
+        "guess_number). A class whose only public methods are reset and step is gym-style (each model turn is the "
+        "action); any other is TRL's environment_factory shape (reset(**row), public methods with docstrings as "
+        "tools). The Python API takes the class itself: aha.train(..., environment_factory=Cls).",
+    )
+    tools: list[str] = Field(
+        default_factory=list,
+        description="Plain functions with docstrings as stateless tools (TRL's tools=): file.py:fn, module:fn, or "
+        "the built-ins calculator (exact arithmetic) and python (runs in aha's sandbox).",
+    )
+    style: Literal["auto", "tools", "gym"] = Field(
+        "auto", description="How the factory is driven: 'auto' guesses from its methods (see env.factory)."
+    )
+    max_turns: int = Field(8, ge=1, description="Most model turns in an episode.")
+    tool_timeout_s: float = Field(
+        30.0, gt=0, description="A tool call that takes longer is answered with an error message (counted)."
+    )
+    workers: int = Field(1, ge=1, description="Episodes answered at once in threads (for tools that wait).")
+
+    @property
+    def enabled(self) -> bool:
+        return self.factory is not None or bool(self.tools)
+
+
 class RunConfig(_Section):
     """A whole run: ``stage`` picks the trainer; the other sections configure it."""
 
@@ -265,6 +292,7 @@ class RunConfig(_Section):
     log: LogConfig = Field(default_factory=LogConfig, description="Metrics, eval, checkpoints.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Reward-hacking guard (RL stages).")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Scale-out on Ray.")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="Multi-turn episodes: environments and tools.")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -306,4 +334,10 @@ class RunConfig(_Section):
             )
         if problem := self.distributed.trainer_problem(self):
             raise ValueError(problem)
+        if self.env.enabled and self.distributed.backend == "ray":
+            raise ValueError(
+                "env (multi-turn episodes) runs in the trainer's process for now: set distributed.backend: none"
+            )
+        if self.env.factory is not None and "rewards" not in self.model_fields_set:
+            self.rewards = [RewardSpec(name="env")]  # the environment's own reward (gym-style steps, get_reward)
         return self

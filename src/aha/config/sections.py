@@ -177,6 +177,12 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
     stop: list[str] = Field(default_factory=list, description="Stop strings (EOS always stops).")
+    max_episode_tokens: int = Field(
+        1024,
+        ge=1,
+        description="Multi-turn episodes (env): most tokens after the prompt, the model's turns and the "
+        "environment's answers together; an episode that reaches it ends, truncated.",
+    )
     compile: bool | Literal["auto"] = Field(
         "auto",
         description="Sample from a copy of the policy with a static KV cache and a torch.compile'd decode step "
@@ -329,7 +335,13 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(
         64, ge=1, description="Sequences per forward/backward; the rest is gradient accumulation."
     )
-    batch_size: int = Field(64, ge=1, description="SFT: sequences per optimizer step.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Examples per optimizer step of the supervised passes: sequences for stage sft and for RL's "
+        "sft.imitation_steps, rankings (or pairs) for stage reward_model. RL's own batch is rl.prompts_per_step × "
+        "rollout.group_size completions.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto",
         description="'bf16' = bf16 autocast (fp32 master weights); 'auto' = bf16 where the CPU/GPU has fast bf16.",

@@ -39,7 +39,7 @@ from aha.rewards.reward_model import RewardModelReward
 from aha.rl import train_rl
 from aha.rm import train_reward_model
 from aha.rollout import SamplingParams
-from aha.rollout.hf import HFEngine
+from aha.rollout.hf import sample_completions
 from aha.sft import train_sft
 
 GOLD = "aha.demos.rlhf_world:gold"
@@ -209,15 +209,9 @@ def sample_notes(model_dir: Path, prompts: list[str], n: int, seed: int) -> list
 
     torch.manual_seed(seed)
     model, tok = load_policy(ModelConfig(name=str(model_dir)), init_from=model_dir)
-    model.eval()
-    engine = HFEngine(model, tok, torch.device("cpu"), None)
-    out = []
-    for i in range(0, len(prompts), 32):
-        chunk = prompts[i : i + 32]
-        roll = engine.generate([tok(p).input_ids for p in chunk], n, SamplingParams(temperature=1.0, max_new_tokens=64))
-        texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
-        out += [texts[j * n : (j + 1) * n] for j in range(len(chunk))]
-    return out
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=64)
+    prompt_ids = [tok(p).input_ids for p in prompts]
+    return sample_completions(model, tok, prompt_ids, n, sampling, torch.device("cpu"), batch=32)
 
 
 def write_rankings(out: Path, sft_dir: Path, seed: int, s: dict) -> float:

@@ -41,27 +41,24 @@ def sample_tasks(
     from aha.modeling.device import seed_everything
     from aha.models import load_policy
     from aha.rollout import SamplingParams
-    from aha.rollout.hf import HFEngine
+    from aha.rollout.hf import sample_completions
 
     seed_everything(seed)
     model, tok = load_policy(ModelConfig(name=model_name))
-    model.eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    engine = HFEngine(model, tok, device, None)
     template = resolve_template("auto", tok)
+    prompt_ids = [render_prompt(r["prompt"], tok, template) for r in prompts]
     sampling = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
-    tasks = []
-    for start in range(0, len(prompts), 16):
-        chunk = prompts[start : start + 16]
-        roll = engine.generate([render_prompt(r["prompt"], tok, template) for r in chunk], k, sampling)
-        texts = [tok.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
-        for i, row in enumerate(chunk):
-            extra = {key: v for key, v in row.items() if key not in ("prompt", "completions")}
-            tasks.append(
-                {"prompt": row["prompt"], "completions": texts[i * k : (i + 1) * k], **extra, "model": model_name}
-            )
-    return tasks
+    groups = sample_completions(model, tok, prompt_ids, k, sampling, device, batch=16)
+    return [
+        {
+            "prompt": row["prompt"],
+            "completions": texts,
+            **{key: v for key, v in row.items() if key not in ("prompt", "completions")},
+            "model": model_name,
+        }
+        for row, texts in zip(prompts, groups)
+    ]
 
 
 @label_app.command()

@@ -1,12 +1,10 @@
 """The ranking app's database: tasks, labelers, sessions, assignments and rankings in one SQLite file.
 
-WAL mode (readers never block the one writer), ``synchronous=FULL`` (a commit is on disk before the
-HTTP 201 goes out, so an acknowledged ranking survives ``kill -9`` and power loss), ``busy_timeout``
-(concurrent writers wait instead of failing). Every write that must be atomic — handing out a task,
-storing a ranking — is one ``BEGIN IMMEDIATE`` transaction, which takes the database's write lock up
-front: two labelers asking at the same moment are serialised, so a task never goes to more than
-``per_task`` labelers and never twice to the same one. What can be checked without the lock (a ranking's
-shape, whose task it is) is checked before taking it, in time linear in the request.
+Split by subject: :mod:`aha.label.db` opens the file (WAL, ``synchronous=FULL``: an acknowledged ranking survives
+``kill -9`` and power loss) and runs every atomic write as one ``BEGIN IMMEDIATE`` transaction;
+:mod:`aha.label.assignment` hands out tasks and stores the answers (a task never goes to more than ``per_task``
+labelers, nor twice to the same one); this module adds the tasks, the labelers and their sessions, and reading
+the data out (the labeler's counts, the admin's statistics, the export, a backup).
 
 Tokens are never stored: a labeler's row holds ``sha256(token)``; the token is shown once. Logging in opens
 a session (its own random value, also stored hashed) that expires; revoking a labeler ends their token and
@@ -20,15 +18,13 @@ import json
 import os
 import secrets
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from aha.data.preferences import PreferenceRow, normalize_ranking, ranking_row
-from aha.label.schema import SCHEMA_VERSION, NewerSchema, migrate
+from aha.data.preferences import PreferenceRow, ranking_row
+from aha.label.assignment import Assignments
+from aha.label.db import Refused
 from aha.label.stats import admin_stats, kendalls_w  # noqa: F401 (kendalls_w: re-exported)
 from aha.label.taskfile import (  # noqa: F401
     MAX_COMPLETIONS,
@@ -38,101 +34,14 @@ from aha.label.taskfile import (  # noqa: F401
     read_tasks,
 )
 
-DEFAULT_LEASE_S = 3600.0  # an open assignment nobody submits frees its slot after this long
-DEFAULT_SESSION_S = 12 * 3600.0  # a login lasts a working day
-
-
-class Refused(LabelError):
-    """A request the store turns down: ``status`` is the HTTP code, ``message`` one line (the CLI prints it too)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status, self.message = status, message
-
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def check_ranking_size(ranking: Any, limit: int = MAX_COMPLETIONS) -> None:
-    """Refused (422) when ``ranking`` names more than ``limit`` indices; stops counting at the limit, so a hostile
-    ranking of 30,000 entries is turned away after reading 27 of them."""
-    if not isinstance(ranking, (list, tuple)):
-        return
-    n = 0
-    for entry in ranking:
-        n += len(entry) if isinstance(entry, (list, tuple)) else 1
-        if n > limit:
-            raise Refused(422, f"ranking lists more than {limit} indices: a task has at most {limit} completions")
-
-
-class Store:
-    """One SQLite database; safe to share between threads (each thread gets its own connection)."""
-
-    def __init__(self, path: str | Path, lease_s: float = DEFAULT_LEASE_S, session_s: float = DEFAULT_SESSION_S):
-        self.path = Path(path)
-        self.lease_s, self.session_s = lease_s, session_s
-        self._local = threading.local()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.schema_before, _ = migrate(self._conn())
-        except NewerSchema as e:
-            self.close()
-            raise LabelError(
-                f"--db {self.path}: written by a newer aha (schema v{e.found}; this aha reads up to "
-                f"v{SCHEMA_VERSION}): upgrade aha (pip install -U aha) to open it"
-            ) from None
-        except (sqlite3.DatabaseError, OSError) as e:
-            raise LabelError(f"--db {self.path}: cannot open it as a SQLite database ({e})") from None
-
-    # ------------------------------------------------------------------ connections and transactions
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")  # the commit is on disk before we answer 201
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.row_factory = sqlite3.Row
-        return conn
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        return conn
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: the write lock first, then read-decide-write, then commit."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-
-    # ------------------------------------------------------------------ settings
-    @property
-    def per_task(self) -> int:
-        row = self._conn().execute("SELECT value FROM meta WHERE key = 'per_task'").fetchone()
-        return int(row[0]) if row else 1
-
-    def set_per_task(self, n: int) -> None:
-        if n < 1:
-            raise LabelError(f"--per-task {n}: each task needs at least 1 labeler")
-        with self._write() as c:
-            c.execute(
-                "INSERT INTO meta VALUES ('per_task', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(n),),
-            )
+class Store(Assignments):
+    """The ranking app's database (:class:`~aha.label.db.Database`: one SQLite file, safe to share between threads)
+    with every operation the app and ``aha label`` need."""
 
     # ------------------------------------------------------------------ tasks
     def add_tasks(self, rows: list[dict]) -> tuple[int, int]:
@@ -258,111 +167,6 @@ class Store:
         with self._write() as c:
             c.execute("DELETE FROM sessions WHERE token_hash = ?", (hash_token(token),))
 
-    # ------------------------------------------------------------------ assignment
-    def next_task(self, labeler_id: int) -> dict | None:
-        """The labeler's open task, else a newly assigned one (fullest unfinished task first, so complete
-        tasks — and agreement — appear early), else None. One transaction: never over-assigned."""
-        now = time.time()
-        with self._write() as c:
-            self._expire(c, now)
-            row = c.execute(
-                "SELECT task_id FROM assignments WHERE labeler_id = ? AND status = 'open'", (labeler_id,)
-            ).fetchone()
-            if row is None:
-                row = c.execute(
-                    "SELECT id AS task_id FROM tasks WHERE active < ? AND id NOT IN "
-                    "(SELECT task_id FROM assignments WHERE labeler_id = ?) ORDER BY active DESC, id LIMIT 1",
-                    (self.per_task, labeler_id),
-                ).fetchone()
-                if row is None:
-                    return None
-                c.execute("INSERT INTO assignments VALUES (?, ?, 'open', ?)", (row["task_id"], labeler_id, now))
-                c.execute("UPDATE tasks SET active = active + 1 WHERE id = ?", (row["task_id"],))
-            task = c.execute("SELECT id, prompt, completions FROM tasks WHERE id = ?", (row["task_id"],)).fetchone()
-        return {
-            "task_id": task["id"],
-            "prompt": json.loads(task["prompt"]),
-            "completions": json.loads(task["completions"]),
-        }
-
-    def _expire(self, c: sqlite3.Connection, now: float) -> None:
-        """Free the slots of open assignments left longer than the lease (a labeler who walked away)."""
-        stale = c.execute(
-            "SELECT task_id, labeler_id FROM assignments WHERE status = 'open' AND assigned_at < ?",
-            (now - self.lease_s,),
-        ).fetchall()
-        for r in stale:
-            c.execute("DELETE FROM assignments WHERE task_id = ? AND labeler_id = ?", (r[0], r[1]))
-            c.execute("UPDATE tasks SET active = active - 1 WHERE id = ?", (r[0],))
-
-    def submit(
-        self,
-        labeler_id: int,
-        task_id: int,
-        ranking: Any = None,
-        skip: bool = False,
-        flag: bool = False,
-        note: str | None = None,
-    ) -> dict:
-        """Store one answer to the labeler's open assignment, committed before returning.
-
-        ``ranking`` (tiers best-first, ties nested) is checked against the task's K; ``skip`` gives the slot
-        back to other labelers; ``flag`` marks the task unsafe (with or without a ranking). Raises Refused.
-        Everything but the final check and the write happens before the write lock, in linear time."""
-        if skip and (flag or ranking is not None):
-            raise Refused(422, "a skip carries no ranking and no flag: send either skip, or a ranking and/or flag")
-        if not skip and not flag and ranking is None:
-            raise Refused(
-                422,
-                "missing 'ranking' (completion indices best-first, ties as nested lists), "
-                'or send "skip": true / "flag": true',
-            )
-        check_ranking_size(ranking)
-        a = (
-            self._conn()
-            .execute(
-                "SELECT a.status, json_array_length(t.completions) AS k FROM assignments a JOIN "
-                "tasks t ON t.id = a.task_id WHERE a.task_id = ? AND a.labeler_id = ?",
-                (task_id, labeler_id),
-            )
-            .fetchone()
-        )
-        _check_open(a, task_id)
-        tiers = None
-        if ranking is not None:
-            try:
-                tiers = normalize_ranking(ranking, a["k"])
-            except ValueError as e:
-                raise Refused(422, str(e)) from None
-        now = time.time()
-        with self._write() as c:  # again under the lock: the lease may have ended, another tab may have answered
-            a = c.execute(
-                "SELECT status, assigned_at FROM assignments WHERE task_id = ? AND labeler_id = ?",
-                (task_id, labeler_id),
-            ).fetchone()
-            _check_open(a, task_id)
-            c.execute(
-                "INSERT INTO rankings (task_id, labeler_id, ranking, skipped, flagged, note, seconds, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    task_id,
-                    labeler_id,
-                    json.dumps(tiers) if tiers else None,
-                    int(skip),
-                    int(flag),
-                    note,
-                    now - a["assigned_at"],
-                    now,
-                ),
-            )
-            c.execute(
-                "UPDATE assignments SET status = ? WHERE task_id = ? AND labeler_id = ?",
-                ("skipped" if skip else "done", task_id, labeler_id),
-            )
-            if skip:
-                c.execute("UPDATE tasks SET active = active - 1 WHERE id = ?", (task_id,))
-        return {"task_id": task_id, "ranking": tiers, "skipped": skip, "flagged": flag}
-
     # ------------------------------------------------------------------ reading
     def me(self, labeler_id: int) -> dict:
         c = self._conn()
@@ -450,10 +254,3 @@ class Store:
         finally:
             tmp.unlink(missing_ok=True)
         return counts
-
-
-def _check_open(assignment: sqlite3.Row | None, task_id: int) -> None:
-    if assignment is None:  # someone else's task or no such task: the same answer, so ids reveal nothing
-        raise Refused(403, f"task {task_id} is not assigned to you: get yours from GET /api/next")
-    if assignment["status"] != "open":
-        raise Refused(409, f"you already answered task {task_id}")

@@ -87,7 +87,7 @@ def bind_args(fn: RewardFn, args: dict | None, spec: str) -> RewardFn:
 _SPEC_FORMS = "a built-in name, 'package.module:function', 'path/to/file.py:function' or 'rm:PATH'"
 
 
-def _load_file_module(path: Path, spec: str) -> Any:
+def load_file_module(path: Path, spec: str) -> Any:
     """Import a Python file under a unique module name (registered in ``sys.modules``)."""
     resolved = path.resolve()
     digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
@@ -153,7 +153,7 @@ def _function(spec: str) -> RewardFn:
         path = Path(target).expanduser()
         if not path.is_file():
             raise RewardConfigError(f"reward '{spec}': file not found: {path}")
-        module = _load_file_module(path, spec)
+        module = load_file_module(path, spec)
         where = str(path)
     else:
         try:
@@ -224,13 +224,13 @@ def label_map(specs) -> dict[str, str]:
     return {**{spec.name: label for spec, label in zip(specs, labels)}, **{label: label for label in labels}}
 
 
-def build_rewards(cfg, task) -> list[tuple[str, RewardFn, float]]:
-    """``(label, function, weight)`` for every reward the run optimises: the config's specs (a task's own reward
-    first, then the registries), ``args`` bound; the built-in accuracy uses ``task.answer_match`` unless its args
-    say otherwise."""
+def build_rewards(specs, task, answer_match: str = "auto") -> list[tuple[str, RewardFn, float]]:
+    """``(label, function, weight)`` for every reward the run optimises: the config's ``rewards`` specs (a task's own
+    reward first, then the registries), ``args`` bound; the built-in accuracy uses ``answer_match``
+    (``task.answer_match``) unless its args say otherwise."""
     return [
-        (label, resolve_task_reward(spec.name, task, spec.args, cfg.task.answer_match), spec.weight)
-        for spec, label in zip(cfg.rewards, reward_labels(cfg.rewards))
+        (label, resolve_task_reward(spec.name, task, spec.args, answer_match), spec.weight)
+        for spec, label in zip(specs, reward_labels(specs))
     ]
 
 

@@ -15,12 +15,14 @@ in :mod:`aha.algos`, the run skeleton (resume, logging, cadence, report) in :mod
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from aha.config import RunConfig
+from aha.env import episode_metrics
 from aha.evaluation import evaluate
-from aha.rl.context import RLContext, build_context, restore, trainer_group
 from aha.rl.optimize import update
+from aha.rl.parts import Evaluation, Experience, Policy, RLParts, build_parts, trainer_group
 from aha.rl.phases import (
     advantages,
     collect,
@@ -31,6 +33,8 @@ from aha.rl.phases import (
     step_metrics,
     sync,
 )
+from aha.rollout import Engine
+from aha.rollout.episodes import run_episodes
 from aha.run import Run
 
 
@@ -38,17 +42,18 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     """Run the RL algorithm ``cfg.rl.algo`` as configured, writing everything to ``run_dir``.
     Returns the last logged metrics."""
     run = Run(cfg, run_dir, resume, cfg.rl.algo)
-    ctx = build_context(cfg, run)
-    start = run.begin(lambda ckpt: restore(ctx, ckpt), ctx.task.note)
-    ctx.trainers = trainer_group(ctx)  # distributed.trainers > 1: ranks 1..M−1 join, from these weights (else None)
-    sync(ctx)  # a sampler with its own copy (rollout.compile) starts from the weights RL starts from
+    parts = build_parts(cfg, run)  # policy, experience, optimizer step, guard, evaluation (aha.rl.parts)
+    policy, experience, optim, guard = parts.policy, parts.experience, parts.optim, parts.guard
+    start = run.begin(parts.restore, parts.task.note)
+    optim.trainers = trainer_group(parts, cfg)  # distributed.trainers > 1: ranks 1..M−1 join, from these weights
+    sync(policy, experience, guard)  # a sampler with its own copy (rollout.compile) starts from RL's first weights
     last: dict = {}
     if run.eval_due(0):
-        last = run_eval(ctx)
+        last = run_eval(parts.evaluation, experience.engine, policy, experience)
         run.log(0, last)
     for step in run.steps(start):
         t0 = time.perf_counter()
-        batch, info = collect(ctx)
+        batch, info = collect(experience)
         t_rollout = time.perf_counter() - t0
         if batch is None:  # every group agreed: nothing to learn from this step (eval and save still run when due)
             last = {
@@ -58,16 +63,16 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             }
         else:
             t1 = time.perf_counter()
-            score(ctx, batch)
-            advantages(ctx, batch)
-            stats, skipped = update(ctx, batch)  # skipped: what was not finite, if an optimizer step was skipped
+            score(optim, policy, batch, experience.engine.exact_logprobs, measure_kl=guard is not None)
+            advantages(optim, batch)
+            stats, skipped = update(optim, batch)  # skipped: what was not finite, if an optimizer step was skipped
             times = {"rollout": t_rollout, "train": time.perf_counter() - t1}
-            sync(ctx)
+            sync(policy, experience, guard)
             times["step"] = time.perf_counter() - t0
-            last = step_metrics(ctx, batch, info, stats, times) | run.count_skipped(step, skipped)
+            last = step_metrics(parts, batch, info, stats, times) | run.count_skipped(step, skipped)
         if run.eval_due(step):
-            last.update(run_eval(ctx))
-        decision = guard_check(ctx, step, last) if batch is not None else None  # the reward-hacking guard
+            last.update(run_eval(parts.evaluation, experience.engine, policy, experience))
+        decision = guard_check(guard, step, last) if batch is not None else None  # the reward-hacking guard
         run.log(
             step,
             last,
@@ -76,30 +81,64 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             else {"reward": f"{last['reward/mean']:.3f}", "s/step": f"{last['time/step_s']:.2f}"},
         )
         if batch is not None:
-            log_samples(ctx, step, batch)
+            log_samples(run, parts.samples_per_step, step, batch)
         run.stop_if_failing(step)  # train.max_skipped_steps skipped in a row
-        if guard_act(ctx, step, decision):  # stopped (rolled back to the best weights where asked)
+        if guard_act(parts, step, decision):  # stopped (rolled back to the best weights where asked)
             break
         if run.save_due(step):
-            run.save(step, ctx.policy, ctx.tokenizer, ctx.state())
+            run.save(step, policy.model, policy.tokenizer, parts.state())
     return run.finish(last)
 
 
-def run_eval(ctx: RLContext) -> dict:
-    """Greedy accuracy on the task's held-out rows, judged by the task's verifier or ``task.eval_reward``."""
+def run_eval(ev: Evaluation, engine: Engine, policy: Policy, exp: Experience | None = None) -> dict:
+    """Greedy accuracy on the task's held-out rows, judged by the task's verifier or ``task.eval_reward``; with an
+    environment, greedy episodes judged by the run's rewards (:func:`eval_episodes`)."""
+    if exp is not None and exp.env is not None:
+        return eval_episodes(ev, exp)
     result = evaluate(
-        ctx.engine,
-        ctx.tokenizer,
-        ctx.task,
-        ctx.task.eval,
-        ctx.template,
-        ctx.cfg.rollout.max_new_tokens,
-        scorer=ctx.eval_scorer,
-        response_prefix=ctx.cfg.task.response_prefix,
+        engine,
+        policy.tokenizer,
+        ev.task,
+        ev.rows,
+        policy.template,
+        ev.max_new_tokens,
+        scorer=ev.scorer,
+        response_prefix=ev.response_prefix,
     )
     out = {"eval/accuracy": result["accuracy"]}
-    if ctx.cfg.task.eval_reward:
+    if ev.reward_mean:
         out["eval/reward_mean"] = result["reward_mean"]
-    if ctx.reasoning is not None:
-        out.update(ctx.reasoning.of_eval(ctx.task.eval, result, "eval/reasoning/"))
+    if ev.reasoning is not None:
+        out.update(ev.reasoning.of_eval(ev.rows, result, "eval/reasoning/"))
     return out
+
+
+def eval_episodes(ev: Evaluation, exp: Experience, chunk: int = 64) -> dict:
+    """One greedy episode per held-out row, rewarded as training rewards them: ``eval/accuracy`` is the share whose
+    total reward is above 0.5 (a success), ``eval/reward_mean`` the mean total, ``eval/env/*`` the episodes'
+    counters (turns, tool calls, errors)."""
+    assert exp.env is not None and exp.scorer is not None  # (an environment's episodes are rewarded in-process)
+    greedy = replace(exp.sampling, greedy=True)
+    totals: list[float] = []
+    turns: list[int] = []
+    episodes: list = []
+    for start in range(0, len(ev.rows), chunk):
+        rows = ev.rows[start : start + chunk]
+        seeds = list(range(start, start + len(rows)))  # the same games at every eval
+        played = run_episodes(exp.engine, exp.env, rows, 1, greedy, exp.max_turns, exp.max_episode_tokens, seeds)
+        envs = [e.env for e in played.episodes]
+        scores = exp.scorer(rows, played.rollouts, transcripts=played.transcripts, environments=envs, group_size=1)
+        totals += scores.rewards
+        turns += [sum(m["role"] == "assistant" for m in t) for t in played.transcripts]
+        episodes += played.episodes
+    n = max(1, len(totals))
+    counters = {f"eval/{k}": v for k, v in episode_metrics(episodes).items()}
+    return {
+        "eval/accuracy": sum(t > 0.5 for t in totals) / n,
+        "eval/reward_mean": sum(totals) / n,
+        **counters,
+        "eval/env/turns": sum(turns) / n,
+    }
+
+
+__all__ = ["RLParts", "build_parts", "run_eval", "train_rl"]

@@ -22,6 +22,9 @@ class RolloutBatch:
     texts: list[str]  # the decoded completions
     rewards: list[float]  # the weighted total reward of each completion
     per_fn: dict[str, list]  # each reward function's values (None = no opinion)
+    # multi-turn (env): each completion's episode (aha.env.Episode: counters) and transcript (chat messages)
+    episodes: list | None = None
+    transcripts: list | None = None
     # ---- the score phase
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # pack_rollouts: input_ids, attention_mask, mask, …
     old_logp: torch.Tensor | None = None  # [B, C] log π_old of the sampled tokens
@@ -57,6 +60,8 @@ class RolloutBatch:
             texts=[self.texts[i] for i in index],
             rewards=[self.rewards[i] for i in index],
             per_fn={n: [v[i] for i in index] for n, v in self.per_fn.items()},
+            episodes=None if self.episodes is None else [self.episodes[i] for i in index],
+            transcripts=None if self.transcripts is None else [self.transcripts[i] for i in index],
         )
 
     def concat(self, other: RolloutBatch) -> RolloutBatch:
@@ -68,6 +73,8 @@ class RolloutBatch:
             texts=self.texts + other.texts,
             rewards=self.rewards + other.rewards,
             per_fn={n: self.per_fn.get(n, []) + v for n, v in other.per_fn.items()},
+            episodes=None if self.episodes is None else self.episodes + (other.episodes or []),
+            transcripts=None if self.transcripts is None else self.transcripts + (other.transcripts or []),
         )
 
     def head(self, n_groups: int) -> RolloutBatch:

@@ -18,7 +18,8 @@ optimizer step, or None when every one was taken.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 
@@ -31,7 +32,7 @@ from aha.algos.losses import (
     masked_mean,
     policy_loss,
 )
-from aha.config import RunConfig
+from aha.config.sections import RLConfig
 from aha.critic import Critic
 from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast, lean_activations
@@ -39,35 +40,58 @@ from aha.optim import finite_step
 from aha.rl.batch import RolloutBatch
 
 
-class UpdateContext(Protocol):
-    """What the optimizer step reads of its run: :class:`~aha.rl.context.RLContext` in the trainer (rank 0),
-    :class:`~aha.rl.ranks.RankContext` on ranks 1..M−1 (read-only here)."""
+@dataclass(frozen=True)
+class UpdateSettings:
+    """What the update reads of the config: the ``rl`` section, and of the others only these numbers."""
+
+    rl: RLConfig
+    temperature: float  # rollout.temperature: the logprobs are the sampling distribution's
+    max_new_tokens: int  # rollout.max_new_tokens: Dr. GRPO's constant normaliser
+    micro_batch_size: int  # train.micro_batch_size
+    max_grad_norm: float  # train.max_grad_norm
+    value_clip_range: float | None = None  # critic.clip_range
+    vf_coef: float = 0.0  # critic.vf_coef
+    lean_activations: bool | str = "auto"  # model.lean_activations
+
+    @classmethod
+    def of(cls, cfg) -> UpdateSettings:
+        """From a RunConfig: the builder's one look at the whole config."""
+        ro, tr = cfg.rollout, cfg.train
+        return cls(
+            cfg.rl,
+            ro.temperature,
+            ro.max_new_tokens,
+            tr.micro_batch_size,
+            tr.max_grad_norm,
+            cfg.critic.clip_range,
+            cfg.critic.vf_coef,
+            cfg.model.lean_activations,
+        )
 
     @property
-    def cfg(self) -> RunConfig: ...
-    @property
-    def policy(self) -> torch.nn.Module: ...
-    @property
-    def critic(self) -> Critic | None: ...
-    @property
-    def optimizer(self) -> torch.optim.Optimizer | None: ...
-    @property
-    def scheduler(self) -> Any: ...
-    @property
-    def estimator(self) -> AdvantageEstimator: ...
-    @property
-    def device(self) -> torch.device: ...
-    @property
-    def amp(self) -> torch.dtype | None: ...
-    @property
-    def updates(self) -> int: ...
+    def updates(self) -> int:
+        """Optimizer steps per batch of rollouts: μ passes × minibatches."""
+        return updates_per_batch(self.rl)
 
 
-class StepContext(UpdateContext, Protocol):
-    """The trainer's: also the data-parallel ranks, when ``distributed.trainers`` > 1."""
+@dataclass
+class OptimizerStep:
+    """The optimizer-step part: what turns a scored batch into new weights. The trainer holds one; so does each
+    data-parallel rank 1..M−1 (:mod:`aha.rl.ranks`), built from rank 0's weights and optimizer state."""
+
+    settings: UpdateSettings
+    policy: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # the optimizer's LRScheduler (aha.optim.make_optimizer)
+    estimator: AdvantageEstimator  # rl.algo
+    device: torch.device
+    amp: torch.dtype | None  # bf16 autocast, or None = fp32
+    critic: Critic | None = None  # PPO's value model
+    trainers: Any = None  # rank 0's TrainerGroup (aha.rl.ranks) when distributed.trainers > 1
 
     @property
-    def trainers(self) -> Any: ...
+    def updates(self) -> int:
+        return self.settings.updates
 
 
 def minibatches(n: int, k: int, device) -> list[torch.Tensor]:
@@ -81,25 +105,26 @@ def updates_per_batch(rl) -> int:
     return rl.mu * rl.num_minibatches
 
 
-def update(ctx: StepContext, batch: RolloutBatch) -> tuple[dict, str | None]:
+def update(opt: OptimizerStep, batch: RolloutBatch) -> tuple[dict, str | None]:
     """The update phase; with ``distributed.trainers`` > 1 the data-parallel ranks share every minibatch."""
-    plan = [minibatches(len(batch), ctx.cfg.rl.num_minibatches, ctx.device) for _ in range(ctx.cfg.rl.mu)]
-    if ctx.trainers is not None:  # (aha.rl.ranks) rank 0 is this process; the others take the same plan
-        return ctx.trainers.update(batch, plan)
-    return update_rows(ctx, batch, plan)
+    rl = opt.settings.rl
+    plan = [minibatches(len(batch), rl.num_minibatches, opt.device) for _ in range(rl.mu)]
+    if opt.trainers is not None:  # (aha.rl.ranks) rank 0 is this process; the others take the same plan
+        return opt.trainers.update(batch, plan)
+    return update_rows(opt, batch, plan)
 
 
 def update_rows(
-    ctx: UpdateContext, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None
+    opt: OptimizerStep, batch: RolloutBatch, plan: list[list[torch.Tensor]], share=None
 ) -> tuple[dict, str | None]:
     """The passes and minibatches ``plan`` holds (each pass's minibatches of row indices), one optimizer step each.
     ``share`` (a :class:`~aha.rl.ranks.Share`: one data-parallel rank's part) takes that rank's rows of
     every minibatch, with the whole minibatch's normalisers, and sums the gradients, the loss and the statistics over
     the ranks; None: one process takes every row."""
-    cfg, rl, ro = ctx.cfg, ctx.cfg.rl, ctx.cfg.rollout
-    policy, critic, optimizer, updates = ctx.policy, ctx.critic, ctx.optimizer, ctx.updates
+    st, rl = opt.settings, opt.settings.rl
+    policy, critic, optimizer, updates = opt.policy, opt.critic, opt.optimizer, opt.updates
     loss_fn = policy_loss(rl.policy_loss)
-    kl_in_loss = batch.ref_logp is not None and not ctx.estimator.kl_in_reward and rl.beta > 0  # GRPO: β·KL in the loss
+    kl_in_loss = batch.ref_logp is not None and not opt.estimator.kl_in_reward and rl.beta > 0  # GRPO: β·KL in the loss
     mask = batch.mask
     n_tok = mask.sum().clamp(min=1).item()
     stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
@@ -108,24 +133,23 @@ def update_rows(
     skipped = None
     for it, passes in enumerate(plan):
         for mb_rows in passes:
-            assert optimizer is not None  # (set up before any update)
             optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()  # the whole minibatch's
-            for rows_idx in (mb_rows if share is None else share.rows(mb_rows)).split(cfg.train.micro_batch_size):
+            for rows_idx in (mb_rows if share is None else share.rows(mb_rows)).split(st.micro_batch_size):
                 mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
                 w = mb["mask"].sum().item() / n_tok / rl.mu  # this micro-batch's share of the step's token means
-                with autocast(ctx.device, ctx.amp):
+                with autocast(opt.device, opt.amp):
                     logp, entropy, values = policy_forward(
                         policy,
                         critic,
                         mb["input_ids"],
                         mb["attention_mask"],
                         mask.shape[1],
-                        ro.temperature,
+                        st.temperature,
                         "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
                         lean=lean_activations(
-                            cfg.model.lean_activations, policy, ctx.device, mb["input_ids"].numel(), ctx.amp
+                            st.lean_activations, policy, opt.device, mb["input_ids"].numel(), opt.amp
                         ),
                     )
                 logp = logp.float()
@@ -141,12 +165,12 @@ def update_rows(
                     level=rl.importance_sampling_level,
                     dual_clip=rl.dual_clip,
                 )
-                pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok)
+                pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok)
                 loss = pg_loss
                 if kl_in_loss:
                     kl = kl_estimate(logp, cast(torch.Tensor, batch.ref_logp)[rows_idx], rl.kl_estimator)
                     loss = aggregate_loss(
-                        per_token + rl.beta * kl, mb["mask"], rl.loss_type, ro.max_new_tokens, mb_seq, mb_tok
+                        per_token + rl.beta * kl, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok
                     )
                     stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
                 if rl.entropy_coef > 0:
@@ -156,10 +180,10 @@ def update_rows(
                         values,
                         cast(torch.Tensor, batch.values)[rows_idx],
                         cast(torch.Tensor, batch.returns)[rows_idx],
-                        cfg.critic.clip_range,
+                        st.value_clip_range,
                     )
                     v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
-                    loss = loss + cfg.critic.vf_coef * v_loss
+                    loss = loss + st.vf_coef * v_loss
                     stats["loss/value"] += v_loss.item() / updates  # micro-batch shares sum to the minibatch's loss
                     stats["value/clip_ratio"] += masked_mean(v_clipped.float(), mb["mask"]).item() * w
                 loss.backward()
@@ -171,18 +195,18 @@ def update_rows(
                     stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
             if share is not None:  # data-parallel: every rank now holds the sums over all ranks (one all-reduce)
                 mb_loss = share.sum_gradients([policy] if critic is None else [policy, critic], mb_loss)
-            grad_norms = [torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm).item()]
+            grad_norms = [torch.nn.utils.clip_grad_norm_(policy.parameters(), st.max_grad_norm).item()]
             stats["grad_norm"] += grad_norms[0] / updates
             if critic is not None:
-                grad_norms.append(torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.train.max_grad_norm).item())
+                grad_norms.append(torch.nn.utils.clip_grad_norm_(critic.parameters(), st.max_grad_norm).item())
                 stats["value/grad_norm"] += grad_norms[1] / updates
             problem = finite_step(optimizer, mb_loss, *grad_norms)  # None: the step was taken
             if problem is None:
-                ctx.scheduler.step()
+                opt.scheduler.step()
             elif skipped is None:
                 skipped = f"{problem} (pass {it + 1})" if rl.mu > 1 else problem
     if share is not None:  # the ranks' shares of the statistics (the gradient norms are already the same on each)
         stats = share.sum_stats(stats, same={"grad_norm", "value/grad_norm"})
-    if ctx.device.type == "cuda":  # kernels run asynchronously: the update ends when they have
-        torch.cuda.synchronize(ctx.device)
+    if opt.device.type == "cuda":  # kernels run asynchronously: the update ends when they have
+        torch.cuda.synchronize(opt.device)
     return stats, skipped

@@ -25,9 +25,9 @@ import io
 import os
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,11 +35,7 @@ import torch.distributed as dist
 from aha.algos.advantages import advantage_estimator
 from aha.errors import TrainingError
 from aha.optim import make_optimizer
-from aha.rl.optimize import update_rows, updates_per_batch
-
-if TYPE_CHECKING:
-    from aha.algos.advantages import AdvantageEstimator
-    from aha.config import RunConfig
+from aha.rl.optimize import OptimizerStep, UpdateSettings, update_rows
 
 
 class Share:
@@ -95,31 +91,12 @@ class Share:
         return tensor
 
 
-@dataclass
-class RankContext:
-    """What :func:`~aha.rl.optimize.update_rows` asks of its context, on ranks 1..M−1."""
-
-    cfg: RunConfig
-    policy: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any  # the optimizer's LRScheduler (aha.optim.make_optimizer)
-    device: torch.device
-    amp: torch.dtype | None
-    estimator: AdvantageEstimator
-    critic: None = None
-
-    @property
-    def updates(self) -> int:
-
-        return updates_per_batch(self.cfg.rl)
-
-
 class TrainerRank:
     """Rank 1..M−1 (the Ray actor's class): joins the group, takes rank 0's policy and optimizer, updates with it."""
 
     def __init__(self, threads: int):
         torch.set_num_threads(max(1, threads))
-        self.ctx: RankContext | None = None
+        self.opt: OptimizerStep | None = None
 
     def join(self, init_method: str, rank: int, world: int, backend: str, timeout_s: float) -> int:
         dist.init_process_group(
@@ -128,24 +105,26 @@ class TrainerRank:
         self.share = Share(rank, world, torch.device("cpu"), timeout_s)
         return os.getpid()
 
-    def load(self, cfg, blob: bytes, amp: torch.dtype | None, cuda: bool) -> None:
-        """Rank 0's policy (pickled whole: its attention and checkpointing settings too), optimizer and schedule."""
+    def load(self, settings: UpdateSettings, train, blob: bytes, amp: torch.dtype | None, cuda: bool) -> None:
+        """Rank 0's policy (pickled whole: its attention and checkpointing settings too), optimizer and schedule;
+        ``settings`` and ``train`` (the config's train section) as rank 0's."""
 
         device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         state = torch.load(io.BytesIO(blob), map_location=device, weights_only=False)
         policy = state["policy"]
-        optimizer, scheduler = make_optimizer(policy, cfg.train, cfg.train.steps * updates_per_batch(cfg.rl))
+        optimizer, scheduler = make_optimizer(policy, train, train.steps * settings.updates)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        self.ctx = RankContext(cfg, policy, optimizer, scheduler, device, amp, advantage_estimator(cfg.rl.algo))
+        estimator = advantage_estimator(settings.rl.algo)
+        self.opt = OptimizerStep(settings, policy, optimizer, scheduler, estimator, device, amp)
         self.share.device = device
 
     def update(self, work: tuple):
         """``work``: (the batch's tensors, the passes' minibatches), as :meth:`TrainerGroup.update` sends them."""
 
         batch, plan = work
-        assert self.ctx is not None  # load() came first (TrainerGroup)
-        dev = self.ctx.device
+        assert self.opt is not None  # load() came first (TrainerGroup)
+        dev = self.opt.device
         batch = replace(
             batch,
             tensors={k: v.to(dev) for k, v in batch.tensors.items()},
@@ -155,7 +134,7 @@ class TrainerRank:
                 if getattr(batch, k) is not None
             },
         )
-        return update_rows(self.ctx, batch, [[rows.to(dev) for rows in p] for p in plan], self.share)
+        return update_rows(self.opt, batch, [[rows.to(dev) for rows in p] for p in plan], self.share)
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -165,14 +144,16 @@ class TrainerRank:
 class TrainerGroup:
     """Rank 0's handle on the group: starts ranks 1..M−1, shares each update with them, stops them."""
 
-    def __init__(self, ctx):
+    def __init__(self, opt: OptimizerStep, dcfg, train):
+        """``opt``: rank 0's optimizer step; ``dcfg``, ``train``: the config's distributed and train sections."""
         import ray
 
-        dcfg, self.ctx, self.ray = ctx.cfg.distributed, ctx, ray
-        self.world, self.timeout_s, self.calls = dcfg.trainers, dcfg.timeout_s, []
+        self.opt, self.ray = opt, ray
+        self.world, self.timeout_s = dcfg.trainers, dcfg.timeout_s
+        self.calls: list = []
         if dist.is_initialized():
             raise TrainingError("distributed.trainers > 1: this process already belongs to a torch.distributed group")
-        cuda = ctx.device.type == "cuda"
+        cuda = opt.device.type == "cuda"
         local = dcfg.address is None  # a local Ray instance: the group meets on the loopback interface
         host = "127.0.0.1" if local else ray.util.get_node_ip_address()
         with socket.socket() as s:  # a free port for the group's rendezvous
@@ -194,12 +175,13 @@ class TrainerGroup:
         self._get(joined, "join the process group")
         blob = io.BytesIO()
         torch.save(
-            {"policy": ctx.policy, "optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict()},
+            {"policy": opt.policy, "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict()},
             blob,
         )
         ref = ray.put(blob.getvalue())
-        self._get([a.load.remote(ctx.cfg, ref, ctx.amp, cuda) for a in self.ranks], "load the policy")
-        self.share = Share(0, self.world, ctx.device, self.timeout_s, watch=self._watch)
+        loads = [a.load.remote(opt.settings, train, ref, opt.amp, cuda) for a in self.ranks]
+        self._get(loads, "load the policy")
+        self.share = Share(0, self.world, opt.device, self.timeout_s, watch=self._watch)
 
     def update(self, batch, plan: list[list[torch.Tensor]]) -> tuple[dict, str | None]:
         """:func:`~aha.rl.optimize.update_rows` on every rank at once; returns rank 0's (summed) statistics."""
@@ -221,7 +203,7 @@ class TrainerGroup:
         )
         ref = self.ray.put((slim, [[rows.cpu() for rows in p] for p in plan]))
         self.calls = [a.update.remote(ref) for a in self.ranks]
-        out = update_rows(self.ctx, batch, plan, self.share)
+        out = update_rows(self.opt, batch, plan, self.share)
         self._get(self.calls, "update")
         self.calls = []
         return out
@@ -250,9 +232,9 @@ class TrainerGroup:
             raise TrainingError(f"a trainer rank failed to {what}: {cause}") from None
 
 
-def start_trainers(ctx) -> TrainerGroup:
-    """Ranks 1..M−1 started from the context's current weights and optimizer state (after a resume: the
-    checkpoint's), stopped when the run finishes."""
-    group = TrainerGroup(ctx)
-    ctx.run.on_finish.insert(0, group.close)  # before the rollout workers' close shuts Ray down
+def start_trainers(opt: OptimizerStep, dcfg, train, run) -> TrainerGroup:
+    """Ranks 1..M−1 started from the optimizer step's current weights and state (after a resume: the
+    checkpoint's), stopped when ``run`` finishes."""
+    group = TrainerGroup(opt, dcfg, train)
+    run.on_finish.insert(0, group.close)  # before the rollout workers' close shuts Ray down
     return group

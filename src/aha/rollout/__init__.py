@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -26,19 +26,26 @@ class Rollouts:
     completion_ids: list[list[int]]  # EOS included when the sampler stopped on it
     logprobs: list[list[float]]  # the sampler's log π_old(token) at its temperature, one per completion token
     finish_reasons: list[str]  # 'stop' (EOS or stop string) or 'length'
+    # multi-turn episodes (aha.rollout.episodes): 1 = the model's token, 0 = the environment's; None = all the model's
+    completion_mask: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.completion_ids)
 
     def select(self, index: list[int]) -> Rollouts:
         """The completions at ``index``, in that order."""
-        return Rollouts(*[[getattr(self, f)[i] for i in index] for f in _FIELDS])
+        fields: list[Any] = [None if self._none(f) else [getattr(self, f)[i] for i in index] for f in _FIELDS]
+        return Rollouts(*fields)
 
     def concat(self, other: Rollouts) -> Rollouts:
-        return Rollouts(*[getattr(self, f) + getattr(other, f) for f in _FIELDS])
+        fields: list[Any] = [None if self._none(f) else getattr(self, f) + getattr(other, f) for f in _FIELDS]
+        return Rollouts(*fields)
+
+    def _none(self, name: str) -> bool:
+        return getattr(self, name) is None
 
 
-_FIELDS = ("prompt_ids", "completion_ids", "logprobs", "finish_reasons")
+_FIELDS = ("prompt_ids", "completion_ids", "logprobs", "finish_reasons", "completion_mask")
 
 
 @runtime_checkable
@@ -64,8 +71,8 @@ class Engine(Protocol):
 
 
 def pack_rollouts(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``[left-padded prompt | right-padded completion]`` tensors plus the completion mask and the
-    sampler's logprobs, padded to the batch's longest prompt and completion."""
+    """``[left-padded prompt | right-padded completion]`` tensors plus the completion mask (0 also on a multi-turn
+    episode's environment tokens) and the sampler's logprobs, padded to the batch's longest prompt and completion."""
     B = len(roll)
     P = max(len(p) for p in roll.prompt_ids)
     C = max(1, max(len(c) for c in roll.completion_ids))
@@ -78,7 +85,7 @@ def pack_rollouts(roll: Rollouts, pad_id: int, device: torch.device) -> dict[str
         attention[i, P - len(p) : P + len(c)] = 1
         if c:
             input_ids[i, P : P + len(c)] = torch.tensor(c)
-            mask[i, : len(c)] = 1
+            mask[i, : len(c)] = 1 if roll.completion_mask is None else torch.tensor(roll.completion_mask[i])
             sampler_logp[i, : len(c)] = torch.tensor(lp)
     truncated = torch.tensor([r == "length" for r in roll.finish_reasons])
     out = {

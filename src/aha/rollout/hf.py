@@ -212,6 +212,30 @@ class HFEngine:
         return len(row)
 
 
+def sample_completions(
+    model: torch.nn.Module,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    k: int,
+    sampling: SamplingParams,
+    device: torch.device,
+    batch: int,
+) -> list[list[str]]:
+    """``k`` completions for each prompt of ``prompt_ids`` (token ids), decoded without special tokens, grouped
+    per prompt in order: ``model`` in eval mode on ``device``, ``batch`` prompts per call to an :class:`HFEngine`.
+    The random draws depend on ``batch`` too: the same seed and ``batch`` give the same texts."""
+    model.eval()
+    model.to(device)
+    engine = HFEngine(model, tokenizer, device, None)
+    groups: list[list[str]] = []
+    for start in range(0, len(prompt_ids), batch):
+        chunk = prompt_ids[start : start + batch]
+        roll = engine.generate(chunk, k, sampling)
+        texts = [tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+        groups += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
+    return groups
+
+
 def _base(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under a peft wrapper (its forward has the real signature)."""
     return cast(Any, model).get_base_model() if hasattr(model, "get_base_model") else model

@@ -43,28 +43,64 @@ class Scores:
     printed: str = ""  # what the rewards printed in a worker (the trainer prints it: their prints in one process)
 
 
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What scoring reads of the config: ``rollout.group_size``, ``task.response_prefix``, ``rl.reward_on_error``,
+    ``rollout.max_new_tokens`` (the rewards' ``max_completion_length``)."""
+
+    group_size: int
+    response_prefix: str = ""
+    on_error: str = "raise"
+    max_completion_length: int = 0
+
+    @classmethod
+    def of(cls, cfg) -> ScoreSettings:
+        """From a RunConfig: the builder's one look at the whole config."""
+        return cls(cfg.rollout.group_size, cfg.task.response_prefix, cfg.rl.reward_on_error, cfg.rollout.max_new_tokens)
+
+
 class RewardScorer:
-    """``scorer(rows, rollouts) -> Scores``: decode (``task.response_prefix`` first: rewards judge the answer turn
-    from its start), then :func:`~aha.rewards.compute_rewards` with ``rl.reward_on_error``, the rows' dataset columns
-    as keyword arguments, ``completion_ids`` and ``max_completion_length``."""
+    """``scorer(rows, rollouts) -> Scores``: decode (``response_prefix`` first: rewards judge the answer turn
+    from its start), then :func:`~aha.rewards.compute_rewards` with ``on_error`` (``rl.reward_on_error``), the rows'
+    dataset columns as keyword arguments, ``completion_ids`` and ``max_completion_length``."""
 
-    def __init__(self, cfg, tokenizer, reward_fns: list[tuple[str, RewardFn, float]]):
-        self.cfg, self.tokenizer, self.reward_fns = cfg, tokenizer, reward_fns
+    def __init__(self, settings: ScoreSettings, tokenizer, reward_fns: list[tuple[str, RewardFn, float]]):
+        self.settings, self.tokenizer, self.reward_fns = settings, tokenizer, reward_fns
 
-    def __call__(self, rows: list[dict], roll: Rollouts, first_sample: int = 0) -> Scores:
-        """``first_sample``: where these rollouts start in the step's batch (a worker's shard), for error messages."""
-        G, prefix = self.cfg.rollout.group_size, self.cfg.task.response_prefix
-        texts = [prefix + self.tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+    def __call__(
+        self,
+        rows: list[dict],
+        roll: Rollouts,
+        first_sample: int = 0,
+        transcripts=None,
+        environments=None,
+        group_size: int | None = None,
+    ) -> Scores:
+        """``first_sample``: where these rollouts start in the step's batch (a worker's shard), for error messages.
+        Multi-turn episodes: ``transcripts`` (each episode's chat messages after the prompt) are the completions
+        (joined as text where the prompt is text), and ``environments`` (the episodes' instances) are passed to the
+        rewards as ``environments=``, as TRL passes them. ``group_size``: completions per row where not the run's
+        (an eval's one)."""
+        st = self.settings
+        G, prefix = group_size or st.group_size, st.response_prefix
         prompts = [r["prompt"] for r in rows for _ in range(G)]
+        extra = {} if environments is None else {"environments": environments}
+        if transcripts is None:
+            texts = [prefix + self.tokenizer.decode(c, skip_special_tokens=True) for c in roll.completion_ids]
+            completions = as_completions(prompts, texts)
+        else:
+            texts = ["\n".join(str(m.get("content", "")) for m in t) for t in transcripts]
+            completions = [t if isinstance(p, list) else text for p, t, text in zip(prompts, transcripts, texts)]
         rewards, per_fn, skipped = compute_rewards(
             self.reward_fns,
             prompts,
-            as_completions(prompts, texts),
+            completions,
             columns_of(rows, G),
-            on_error=self.cfg.rl.reward_on_error,
+            on_error=st.on_error,
             first_sample=first_sample,
             completion_ids=roll.completion_ids,
-            max_completion_length=self.cfg.rollout.max_new_tokens,
+            max_completion_length=st.max_completion_length,
+            **extra,
         )
         metrics = {name: dict(last_metrics(fn) or {}) for name, fn, _ in self.reward_fns}
         merges = {name: dict(getattr(unwrap_partial(fn), "metric_merge", {})) for name, fn, _ in self.reward_fns}
@@ -73,23 +109,33 @@ class RewardScorer:
 
 @dataclass
 class RewardRecipe:
-    """What another process needs to build the run's rewards itself: the config (its reward specs: built-in names,
-    ``module:function``, ``file.py:function``, ``rm:PATH``, with their args), the task's own reward functions and the
-    ``py:NAME`` callables handed to :func:`aha.train` (pickled by Ray: importable or self-contained there)."""
+    """What another process needs to build the run's rewards itself: the reward specs (the config's ``rewards``:
+    built-in names, ``module:function``, ``file.py:function``, ``rm:PATH``, with their args), ``task.answer_match``,
+    the scoring settings, the task's own reward functions and the ``py:NAME`` callables handed to :func:`aha.train`
+    (pickled by Ray: importable or self-contained there)."""
 
-    cfg: object  # RunConfig
+    specs: list
+    answer_match: str
+    settings: ScoreSettings
     task_rewards: dict
     python_rewards: dict
 
     @classmethod
     def of(cls, cfg, task) -> RewardRecipe:
         names = {spec.name[3:] for spec in cfg.rewards if spec.name.startswith("py:")}
-        return cls(cfg, dict(task.rewards), {n: PYTHON_REWARDS[n] for n in names if n in PYTHON_REWARDS})
+        return cls(
+            list(cfg.rewards),
+            cfg.task.answer_match,
+            ScoreSettings.of(cfg),
+            dict(task.rewards),
+            {n: PYTHON_REWARDS[n] for n in names if n in PYTHON_REWARDS},
+        )
 
     def scorer(self, tokenizer) -> RewardScorer:
         for name, fn in self.python_rewards.items():
             PYTHON_REWARDS.setdefault(name, fn)
-        return RewardScorer(self.cfg, tokenizer, build_rewards(self.cfg, SimpleNamespace(rewards=self.task_rewards)))
+        task = SimpleNamespace(rewards=self.task_rewards)
+        return RewardScorer(self.settings, tokenizer, build_rewards(self.specs, task, self.answer_match))
 
 
 class WarningsKept(logging.Handler):

@@ -121,9 +121,7 @@ def _encode(value, handle, depth=0):
 def _decode(value, remote, depth=0):
     if depth > MAX_DEPTH:
         raise ValueError("value nested too deeply")
-    if value is None or type(value) in (bool, int, str):
-        return value
-    if type(value) is float:
+    if value is None or type(value) in (bool, int, str, float):
         return value
     if type(value) is list:
         return [_decode(v, remote, depth + 1) for v in value]

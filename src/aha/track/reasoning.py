@@ -193,13 +193,12 @@ class ReasoningMeter:
         return reasoning_metrics(judged, result["lengths"], prefix)
 
 
-def reasoning_meter(cfg, task) -> ReasoningMeter | None:
-    """The run's meter where ``log.reasoning_metrics`` is on ('auto': for the R1 templates), else None."""
-    on = cfg.log.reasoning_metrics
-    if on == "auto":
-        on = cfg.task.template in ("r1", "r1_plain")
+def reasoning_meter(enabled: bool | str, task_cfg, task) -> ReasoningMeter | None:
+    """The run's meter where ``enabled`` (``log.reasoning_metrics``) is on ('auto': for the R1 templates), else None.
+    ``task_cfg``: the config's ``task`` section (template, reflection phrases, answer matching)."""
+    on = task_cfg.template in ("r1", "r1_plain") if enabled == "auto" else enabled
     if not on:
         return None
     return ReasoningMeter(
-        cfg.task.reflection_phrases, cfg.task.answer_match, golds=getattr(task, "verifier", "accuracy") == "accuracy"
+        task_cfg.reflection_phrases, task_cfg.answer_match, golds=getattr(task, "verifier", "accuracy") == "accuracy"
     )

@@ -30,6 +30,8 @@ MAIN_PLOTS = [
     ("kl", "KL to reference"),
     ("entropy", "Policy entropy"),
     ("clip_ratio", "Fraction of tokens clipped"),
+    ("env/turns", "Model turns per episode"),
+    ("env/tool_calls", "Tool calls per episode"),
 ]
 SAMPLE_STEPS = 4  # sample tables at the first, two middle and last logged steps
 
@@ -208,6 +210,10 @@ pre { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
       white-space: pre-wrap; word-break: break-word; }
 pre.config { background: #fff; border: 1px solid #d0d7de; border-radius: 6px; padding: 12px; }
 .empty { color: #59636e; font-style: italic; }
+.turn { border-left: 3px solid #d0d7de; padding: 2px 6px; margin: 2px 0; }
+.turn.assistant { border-color: #0969da; } .turn.tool { border-color: #bf8700; background: #fff8c5; }
+.turn.user { border-color: #8250df; background: #fbefff; }
+.turn .role { font-size: 11px; color: #59636e; }
 """
 
 
@@ -223,6 +229,22 @@ def render_summary(summary: dict) -> str:
             cell = f"<td class='num'>{fmt(value)}</td>"
         rows.append(f"<tr><th>{escape(str(key))}</th>{cell}</tr>")
     return f"<table class='summary'>{''.join(rows)}</table>"
+
+
+def render_completion(completion) -> str:
+    """A completion: its text, or a multi-turn episode's transcript with each message set apart by its role (the
+    model's turns, tool results, the environment's observations)."""
+    if not isinstance(completion, list):
+        return f"<pre>{clip(completion)}</pre>"
+    turns = []
+    for m in completion:
+        role = str(m.get("role", "?")) if isinstance(m, dict) else "?"
+        label = role + (f" · {m['name']}" if isinstance(m, dict) and m.get("name") else "")
+        body = clip(m.get("content", "") if isinstance(m, dict) else m)
+        turns.append(
+            f"<div class='turn {escape(role)}'><span class='role'>{escape(label)}</span><pre>{body}</pre></div>"
+        )
+    return "".join(turns)
 
 
 def render_samples(picked: list[tuple[int, list[dict]]]) -> str:
@@ -242,7 +264,7 @@ def render_samples(picked: list[tuple[int, list[dict]]]) -> str:
             )
             rows.append(
                 f"<tr><td class='num'>{step}</td><td><pre>{clip(sample.get('prompt'))}</pre></td>"
-                f"<td><pre>{clip(sample.get('completion'))}</pre></td>"
+                f"<td>{render_completion(sample.get('completion'))}</td>"
                 f"<td><pre>{clip(sample.get('answer'))}</pre></td>"
                 f"<td><b>{fmt(sample.get('reward'))}</b><table class='inner'>{breakdown}</table></td></tr>"
             )

@@ -1,0 +1,151 @@
+"""Multi-turn episodes in the rollout: the model acts, the environment answers, the model goes on.
+
+    prompts + reset's observations ─► turn: ONE batched generate over every episode still running
+        ─► each episode's environment answers (tool results, or the game's next observation) ─► its tokens are
+            appended in the chat template's format ─► next turn, until the model calls no tool, the environment
+            says done, env.max_turns, or rollout.max_episode_tokens
+
+An episode's completion is everything after its prompt: the model's turns and the environment's answers in order,
+with a per-token mask (1 = the model's own token, 0 = the environment's). Only the model's tokens enter the policy
+loss, the KL, the entropy bonus, the critic's targets and the logprob checks (:func:`aha.rollout.pack_rollouts`
+folds the mask in); the environment's are context. The sampler's logprobs of the model's tokens are kept, as in a
+single turn. Each turn re-encodes the episode's context in the engine's prefill (one batched forward pass over the
+running episodes), then decodes with the KV cache; the cache is not carried from one turn to the next.
+
+Formats: with a chat template, the prompt is rendered with the tools (the template's own tool support where it has
+one, else the Hermes block in the system prompt) and the environment's answers as the template renders them
+(:func:`aha.env.env_suffix_text`); with a text template ('plain', for the tiny models), the answers are appended as
+text lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aha.data.templates import encode_text, render_prompt
+from aha.env import Environment, Episode, env_suffix_text, tools_system_prompt, with_observation
+from aha.env import render_prompt as render_tools_prompt
+from aha.env.episode import respond_all
+from aha.rollout import Engine, Rollouts, SamplingParams
+
+CHAT_TEMPLATES = ("chat", "r1")
+PYTHON_ENVS: dict[str, Any] = {}  # py:NAME → an environment class or tool function handed to aha.train
+
+
+@dataclass
+class EpisodeFormat:
+    """How an episode's text becomes tokens for ``tokenizer`` under a resolved ``template``."""
+
+    tokenizer: Any
+    template: str
+    env: Environment
+    response_prefix: str = ""
+
+    @property
+    def chat(self) -> bool:
+        return self.template in CHAT_TEMPLATES
+
+    def prompt_ids(self, prompt: str | list, observation: str | None) -> list[int]:
+        """The prompt with the reset's observation appended to its last message (TRL's way), and the tools."""
+        prompt = with_observation(prompt, observation)
+        schemas = self.env.schemas()
+        if self.chat and schemas:
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            text = render_tools_prompt(self.tokenizer, messages, schemas, self.env.native_tools)
+            prefix = encode_text(self.response_prefix, self.tokenizer) if self.response_prefix else []
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"] + prefix
+        if schemas and isinstance(prompt, str):
+            prompt = tools_system_prompt(schemas) + "\n\n" + prompt
+        return render_prompt(prompt, self.tokenizer, self.template, self.response_prefix)
+
+    def answer_ids(self, messages: list[dict], model_ids: list[int]) -> list[int]:
+        """The tokens that follow a finished model turn (``model_ids``): the environment's ``messages`` and the
+        opening of the next assistant turn. A chat turn that stopped on something else than the template's
+        end-of-turn token gets that token first (as context: it is not the model's)."""
+        if not messages:
+            return []
+        tok = self.tokenizer
+        if not self.chat:
+            return encode_text("\n" + "\n".join(str(m.get("content", "")) for m in messages) + "\n", tok)
+        close = [] if model_ids and model_ids[-1] == tok.eos_token_id else [tok.eos_token_id]
+        text = env_suffix_text(tok, messages, self.env.native_tools)
+        return close + tok(text, add_special_tokens=False)["input_ids"]
+
+
+@dataclass
+class EpisodeBatch:
+    """A batch of finished episodes: their rollouts (completion = model turns and environment answers, with the
+    mask), each episode's transcript as chat messages, and the episodes themselves (counters, ``env``)."""
+
+    rollouts: Rollouts
+    transcripts: list[list[dict]]
+    episodes: list[Episode]
+    truncated: list[bool] = field(default_factory=list)  # cut by a cap (turns, tokens) rather than ended
+
+
+def run_episodes(
+    engine: Engine,
+    fmt: EpisodeFormat,
+    rows: list[dict],
+    group_size: int,
+    sampling: SamplingParams,
+    max_turns: int,
+    max_episode_tokens: int,
+    seeds: list[int] | None = None,
+    workers: int = 1,
+) -> EpisodeBatch:
+    """``group_size`` episodes of each row (grouped, as :meth:`Engine.generate` groups completions), played turn by
+    turn. ``seeds``: one per episode for the environments' ``reset`` (None: no seed). ``workers``: episodes answered
+    at once, in threads (``env.workers``)."""
+    B = len(rows) * group_size
+    episodes = fmt.env.episodes(B)
+    contexts: list[list[int]] = []
+    for i, ep in enumerate(episodes):
+        row = rows[i // group_size]
+        observation = ep.start(row, seed=None if seeds is None else seeds[i])
+        contexts.append(fmt.prompt_ids(row["prompt"], observation))
+    prompts = [list(c) for c in contexts]
+    completion: list[list[int]] = [[] for _ in range(B)]
+    mask: list[list[int]] = [[] for _ in range(B)]
+    logps: list[list[float]] = [[] for _ in range(B)]
+    transcripts: list[list[dict]] = [[] for _ in range(B)]
+    running = [True] * B
+    truncated = [False] * B
+    for turn in range(max_turns):
+        live = [i for i in range(B) if running[i]]
+        if not live:
+            break
+        room = {i: max_episode_tokens - len(completion[i]) for i in live}
+        turn_sampling = replace(sampling, max_new_tokens=max(1, min(sampling.max_new_tokens, max(room.values()))))
+        roll = engine.generate([contexts[i] for i in live], 1, turn_sampling)
+        answered, texts = [], []
+        for k, i in enumerate(live):
+            ids, lps = roll.completion_ids[k][: room[i]], roll.logprobs[k][: room[i]]
+            completion[i] += ids
+            mask[i] += [1] * len(ids)
+            logps[i] += lps
+            contexts[i] += ids
+            text = (fmt.response_prefix if turn == 0 else "") + fmt.tokenizer.decode(ids, skip_special_tokens=True)
+            transcripts[i].append({"role": "assistant", "content": text})
+            if roll.finish_reasons[k] == "length" or len(roll.completion_ids[k]) > room[i]:
+                running[i], truncated[i] = False, True  # the turn was cut: the episode ends here
+                continue
+            answered.append(i)
+            texts.append(text)
+        for i, reply in zip(answered, respond_all([episodes[i] for i in answered], texts, workers)):
+            transcripts[i] += reply.messages
+            if reply.done or turn + 1 == max_turns:  # (after the last turn: its answer is not context for another)
+                running[i] = False
+                truncated[i] = not reply.done
+                continue
+            answer = fmt.answer_ids(reply.messages, completion[i])
+            if len(completion[i]) + len(answer) >= max_episode_tokens:  # no room left for another model turn
+                running[i], truncated[i] = False, True
+                continue
+            completion[i] += answer
+            mask[i] += [0] * len(answer)
+            logps[i] += [0.0] * len(answer)
+            contexts[i] += answer
+    reasons = ["length" if t else "stop" for t in truncated]
+    return EpisodeBatch(Rollouts(prompts, completion, logps, reasons, mask), transcripts, episodes, truncated)
