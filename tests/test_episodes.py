@@ -231,6 +231,13 @@ def test_eval_plays_greedy_episodes_and_a_run_killed_mid_episode_resumes_exactly
     rows_a = read_metrics(a)
     assert all("eval/accuracy" in r and "eval/env/turns" in r for r in rows_a if r["step"] in (0, 2, 4))
     assert rows_a[-1]["grad_norm"] > 0 and rows_a[-1]["env/turns"] >= 1
+    # aha eval plays the same greedy episodes from the saved model: the accuracy the run logged at its last step
+    evaluated = aha.evaluate(a / "checkpoints" / "step-4" / "model")
+    assert evaluated["n"] == 6 and "env/turns" in evaluated
+    assert (evaluated["accuracy"], evaluated["env/turns"]) == (
+        rows_a[-1]["eval/accuracy"],
+        rows_a[-1]["eval/env/turns"],
+    )
 
     # run B: killed inside an episode (an environment's step) of the batch after its step-2 checkpoint
     saved, real_save, real_step = {}, aha.run.save_checkpoint, GuessNumber.step

@@ -32,11 +32,14 @@ from aha.config import load_config as _load_yaml
 from aha.errors import TrainingError
 from aha.evaluation import eval_verifier
 from aha.evaluation import evaluate as _evaluate
-from aha.rewards import register_reward
+from aha.rewards import build_rewards, register_reward
 from aha.rl import train_rl
+from aha.rl.parts import episode_format
 from aha.rm import train_reward_model
-from aha.rollout.episodes import PYTHON_ENVS
+from aha.rollout import SamplingParams
+from aha.rollout.episodes import PYTHON_ENVS, evaluate_episodes
 from aha.rollout.hf import HFEngine
+from aha.rollout.scoring import RewardScorer, ScoreSettings
 from aha.run import resume_problem
 from aha.sft import train_sft
 from aha.track.reasoning import reasoning_meter
@@ -108,6 +111,17 @@ def train(
     return {"run_dir": str(out), "stage": cfg.stage, "model": str(final_model(cfg, out)), "metrics": metrics}
 
 
+def _evaluate_episodes(cfg: RunConfig, task, policy, tok, template: str, device, amp, rows: list[dict]) -> dict:
+    """One greedy episode per row in the config's environment (``env``), rewarded by its ``rewards``."""
+    fmt = episode_format(cfg, task, tok, template)
+    assert fmt is not None  # (called with env set)
+    scorer = RewardScorer(ScoreSettings.of(cfg), tok, build_rewards(cfg.rewards, task, cfg.task.answer_match))
+    ro = cfg.rollout
+    sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop))
+    engine = HFEngine(policy, tok, device, amp)
+    return evaluate_episodes(engine, fmt, scorer, rows, sampling, cfg.env.max_turns, ro.max_episode_tokens)
+
+
 def _with_env(cfg: RunConfig, factory: Any, tools: Sequence[Any], own_reward: bool) -> RunConfig:
     """The config with ``env`` naming the given class and functions (registered in this process as ``py:NAME``);
     without ``reward_funcs`` the environment's own reward is the run's (as ``env.factory`` in YAML makes it)."""
@@ -146,7 +160,8 @@ def evaluate(
     spec or a callable; right = above 0.5). Returns ``{"accuracy", "reward_mean", "n", "completions", "correct",
     "lengths", "pass@k"?, "task"}`` and, where ``log.reasoning_metrics`` is on (the R1 templates), ``reasoning/*``
     (:mod:`aha.track.reasoning`). Without ``config``, a checkpoint's run config (``RUN/config.yaml``) is used where
-    found."""
+    found. With an environment (``env``): one greedy episode per row, judged by the run's rewards
+    (:func:`aha.rollout.episodes.evaluate_episodes`: ``accuracy``, ``reward_mean``, ``env/*``)."""
     if config is None:  # a checkpoint's model dir lives at RUN/checkpoints/step-N/model: use RUN/config.yaml
         config = next(
             (p / "config.yaml" for p in Path(model).resolve().parents[:4] if (p / "config.yaml").is_file()), None
@@ -161,6 +176,12 @@ def evaluate(
     cfg.log.eval_every = max(1, cfg.log.eval_every)  # (prepare checks that the held-out rows can be judged)
     device, amp, task, policy, tok, template = prepare(cfg)
     rows = task.eval[:limit] if limit else task.eval
+    if cfg.env.enabled:  # episodes in the run's environment, judged by the run's rewards
+        return {
+            "task": task.name,
+            "n": len(rows),
+            **_evaluate_episodes(cfg, task, policy, tok, template, device, amp, rows),
+        }
     result = _evaluate(
         HFEngine(policy, tok, device, amp),
         tok,

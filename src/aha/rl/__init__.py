@@ -15,11 +15,9 @@ in :mod:`aha.algos`, the run skeleton (resume, logging, cadence, report) in :mod
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from aha.config import RunConfig
-from aha.env import episode_metrics
 from aha.evaluation import evaluate
 from aha.rl.optimize import update
 from aha.rl.parts import Evaluation, Experience, Policy, RLParts, build_parts, trainer_group
@@ -34,7 +32,7 @@ from aha.rl.phases import (
     sync,
 )
 from aha.rollout import Engine
-from aha.rollout.episodes import run_episodes
+from aha.rollout.episodes import evaluate_episodes
 from aha.run import Run
 
 
@@ -113,32 +111,13 @@ def run_eval(ev: Evaluation, engine: Engine, policy: Policy, exp: Experience | N
     return out
 
 
-def eval_episodes(ev: Evaluation, exp: Experience, chunk: int = 64) -> dict:
-    """One greedy episode per held-out row, rewarded as training rewards them: ``eval/accuracy`` is the share whose
-    total reward is above 0.5 (a success), ``eval/reward_mean`` the mean total, ``eval/env/*`` the episodes'
-    counters (turns, tool calls, errors)."""
+def eval_episodes(ev: Evaluation, exp: Experience) -> dict:
+    """One greedy episode per held-out row, rewarded as training rewards them (:func:`evaluate_episodes`)."""
     assert exp.env is not None and exp.scorer is not None  # (an environment's episodes are rewarded in-process)
-    greedy = replace(exp.sampling, greedy=True)
-    totals: list[float] = []
-    turns: list[int] = []
-    episodes: list = []
-    for start in range(0, len(ev.rows), chunk):
-        rows = ev.rows[start : start + chunk]
-        seeds = list(range(start, start + len(rows)))  # the same games at every eval
-        played = run_episodes(exp.engine, exp.env, rows, 1, greedy, exp.max_turns, exp.max_episode_tokens, seeds)
-        envs = [e.env for e in played.episodes]
-        scores = exp.scorer(rows, played.rollouts, transcripts=played.transcripts, environments=envs, group_size=1)
-        totals += scores.rewards
-        turns += [sum(m["role"] == "assistant" for m in t) for t in played.transcripts]
-        episodes += played.episodes
-    n = max(1, len(totals))
-    counters = {f"eval/{k}": v for k, v in episode_metrics(episodes).items()}
-    return {
-        "eval/accuracy": sum(t > 0.5 for t in totals) / n,
-        "eval/reward_mean": sum(totals) / n,
-        **counters,
-        "eval/env/turns": sum(turns) / n,
-    }
+    result = evaluate_episodes(
+        exp.engine, exp.env, exp.scorer, ev.rows, exp.sampling, exp.max_turns, exp.max_episode_tokens
+    )
+    return {f"eval/{k}": v for k, v in result.items()}
 
 
 __all__ = ["RLParts", "build_parts", "run_eval", "train_rl"]

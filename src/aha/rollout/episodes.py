@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aha.data.templates import encode_text, render_prompt
-from aha.env import Environment, Episode, env_suffix_text, tools_system_prompt, with_observation
+from aha.env import Environment, Episode, env_suffix_text, episode_metrics, tools_system_prompt, with_observation
 from aha.env import render_prompt as render_tools_prompt
 from aha.env.episode import respond_all
 from aha.rollout import Engine, Rollouts, SamplingParams
@@ -149,3 +149,39 @@ def run_episodes(
             contexts[i] += answer
     reasons = ["length" if t else "stop" for t in truncated]
     return EpisodeBatch(Rollouts(prompts, completion, logps, reasons, mask), transcripts, episodes, truncated)
+
+
+def evaluate_episodes(
+    engine: Engine,
+    fmt: EpisodeFormat,
+    scorer,
+    rows: list[dict],
+    sampling: SamplingParams,
+    max_turns: int,
+    max_episode_tokens: int,
+    chunk: int = 64,
+) -> dict:
+    """One greedy episode per row (row ``i`` seeds its environment's ``reset`` with ``i``: the same games every
+    time), rewarded by ``scorer`` (a :class:`~aha.rollout.scoring.RewardScorer`) as training rewards them. Returns
+    ``accuracy`` (the share whose total reward is above 0.5: a success), ``reward_mean``, and the episodes' counters
+    (``env/turns``, ``env/tool_calls``, ``env/tool_errors``, ... as :func:`aha.env.episode_metrics` names them)."""
+    greedy = replace(sampling, greedy=True)
+    totals: list[float] = []
+    turns: list[int] = []
+    episodes: list[Episode] = []
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        seeds = list(range(start, start + len(part)))
+        played = run_episodes(engine, fmt, part, 1, greedy, max_turns, max_episode_tokens, seeds)
+        envs = [e.env for e in played.episodes]
+        scores = scorer(part, played.rollouts, transcripts=played.transcripts, environments=envs, group_size=1)
+        totals += scores.rewards
+        turns += [sum(m["role"] == "assistant" for m in t) for t in played.transcripts]
+        episodes += played.episodes
+    n = max(1, len(totals))
+    return {
+        "accuracy": sum(t > 0.5 for t in totals) / n,
+        "reward_mean": sum(totals) / n,
+        **episode_metrics(episodes),
+        "env/turns": sum(turns) / n,  # the model's turns, a last one cut by a cap too
+    }
