@@ -272,3 +272,20 @@ def test_the_readme_environment_example_runs_as_shown(tmp_path, monkeypatch, cap
     turns, calls = map(float, capsys.readouterr().out.strip().splitlines()[-1].split())
     last = read_metrics(tmp_path / "runs" / "counter")[-1]
     assert last["step"] == 2 and (turns, calls) == (last["env/turns"], last["env/tool_calls"]) and turns >= 1
+
+
+def test_a_reset_that_raises_stops_the_run_with_one_line_naming_the_row(tmp_path, write_config):
+    from typer.testing import CliRunner
+
+    from aha.cli import app
+
+    (tmp_path / "bad.py").write_text(
+        "class Bad:\n    def reset(self, seed=None, **row):\n        raise KeyError('no board')\n"
+        "    def step(self, action):\n        return 'x', 0.0, True, False, {}\n"
+    )
+    cfg = write_config({"env": {"factory": f"{tmp_path / 'bad.py'}:Bad"}, "model": {"name": TINY_ENV}})
+    result = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "reset" in error[0] and "'prompt'" in error[0] and "no board" in error[0], error
+    assert "Traceback" not in result.output
