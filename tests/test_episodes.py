@@ -289,3 +289,30 @@ def test_a_reset_that_raises_stops_the_run_with_one_line_naming_the_row(tmp_path
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "reset" in error[0] and "'prompt'" in error[0] and "no board" in error[0], error
     assert "Traceback" not in result.output
+
+
+def test_ray_rollout_workers_play_episodes_in_their_own_environments(tmp_path, write_config):
+    pytest.importorskip("ray")
+    cfg = _guess_config(tmp_path, write_config, steps=2)
+    cfg = load_config(
+        None,
+        ["distributed.backend=ray", "distributed.rollout_workers=2", "distributed.rewards=workers"],
+        **cfg.model_dump(mode="json"),
+    )
+    train_rl(cfg, tmp_path / "ray")
+    rows = read_metrics(tmp_path / "ray")
+    steps = [r for r in rows if r["step"] > 0]
+    assert len(steps) == 2 and all(r["env/turns"] >= 1 and "reward/env/mean" in r for r in steps)
+    assert "eval/env/turns" in rows[-1]  # eval plays in the trainer, with the engine's workers sampling
+    episodes = [json.loads(line) for line in (tmp_path / "ray" / "samples.jsonl").read_text().splitlines()]
+    assert any(m["role"] == "user" for e in episodes for m in e["completion"])  # the game's answers came back
+
+
+def test_rollouts_keep_the_mask_through_select_and_concat():
+    from aha.rollout import Rollouts
+
+    plain = Rollouts([[0]], [[5, 6]], [[-1.0, -1.0]], ["stop"])
+    turns = Rollouts([[0]], [[5, 9, 6]], [[-1.0, 0.0, -1.0]], ["stop"], [[1, 0, 1]])
+    assert Rollouts([], [], [], []).concat(turns).completion_mask == [[1, 0, 1]]  # (how shards are joined)
+    assert plain.concat(turns).completion_mask == [[1, 1], [1, 0, 1]]
+    assert plain.concat(plain).completion_mask is None and turns.select([0]).completion_mask == [[1, 0, 1]]

@@ -334,9 +334,10 @@ class RunConfig(_Section):
             )
         if problem := self.distributed.trainer_problem(self):
             raise ValueError(problem)
-        if self.env.enabled and self.distributed.backend == "ray":
+        if self.env.enabled and self.distributed.backend == "ray" and self.distributed.rewards != "workers":
             raise ValueError(
-                "env (multi-turn episodes) runs in the trainer's process for now: set distributed.backend: none"
+                "env with distributed.backend: ray plays the episodes in the rollout workers, each with its own "
+                "environment, and rewards them there: set distributed.rewards: workers"
             )
         if self.env.factory is not None and "rewards" not in self.model_fields_set:
             self.rewards = [RewardSpec(name="env")]  # the environment's own reward (gym-style steps, get_reward)

@@ -283,7 +283,7 @@ def episode_metrics(episodes: Sequence[Episode]) -> dict[str, float]:
         "env/turns": sum(e.turns for e in episodes) / n,
         "env/done": sum(e.done for e in episodes) / n,
     }
-    if any(isinstance(e, ToolEpisode) for e in episodes):
+    if any(e.style == "tools" for e in episodes):  # (also counters copied from a worker: EpisodeStats)
         out["env/tool_calls"] = sum(e.tool_calls for e in episodes) / n
         out["env/tool_errors"] = sum(sum(e.errors.values()) for e in episodes) / n
     kinds: Counter[str] = Counter()

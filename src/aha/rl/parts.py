@@ -39,7 +39,7 @@ from aha.rewards.specs import label_map
 from aha.rl.optimize import OptimizerStep, UpdateSettings
 from aha.rl.ranks import TrainerGroup, start_trainers
 from aha.rollout import Engine, SamplingParams
-from aha.rollout.episodes import PYTHON_ENVS, EpisodeFormat
+from aha.rollout.episodes import PYTHON_ENVS, EnvRecipe, EpisodeFormat
 from aha.rollout.scoring import RewardRecipe, RewardScorer, ScoreSettings
 from aha.run import Run
 from aha.sft import imitate_answers
@@ -84,6 +84,7 @@ class Experience:
     dynamic_sampling: bool = False  # rl.dynamic_sampling (DAPO)
     max_resample_rounds: int = 0  # rl.max_resample_rounds
     env: EpisodeFormat | None = None  # multi-turn episodes: the environment and how its turns become tokens
+    remote_episodes: bool = False  # the Ray rollout workers play and reward the episodes (eval plays here)
     max_turns: int = 1  # env.max_turns
     max_episode_tokens: int = 0  # rollout.max_episode_tokens
     env_workers: int = 1  # env.workers
@@ -144,6 +145,8 @@ def build_parts(cfg: RunConfig, run: Run) -> RLParts:
     device, amp, task, model, tok, template = prepare(cfg)
     in_workers = cfg.distributed.backend == "ray" and cfg.distributed.rewards == "workers"  # rewards beside samples
     recipe = RewardRecipe.of(cfg, task) if in_workers else None
+    if recipe is not None and cfg.env.enabled:  # the workers play the episodes, each in its own environment
+        recipe.env = env_recipe(cfg, template)
     engine = build_engine(
         ro.engine, model, tok, device, amp, ro.compile, cfg.model.lora.enabled, cfg.distributed, recipe
     )
@@ -152,7 +155,7 @@ def build_parts(cfg: RunConfig, run: Run) -> RLParts:
     set_attention([model], training_attention(tr.attention, device))  # the reference and critic copies inherit it
     fmt = episode_format(cfg, task, tok, template)  # multi-turn episodes (env), or None
     scorer = None
-    if not in_workers:
+    if not in_workers or fmt is not None:  # (with Ray workers and an environment: for the eval's episodes only)
         scorer = RewardScorer(ScoreSettings.of(cfg), tok, build_rewards(cfg.rewards, task, cfg.task.answer_match))
     experience = Experience(
         engine,
@@ -162,6 +165,7 @@ def build_parts(cfg: RunConfig, run: Run) -> RLParts:
         tokenizer=tok,
         template=template,
         env=fmt,
+        remote_episodes=in_workers and fmt is not None,
         **experience_settings(cfg),
     )
     estimator = advantage_estimator(rl.algo)
@@ -212,6 +216,25 @@ def experience_settings(cfg: RunConfig) -> dict:
         "max_episode_tokens": ro.max_episode_tokens,
         "env_workers": cfg.env.workers,
     }
+
+
+def env_recipe(cfg: RunConfig, template: str) -> EnvRecipe:
+    """The ``env`` section as a Ray rollout worker builds it (``py:NAME`` objects carried along)."""
+    e = cfg.env
+    factory = PYTHON_ENVS.get(e.factory[3:], e.factory) if e.factory and e.factory.startswith("py:") else e.factory
+    tools = [PYTHON_ENVS.get(t[3:], t) if t.startswith("py:") else t for t in e.tools]
+    ro = cfg.rollout
+    return EnvRecipe(
+        factory,
+        tools,
+        e.style,
+        e.tool_timeout_s,
+        template,
+        cfg.task.response_prefix,
+        e.max_turns,
+        ro.max_episode_tokens,
+        e.workers,
+    )
 
 
 def episode_format(cfg: RunConfig, task: Task, tokenizer, template: str) -> EpisodeFormat | None:

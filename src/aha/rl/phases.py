@@ -59,6 +59,10 @@ def play(exp: Experience, rows: list[dict]) -> tuple[RolloutBatch, Scores]:
     The environments' reset seeds are drawn from the global RNG (a checkpoint keeps its state: resume replays)."""
     assert exp.env is not None  # (called with an environment only)
     G = exp.group_size
+    if exp.remote_episodes:  # Ray rollout workers: each plays and rewards its shard's episodes in its own environment
+        roll, scores, transcripts, stats = cast("RayEngine", exp.engine).play_scored(rows, G, exp.sampling)
+        batch = RolloutBatch(G, rows, roll, scores.texts, scores.rewards, scores.per_fn, stats, transcripts)
+        return batch, scores
     seeds = torch.randint(0, 2**31 - 1, (len(rows) * G,)).tolist()
     played = run_episodes(
         exp.engine, exp.env, rows, G, exp.sampling, exp.max_turns, exp.max_episode_tokens, seeds, exp.env_workers

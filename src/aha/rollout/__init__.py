@@ -38,8 +38,20 @@ class Rollouts:
         return Rollouts(*fields)
 
     def concat(self, other: Rollouts) -> Rollouts:
-        fields: list[Any] = [None if self._none(f) else getattr(self, f) + getattr(other, f) for f in _FIELDS]
-        return Rollouts(*fields)
+        masked = self.completion_mask is not None or other.completion_mask is not None
+        return Rollouts(
+            self.prompt_ids + other.prompt_ids,
+            self.completion_ids + other.completion_ids,
+            self.logprobs + other.logprobs,
+            self.finish_reasons + other.finish_reasons,
+            self.mask_rows() + other.mask_rows() if masked else None,
+        )
+
+    def mask_rows(self) -> list[list[int]]:
+        """The completion mask, all ones where none is kept (every token the model's)."""
+        if self.completion_mask is not None:
+            return self.completion_mask
+        return [[1] * len(c) for c in self.completion_ids]
 
     def _none(self, name: str) -> bool:
         return getattr(self, name) is None

@@ -74,6 +74,45 @@ class EpisodeFormat:
 
 
 @dataclass
+class EnvRecipe:
+    """What another process (a Ray rollout worker) needs to build the run's environment and play its episodes: the
+    ``env`` section's specs (``py:NAME`` objects carried along, pickled by Ray) and how turns become tokens."""
+
+    factory: Any
+    tools: list
+    style: str
+    tool_timeout_s: float
+    template: str
+    response_prefix: str
+    max_turns: int
+    max_episode_tokens: int
+    workers: int = 1
+
+    def build(self, tokenizer) -> EpisodeFormat:
+        from aha.env import build_environment
+
+        env = build_environment(self.factory, self.tools, self.style, self.tool_timeout_s, tokenizer=tokenizer)
+        return EpisodeFormat(tokenizer, self.template, env, self.response_prefix)
+
+
+@dataclass
+class EpisodeStats:
+    """An episode's counters without its environment instance (what a worker sends back for the metrics)."""
+
+    style: str
+    turns: int
+    done: bool
+    tool_calls: int
+    errors: dict
+    calls_by_tool: dict
+    reward: float | None
+
+    @classmethod
+    def of(cls, ep: Episode) -> EpisodeStats:
+        return cls(ep.style, ep.turns, ep.done, ep.tool_calls, dict(ep.errors), dict(ep.calls_by_tool), ep.reward)
+
+
+@dataclass
 class EpisodeBatch:
     """A batch of finished episodes: their rollouts (completion = model turns and environment answers, with the
     mask), each episode's transcript as chat messages, and the episodes themselves (counters, ``env``)."""

@@ -37,6 +37,7 @@ from aha import sandbox
 from aha.errors import AhaError, TrainingError
 from aha.rewards import RewardError
 from aha.rollout import Rollouts, SamplingParams
+from aha.rollout.episodes import EnvRecipe, EpisodeFormat, EpisodeStats, run_episodes
 from aha.rollout.hf import HFEngine
 from aha.rollout.scoring import RewardRecipe, RewardScorer, Scores, WarningsKept, merge_scores
 from aha.rollout.scoring import log as reward_log
@@ -69,6 +70,7 @@ class RolloutWorker:
         self.calls, self.fail_at = 0, fail_at
         self.scorer: RewardScorer | None
         self.recipe, self.scorer, self.tokenizer = rewards, None, tokenizer
+        self.episodes: EpisodeFormat | None = None  # the run's environment, where it plays episodes
 
     def load(self, state: dict[str, torch.Tensor], version: int) -> int:
         self.model.load_state_dict(state, strict=False)
@@ -76,10 +78,39 @@ class RolloutWorker:
         return os.getpid()
 
     def prepare_rewards(self) -> int:
-        """Build the run's reward functions in this process (again after a restart)."""
+        """Build the run's reward functions in this process (again after a restart), and its environment where the
+        run plays episodes (the environment's own reward is one of the rewards)."""
         if self.scorer is None and self.recipe is not None:
-            self.scorer = self.recipe.scorer(self.tokenizer)
+            env = cast("EnvRecipe | None", self.recipe.env)
+            self.episodes = env.build(self.tokenizer) if env is not None else None
+            own = self.episodes.env.reward_function() if self.episodes is not None else None
+            self.scorer = self.recipe.scorer(self.tokenizer, own)
         return os.getpid()
+
+    def play(
+        self, rows: list[dict], n: int, sampling: SamplingParams, seed: int, version: int, first: int = 0
+    ) -> tuple[Rollouts, Scores, list, list] | None:
+        """``n`` episodes of each of the shard's ``rows`` in the run's environment, rewarded here: the rollouts, their
+        scores, the transcripts and each episode's counters (:class:`~aha.rollout.episodes.EpisodeStats`)."""
+        if version != self.version:
+            return None  # stale weights: the engine sends the current ones and asks again
+        self.calls += 1
+        self._test_failure("sample")
+        self.prepare_rewards()
+        assert self.recipe is not None and self.recipe.env is not None and self.episodes is not None
+        env = cast("EnvRecipe", self.recipe.env)
+        torch.manual_seed(seed)
+        seeds = torch.randint(0, 2**31 - 1, (len(rows) * n,)).tolist()
+        printed = io.StringIO()
+        with WarningsKept() as kept, contextlib.redirect_stdout(printed):
+            played = run_episodes(
+                self.engine, self.episodes, rows, n, sampling, env.max_turns, env.max_episode_tokens, seeds, env.workers
+            )
+            envs = [e.env for e in played.episodes]
+            assert self.scorer is not None  # (prepare_rewards built it)
+            scores = self.scorer(rows, played.rollouts, first, played.transcripts, envs)
+        scores.warnings, scores.printed = kept.lines, printed.getvalue()[-_MAX_PRINTED:]
+        return played.rollouts, scores, played.transcripts, [EpisodeStats.of(e) for e in played.episodes]
 
     def generate(
         self,
@@ -206,8 +237,29 @@ class RayEngine:
             sys.stdout.flush()
         return joined, scores
 
+    def play_scored(self, rows: list[dict], n: int, sampling: SamplingParams):
+        """``n`` episodes of each row, played and rewarded by the workers (each worker builds the run's environment
+        in its own process): ``(rollouts, scores, transcripts, episode counters)`` in order."""
+        if not self.rewards:
+            raise TrainingError("these Ray rollout workers were built without the run's rewards (RayEngine(rewards=))")
+        prompts = [[0] for _ in rows]  # (the workers render the prompts with the environment's observations)
+        parts = [p for p in self._shards(prompts, n, sampling, rows, play=True) if p is not None]
+        joined = _join_rollouts([p[0] for p in parts], len(rows) * n)
+        scores = merge_scores([p[1] for p in parts])
+        for line in scores.warnings:
+            reward_log.warning("%s", line)
+        if scores.printed:
+            sys.stdout.write(scores.printed)
+            sys.stdout.flush()
+        return joined, scores, [t for p in parts for t in p[2]], [e for p in parts for e in p[3]]
+
     def _shards(
-        self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams, rows: list[dict] | None = None
+        self,
+        prompt_token_ids: list[list[int]],
+        n: int,
+        sampling: SamplingParams,
+        rows: list[dict] | None = None,
+        play: bool = False,
     ) -> list:
         """Each worker's result for its contiguous shard of the prompts (None for an empty shard), in order."""
         if self._state_ref is None:
@@ -221,7 +273,16 @@ class RayEngine:
             if not todo or failed:
                 break
             calls = {
-                i: self.workers[i].generate.remote(
+                i: self.workers[i].play.remote(
+                    [cast(list, rows)[j] for j in shards[i]],
+                    n,
+                    sampling,
+                    seed + i,
+                    self.weights_version,
+                    shards[i][0] * n,
+                )
+                if play
+                else self.workers[i].generate.remote(
                     [prompt_token_ids[j] for j in shards[i]],
                     n,
                     sampling,

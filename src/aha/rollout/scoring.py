@@ -119,6 +119,7 @@ class RewardRecipe:
     settings: ScoreSettings
     task_rewards: dict
     python_rewards: dict
+    env: object = None  # an aha.rollout.episodes.EnvRecipe: the workers play the run's episodes
 
     @classmethod
     def of(cls, cfg, task) -> RewardRecipe:
@@ -131,10 +132,11 @@ class RewardRecipe:
             {n: PYTHON_REWARDS[n] for n in names if n in PYTHON_REWARDS},
         )
 
-    def scorer(self, tokenizer) -> RewardScorer:
+    def scorer(self, tokenizer, env_reward=None) -> RewardScorer:
+        """The run's rewards in this process; ``env_reward``: the environment's own (the spec ``env``)."""
         for name, fn in self.python_rewards.items():
             PYTHON_REWARDS.setdefault(name, fn)
-        task = SimpleNamespace(rewards=self.task_rewards)
+        task = SimpleNamespace(rewards=self.task_rewards | ({"env": env_reward} if env_reward is not None else {}))
         return RewardScorer(self.settings, tokenizer, build_rewards(self.specs, task, self.answer_match))
 
 
