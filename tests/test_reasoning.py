@@ -189,11 +189,12 @@ def test_reasoning_metrics_every_step_of_a_run(tmp_path, write_config):
         assert (r["reasoning/length_correct"] is None) and r["reasoning/length_wrong"] > 0
         # its alphabet is digits, '+' and '=': no reflection phrase can be written, so no aha moment either
         assert r["reasoning/reflection_rate"] == 0.0 and r["reasoning/aha_rate"] == 0.0
-        # lenient: the last number written is the sum, over the step's 16 completions
+        # lenient: the last number the model wrote outside a copy of the prompt is the sum, over the step's 16
         done = [s for s in samples if s["step"] == r["step"]]
         assert len(done) == 16
         right = [
-            lenient_answer(s["completion"]) == str(sum(map(int, s["prompt"].rstrip("=").split("+")))) for s in done
+            lenient_answer(s["completion"], s["prompt"]) == str(sum(map(int, s["prompt"].rstrip("=").split("+"))))
+            for s in done
         ]
         assert r["reasoning/accuracy_lenient"] == pytest.approx(sum(right) / 16)
     evals = [r for r in rows if "eval/accuracy" in r]

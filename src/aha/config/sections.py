@@ -133,8 +133,9 @@ class TaskConfig(_Section):
     seed: int = Field(1234, description="Seed of the generated data (independent of the training seed).")
     reflection_phrases: list[str] = Field(
         list(REFLECTION_PHRASES),
-        description="Phrases that count as reflection (whole words, any case): Oat-Zero's "
-        "keywords plus wait, alternatively, however, verify.",
+        description="Phrases that count as reflection (whole words, any case, in the model's own text: outside a "
+        "copy of the prompt, before the final </answer>): Oat-Zero's keywords plus wait, alternatively, however, "
+        "verify.",
     )
     eval_reward: str | None = Field(
         None,

@@ -257,7 +257,7 @@ def reasoning(meter: ReasoningMeter, batch: RolloutBatch, lengths: list) -> dict
     G = batch.group_size
     batch.judgements = meter.judge(
         [batch.rows[i // G]["prompt"] for i in range(len(batch))],
-        batch.texts,
+        batch.texts if batch.transcripts is None else batch.transcripts,  # episodes: the model's turns apart
         [batch.rows[i // G].get("answer") for i in range(len(batch))],
     )
     return reasoning_metrics(batch.judgements, lengths)
