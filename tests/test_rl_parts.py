@@ -73,6 +73,9 @@ def test_config_show_parts_prints_what_each_part_reads(tmp_path):
     assert parts["experience"]["group_size"] == parts["experience"]["scoring"]["group_size"]
     grpo = describe_parts(load_config(None, []))
     assert grpo["optimizer_step"]["critic"] is None and grpo["guard"] is None  # what a part does not have is None
+    assert grpo["experience"]["env"] is None
+    env = describe_parts(load_config(None, ["env.factory=guess_number", "env.max_turns=5"]))["experience"]
+    assert env["env"]["factory"] == "guess_number" and env["max_turns"] == 5 and env["rewards"][0]["name"] == "env"
 
 
 def test_config_show_parts_refuses_a_stage_without_rl_parts(tmp_path):

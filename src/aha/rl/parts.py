@@ -302,6 +302,7 @@ def describe_parts(cfg: RunConfig) -> dict[str, Any]:
             "rewards": [plain(r) for r in cfg.rewards],
             "scoring": asdict(ScoreSettings.of(cfg)),
             "distributed": plain(cfg.distributed) if cfg.distributed.backend != "none" else None,
+            "env": plain(cfg.env) if cfg.env.enabled else None,
         },
         "optimizer_step": optimizer_step,
         "guard": plain(cfg.guard) if cfg.guard.enabled else None,
