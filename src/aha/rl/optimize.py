@@ -122,91 +122,102 @@ def update_rows(
     every minibatch, with the whole minibatch's normalisers, and sums the gradients, the loss and the statistics over
     the ranks; None: one process takes every row."""
     st, rl = opt.settings, opt.settings.rl
-    policy, critic, optimizer, updates = opt.policy, opt.critic, opt.optimizer, opt.updates
-    loss_fn = policy_loss(rl.policy_loss)
-    kl_in_loss = batch.ref_logp is not None and not opt.estimator.kl_in_reward and rl.beta > 0  # GRPO: β·KL in the loss
     mask = batch.mask
-    n_tok = mask.sum().clamp(min=1).item()
     stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
-    if critic is not None:
+    if opt.critic is not None:
         stats.update(dict.fromkeys(["loss/value", "value/clip_ratio", "value/grad_norm"], 0.0))
     skipped = None
     for it, passes in enumerate(plan):
         for mb_rows in passes:
-            optimizer.zero_grad(set_to_none=True)
+            opt.optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()  # the whole minibatch's
             for rows_idx in (mb_rows if share is None else share.rows(mb_rows)).split(st.micro_batch_size):
-                mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
-                w = mb["mask"].sum().item() / n_tok / rl.mu  # this micro-batch's share of the step's token means
-                with autocast(opt.device, opt.amp):
-                    logp, entropy, values = policy_forward(
-                        policy,
-                        critic,
-                        mb["input_ids"],
-                        mb["attention_mask"],
-                        mask.shape[1],
-                        st.temperature,
-                        "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
-                        lean=lean_activations(
-                            st.lean_activations, policy, opt.device, mb["input_ids"].numel(), opt.amp
-                        ),
-                    )
-                logp = logp.float()
-                # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
-                mb_old = logp.detach() if updates == 1 else cast(torch.Tensor, batch.old_logp)[rows_idx]
-                per_token, clipped = loss_fn(
-                    logp,
-                    mb_old,
-                    cast(torch.Tensor, batch.advantages)[rows_idx],
-                    mb["mask"],
-                    epsilon_low=rl.epsilon_low,
-                    epsilon_high=rl.epsilon_high,
-                    level=rl.importance_sampling_level,
-                    dual_clip=rl.dual_clip,
-                )
-                pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok)
-                loss = pg_loss
-                if kl_in_loss:
-                    kl = kl_estimate(logp, cast(torch.Tensor, batch.ref_logp)[rows_idx], rl.kl_estimator)
-                    loss = aggregate_loss(
-                        per_token + rl.beta * kl, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok
-                    )
-                    stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
-                if rl.entropy_coef > 0:
-                    loss = loss - rl.entropy_coef * aggregate_loss(entropy, mb["mask"], "dapo", 0, mb_seq, mb_tok)
-                if critic is not None:
-                    v_loss, v_clipped = clipped_value_loss(
-                        values,
-                        cast(torch.Tensor, batch.values)[rows_idx],
-                        cast(torch.Tensor, batch.returns)[rows_idx],
-                        st.value_clip_range,
-                    )
-                    v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
-                    loss = loss + st.vf_coef * v_loss
-                    stats["loss/value"] += v_loss.item() / updates  # micro-batch shares sum to the minibatch's loss
-                    stats["value/clip_ratio"] += masked_mean(v_clipped.float(), mb["mask"]).item() * w
-                loss.backward()
-                mb_loss += loss.item()
-                stats["loss/policy"] += pg_loss.item() / updates
-                stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
-                stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
-                if entropy is not None and it == 0:
-                    stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
-            if share is not None:  # data-parallel: every rank now holds the sums over all ranks (one all-reduce)
-                mb_loss = share.sum_gradients([policy] if critic is None else [policy, critic], mb_loss)
-            grad_norms = [torch.nn.utils.clip_grad_norm_(policy.parameters(), st.max_grad_norm).item()]
-            stats["grad_norm"] += grad_norms[0] / updates
-            if critic is not None:
-                grad_norms.append(torch.nn.utils.clip_grad_norm_(critic.parameters(), st.max_grad_norm).item())
-                stats["value/grad_norm"] += grad_norms[1] / updates
-            problem = finite_step(optimizer, mb_loss, *grad_norms)  # None: the step was taken
-            if problem is None:
-                opt.scheduler.step()
-            elif skipped is None:
+                mb_loss += micro_batch_backward(opt, batch, rows_idx, it, mb_seq, mb_tok, stats)
+            problem = clip_and_step(opt, mb_loss, stats, share)  # None: the step was taken
+            if problem is not None and skipped is None:
                 skipped = f"{problem} (pass {it + 1})" if rl.mu > 1 else problem
     if share is not None:  # the ranks' shares of the statistics (the gradient norms are already the same on each)
         stats = share.sum_stats(stats, same={"grad_norm", "value/grad_norm"})
     if opt.device.type == "cuda":  # kernels run asynchronously: the update ends when they have
         torch.cuda.synchronize(opt.device)
     return stats, skipped
+
+
+def micro_batch_backward(
+    opt: OptimizerStep, batch: RolloutBatch, rows_idx: torch.Tensor, it: int, mb_seq: int, mb_tok: float, stats: dict
+) -> float:
+    """One micro-batch's forward pass, loss (normalised by its minibatch's ``mb_seq`` sequences and ``mb_tok``
+    tokens) and backward pass, in pass ``it``; adds its share of the statistics to ``stats``; returns its loss."""
+    st, rl, critic, updates = opt.settings, opt.settings.rl, opt.critic, opt.updates
+    mask = batch.mask
+    n_tok = mask.sum().clamp(min=1).item()
+    mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
+    w = mb["mask"].sum().item() / n_tok / rl.mu  # this micro-batch's share of the step's token means
+    with autocast(opt.device, opt.amp):
+        logp, entropy, values = policy_forward(
+            opt.policy,
+            critic,
+            mb["input_ids"],
+            mb["attention_mask"],
+            mask.shape[1],
+            st.temperature,
+            "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
+            lean=lean_activations(st.lean_activations, opt.policy, opt.device, mb["input_ids"].numel(), opt.amp),
+        )
+    logp = logp.float()
+    # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
+    mb_old = logp.detach() if updates == 1 else cast(torch.Tensor, batch.old_logp)[rows_idx]
+    per_token, clipped = policy_loss(rl.policy_loss)(
+        logp,
+        mb_old,
+        cast(torch.Tensor, batch.advantages)[rows_idx],
+        mb["mask"],
+        epsilon_low=rl.epsilon_low,
+        epsilon_high=rl.epsilon_high,
+        level=rl.importance_sampling_level,
+        dual_clip=rl.dual_clip,
+    )
+    pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok)
+    loss = pg_loss
+    if batch.ref_logp is not None and not opt.estimator.kl_in_reward and rl.beta > 0:  # GRPO: β·KL in the loss
+        kl = kl_estimate(logp, batch.ref_logp[rows_idx], rl.kl_estimator)
+        loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok)
+        stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
+    if rl.entropy_coef > 0:
+        loss = loss - rl.entropy_coef * aggregate_loss(entropy, mb["mask"], "dapo", 0, mb_seq, mb_tok)
+    if critic is not None:
+        v_loss, v_clipped = clipped_value_loss(
+            values,
+            cast(torch.Tensor, batch.values)[rows_idx],
+            cast(torch.Tensor, batch.returns)[rows_idx],
+            st.value_clip_range,
+        )
+        v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
+        loss = loss + st.vf_coef * v_loss
+        stats["loss/value"] += v_loss.item() / updates  # micro-batch shares sum to the minibatch's loss
+        stats["value/clip_ratio"] += masked_mean(v_clipped.float(), mb["mask"]).item() * w
+    loss.backward()
+    stats["loss/policy"] += pg_loss.item() / updates
+    stats["clip_ratio"] += masked_mean(clipped.float(), mb["mask"]).item() * w
+    stats["approx_kl"] += approx_kl(logp, mb_old, mb["mask"]) * w
+    if entropy is not None and it == 0:
+        stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
+    return loss.item()
+
+
+def clip_and_step(opt: OptimizerStep, mb_loss: float, stats: dict, share=None) -> str | None:
+    """Sum the ranks' gradients (``share``), clip them, and step the optimizer and the schedule unless the loss or a
+    gradient norm is not finite; adds the norms to ``stats``. Returns what was not finite, or None."""
+    policy, critic, st, updates = opt.policy, opt.critic, opt.settings, opt.updates
+    if share is not None:  # data-parallel: every rank now holds the sums over all ranks (one all-reduce)
+        mb_loss = share.sum_gradients([policy] if critic is None else [policy, critic], mb_loss)
+    grad_norms = [torch.nn.utils.clip_grad_norm_(policy.parameters(), st.max_grad_norm).item()]
+    stats["grad_norm"] += grad_norms[0] / updates
+    if critic is not None:
+        grad_norms.append(torch.nn.utils.clip_grad_norm_(critic.parameters(), st.max_grad_norm).item())
+        stats["value/grad_norm"] += grad_norms[1] / updates
+    problem = finite_step(opt.optimizer, mb_loss, *grad_norms)
+    if problem is None:
+        opt.scheduler.step()
+    return problem
