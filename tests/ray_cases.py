@@ -12,7 +12,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from test_cli import aha  # noqa: E402
+from conftest import aha, merge, one_line_error, rm_config, sevens  # noqa: E402
 
 from aha.models import build_tiny  # noqa: E402
 from aha.rollout import SamplingParams  # noqa: E402
@@ -149,8 +149,6 @@ def test_two_trainer_ranks_update_as_one_process_and_resume_alike(local_ray, tmp
     its step-2 checkpoint, takes step 3 as it did uninterrupted (the ranks start from the checkpoint's optimizer)."""
     import shutil
 
-    from conftest import merge
-
     configs = {}
     for m in (1, 2):
         configs[m] = write_config(
@@ -223,12 +221,9 @@ def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewardi
     ensemble, so ensemble_std is a batch statistic merged over the shards). Worker 0 dies while it rewards step 2's
     shard: it is restarted and its shard sampled and rewarded again. The same rewards, reward statistics, update and
     final weights as the trainer computing every reward."""
-    from conftest import merge
-    from test_reward_model import _rm_cfg, _sevens
-
     from aha.rm import train_reward_model
 
-    train_reward_model(_rm_cfg(_sevens(tmp_path / "sevens.jsonl", n=120), num_heads=3), tmp_path / "rm")
+    train_reward_model(rm_config(sevens(tmp_path / "sevens.jsonl", n=120), num_heads=3), tmp_path / "rm")
     (tmp_path / "shard_reward.py").write_text(SHARD_REWARD)
     rewards = [{"name": f"{tmp_path / 'shard_reward.py'}:digits"}, {"name": f"rm:{tmp_path / 'rm' / 'model'}"}]
     base = {"rewards": rewards, "rl": {"beta": 0.04}, "log": {"eval_every": 0}}
@@ -268,8 +263,6 @@ def test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewardi
 def test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line(local_ray, tmp_path, write_config):
     """A reward that fails on one prompt of worker 1's shard: the same line as when the trainer rewards, naming the
     reward and the sample by its index in the step's batch."""
-    from test_cli import one_line_error
-
     from aha.config import load_config
     from aha.data.sampler import PromptSampler
     from aha.tasks import build_task

@@ -138,6 +138,14 @@ def test_group_advantages_batch_scale_and_zero_variance_group():
         group_relative_advantages(r, 2, "per-token")
 
 
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_a_group_whose_rewards_agree_gets_advantage_exactly_zero(scale):
+    rewards = t(0.7, 0.7, 0.7, 0.7, 1.0, 0.0, 0.0, 1.0)  # 0.7 has no exact float mean: rounding shows
+    adv, _ = group_relative_advantages(rewards, 4, scale)
+    assert torch.equal(adv[:4], torch.zeros(4))
+    assert adv[4] > 0 > adv[5]
+
+
 def test_zero_std_groups():
     assert zero_std_groups(t(1.0, 1.0, 0.0, 1.0), 2).tolist() == [True, False]
     assert zero_std_groups(t(0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 1.0, 0.0, 1.0), 3).tolist() == [True, True, False]
@@ -164,6 +172,14 @@ def test_k3_nonnegative_and_zero_when_equal():
     assert kl_estimate(logp, logp, "k3").abs().max().item() == 0.0
     # k1 alone can be negative: log r = +0.5 → k1 = −0.5
     assert kl_estimate(t(-1.5), t(-1.0), "k1").item() == pytest.approx(-0.5)
+
+
+def test_k3_kl_is_clamped_where_the_reference_is_far_more_likely():
+    logp, ref = t(-60.0, -1.0), t(-0.5, -1.5)  # log r = 59.5 (clamped to 20) and -0.5
+    kl = kl_estimate(logp, ref, "k3")
+    assert torch.isfinite(kl).all()
+    assert kl[0].item() == pytest.approx(math.exp(20.0) - 21, rel=1e-6)  # e^20 − 1 − 20
+    assert kl[1].item() == pytest.approx(0.1065, abs=1e-4)  # the worked example above is unchanged
 
 
 # ─────────────────────────────── clipped surrogate ───────────────────────────────

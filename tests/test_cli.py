@@ -10,12 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, merge
-from typer.testing import CliRunner
-
-from aha.cli import app
-
-runner = CliRunner()
+from conftest import TINY, aha, merge, one_line_error
 
 STEP_KEYS = {
     "reward/mean",
@@ -35,21 +30,6 @@ STEP_KEYS = {
     "kl",
     "train/skipped_steps",
 }
-
-
-def aha(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result) -> str:
-    """The single line a user error prints on stderr (and checks that nothing else reached the user)."""
-    assert result.exit_code not in (0, None), result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # handled, not a crash
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("threads: ")]
-    assert len(lines) == 1, result.output  # (a run says its thread count as it starts: aha.threads)
-    assert result.stdout.strip() == "", result.output
-    return lines[0]
 
 
 # ----------------------------------------------------------------------------- user errors

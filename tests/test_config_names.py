@@ -1,5 +1,5 @@
 """Settings live in the section they belong to, and the names from before 0.1 answer with where they went: one line
-each, never a silent alias."""
+each, never a silent alias. And a setting another section's choice rules out is refused as it is loaded."""
 
 from __future__ import annotations
 
@@ -39,3 +39,9 @@ def test_no_pre_release_aliases_left():
     import aha.rl
 
     assert not hasattr(aha.rl, "train_grpo")
+
+
+def test_grpo_with_one_sample_per_prompt_is_refused(write_config):
+    with pytest.raises(ConfigError, match="group_size ≥ 2"):
+        load_config(write_config({"rollout": {"group_size": 1}}))
+    load_config(write_config({"rollout": {"group_size": 1}, "rl": {"algo": "reinforce++"}}))  # no baseline needed

@@ -6,24 +6,16 @@ bit on CPU — with no step twice in metrics.jsonl or TensorBoard, and ends with
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from conftest import DIGITS_REWARD, TINY, merge
-from safetensors.torch import load_file
+from conftest import DIGITS_REWARD, TINY, Aha, assert_same_run, merge, read_jsonl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_resume import TIMING, read_jsonl
 
 from aha.checkpoint import list_checkpoints
 
-AHA = Path(sys.executable).with_name("aha")
+pytestmark = pytest.mark.slow  # eight `aha train` processes: about a minute on 2 cores
 
 # the digits reward; with AHA_TEST_PAUSE_AT_CALL=N its N-th call (step N's: one call per step) touches the file
 # AHA_TEST_PAUSE_MARKER and sleeps, so that the test kills a process that is mid-step (rolled out, not yet updated)
@@ -41,38 +33,6 @@ def digits(prompts, completions, **kw):
     return _digits(prompts, completions, **kw)
 """
 )
-
-
-class Aha:
-    """``aha train CONFIG -o OUT [--resume]`` in a process of its own, its output in OUT.N.log."""
-
-    def __init__(self, config: Path, out: Path, *args: str, env: dict | None = None):
-        self.out, self.log = out, out.with_name(f"{out.name}.{time.monotonic_ns()}.log")
-        with self.log.open("w") as log:
-            self.proc = subprocess.Popen(
-                [str(AHA), "train", str(config), "-o", str(out), *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def finish(self) -> str:
-        """Wait for a good end; returns what the run printed."""
-        assert self.proc.wait(timeout=300) == 0, self.output()
-        return self.output()
-
-    def kill_when(self, ready, timeout: float = 120) -> None:
-        """SIGKILL the process as soon as ``ready()`` holds (checked every 10 ms)."""
-        deadline = time.monotonic() + timeout
-        while not ready():
-            assert self.proc.poll() is None, f"the run ended before it could be killed:\n{self.output()}"
-            assert time.monotonic() < deadline, f"timed out waiting to kill:\n{self.output()}"
-            time.sleep(0.01)
-        self.proc.send_signal(signal.SIGKILL)
-        assert self.proc.wait(timeout=30) == -signal.SIGKILL
 
 
 @pytest.fixture(scope="module")
@@ -105,37 +65,24 @@ def configs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(configs, tmp_path_factory):
-    """``uninterrupted(stage)``: the run directory of that stage's config run start to end (once per module)."""
-    done = {}
+    """``uninterrupted(stage)``: the run directory of that stage's config run start to end, once per module. Both
+    runs start at once, in processes of their own, while the tests kill and resume theirs (each waits on its first
+    reader)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    running = {stage: Aha(configs[stage], root / stage) for stage in configs}
+    done: dict[str, Path] = {}
 
     def get(stage: str) -> Path:
         if stage not in done:
-            done[stage] = tmp_path_factory.mktemp("uninterrupted") / stage
-            Aha(configs[stage], done[stage]).finish()
+            running[stage].finish()
+            done[stage] = running[stage].out
         return done[stage]
 
-    return get
-
-
-def assert_same_run(resumed: Path, uninterrupted: Path, last_step: int) -> None:
-    """Every metrics row but its wall-clock keys is equal (==, not close), the samples and the final weights too."""
-    rows_r, rows_u = read_jsonl(resumed / "metrics.jsonl"), read_jsonl(uninterrupted / "metrics.jsonl")
-    assert [r["step"] for r in rows_r] == [r["step"] for r in rows_u] == list(range(last_step + 1))
-    stage = yaml.safe_load((uninterrupted / "config.yaml").read_text())["stage"]
-    # what is compared is not zeros (an RL run at β > 0 logs its KL; SFT has none)
-    assert rows_u[-1]["grad_norm"] > 0 and (rows_u[-1]["kl"] > 0 if stage == "rl" else "kl" not in rows_u[-1])
-    for row_r, row_u in zip(rows_r, rows_u):
-        assert {k: v for k, v in row_r.items() if not k.startswith(TIMING)} == {
-            k: v for k, v in row_u.items() if not k.startswith(TIMING)
-        }
-    if (uninterrupted / "samples.jsonl").exists():  # (RL's)
-        assert read_jsonl(resumed / "samples.jsonl") == read_jsonl(uninterrupted / "samples.jsonl")
-    weights_r, weights_u = (
-        load_file(r / "checkpoints" / f"step-{last_step}" / "model" / "model.safetensors")
-        for r in (resumed, uninterrupted)
-    )
-    assert weights_r.keys() == weights_u.keys()
-    assert all(torch.equal(weights_r[k], weights_u[k]) for k in weights_u)
+    yield get
+    for run in running.values():  # a test that failed before reading one leaves nothing running
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
 
 
 def tensorboard_steps(run: Path, tag: str = "lr") -> list[int]:

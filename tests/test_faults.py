@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DIGITS_REWARD, TINY, merge
+from conftest import DIGITS_REWARD, TINY, Aha, aha, assert_same_run, merge, one_line_error, read_jsonl
 from safetensors.torch import load_file
-from test_crash import Aha, assert_same_run
-from test_resume import read_jsonl
 
 from aha.checkpoint import MANIFEST, checkpoint_problem, list_checkpoints
 from aha.config import load_config
@@ -180,8 +178,6 @@ def test_a_damaged_checkpoint_is_named_and_the_run_resumes_from_the_newest_intac
 
 
 def test_with_every_checkpoint_damaged_resume_says_so_in_one_line(tmp_path, rl_config):
-    from test_cli import aha, one_line_error
-
     run = tmp_path / "run"
     cfg = load_config(rl_config, ["train.steps=2"])
     train_rl(cfg, run)

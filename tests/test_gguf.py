@@ -16,12 +16,31 @@ CHAT = [{"role": "user", "content": "What is 2+2?"}]
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Convert once into a throwaway AHA_CACHE shared by the module's tests."""
+def conversion(tmp_path_factory: pytest.TempPathFactory):
+    """Convert once into a throwaway AHA_CACHE shared by the module's tests: ``(the converted directory, the model
+    transformers read from the GGUF on the way, or None if the conversion read it some other way)``."""
+    loaded_from_gguf = []
+    from_pretrained = AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        model = from_pretrained(cls, *args, **kwargs)
+        if kwargs.get("gguf_file"):
+            loaded_from_gguf.append(model)
+        return model
+
     mp = pytest.MonkeyPatch()
     mp.setenv("AHA_CACHE", str(tmp_path_factory.mktemp("aha_cache")))
-    yield gguf.resolve_smollm2()
-    mp.undo()
+    mp.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    try:
+        converted = gguf.resolve_smollm2()
+    finally:
+        mp.undo()
+    yield converted, (loaded_from_gguf[0] if len(loaded_from_gguf) == 1 else None)
+
+
+@pytest.fixture(scope="module")
+def converted(conversion) -> Path:
+    return conversion[0]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +53,7 @@ def _chat_ids(tok) -> dict[str, torch.Tensor]:
     return tok.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 
 
+@pytest.mark.slow  # the conversion: ~30 s on 2 cores
 def test_cache_layout_and_tokenizer(converted: Path, hf) -> None:
     assert converted.name == "smollm2-135m" and converted.parent.name == "models"
     assert (converted / "config.json").is_file() and (converted / "model.safetensors").is_file()
@@ -47,10 +67,14 @@ def test_cache_layout_and_tokenizer(converted: Path, hf) -> None:
     assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
 
 
-def test_logits_match_gguf_model(hf) -> None:
+@pytest.mark.slow  # the conversion: ~30 s on 2 cores
+def test_logits_match_gguf_model(hf, conversion) -> None:
     model, tok = hf
-    path = gguf.smollm2_gguf_path()
-    ref = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval()
+    ref = conversion[1]  # what the conversion read from the GGUF (reading it again costs ~15 s)
+    if ref is None:
+        path = gguf.smollm2_gguf_path()
+        ref = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    ref.eval()
     ids = _chat_ids(tok)
     with torch.no_grad():
         a, b = model(**ids).logits, ref(**ids).logits
@@ -58,6 +82,7 @@ def test_logits_match_gguf_model(hf) -> None:
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # observed: bitwise equal
 
 
+@pytest.mark.slow  # the conversion: ~30 s on 2 cores
 def test_greedy_chat_answers_4(hf) -> None:
     model, tok = hf
     ids = _chat_ids(tok)
@@ -67,6 +92,7 @@ def test_greedy_chat_answers_4(hf) -> None:
     assert answer and "4" in answer, answer
 
 
+@pytest.mark.slow  # the conversion: ~30 s on 2 cores
 def test_second_resolve_reuses_cache(converted: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AHA_CACHE", str(converted.parent.parent))
     weights = converted / "model.safetensors"

@@ -1,12 +1,15 @@
-"""Scale-out on Ray, tested where Ray can reach nothing but this machine: each case of tests/ray_cases.py runs in a
-fresh user + network namespace whose only interface is the loopback (``unshare -rn``), so the Ray instance it starts
-listens on 127.0.0.1 alone. And the single-process path imports nothing from Ray."""
+"""Scale-out on Ray, tested where Ray can reach nothing but this machine: the cases of tests/ray_cases.py run in a
+fresh user + network namespace whose only interface is the loopback (``unshare -rn``), so the Ray instance they start
+listens on 127.0.0.1 alone (one pytest process there runs them all, on one Ray instance; each case here reports one
+of them). And the single-process path imports nothing from Ray."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -14,25 +17,38 @@ pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_in_loopback_namespace(case: str) -> None:
-    inner = f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider tests/ray_cases.py::{case}"
-    out = subprocess.run(["unshare", "-rn", "sh", "-c", inner], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert "1 passed" in out.stdout, out.stdout[-2000:]
+# the cases, read from the file (a case added there is run and reported here without more ado)
+CASES = [
+    node.name
+    for node in ast.parse((ROOT / "tests" / "ray_cases.py").read_text()).body
+    if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+]
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        "test_workers_sample_what_the_trainer_would_and_follow_each_sync",
-        "test_a_rollout_worker_that_dies_mid_run_is_restarted_and_the_run_completes",
-        "test_two_trainer_ranks_update_as_one_process_and_resume_alike",
-        "test_rewards_in_the_workers_are_the_trainers_even_when_a_worker_dies_rewarding",
-        "test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line",
-    ],
-)
-def test_ray_rollout_workers(case):
-    run_in_loopback_namespace(case)
+@pytest.fixture(scope="module")
+def loopback_cases(tmp_path_factory) -> dict[str, str | None]:
+    """Every case of tests/ray_cases.py, run once in one loopback-only namespace (so one Ray instance serves them
+    all): ``{case: None if it passed, else what pytest said about it}``."""
+    report = tmp_path_factory.mktemp("ray") / "cases.xml"
+    inner = (
+        f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider --junitxml={report} "
+        "tests/ray_cases.py"
+    )
+    out = subprocess.run(["unshare", "-rn", "sh", "-c", inner], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert report.is_file(), (out.stdout + out.stderr)[-4000:]
+    outcomes: dict[str, str | None] = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        problems = [el for el in case if el.tag in ("failure", "error", "skipped")]
+        said = "\n".join(f"{el.tag}: {el.get('message', '')}\n{el.text or ''}" for el in problems)
+        outcomes[case.get("name", "")] = said[-4000:] or None
+    assert sorted(outcomes) == sorted(CASES), (out.stdout + out.stderr)[-4000:]  # every case is one of ours, run
+    return outcomes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_ray_rollout_workers(case, loopback_cases):
+    assert loopback_cases[case] is None, loopback_cases[case]
 
 
 def test_the_single_process_path_imports_nothing_from_ray(tmp_path, write_config):

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from test_cli import aha as aha_cli
+from conftest import aha as aha_cli
 
 import aha
 from aha.errors import AhaError

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import random
 
 import pytest
 import torch
-from conftest import TINY, merge
+from conftest import TINY, merge, rm_config, sevens
 
 from aha.algos.preference import (
     bradley_terry_loss,
@@ -20,8 +19,6 @@ from aha.algos.preference import (
     reward_centering,
 )
 from aha.config import load_config
-
-TINY_RM = "tiny:layers=1,hidden=32,heads=2,ff=64"
 
 
 def test_bradley_terry_by_hand():
@@ -64,48 +61,13 @@ def test_centering_and_metrics():
     assert m == {"pairwise_accuracy": 1.0, "margin": pytest.approx(4 / 3), "top1_accuracy": 1.0, "kendall_tau": 1.0}
 
 
-def _sevens(path, n=300, k=4, seed=0):
-    """Rankings by a hidden preference: more 7s is better."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        comps = ["".join(rng.choice("0123456789") for _ in range(8)) for _ in range(k)]
-        counts = [c.count("7") for c in comps]
-        tiers = [[i for i in range(k) if counts[i] == v] for v in sorted(set(counts), reverse=True)]
-        if len(tiers) < 2:
-            continue
-        rows.append({"prompt": "n:", "completions": comps, "ranking": tiers})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def _rm_cfg(data, **rm):
-    return load_config(
-        None,
-        [],
-        stage="reward_model",
-        model={"name": TINY_RM},
-        reward_model={"path": str(data), **rm},
-        train={
-            "steps": 40,
-            "lr": 3e-3,
-            "batch_size": 16,
-            "micro_batch_size": 64,
-            "device": "cpu",
-            "precision": "fp32",
-            "seed": 0,
-        },
-        log={"tensorboard": False, "report": False, "progress": False, "eval_every": 20, "save_every": 20},
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from aha.rm import train_reward_model
 
     root = tmp_path_factory.mktemp("rm")
-    data = _sevens(root / "sevens.jsonl")
-    last = train_reward_model(_rm_cfg(data, loss="pl", num_heads=3), root / "run")
+    data = sevens(root / "sevens.jsonl")
+    last = train_reward_model(rm_config(data, loss="pl", num_heads=3), root / "run")
     return root, data, last
 
 
@@ -168,8 +130,8 @@ def test_support_is_measured_as_the_reward_measures_even_when_trained_in_bf16(tm
     from aha.rewards import resolve_reward
     from aha.rm import train_reward_model
 
-    data = _sevens(tmp_path / "sevens.jsonl", n=120)
-    cfg = _rm_cfg(data, num_heads=2)
+    data = sevens(tmp_path / "sevens.jsonl", n=120)
+    cfg = rm_config(data, num_heads=2)
     cfg.train.steps, cfg.train.precision = 6, "bf16"
     train_reward_model(cfg, tmp_path / "run")
     rows = [json.loads(line) for line in data.read_text().splitlines()]
@@ -193,8 +155,8 @@ def test_resume_continues_the_same_run(tmp_path):
     from aha.rm import train_reward_model
     from aha.track.metrics import read_metrics
 
-    data = _sevens(tmp_path / "s.jsonl", n=120)
-    cfg = _rm_cfg(data, num_heads=2)
+    data = sevens(tmp_path / "s.jsonl", n=120)
+    cfg = rm_config(data, num_heads=2)
     train_reward_model(cfg, tmp_path / "full")
     train_reward_model(cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 20})}), tmp_path / "cut")
     train_reward_model(cfg, tmp_path / "cut", resume=True)

@@ -128,6 +128,11 @@ def test_overlong_needs_max_length():
         overlong([""], ["x"])
 
 
+def test_overlong_message_names_what_exists():
+    with pytest.raises(ValueError, match="rollout.max_new_tokens"):  # the setting a user can change
+        overlong([None], ["x"])
+
+
 # ─────────────────────────────── repetition ───────────────────────────────
 
 
