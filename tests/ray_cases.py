@@ -294,3 +294,29 @@ def test_a_reward_that_fails_in_a_worker_is_the_trainers_one_line(local_ray, tmp
     assert lines["workers"] == lines["trainer"]
     assert lines["workers"].startswith(f"error: reward function 'bad' failed on sample {4 * k} (prompt ")
     assert "ValueError: boom" in lines["workers"]
+
+
+def test_workers_play_episodes_in_their_own_environments(local_ray, tmp_path, write_config):
+    """Multi-turn episodes (the guess_number game) played and rewarded in the workers: the game's answers come back
+    in the transcripts, eval plays in the trainer with the workers sampling."""
+    data = tmp_path / "games.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "Guess: ", "low": 1, "high": 3 + i % 3}) + "\n" for i in range(40)))
+    cfg = write_config(
+        {
+            "model": {"name": "tiny:layers=1,hidden=32,heads=2,ff=64,ctx=1024"},
+            "env": {"factory": "guess_number", "max_turns": 3},
+            "rollout": {"max_new_tokens": 6, "stop": list("0123456789"), "max_episode_tokens": 300},
+            "task": {"name": "dataset", "path": str(data), "num_eval": 6},
+            "train": {"steps": 2},
+            "log": {"eval_every": 2, "save_every": 2},
+            "distributed": {"backend": "ray", "rollout_workers": 2, "rewards": "workers", "timeout_s": 120},
+        }
+    )
+    result = aha("train", cfg, "-o", tmp_path / "ray")
+    assert result.exit_code == 0, result.output[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "ray" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["step"] > 0 and "env/turns" in r]
+    assert len(steps) == 2 and all(r["env/turns"] >= 1 and "reward/env/mean" in r for r in steps)
+    assert any("eval/env/turns" in r for r in rows)  # eval plays in the trainer, with the engine's workers sampling
+    episodes = [json.loads(line) for line in (tmp_path / "ray" / "samples.jsonl").read_text().splitlines()]
+    assert any(m["role"] == "user" for e in episodes for m in e["completion"])  # the game's answers came back

@@ -15,9 +15,9 @@ import torch
 from aha.algos.losses import aggregate_loss, policy_loss
 from aha.config import load_config
 from aha.env import build_environment
-from aha.modeling.forward import policy_forward
 from aha.models import build_tiny
 from aha.rl import train_rl
+from aha.rl.forward import policy_forward
 from aha.rollout import SamplingParams, pack_rollouts
 from aha.rollout.episodes import EpisodeFormat, run_episodes
 from aha.rollout.hf import HFEngine
@@ -65,6 +65,38 @@ def test_sampler_logprobs_equal_a_training_pass_across_turns():
     on = t["mask"].bool()
     assert on.sum() > 0 and (~on & (t["attention_mask"][:, -on.shape[1] :] == 1)).any()  # env tokens are present
     assert torch.allclose(logp[on], t["sampler_logp"][on], atol=1e-4), (logp[on] - t["sampler_logp"][on]).abs().max()
+
+
+class ReEncoding(HFEngine):
+    """The engine without its turn cache: each turn encodes the episode's whole context again."""
+
+    keeps_turn_cache = False
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_the_turn_cache_plays_the_same_episodes_as_re_encoding_each_turn_and_encodes_less(greedy):
+    model, tok = build_tiny(TINY_ENV, string.printable[:94] + " \n", 3)
+    model.eval()
+    encoded = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: encoded.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    rows = [{"prompt": "Guess: ", "low": 1, "high": 9, "target": t} for t in (2, 7, 5)]
+    # a turn ends at its first character but a space (so the untrained model's turns end, greedy too)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12, stop=[*string.printable[:94], "\n"], greedy=greedy)
+    played, cost = [], []
+    for engine in (HFEngine, ReEncoding):
+        torch.manual_seed(0)
+        encoded.clear()
+        fmt = EpisodeFormat(tok, "plain", build_environment("guess_number"))
+        played.append(run_episodes(engine(model, tok, torch.device("cpu"), None), fmt, rows, 2, sampling, 6, 400))
+        cost.append(sum(encoded))
+    kept, fresh = (p.rollouts for p in played)
+    assert kept.completion_ids == fresh.completion_ids and kept.completion_mask == fresh.completion_mask
+    assert max(len(t) for t in played[0].transcripts) >= 5  # several turns: the cache was carried across them
+    for a, b in zip(kept.logprobs, fresh.logprobs):
+        assert a == pytest.approx(b, abs=1e-5)
+    assert cost[0] < cost[1] / 2, cost  # tokens run through the model: the answers only, not every context again
 
 
 def test_environment_tokens_get_no_gradient():
@@ -289,23 +321,6 @@ def test_a_reset_that_raises_stops_the_run_with_one_line_naming_the_row(tmp_path
     error = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "reset" in error[0] and "'prompt'" in error[0] and "no board" in error[0], error
     assert "Traceback" not in result.output
-
-
-def test_ray_rollout_workers_play_episodes_in_their_own_environments(tmp_path, write_config):
-    pytest.importorskip("ray")
-    cfg = _guess_config(tmp_path, write_config, steps=2)
-    cfg = load_config(
-        None,
-        ["distributed.backend=ray", "distributed.rollout_workers=2", "distributed.rewards=workers"],
-        **cfg.model_dump(mode="json"),
-    )
-    train_rl(cfg, tmp_path / "ray")
-    rows = read_metrics(tmp_path / "ray")
-    steps = [r for r in rows if r["step"] > 0]
-    assert len(steps) == 2 and all(r["env/turns"] >= 1 and "reward/env/mean" in r for r in steps)
-    assert "eval/env/turns" in rows[-1]  # eval plays in the trainer, with the engine's workers sampling
-    episodes = [json.loads(line) for line in (tmp_path / "ray" / "samples.jsonl").read_text().splitlines()]
-    assert any(m["role"] == "user" for e in episodes for m in e["completion"])  # the game's answers came back
 
 
 def test_rollouts_keep_the_mask_through_select_and_concat():

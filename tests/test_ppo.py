@@ -20,9 +20,9 @@ from aha.algos.losses import clipped_surrogate, clipped_value_loss
 from aha.checkpoint import list_checkpoints
 from aha.config import ConfigError, load_config
 from aha.critic import Critic, CriticError, build_critic
-from aha.modeling.forward import policy_forward
 from aha.models import build_tiny
 from aha.rl import train_rl
+from aha.rl.forward import policy_forward
 
 # ----------------------------------------------------------------------------- pure maths, by hand
 

@@ -34,10 +34,10 @@ from aha.algos.losses import (
 )
 from aha.config.sections import RLConfig
 from aha.critic import Critic
-from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast, lean_activations
 from aha.optim import finite_step
 from aha.rl.batch import RolloutBatch
+from aha.rl.forward import policy_forward
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ from aha.algos.losses import masked_mean
 from aha.data.templates import render_prompt
 from aha.env import episode_metrics
 from aha.guard import rollback_reach
-from aha.modeling.forward import policy_forward
 from aha.modeling.options import autocast
 from aha.rl.batch import RolloutBatch
+from aha.rl.forward import policy_forward
 from aha.rl.optimize import OptimizerStep
 from aha.rl.parts import Experience, GuardPart, Policy, RLParts
 from aha.rollout import pack_rollouts

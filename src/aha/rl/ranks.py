@@ -9,7 +9,7 @@ contiguous shares of the minibatch's rows and computes its micro-batch losses wi
 additions. The passes and minibatches are drawn by rank 0 from the trainer's RNG, as in one process, and sent to the
 others. The gradients and the minibatch's loss are then summed over the ranks with one ``all_reduce`` of a flattened
 buffer (what DDP does, in one bucket, without its wrapper: the forward stays
-:func:`~aha.modeling.forward.policy_forward`), and each rank clips and steps identically: the weights stay the same
+:func:`~aha.rl.forward.policy_forward`), and each rank clips and steps identically: the weights stay the same
 on every rank, and rank 0's are what the rollout workers load and what checkpoints hold. The statistics are summed
 once at the end of the update, so the logged metrics are the one-process ones. (A model with dropout draws its masks
 from each rank's own RNG: not the one process's.)

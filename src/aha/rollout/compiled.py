@@ -38,6 +38,8 @@ CACHE_BUCKET = 64  # the static cache length is rounded up to this, so prompt-le
 class CompiledEngine(HFEngine):
     """:class:`HFEngine` whose decode steps run on a compiled bf16 (or fp32) copy of the policy."""
 
+    keeps_turn_cache = False  # its static cache is laid out per generate call: each turn encodes its whole context
+
     def __init__(self, model, tokenizer, device, autocast_dtype, fallback: bool = False):
         super().__init__(model, tokenizer, device, autocast_dtype)
         self.fallback = fallback  # a failed compile → eager decoding with a warning (else an error)

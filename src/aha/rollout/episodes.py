@@ -9,8 +9,9 @@ An episode's completion is everything after its prompt: the model's turns and th
 with a per-token mask (1 = the model's own token, 0 = the environment's). Only the model's tokens enter the policy
 loss, the KL, the entropy bonus, the critic's targets and the logprob checks (:func:`aha.rollout.pack_rollouts`
 folds the mask in); the environment's are context. The sampler's logprobs of the model's tokens are kept, as in a
-single turn. Each turn re-encodes the episode's context in the engine's prefill (one batched forward pass over the
-running episodes), then decodes with the KV cache; the cache is not carried from one turn to the next.
+single turn. The in-process engine keeps its KV cache from one turn to the next (:class:`~aha.rollout.turn_cache.
+TurnCache`): a turn encodes only the environment's answer (and the model's last token), not the whole context again.
+Other engines (the compiled one, a test's scripted player) re-encode each episode's context every turn.
 
 Formats: with a chat template, the prompt is rendered with the tools (the template's own tool support where it has
 one, else the Hermes block in the system prompt) and the environment's answers as the template renders them
@@ -28,6 +29,8 @@ from aha.env import Environment, Episode, env_suffix_text, episode_metrics, tool
 from aha.env import render_prompt as render_tools_prompt
 from aha.env.episode import respond_all
 from aha.rollout import Engine, Rollouts, SamplingParams
+from aha.rollout.hf import HFEngine
+from aha.rollout.turn_cache import TurnCache
 
 CHAT_TEMPLATES = ("chat", "r1")
 PYTHON_ENVS: dict[str, Any] = {}  # py:NAME → an environment class or tool function handed to aha.train
@@ -151,13 +154,19 @@ def run_episodes(
     transcripts: list[list[dict]] = [[] for _ in range(B)]
     running = [True] * B
     truncated = [False] * B
+    kept = (
+        TurnCache(engine, B) if isinstance(engine, HFEngine) and engine.keeps_turn_cache else None
+    )  # (else: re-encode)
     for turn in range(max_turns):
         live = [i for i in range(B) if running[i]]
         if not live:
             break
         room = {i: max_episode_tokens - len(completion[i]) for i in live}
         turn_sampling = replace(sampling, max_new_tokens=max(1, min(sampling.max_new_tokens, max(room.values()))))
-        roll = engine.generate([contexts[i] for i in live], 1, turn_sampling)
+        if kept is not None:
+            roll = kept.generate(live, [contexts[i] for i in live], turn_sampling)
+        else:
+            roll = engine.generate([contexts[i] for i in live], 1, turn_sampling)
         answered, texts = [], []
         for k, i in enumerate(live):
             ids, lps = roll.completion_ids[k][: room[i]], roll.logprobs[k][: room[i]]

@@ -49,6 +49,8 @@ class HFEngine:
     old policy after an optimizer step is free; ``update_weights(state)`` loads an explicit state dict
     (the path remote rollout workers take)."""
 
+    keeps_turn_cache = True  # multi-turn episodes keep its KV cache from one turn to the next (:class:`TurnCache`)
+
     def __init__(self, model: torch.nn.Module, tokenizer, device: torch.device, autocast_dtype: torch.dtype | None):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.autocast_dtype = autocast_dtype
@@ -110,10 +112,16 @@ class HFEngine:
 
         Its first call (the prefill) takes the distinct prompts ``ids [B/n, P]``, runs each once and hands back
         ``n`` rows per prompt (the KV cache copied ``n`` times); later calls take one token per row ``[B, 1]``."""
-        state: dict[str, Any] = {"cache": None, "mask": mask, "positions": position_ids_from_mask(mask)}
+        return self.continue_from(None, mask, position_ids_from_mask(mask), n)[0]
+
+    def continue_from(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, n: int = 1):
+        """``(step, state)``: the stepper of :meth:`_stepper` over an existing KV ``cache`` (None: none yet) whose
+        first call encodes a chunk ``[B, L]`` at ``positions [B, L]``, ``mask [B, cached + L]`` covering the cache and
+        the chunk. ``state`` holds the cache and the mask as decoding extends them (what :class:`TurnCache` keeps)."""
+        state: dict[str, Any] = {"cache": cache, "mask": mask, "positions": positions, "first": True}
 
         def step(step_ids: torch.Tensor) -> torch.Tensor:
-            if state["cache"] is not None:  # one new token per row
+            if not state["first"]:  # one new token per row
                 ones = torch.ones((step_ids.shape[0], 1), dtype=mask.dtype, device=mask.device)
                 state["mask"] = torch.cat([state["mask"], ones], dim=1)
                 state["positions"] = state["positions"][:, -1:] + 1
@@ -126,68 +134,83 @@ class HFEngine:
                 **{self._cache_kw: state["cache"]},
             )
             logits = out.logits[:, -1, :]
-            if state["cache"] is None and n > 1:  # after the prefill: n samples per prompt from here on
+            if state["first"] and n > 1:  # after the prefill: n samples per prompt from here on
                 getattr(out, self._cache_kw).batch_repeat_interleave(n)
                 state["mask"], state["positions"] = (
                     state["mask"].repeat_interleave(n, 0),
                     state["positions"].repeat_interleave(n, 0),
                 )
                 logits = logits.repeat_interleave(n, 0)
-            state["cache"] = getattr(out, self._cache_kw)
+            state["cache"], state["first"] = getattr(out, self._cache_kw), False
             return logits
 
-        return step
+        return step, state
+
+    def left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, mask)`` of ``rows`` left-padded to the longest, on the engine's device: every row's next token
+        lands in the same column."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r:
+                ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+                mask[i, width - len(r) :] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
         distinct = [list(p) for p in prompt_token_ids]
         prompts = [p for p in distinct for _ in range(n)]
-        B, P = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((len(distinct), P), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(distinct), P), dtype=torch.long)
-        for i, p in enumerate(distinct):  # left padding: every row's next token lands in the same column
-            ids[i, P - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, P - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        ids, mask = self.left_pad(distinct)
+        with self._decoding():
+            step = self._stepper(ids, mask, n, sampling.max_new_tokens)
+            drawn = self.sample(step, step(ids), sampling)  # prefill: each distinct prompt once, then one token per row
+        return self.rollouts(prompts, drawn, sampling)
 
+    def sample(self, step, logits: torch.Tensor, sampling: SamplingParams):
+        """Decode from the prefill's ``logits [B, V]``, calling ``step`` with each drawn token until every row has
+        stopped or ``max_new_tokens``: ``(tokens [B, T], logprobs [B, T], done [B], stopped_by_string [B])``. The
+        last drawn token is never fed back (``step`` runs T − 1 times)."""
+        B = logits.shape[0]
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         out_tokens, out_logps = [], []
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         stopped_by_string = torch.zeros(B, dtype=torch.bool, device=self.device)
-        with self._decoding():
-            step = self._stepper(ids, mask, n, sampling.max_new_tokens)
-            logits = step(ids)  # prefill: each distinct prompt once, then one token per row and call
-            for t in range(sampling.max_new_tokens):
-                logits = logits.float()
-                if not sampling.greedy:
-                    logits = logits / sampling.temperature
-                logp_all = F.log_softmax(logits, -1)  # the model's own distribution: what training recomputes
-                if t < sampling.min_new_tokens:  # forbid EOS for now (sampling only; logprobs stay the model's)
-                    logits = logits.index_fill(-1, eos, float("-inf"))
-                if sampling.greedy:
-                    token = logits.argmax(-1)
-                else:
-                    token = sample_categorical(top_p_filter(logits, sampling.top_p).softmax(-1))
-                logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
-                token = torch.where(done, torch.full_like(token, self.pad_id), token)
-                out_tokens.append(token)
-                out_logps.append(logp)
-                done = done | torch.isin(token, eos)
-                if sampling.stop:
-                    stopped_by_string |= self._hit_stop_string(out_tokens, done, sampling.stop)
-                    done = done | stopped_by_string
-                if bool(done.all()) or t + 1 == sampling.max_new_tokens:
-                    break
-                logits = step(token[:, None])
+        for t in range(sampling.max_new_tokens):
+            logits = logits.float()
+            if not sampling.greedy:
+                logits = logits / sampling.temperature
+            logp_all = F.log_softmax(logits, -1)  # the model's own distribution: what training recomputes
+            if t < sampling.min_new_tokens:  # forbid EOS for now (sampling only; logprobs stay the model's)
+                logits = logits.index_fill(-1, eos, float("-inf"))
+            if sampling.greedy:
+                token = logits.argmax(-1)
+            else:
+                token = sample_categorical(top_p_filter(logits, sampling.top_p).softmax(-1))
+            logp = logp_all.gather(-1, token[:, None]).squeeze(-1)
+            token = torch.where(done, torch.full_like(token, self.pad_id), token)
+            out_tokens.append(token)
+            out_logps.append(logp)
+            done = done | torch.isin(token, eos)
+            if sampling.stop:
+                stopped_by_string |= self._hit_stop_string(out_tokens, done, sampling.stop)
+                done = done | stopped_by_string
+            if bool(done.all()) or t + 1 == sampling.max_new_tokens:
+                break
+            logits = step(token[:, None])
+        return torch.stack(out_tokens, 1), torch.stack(out_logps, 1), done, stopped_by_string
 
-        tokens = torch.stack(out_tokens, 1).cpu()
-        logps = torch.stack(out_logps, 1).float().cpu()
-        done = done.cpu()
+    def rollouts(self, prompts: list[list[int]], drawn: tuple, sampling: SamplingParams) -> Rollouts:
+        """What :meth:`sample` ``drawn`` as :class:`Rollouts`: each row cut after its first EOS (kept: the model must
+        learn to stop) or its stop string."""
+        tokens, logps, done, stopped_by_string = drawn
+        tokens, logps, done = tokens.cpu(), logps.float().cpu(), done.cpu()
         completion_ids, logprobs, reasons = [], [], []
-        for i in range(B):
+        for i in range(len(prompts)):
             row = tokens[i].tolist()
             length = len(row)
-            for j, tok in enumerate(row):  # cut after the first EOS (kept: the model must learn to stop)
+            for j, tok in enumerate(row):
                 if tok in self.eos_ids:
                     length = j + 1
                     break

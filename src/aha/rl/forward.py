@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import torch
 from torch import nn
 
+from aha.critic import Critic
 from aha.modeling.logprobs import completion_forward
-
-if TYPE_CHECKING:
-    from aha.critic import Critic
 
 
 def policy_forward(
