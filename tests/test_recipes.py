@@ -26,6 +26,7 @@ DECLARED = {
         "grpo",
         ["countdown", "think_format", "tag_count", "overlong"],
     ),
+    "tools-smollm2.yaml": ("rl", "smollm2-135m", "arithmetic", "grpo", ["accuracy"]),
     "rm-tiny.yaml": ("reward_model", "tiny:layers=2,hidden=64,heads=4,ff=256", None, None, None),
     "rm-smollm2.yaml": ("reward_model", "smollm2-135m", None, None, None),
 }

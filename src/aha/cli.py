@@ -107,6 +107,10 @@ DEMOS = {  # name → (module with run_demo(out, seed), one line for --help)
         "a simulated labeller ranks samples, a reward model learns them, GRPO games it; the guard",
     ),
     "r1": ("aha.demos.r1", "R1-Zero-style RL on SmolLM2: accuracy, format, response length and reflection"),
+    "agent": (
+        "aha.demos.agent",
+        "the AlphaGo lesson in a game: SFT on a random guesser, then GRPO finds a near-bisection search",
+    ),
 }
 
 

@@ -199,6 +199,36 @@ def run_episodes(
     return EpisodeBatch(Rollouts(prompts, completion, logps, reasons, mask), transcripts, episodes, truncated)
 
 
+def model_turns(batch: EpisodeBatch) -> list[tuple[list[int], list[int]]]:
+    """``(context ids, turn ids)`` for every model turn of ``batch``: the episode's tokens before the turn, and the
+    turn's own tokens (its mask's runs of 1)."""
+    out = []
+    roll = batch.rollouts
+    for prompt, completion, mask in zip(roll.prompt_ids, roll.completion_ids, roll.completion_mask or []):
+        start = None
+        for j, m in enumerate([*mask, 0]):
+            if m and start is None:
+                start = j
+            elif not m and start is not None:
+                out.append((prompt + completion[:start], completion[start:j]))
+                start = None
+    return out
+
+
+def sft_rows(batch: EpisodeBatch, tokenizer) -> list[dict]:
+    """One SFT row per model turn of ``batch`` (e.g. a scripted teacher's episodes, for a warm-up before RL): ``prompt`` the context's text, ``completion`` the turn's text without its EOS
+    (SFT appends it). Each is checked to encode back to exactly the tokens the episode played (ValueError if not)."""
+    rows = []
+    eos = tokenizer.eos_token_id
+    for context, turn in model_turns(batch):
+        text = turn[:-1] if turn and turn[-1] == eos else turn
+        row = {"prompt": tokenizer.decode(context), "completion": tokenizer.decode(text)}
+        if encode_text(row["prompt"], tokenizer) != context or encode_text(row["completion"], tokenizer) != text:
+            raise ValueError(f"an SFT row does not encode back to the episode's tokens: {row['completion'][:60]!r}")
+        rows.append(row)
+    return rows
+
+
 def evaluate_episodes(
     engine: Engine,
     fmt: EpisodeFormat,
