@@ -75,7 +75,7 @@ class TurnCache:
         self.cache, self.mask = state["cache"], state["mask"]
         start = self.mask.shape[1] - fed
         for r, (i, completion) in enumerate(zip(episodes, roll.completion_ids)):
-            kept = min(len(completion) - 1, fed)
+            kept = max(0, min(len(completion) - 1, fed))
             self.mask[r, start + kept :] = 0
             self.known[i] = list(contexts[r]) + completion[:kept]
         return roll
