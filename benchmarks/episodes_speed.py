@@ -68,16 +68,13 @@ def cpu_name() -> str:
 
 
 def load(name: str):
+    """``(model, tokenizer)``: a tiny model over printable characters, or any model aha loads by name."""
     import string
 
-    from aha.models import build_tiny
-
-    if name.startswith("tiny"):
-        return build_tiny(name, string.printable[:94] + " \n", 0)
     from aha.config import ModelConfig
     from aha.models import load_policy
 
-    return load_policy(ModelConfig(name=name))
+    return load_policy(ModelConfig(name=name), string.printable[:94] + " \n")
 
 
 def play(kind: str, model, tok, template: str, n: int, turns: int, tokens: int, greedy: bool = False):

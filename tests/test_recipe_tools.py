@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from aha.config import load_config
 from aha.data.templates import render_prompt
 from aha.demos.tools_traces import (
-    CalculatorTeacher,
+    calculator_teacher,
     play_teacher,
     recipe_format,
     sft_config,
@@ -105,7 +105,7 @@ def test_the_teacher_writes_a_call_on_the_question_not_on_the_system_prompts_exa
 
 def test_the_teacher_engine_plays_only_whole_turns_within_the_caps(cfg, tok):
     fmt, rows = recipe_format(cfg, tok)
-    batch = run_episodes(CalculatorTeacher(tok), fmt, rows[:2], 2, SamplingParams(max_new_tokens=48), 3, 160)
+    batch = run_episodes(calculator_teacher(tok), fmt, rows[:2], 2, SamplingParams(max_new_tokens=48), 3, 160)
     assert len(batch.transcripts) == 4 and batch.rollouts.finish_reasons == ["stop"] * 4
 
 

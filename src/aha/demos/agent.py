@@ -30,11 +30,10 @@ import torch
 
 from aha.build import prepare
 from aha.config import RunConfig
-from aha.data.templates import encode_text
 from aha.env import Step, build_environment
 from aha.rl import train_rl
-from aha.rollout import Rollouts, SamplingParams
-from aha.rollout.episodes import EpisodeBatch, EpisodeFormat, run_episodes, sft_rows
+from aha.rollout import SamplingParams
+from aha.rollout.episodes import EpisodeBatch, EpisodeFormat, ScriptedEngine, run_episodes, sft_rows
 from aha.rollout.hf import HFEngine
 from aha.sft import train_sft
 from aha.track.metrics import read_metrics
@@ -104,28 +103,17 @@ def last_interval(text: str) -> tuple[int, int]:
     return LETTERS.index(lo), LETTERS.index(hi)
 
 
-class TeacherEngine:
+class TeacherEngine(ScriptedEngine):
     """The teacher as a rollout engine: it reads each context's last interval and guesses uniformly inside it (the
     weak habit), a guess being a letter and EOS, as a model's turn is. Played through :func:`run_episodes`, its
-    transcripts are token for token what an RL run renders (it has :class:`~aha.rollout.Engine`'s interface)."""
-
-    weights_version = 0
-    exact_logprobs = False
+    transcripts are token for token what an RL run renders."""
 
     def __init__(self, tokenizer, seed: int):
-        self.tokenizer, self.rng = tokenizer, random.Random(seed)
+        super().__init__(tokenizer, lambda context: LETTERS[self.guess(*last_interval(context))])
+        self.rng = random.Random(seed)
 
     def guess(self, lo: int, hi: int) -> int:
         return self.rng.randint(lo, hi)
-
-    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
-        prompts = [list(p) for p in prompt_token_ids for _ in range(n)]
-        guesses = [LETTERS[self.guess(*last_interval(self.tokenizer.decode(p)))] for p in prompts]
-        completions = [encode_text(g, self.tokenizer) + [self.tokenizer.eos_token_id] for g in guesses]
-        return Rollouts(prompts, completions, [[0.0] * len(c) for c in completions], ["stop"] * len(prompts))
-
-    def sync(self, policy: torch.nn.Module) -> int:
-        return self.weights_version
 
 
 def settings(quick: bool) -> dict:

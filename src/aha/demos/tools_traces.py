@@ -1,9 +1,9 @@
 """The SFT warm-up of ``recipes/tools-smollm2.yaml``: tool-call traces played by a scripted teacher, then SFT on them.
 
-The teacher (:class:`CalculatorTeacher`) is a rollout engine that plays the recipe's own episodes through
-:func:`~aha.rollout.episodes.run_episodes`, in the environment and format the RL run builds
-(:func:`aha.rl.parts.episode_format`): it calls the calculator on the problem, then answers with the tool's
-result::
+The teacher (:func:`calculator_teacher`, a :class:`~aha.rollout.episodes.ScriptedEngine`) is a rollout engine that
+plays the recipe's own episodes through :func:`~aha.rollout.episodes.run_episodes`, in the environment and format
+the RL run builds (:func:`aha.rl.parts.episode_format`): it calls the calculator on the problem, then answers with
+the tool's result::
 
     <tool_call>
     {"name": "calculator", "arguments": {"expression": "347*829"}}
@@ -26,13 +26,11 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
 from aha.config import RunConfig, load_config
-from aha.data.templates import encode_text, resolve_template
+from aha.data.templates import resolve_template
 from aha.rl.parts import episode_format
-from aha.rollout import Rollouts, SamplingParams
-from aha.rollout.episodes import EpisodeBatch, EpisodeFormat, run_episodes, sft_rows
+from aha.rollout import SamplingParams
+from aha.rollout.episodes import EpisodeBatch, EpisodeFormat, ScriptedEngine, run_episodes, sft_rows
 from aha.sft import train_sft
 from aha.tasks import build_task
 
@@ -73,24 +71,10 @@ def teacher_turn(context: str) -> str:
     return tool_call_text(_PROBLEM.findall(context)[-1].replace(" ", ""))
 
 
-class CalculatorTeacher:
-    """The teacher as a rollout engine (:class:`~aha.rollout.Engine`'s interface): each turn is
-    :func:`teacher_turn` of the decoded context, its tokens as the tokenizer encodes the text, then EOS."""
-
-    weights_version = 0
-    exact_logprobs = False
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
-        prompts = [list(p) for p in prompt_token_ids for _ in range(n)]
-        turns = [teacher_turn(self.tokenizer.decode(p)) for p in prompts]
-        completions = [encode_text(t, self.tokenizer) + [self.tokenizer.eos_token_id] for t in turns]
-        return Rollouts(prompts, completions, [[0.0] * len(c) for c in completions], ["stop"] * len(prompts))
-
-    def sync(self, policy: torch.nn.Module) -> int:
-        return self.weights_version
+def calculator_teacher(tokenizer) -> ScriptedEngine:
+    """The teacher as a rollout engine: each turn is :func:`teacher_turn` of the decoded context, its tokens as the
+    tokenizer encodes the text, then EOS."""
+    return ScriptedEngine(tokenizer, teacher_turn)
 
 
 def recipe_format(cfg: RunConfig, tokenizer) -> tuple[EpisodeFormat, list[dict]]:
@@ -108,7 +92,7 @@ def play_teacher(cfg: RunConfig, tokenizer, episodes: int) -> EpisodeBatch:
     ro = cfg.rollout
     sampling = SamplingParams(ro.temperature, ro.top_p, ro.max_new_tokens, list(ro.stop))
     return run_episodes(
-        CalculatorTeacher(tokenizer), fmt, rows[:episodes], 1, sampling, cfg.env.max_turns, ro.max_episode_tokens
+        calculator_teacher(tokenizer), fmt, rows[:episodes], 1, sampling, cfg.env.max_turns, ro.max_episode_tokens
     )
 
 

@@ -21,6 +21,7 @@ text lines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -197,6 +198,28 @@ def run_episodes(
             contexts[i] += answer
     reasons = ["length" if t else "stop" for t in truncated]
     return EpisodeBatch(Rollouts(prompts, completion, logps, reasons, mask), transcripts, episodes, truncated)
+
+
+class ScriptedEngine:
+    """A rollout engine whose turns a function writes: ``turn(the context's text) → the turn's text``, encoded as the
+    tokenizer encodes it, then EOS, as a model's turn ends (:class:`~aha.rollout.Engine`'s interface, no model). A
+    scripted teacher: played through :func:`run_episodes`, its episodes are token for token what an RL run renders,
+    and :func:`sft_rows` turns them into a warm-up's rows."""
+
+    weights_version = 0
+    exact_logprobs = False
+
+    def __init__(self, tokenizer, turn: Callable[[str], str]):
+        self.tokenizer, self.turn = tokenizer, turn
+
+    def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
+        prompts = [list(p) for p in prompt_token_ids for _ in range(n)]
+        eos = self.tokenizer.eos_token_id
+        completions = [encode_text(self.turn(self.tokenizer.decode(p)), self.tokenizer) + [eos] for p in prompts]
+        return Rollouts(prompts, completions, [[0.0] * len(c) for c in completions], ["stop"] * len(prompts))
+
+    def sync(self, policy) -> int:
+        return self.weights_version
 
 
 def model_turns(batch: EpisodeBatch) -> list[tuple[list[int], list[int]]]:
