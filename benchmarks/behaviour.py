@@ -1,9 +1,10 @@
 """Behaviour unchanged? A fingerprint of what training computes, to compare before and after a refactor.
 
-Eight small runs (a 1-layer tiny Llama on 1-digit sums, 20 steps each, fp32, one thread: the same bits on every
+Nine small runs (a 1-layer tiny Llama on 1-digit sums, 20 steps each, fp32, one thread: the same bits on every
 run of the same code on the same CPU) cover the loop's paths: GRPO with μ=2 and β=0.04; DAPO with dynamic sampling,
 minibatches and micro-batches; GSPO with an entropy bonus; PPO with a separate critic and with a value head; RLOO;
-REINFORCE++ with a baseline; GRPO after SFT warm-up steps. Each run's every logged number (timings and memory left
+REINFORCE++ with a baseline; GRPO after SFT warm-up steps; GRPO with μ=2 sampled by 2 Ray rollout workers (a local
+Ray instance: ``ray`` installed). Each run's every logged number (timings and memory left
 out) and a SHA-256 of its final weights go into one JSON file; ``--demos`` adds ``aha demo --seed 0`` and
 ``aha demo rlhf --seed 0``'s ``summary.json`` (wall times left out).
 
@@ -55,6 +56,7 @@ CONFIGS = {
         "rl": {"beta": 0.04},
         "train": {"batch_size": 16},
     },
+    "grpo_ray_2workers": {"rl": {"mu": 2}, "distributed": {"backend": "ray", "rollout_workers": 2, "timeout_s": 120}},
 }
 UNTIMED = ("time/", "throughput/", "memory/", "perf/")
 

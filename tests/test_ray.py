@@ -1,7 +1,8 @@
-"""Scale-out on Ray, tested where Ray can reach nothing but this machine: the cases of tests/ray_cases.py run in a
-fresh user + network namespace whose only interface is the loopback (``unshare -rn``), so the Ray instance they start
-listens on 127.0.0.1 alone (one pytest process there runs them all, on one Ray instance; each case here reports one
-of them). And the single-process path imports nothing from Ray."""
+"""Scale-out on Ray, tested where Ray can reach nothing but this machine: the cases of tests/ray_cases.py and
+tests/ray_async_cases.py (asynchronous rollouts) run in a fresh user + network namespace whose only interface is the
+loopback (``unshare -rn``), so the Ray instance they start listens on 127.0.0.1 alone (one pytest process there runs
+them all, on one Ray instance per file; each case here reports one of them). And the single-process path imports
+nothing from Ray."""
 
 from __future__ import annotations
 
@@ -17,22 +18,24 @@ pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# the cases, read from the file (a case added there is run and reported here without more ado)
+# the cases, read from the files (a case added there is run and reported here without more ado)
+FILES = ("tests/ray_cases.py", "tests/ray_async_cases.py")
 CASES = [
     node.name
-    for node in ast.parse((ROOT / "tests" / "ray_cases.py").read_text()).body
+    for path in FILES
+    for node in ast.parse((ROOT / path).read_text()).body
     if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
 ]
 
 
 @pytest.fixture(scope="module")
 def loopback_cases(tmp_path_factory) -> dict[str, str | None]:
-    """Every case of tests/ray_cases.py, run once in one loopback-only namespace (so one Ray instance serves them
+    """Every case of the FILES, run once in one loopback-only namespace (so one Ray instance serves them
     all): ``{case: None if it passed, else what pytest said about it}``."""
     report = tmp_path_factory.mktemp("ray") / "cases.xml"
     inner = (
         f"ip link set lo up && exec {sys.executable} -m pytest -q -p no:cacheprovider --junitxml={report} "
-        "tests/ray_cases.py"
+        + " ".join(FILES)
     )
     out = subprocess.run(["unshare", "-rn", "sh", "-c", inner], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert report.is_file(), (out.stdout + out.stderr)[-4000:]

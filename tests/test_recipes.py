@@ -19,6 +19,13 @@ DECLARED = {
     "arithmetic-tiny-ppo.yaml": ("rl", "tiny:layers=2,hidden=128,heads=4,ff=512", "arithmetic", "ppo", ["accuracy"]),
     "code-smollm2.yaml": ("rl", "smollm2-135m", "code", "grpo", ["code"]),
     "r1-zero-smollm2.yaml": ("rl", "smollm2-135m", "arithmetic", "grpo", ["accuracy", "think_format", "tag_count"]),
+    "r1-zero-sums-smollm2.yaml": (
+        "rl",
+        "smollm2-135m",
+        "arithmetic",
+        "grpo",
+        ["accuracy", "think_format", "tag_count"],
+    ),
     "smollm2-countdown.yaml": (
         "rl",
         "smollm2-135m",

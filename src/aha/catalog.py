@@ -8,7 +8,7 @@ from aha.env.games import BUILTIN_ENVS
 from aha.rewards.specs import BUILTIN_REWARDS
 
 TASKS = {
-    "arithmetic": "generated sums/differences/products (task.digits, task.operations); reward: accuracy",
+    "arithmetic": "generated sums/differences/products (task.digits, task.operations, task.terms); reward: accuracy",
     "countdown": "generated Countdown puzzles: reach a target with task.num_numbers numbers; reward: its own check",
     "dataset": "your data from task.path (.jsonl/.json/.csv/.parquet, save_to_disk dir, hf:OWNER/NAME); every "
     "column reaches the rewards under its own name",

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from aha.algos.advantages import advantage_estimator
-from aha.config.sections import CriticConfig
+from aha.config.objective import CriticConfig
 from aha.errors import AhaError, first_line
 from aha.modeling.logprobs import completion_states
 

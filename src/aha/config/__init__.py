@@ -3,7 +3,8 @@
 Every field carries a description; ``aha config show`` prints them, so the config is the documentation.
 A wrong field ends in one line naming it and what is allowed (:class:`ConfigError`), never a traceback.
 
-- :mod:`aha.config.sections` — model, task, rewards, rollout, rl, critic, train, sft
+- :mod:`aha.config.sections` — model, task, rewards, rollout, train, sft
+- :mod:`aha.config.objective` — rl, critic
 - :mod:`aha.config.run` — reward_model, guard, log, distributed and :class:`RunConfig`
 - :mod:`aha.config.load` — :func:`load_config`, overrides, :func:`save_config`, :func:`describe`
 """
@@ -18,6 +19,7 @@ from aha.config.load import (
     relative_to,
     save_config,
 )
+from aha.config.objective import CriticConfig, RLConfig
 from aha.config.run import (
     DistributedConfig,
     EnvConfig,
@@ -28,11 +30,9 @@ from aha.config.run import (
 )
 from aha.config.sections import (
     ConfigError,
-    CriticConfig,
     LoraConfig,
     ModelConfig,
     RewardSpec,
-    RLConfig,
     RolloutConfig,
     SFTConfig,
     TaskConfig,

@@ -7,11 +7,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from aha.config.objective import CriticConfig, RLConfig
 from aha.config.sections import (
-    CriticConfig,
     ModelConfig,
     RewardSpec,
-    RLConfig,
     RolloutConfig,
     SFTConfig,
     TaskConfig,
@@ -334,6 +333,8 @@ class RunConfig(_Section):
             )
         if problem := self.distributed.trainer_problem(self):
             raise ValueError(problem)
+        if problem := asynchronous_problem(self):
+            raise ValueError(problem)
         if self.env.enabled and self.distributed.backend == "ray" and self.distributed.rewards != "workers":
             raise ValueError(
                 "env with distributed.backend: ray plays the episodes in the rollout workers, each with its own "
@@ -342,3 +343,22 @@ class RunConfig(_Section):
         if self.env.factory is not None and "rewards" not in self.model_fields_set:
             self.rewards = [RewardSpec(name="env")]  # the environment's own reward (gym-style steps, get_reward)
         return self
+
+
+def asynchronous_problem(cfg: RunConfig) -> str | None:
+    """Why ``rollout.asynchronous`` cannot serve the run ``cfg``, or None."""
+    if not cfg.rollout.asynchronous:
+        return None
+    what = "rollout.asynchronous"
+    if cfg.stage != "rl":
+        return f"{what} applies to the RL stages only"
+    if cfg.distributed.backend != "ray":
+        return (
+            f"{what} needs distributed.backend: ray (rollout workers that sample while the trainer trains; in one "
+            "process sampling and training would share the same cores, see docs/async.md)"
+        )
+    if cfg.rl.dynamic_sampling:
+        return f"{what} does not support rl.dynamic_sampling yet (its extra rounds wait for the new weights)"
+    if cfg.distributed.trainers > 1:
+        return f"{what} does not support distributed.trainers > 1 yet: set one of them back"
+    return None

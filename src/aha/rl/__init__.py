@@ -8,6 +8,10 @@
                the loss or gradient norm is not finite; train.max_skipped_steps in a row stop the run)
             ─► sync: the engine samples from the new weights ─► log / eval / checkpoint ─► repeat
 
+With ``rollout.asynchronous`` the Ray workers sample the next steps' batches while this one trains (up to
+``rl.max_staleness`` weight versions old; :mod:`aha.rl.asynchronous`), and each token's loss is weighted by the
+truncated importance weight π_old/π_behaviour.
+
 The phases are in :mod:`aha.rl.phases` and :mod:`aha.rl.optimize`, the data they pass in :mod:`aha.rl.batch`, the maths
 in :mod:`aha.algos`, the run skeleton (resume, logging, cadence, report) in :mod:`aha.run`.
 """
@@ -45,13 +49,14 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
     start = run.begin(parts.restore, parts.task.note)
     optim.trainers = trainer_group(parts, cfg)  # distributed.trainers > 1: ranks 1..M−1 join, from these weights
     sync(policy, experience, guard)  # a sampler with its own copy (rollout.compile) starts from RL's first weights
+    ahead = parts.ahead  # rollout.asynchronous: the workers sample the next steps' batches while this one trains
     last: dict = {}
     if run.eval_due(0):
         last = run_eval(parts.evaluation, experience.engine, policy, experience)
         run.log(0, last)
     for step in run.steps(start):
         t0 = time.perf_counter()
-        batch, info = collect(experience)
+        batch, info = collect(experience) if ahead is None else ahead.collect(step)
         t_rollout = time.perf_counter() - t0
         if batch is None:  # every group agreed: nothing to learn from this step (eval and save still run when due)
             last = {
@@ -61,7 +66,9 @@ def train_rl(cfg: RunConfig, run_dir: Path, resume: bool = False) -> dict:
             }
         else:
             t1 = time.perf_counter()
-            score(optim, policy, batch, experience.engine.exact_logprobs, measure_kl=guard is not None)
+            # (a batch sampled ahead has an older sampler's logprobs: π_old is recomputed where μ > 1)
+            exact = experience.engine.exact_logprobs and ahead is None
+            score(optim, policy, batch, exact, measure_kl=guard is not None)
             advantages(optim, batch)
             stats, skipped = update(optim, batch)  # skipped: what was not finite, if an optimizer step was skipped
             times = {"rollout": t_rollout, "train": time.perf_counter() - t1}

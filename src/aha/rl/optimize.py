@@ -1,7 +1,10 @@
 """The update phase: μ passes over the batch × ``rl.num_minibatches`` shuffled minibatches, one optimizer step
 each, with gradient accumulation over micro-batches. Per micro-batch:
 
-    loss = aggregate(policy_loss(ρ, A) [+ β·KL to the reference: GRPO]) [− c_H·entropy] [+ c_V·value loss]
+    loss = aggregate(policy_loss(ρ, A) [× w] [+ β·KL to the reference: GRPO]) [− c_H·entropy] [+ c_V·value loss]
+
+where ``w = min(π_old/π_behaviour, rl.is_cap)`` per token (or per completion) corrects a batch sampled from older
+weights (``rollout.asynchronous``: :mod:`aha.algos.offpolicy`).
 
 An optimizer step whose loss or gradient norm is not finite is skipped (:func:`aha.optim.finite_step`): the
 weights, the optimizer's state and the learning-rate schedule stay as they were (as Megatron and DeepSpeed skip an
@@ -32,7 +35,8 @@ from aha.algos.losses import (
     masked_mean,
     policy_loss,
 )
-from aha.config.sections import RLConfig
+from aha.algos.offpolicy import importance_weight_stats, truncated_importance_weights
+from aha.config.objective import RLConfig
 from aha.critic import Critic
 from aha.modeling.options import autocast, lean_activations
 from aha.optim import finite_step
@@ -52,6 +56,7 @@ class UpdateSettings:
     value_clip_range: float | None = None  # critic.clip_range
     vf_coef: float = 0.0  # critic.vf_coef
     lean_activations: bool | str = "auto"  # model.lean_activations
+    off_policy: bool = False  # rollout.asynchronous: the batch's sampler is older than π_old (truncated IS weights)
 
     @classmethod
     def of(cls, cfg) -> UpdateSettings:
@@ -66,6 +71,7 @@ class UpdateSettings:
             cfg.critic.clip_range,
             cfg.critic.vf_coef,
             cfg.model.lean_activations,
+            cfg.rollout.asynchronous,
         )
 
     @property
@@ -126,6 +132,8 @@ def update_rows(
     stats = dict.fromkeys(["loss/policy", "kl", "clip_ratio", "entropy", "grad_norm", "approx_kl"], 0.0)
     if opt.critic is not None:
         stats.update(dict.fromkeys(["loss/value", "value/clip_ratio", "value/grad_norm"], 0.0))
+    if st.off_policy:
+        stats.update(dict.fromkeys(["is/weight_mean", "is/weight_max", "is/clipped_share"], 0.0))
     skipped = None
     for it, passes in enumerate(plan):
         for mb_rows in passes:
@@ -178,6 +186,10 @@ def micro_batch_backward(
         level=rl.importance_sampling_level,
         dual_clip=rl.dual_clip,
     )
+    if st.off_policy:  # asynchronous rollouts: each token's loss × min(π_old/π_behaviour, C) (aha.algos.offpolicy)
+        weights, capped = truncated_importance_weights(mb_old, mb["sampler_logp"], mb["mask"], rl.is_cap, rl.is_level)
+        per_token = per_token * weights
+        add_weight_stats(stats, importance_weight_stats(weights, capped, mb["mask"]), w)
     pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok)
     loss = pg_loss
     if batch.ref_logp is not None and not opt.estimator.kl_in_reward and rl.beta > 0:  # GRPO: β·KL in the loss
@@ -204,6 +216,13 @@ def micro_batch_backward(
     if entropy is not None and it == 0:
         stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
     return loss.item()
+
+
+def add_weight_stats(stats: dict, weights: dict, share: float) -> None:
+    """A micro-batch's importance-weight statistics into the pass's: means by its ``share`` of the tokens, the max."""
+    stats["is/weight_mean"] += weights["is/weight_mean"] * share
+    stats["is/clipped_share"] += weights["is/clipped_share"] * share
+    stats["is/weight_max"] = max(stats["is/weight_max"], weights["is/weight_max"])
 
 
 def clip_and_step(opt: OptimizerStep, mb_loss: float, stats: dict, share=None) -> str | None:

@@ -36,6 +36,7 @@ from aha.models import reference_model
 from aha.optim import make_optimizer
 from aha.rewards import build_rewards
 from aha.rewards.specs import label_map
+from aha.rl.asynchronous import AsyncRollouts
 from aha.rl.optimize import OptimizerStep, UpdateSettings
 from aha.rl.ranks import TrainerGroup, start_trainers
 from aha.rollout import Engine, SamplingParams
@@ -125,17 +126,26 @@ class RLParts:
     guard: GuardPart | None = None
     beta: float = 0.0  # rl.beta, for the metrics
     samples_per_step: int = 0  # log.samples_per_step
+    ahead: AsyncRollouts | None = None  # rollout.asynchronous: the batches the workers sample while this one trains
 
     def state(self) -> dict:
-        """What a checkpoint holds besides the policy's weights."""
-        return training_state(self.optim.optimizer, self.optim.scheduler, self.experience.sampler, self.optim.critic)
+        """What a checkpoint holds besides the policy's weights (and the batches under way, asynchronous rollouts)."""
+        state = training_state(self.optim.optimizer, self.optim.scheduler, self.experience.sampler, self.optim.critic)
+        if self.ahead is not None:
+            state["rollouts_ahead"] = self.ahead.state_dict()
+        return state
 
     def restore(self, checkpoint) -> int:
-        """Load a checkpoint (weights, optimizer, schedule, data order, RNG, critic); returns its step."""
+        """Load a checkpoint (weights, optimizer, schedule, data order, RNG, critic, batches under way); returns its
+        step."""
         opt = self.optim
-        return resume_from(
+        step = resume_from(
             checkpoint, self.policy.model, opt.optimizer, opt.scheduler, self.experience.sampler, opt.critic
         )
+        if self.ahead is not None:
+            state = torch.load(checkpoint / "trainer_state.pt", mmap=True, weights_only=False)
+            self.ahead.load_state_dict(state.get("rollouts_ahead"))
+        return step
 
 
 def build_parts(cfg: RunConfig, run: Run) -> RLParts:
@@ -197,7 +207,8 @@ def build_parts(cfg: RunConfig, run: Run) -> RLParts:
     optimizer, scheduler = make_optimizer(model, tr, tr.steps * settings.updates, critic, cfg.critic.lr)
     optim = OptimizerStep(settings, model, optimizer, scheduler, estimator, device, amp, critic)
     policy = Policy(model, tok, template, device, amp, ref)
-    return RLParts(run, task, policy, experience, optim, evaluation, guard, rl.beta, cfg.log.samples_per_step)
+    ahead = AsyncRollouts(experience, rl.max_staleness, tr.steps) if ro.asynchronous else None
+    return RLParts(run, task, policy, experience, optim, evaluation, guard, rl.beta, cfg.log.samples_per_step, ahead)
 
 
 def experience_settings(cfg: RunConfig) -> dict:

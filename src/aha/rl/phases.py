@@ -229,12 +229,14 @@ def step_metrics(parts: RLParts, batch: RolloutBatch, info: dict, stats: dict, t
         "time/rollout_s": times["rollout"],
         "time/train_s": times["train"],
         "time/step_s": times["step"],
-        "throughput/tokens_per_s": lengths.sum().item() / max(times["rollout"], 1e-9),
+        # (asynchronous rollouts: the workers' own sampling time; time/rollout_s is then the trainer's wait)
+        "throughput/tokens_per_s": lengths.sum().item() / max(info.get("sampling_s") or times["rollout"], 1e-9),
     }
     if parts.beta == 0 and parts.guard is None:
         metrics.pop("kl")
     if parts.experience.dynamic_sampling:
         metrics["dynamic_sampling/rounds"] = info["rounds"]
+    metrics.update(info.get("async", {}))  # rollout.asynchronous: staleness, idle times
     if info["skipped"]:
         metrics["reward/skipped_samples"] = info["skipped"]
     if batch.episodes is not None and episode_tokens is not None:

@@ -17,29 +17,30 @@ its own copy of the policy (an in-process :class:`~aha.rollout.hf.HFEngine` insi
   the same one line as in one process; where several shards fail in different rewards, the line names each.
 - A worker's rewards run ``threads`` sandboxed programs at once (its share of the cores, not the machine's), and
   what they print reaches the trainer's output, as it would in one process.
+- Asynchronous rollouts (:mod:`aha.rl.asynchronous`): every sampling call is ``start_*`` (the workers begin; this
+  returns at once with a :class:`Pending`) then :meth:`RayEngine.finish` (wait, gather, retry a failed shard);
+  ``generate`` and the others are the two back to back. Each worker runs its calls in the order they were made, so
+  a call started before a ``sync`` samples from the weights before it, whenever it runs.
 
 Ray is imported here only: the single-process path never imports it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 
-from aha import sandbox
 from aha.errors import AhaError, TrainingError
 from aha.rewards import RewardError
 from aha.rollout import Rollouts, SamplingParams
-from aha.rollout.episodes import EnvRecipe, EpisodeFormat, EpisodeStats, run_episodes
-from aha.rollout.hf import HFEngine
-from aha.rollout.scoring import RewardRecipe, RewardScorer, Scores, WarningsKept, merge_scores
+from aha.rollout.ray_worker import RolloutWorker
+from aha.rollout.scoring import RewardRecipe, Scores, merge_scores
 from aha.rollout.scoring import log as reward_log
 
 
@@ -50,107 +51,22 @@ def plain_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
 
 
-_MAX_PRINTED = 1 << 16  # characters of a shard's reward prints passed to the trainer
+@dataclass
+class Pending:
+    """A sampling call the workers are running (:meth:`RayEngine.start_generate` and the others), for
+    :meth:`RayEngine.finish` to gather."""
 
-
-class RolloutWorker:
-    """One worker process: a plain copy of the policy and an HFEngine over it, and with a reward recipe the run's
-    rewards (the Ray actor's class)."""
-
-    def __init__(
-        self, model_config, tokenizer, threads: int, fail_at: str | None = None, rewards: RewardRecipe | None = None
-    ):
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(max(1, threads))
-        sandbox.set_default_workers(threads)  # the code reward's programs: this worker's share of the cores
-        self.model = AutoModelForCausalLM.from_config(model_config).eval()
-        self.engine = HFEngine(self.model, tokenizer, torch.device("cpu"), None)
-        self.version = -1  # no weights yet
-        self.calls, self.fail_at = 0, fail_at
-        self.scorer: RewardScorer | None
-        self.recipe, self.scorer, self.tokenizer = rewards, None, tokenizer
-        self.episodes: EpisodeFormat | None = None  # the run's environment, where it plays episodes
-
-    def load(self, state: dict[str, torch.Tensor], version: int) -> int:
-        self.model.load_state_dict(state, strict=False)
-        self.version = version
-        return os.getpid()
-
-    def prepare_rewards(self) -> int:
-        """Build the run's reward functions in this process (again after a restart), and its environment where the
-        run plays episodes (the environment's own reward is one of the rewards)."""
-        if self.scorer is None and self.recipe is not None:
-            env = cast("EnvRecipe | None", self.recipe.env)
-            self.episodes = env.build(self.tokenizer) if env is not None else None
-            own = self.episodes.env.reward_function() if self.episodes is not None else None
-            self.scorer = self.recipe.scorer(self.tokenizer, own)
-        return os.getpid()
-
-    def play(
-        self, rows: list[dict], n: int, sampling: SamplingParams, seed: int, version: int, first: int = 0
-    ) -> tuple[Rollouts, Scores, list, list] | None:
-        """``n`` episodes of each of the shard's ``rows`` in the run's environment, rewarded here: the rollouts, their
-        scores, the transcripts and each episode's counters (:class:`~aha.rollout.episodes.EpisodeStats`)."""
-        if version != self.version:
-            return None  # stale weights: the engine sends the current ones and asks again
-        self.calls += 1
-        self._test_failure("sample")
-        self.prepare_rewards()
-        assert self.recipe is not None and self.recipe.env is not None and self.episodes is not None
-        env = cast("EnvRecipe", self.recipe.env)
-        torch.manual_seed(seed)
-        seeds = torch.randint(0, 2**31 - 1, (len(rows) * n,)).tolist()
-        printed = io.StringIO()
-        with WarningsKept() as kept, contextlib.redirect_stdout(printed):
-            played = run_episodes(
-                self.engine, self.episodes, rows, n, sampling, env.max_turns, env.max_episode_tokens, seeds, env.workers
-            )
-            envs = [e.env for e in played.episodes]
-            assert self.scorer is not None  # (prepare_rewards built it)
-            scores = self.scorer(rows, played.rollouts, first, played.transcripts, envs)
-        scores.warnings, scores.printed = kept.lines, printed.getvalue()[-_MAX_PRINTED:]
-        return played.rollouts, scores, played.transcripts, [EpisodeStats.of(e) for e in played.episodes]
-
-    def generate(
-        self,
-        prompts: list[list[int]],
-        n: int,
-        sampling: SamplingParams,
-        seed: int,
-        version: int,
-        rows: list[dict] | None = None,
-        first: int = 0,
-    ) -> Rollouts | tuple[Rollouts, Scores] | None:
-        """The shard's rollouts; with its task ``rows``, also their :class:`~aha.rollout.scoring.Scores` (``first``:
-        the shard's first completion in the step's batch)."""
-        if version != self.version:
-            return None  # stale weights: the engine sends the current ones and asks again
-        self.calls += 1
-        self._test_failure("sample")
-        torch.manual_seed(seed)
-        roll = self.engine.generate(prompts, n, sampling)
-        if rows is None:
-            return roll
-        self._test_failure("reward")
-        self.prepare_rewards()
-        printed = io.StringIO()
-        with WarningsKept() as kept, contextlib.redirect_stdout(printed):
-            assert self.scorer is not None  # rows come only to workers built with the rewards (generate_scored)
-            scores = self.scorer(rows, roll, first)
-        scores.warnings, scores.printed = kept.lines, printed.getvalue()[-_MAX_PRINTED:]
-        return roll, scores
-
-    def _test_failure(self, phase: str) -> None:
-        """Test hook "N:MARKER" (or "N:reward:MARKER"): the process dies on its N-th call, once (MARKER says so),
-        before it samples (or before it rewards)."""
-        if not self.fail_at:
-            return
-        at, marker = self.fail_at.split(":", 1)
-        when, marker = marker.split(":", 1) if marker.startswith("reward:") else ("sample", marker)
-        if when == phase and self.calls == int(at) and not os.path.exists(marker):
-            open(marker, "w").close()
-            os._exit(1)
+    kind: str  # 'generate' (rollouts), 'scored' (rollouts and scores) or 'play' (episodes)
+    prompts: list[list[int]]
+    n: int
+    sampling: SamplingParams
+    rows: list[dict] | None
+    seed: int  # drawn from the trainer's RNG; worker i samples with seed + i
+    shards: list[list[int]]  # each worker's prompt indices
+    weights_version: int  # the weights it samples from (a shard sampled again after a fault: newer ones)
+    timed: bool = False  # each worker also says when it started and ended (asynchronous rollouts' idle time)
+    calls: dict[int, Any] = field(default_factory=dict)  # worker → ObjectRef
+    spans: dict[int, tuple[float, float]] = field(default_factory=dict)  # worker → (start, end), time.time()
 
 
 class RayEngine:
@@ -204,6 +120,7 @@ class RayEngine:
         ]
         self.weights_version, self.restarts = 0, 0
         self._state_ref: Any = None  # the weights' ObjectRef
+        self.defer_loads = False  # asynchronous rollouts: sync returns at once (see sync)
         self.rewards = rewards is not None
         if self.rewards:
             self._wait([w.prepare_rewards.remote() for w in self.workers], "build the rewards")
@@ -211,91 +128,124 @@ class RayEngine:
     # ----------------------------------------------------------------------------- the Engine contract
 
     def sync(self, policy: torch.nn.Module) -> int:
-        """Send ``policy``'s weights to every worker (one copy in the object store); returns the new version."""
+        """Send ``policy``'s weights to every worker (one copy in the object store); returns the new version. With
+        ``defer_loads`` (asynchronous rollouts) this returns at once: each worker loads the weights after the calls
+        already started on it. (A load that fails leaves the worker on older weights: its next call answers None
+        and is sent the current ones, or fails and is restarted with them, as in ``finish``.)"""
         self.weights_version += 1
         self._state_ref = self.ray.put(plain_state(policy))
-        self._wait([w.load.remote(self._state_ref, self.weights_version) for w in self.workers], "load weights")
+        loads = [w.load.remote(self._state_ref, self.weights_version) for w in self.workers]
+        if not self.defer_loads:
+            self._wait(loads, "load weights")
         return self.weights_version
 
     def generate(self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams) -> Rollouts:
-        return _join_rollouts(self._shards(prompt_token_ids, n, sampling), len(prompt_token_ids) * n)
+        return self.finish(self.start_generate(prompt_token_ids, n, sampling))
 
     def generate_scored(
         self, prompt_token_ids: list[list[int]], rows: list[dict], n: int, sampling: SamplingParams
     ) -> tuple[Rollouts, Scores]:
         """``generate``, and the workers reward their completions (``rows``: the task row of each prompt); what the
         rewards logged is logged here too."""
-        if not self.rewards:
-            raise TrainingError("these Ray rollout workers were built without the run's rewards (RayEngine(rewards=))")
-        parts = [p for p in self._shards(prompt_token_ids, n, sampling, rows) if p is not None]
-        joined = _join_rollouts([r for r, _ in parts], len(prompt_token_ids) * n)
-        scores = merge_scores([s for _, s in parts])
-        for line in scores.warnings:
-            reward_log.warning("%s", line)
-        if scores.printed:
-            sys.stdout.write(scores.printed)
-            sys.stdout.flush()
-        return joined, scores
+        return self.finish(self.start_scored(prompt_token_ids, rows, n, sampling))
 
     def play_scored(self, rows: list[dict], n: int, sampling: SamplingParams):
         """``n`` episodes of each row, played and rewarded by the workers (each worker builds the run's environment
         in its own process): ``(rollouts, scores, transcripts, episode counters)`` in order."""
+        return self.finish(self.start_play(rows, n, sampling))
+
+    # ----------------------------------------------------------------------------- started now, gathered later
+
+    def start_generate(
+        self, prompt_token_ids: list[list[int]], n: int, sampling: SamplingParams, timed: bool = False
+    ) -> Pending:
+        """The workers begin sampling; :meth:`finish` gathers the :class:`Rollouts`."""
+        return self._start("generate", prompt_token_ids, n, sampling, None, timed)
+
+    def start_scored(
+        self, prompt_token_ids: list[list[int]], rows: list[dict], n: int, sampling: SamplingParams, timed: bool = False
+    ) -> Pending:
+        """The workers begin sampling and rewarding; :meth:`finish` gathers ``(rollouts, scores)``."""
+        if not self.rewards:
+            raise TrainingError("these Ray rollout workers were built without the run's rewards (RayEngine(rewards=))")
+        return self._start("scored", prompt_token_ids, n, sampling, rows, timed)
+
+    def start_play(self, rows: list[dict], n: int, sampling: SamplingParams, timed: bool = False) -> Pending:
+        """The workers begin playing episodes; :meth:`finish` gathers ``(rollouts, scores, transcripts, counters)``."""
         if not self.rewards:
             raise TrainingError("these Ray rollout workers were built without the run's rewards (RayEngine(rewards=))")
         prompts = [[0] for _ in rows]  # (the workers render the prompts with the environment's observations)
-        parts = [p for p in self._shards(prompts, n, sampling, rows, play=True) if p is not None]
-        joined = _join_rollouts([p[0] for p in parts], len(rows) * n)
+        return self._start("play", prompts, n, sampling, rows, timed)
+
+    def finish(self, pending: Pending):
+        """Wait for a started call and join its shards in order (see the ``start_*`` methods for what it returns);
+        a shard whose worker failed is sampled again from the current weights."""
+        parts = self._gather(pending)
+        expected = len(pending.prompts) * pending.n
+        if pending.kind == "generate":
+            return _join_rollouts(parts, expected)
+        parts = [p for p in parts if p is not None]
+        joined = _join_rollouts([p[0] for p in parts], expected)
         scores = merge_scores([p[1] for p in parts])
         for line in scores.warnings:
             reward_log.warning("%s", line)
         if scores.printed:
             sys.stdout.write(scores.printed)
             sys.stdout.flush()
+        if pending.kind == "scored":
+            return joined, scores
         return joined, scores, [t for p in parts for t in p[2]], [e for p in parts for e in p[3]]
 
-    def _shards(
+    def _start(
         self,
-        prompt_token_ids: list[list[int]],
+        kind: str,
+        prompts: list[list[int]],
         n: int,
         sampling: SamplingParams,
-        rows: list[dict] | None = None,
-        play: bool = False,
-    ) -> list:
-        """Each worker's result for its contiguous shard of the prompts (None for an empty shard), in order."""
+        rows: list[dict] | None,
+        timed: bool,
+    ) -> Pending:
+        """Each worker begins its contiguous shard of the prompts (seeded from the trainer's RNG)."""
         if self._state_ref is None:
             raise TrainingError("the Ray rollout workers have no weights yet: call sync(policy) first")
         seed = int(torch.randint(2**31 - 1, (1,)).item())  # from the trainer's RNG: reproducible runs
-        shards = [s.tolist() for s in torch.arange(len(prompt_token_ids)).tensor_split(len(self.workers))]
-        parts: list[Rollouts | None] = [None] * len(self.workers)
+        shards = [s.tolist() for s in torch.arange(len(prompts)).tensor_split(len(self.workers))]
+        pending = Pending(kind, prompts, n, sampling, rows, seed, shards, self.weights_version, timed)
+        pending.calls = self._call(pending, [i for i, shard in enumerate(shards) if shard])
+        return pending
+
+    def _call(self, p: Pending, todo: list[int]) -> dict[int, Any]:
+        """Ask the workers ``todo`` for their shards of ``p``, from the current weights: ``{worker: ObjectRef}``."""
+        calls = {}
+        for i in todo:
+            shard, worker, version, first = p.shards[i], self.workers[i], self.weights_version, p.shards[i][0] * p.n
+            rows = None if p.rows is None else [p.rows[j] for j in shard]
+            args: tuple
+            if p.kind == "play":
+                method, args = "play", (rows, p.n, p.sampling, p.seed + i, version, first)
+            else:
+                method, args = (
+                    "generate",
+                    ([p.prompts[j] for j in shard], p.n, p.sampling, p.seed + i, version, rows, first),
+                )
+            calls[i] = worker.timed.remote(method, *args) if p.timed else getattr(worker, method).remote(*args)
+        return calls
+
+    def _gather(self, p: Pending) -> list:
+        """Each worker's result for its shard of ``p`` (None for an empty shard), in order; with ``p.timed`` each
+        worker's (start, end) go to ``p.spans``."""
+        parts: list[Any] = [None] * len(self.workers)
         failed: list[Exception] = []
+        calls = p.calls
         for attempt in range(self.max_restarts + 1):
-            todo = [i for i, p in enumerate(parts) if p is None and shards[i]]
-            if not todo or failed:
-                break
-            calls = {
-                i: self.workers[i].play.remote(
-                    [cast(list, rows)[j] for j in shards[i]],
-                    n,
-                    sampling,
-                    seed + i,
-                    self.weights_version,
-                    shards[i][0] * n,
-                )
-                if play
-                else self.workers[i].generate.remote(
-                    [prompt_token_ids[j] for j in shards[i]],
-                    n,
-                    sampling,
-                    seed + i,
-                    self.weights_version,
-                    None if rows is None else [rows[j] for j in shards[i]],
-                    shards[i][0] * n,
-                )
-                for i in todo
-            }
+            if attempt > 0:
+                todo = [i for i, part in enumerate(parts) if part is None and p.shards[i]]
+                if not todo or failed:
+                    break
+                calls = self._call(p, todo)
             for i, ref in calls.items():
                 try:
-                    parts[i] = self.ray.get(ref, timeout=self.timeout_s)
+                    got = self.ray.get(ref, timeout=self.timeout_s)
                 except self.ray.exceptions.RayTaskError as e:  # every shard's, so the line names each reward
                     failed.append(_user_error(e))
                     continue
@@ -307,6 +257,9 @@ class RayEngine:
                         ) from None
                     self._restart(i, e)
                     continue
+                if got is not None and p.timed:
+                    got, p.spans[i] = got[0], (got[1], got[2])
+                parts[i] = got
                 if parts[i] is None:  # it held other weights (a restarted actor): send the current ones
                     self._wait([self.workers[i].load.remote(self._state_ref, self.weights_version)], "load weights")
         if failed:
