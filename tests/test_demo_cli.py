@@ -34,12 +34,13 @@ def recorded(monkeypatch):
 
 def test_every_demo_runs_by_name_with_its_default_directory_and_seed(tmp_path, monkeypatch, recorded):
     monkeypatch.chdir(tmp_path)
-    assert set(DEMOS) == {"alphago", "rlhf", "r1", "agent"}
+    assert set(DEMOS) == {"alphago", "rlhf", "r1", "agent", "think"}
     demos = (
         ["demo"],
         ["demo", "rlhf", "--seed", "3"],
         ["demo", "r1", "-o", "mine"],
         ["demo", "agent"],
+        ["demo", "think"],
     )
     for args in demos:
         result = runner.invoke(app, args)
@@ -49,6 +50,7 @@ def test_every_demo_runs_by_name_with_its_default_directory_and_seed(tmp_path, m
         ("rlhf", Path("runs/demo-rlhf"), 3),
         ("r1", Path("mine"), 0),
         ("agent", Path("runs/demo-agent"), 0),
+        ("think", Path("runs/demo-think"), 0),
     ]
 
 
@@ -57,7 +59,7 @@ def test_an_unknown_demo_names_the_choices_and_runs_nothing(tmp_path, monkeypatc
     result = runner.invoke(app, ["demo", "alphazero"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     said = " ".join(re.sub("[│╭╮╰╯─]", " ", result.output).split())  # (click's error box wraps the line)
-    assert "unknown demo 'alphazero'; choose one of: alphago, rlhf, r1, agent" in said
+    assert "unknown demo 'alphazero'; choose one of: alphago, rlhf, r1, agent, think" in said
     assert recorded == [] and not (tmp_path / "runs").exists()
 
 

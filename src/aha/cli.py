@@ -111,6 +111,10 @@ DEMOS = {  # name → (module with run_demo(out, seed), one line for --help)
         "aha.demos.agent",
         "the AlphaGo lesson in a game: SFT on a random guesser, then GRPO finds a near-bisection search",
     ),
+    "think": (
+        "aha.demos.think",
+        "the aha moment: GRPO rewarded for right sums alone learns to write steps and re-check",
+    ),
 }
 
 
