@@ -80,13 +80,11 @@ def print_table(summary: dict) -> None:
 def ablation_table(summary: dict):
     from rich.table import Table
 
-    from .think import ABLATIONS
-
     table = Table(title="ablations: short RL runs from the SFT model; tokens of right and wrong answers")
     for col in ("run", "accuracy", "tokens", "right", "wrong", "steps", "'wait'"):
         table.add_column(col, justify="left" if col == "run" else "right")
     sft = summary["scores"]["sft"]
-    rows = [("SFT (start)", sft)] + [(n, summary["ablations"][n]) for n in ABLATIONS]
+    rows = [("SFT (start)", sft)] + list(summary["ablations"].items())  # (in the order they ran)
     for label, sc in rows:
         table.add_row(
             label,
