@@ -146,7 +146,7 @@ def is_right(completion: str, prompt: str, answer: str) -> bool:
 
 
 def has_steps(completion: str) -> bool:
-    """Whether a completion shows worked steps: a step after the first term (``b+5=8``)."""
+    """Whether a completion shows worked steps: a step ``label+term=total`` (``b+5=08``)."""
     return _STEP.search(completion) is not None
 
 
@@ -166,7 +166,7 @@ def corrects(completion: str) -> bool:
     """Whether a completion re-does a step and changes its total: ``"c+7=14 wait c+7=15"``, the total before "wait"
     differing from the one after it. (The reasoning metrics' aha moment reads the last number before the phrase as the
     answer written before it; in a running total that is the step's total, so a re-check that changed nothing,
-    ``"b+5=8 wait b+5=8"``, counts there as an aha when the final answer is right. This does not.)
+    ``"b+5=08 wait b+5=08"``, counts there as an aha when the final answer is right. This does not.)
 
     >>> corrects("a+3=03 b+5=08 c+7=14 wait c+7=15 d+2=17"), corrects("a+3=03 b+5=08 wait b+5=08 c+7=15")
     (True, False)
