@@ -99,3 +99,18 @@ def step_flops(
     prefill = 2 * n_trunk * P * prompt_len + 2 * emb * P
     shapes = [list(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
     return train_flops(model, P * G, prompt_len + L, L, mu, passes_fwd), prompt_len, aha_train + prefill, shapes
+
+
+def auto_precision(path: str) -> tuple[str, dict]:
+    """What aha's ``train.precision: auto`` chooses for this model on this machine, measured afresh (no cache): its
+    line and the probe's seconds."""
+    import torch
+
+    from aha.config import ModelConfig
+    from aha.modeling.precision import choose
+    from aha.models import load_policy
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _ = load_policy(ModelConfig(name=path))
+    choice = choose("auto", device, model.to(device))
+    return choice.line, choice.probe

@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _grpo_flops import decode_matmuls_s, matmul_peak, step_flops
+from _grpo_flops import auto_precision, decode_matmuls_s, matmul_peak, step_flops
 from _grpo_runs import run_aha, run_trl
 from _worker import WorkerFailed, peak_rss_mib, report, run_worker
 
@@ -103,6 +103,7 @@ def worker(spec: dict) -> None:
         # (after the peak RSS is read) what aha's decode steps' matmuls take at this moment: the VM's speed wanders
         "decode_s": spec["L"] * decode_matmuls_s(spec["linear_shapes"], spec["P"] * spec["G"], spec["precision"]),
         "steps_timed": len(times["step_s"][timed]),
+        "threads": torch.get_num_threads(),
         "first_step_s": times["step_s"][0],
     }
     report(out)
@@ -145,13 +146,16 @@ def main() -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         args.precision = "bf16" if fast_bf16_available(device) else "fp32"
     out = Path(tempfile.mkdtemp(prefix="grpo_speed-"))
-    results, prompt_lens, floors = {}, {}, {}
+    results, prompt_lens, floors, chose = {}, {}, {}, {}
     for model in args.models.split(","):
         path = model_dir(model, out, args.tokenizer, args.qwen_layers)
         # (the workers' peak RSS is their own, VmHWM: loading the model here first does not count in it)
         flops, prompt_lens[model], floors[model], shapes = step_flops(
             model, path, args.prompts, args.group, args.new_tokens, args.beta, args.mu
         )
+        if "aha" in args.frameworks.split(","):
+            chose[model] = auto_precision(path)
+            print(f"aha on {model}: {chose[model][0]}; probe s: {json.dumps(chose[model][1])}", file=sys.stderr)
         for fw in args.frameworks.split(","):
             spec = {
                 "framework": fw,
@@ -181,9 +185,16 @@ def main() -> None:
         for fw in [f for f in args.frameworks.split(",") if (model, f) in results]:
             results[(model, fw)]["train_tflops"] = flops / results[(model, fw)]["train_s"] / 1e12
 
+    import torch
+
+    from aha.modeling.precision import machine_line
+
+    threads = sorted({r["threads"] for r in results.values()})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(
-        f"\n{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, β = {args.beta}, "
-        f"μ = {args.mu}, {args.precision}; aha overrides: {args.aha_set or 'none'}\n"
+        f"\n{machine_line(device, args.precision, '/'.join(map(str, threads)) + ' threads in the workers')}\n"
+        f"{args.prompts} prompts × {args.group} completions × {args.new_tokens} tokens, "
+        f"β = {args.beta}, μ = {args.mu}; aha overrides: {args.aha_set or 'none'}\n"
     )
     gpu = any(r.get("cuda_peak_mib") is not None for r in results.values())
     print(
@@ -198,6 +209,8 @@ def main() -> None:
             f"{r['train_s']:.2f} | {r['tokens_per_s']:.0f} | {r['peak_rss_mib']:.0f} |{gpu_cell} {r['train_tflops']:.3f} | "
             f"{100 * r['train_tflops'] / r['peak_tflops']:.1f}% (of {r['peak_tflops']:.3f}) |"
         )
+    for model, (line, seconds) in chose.items():
+        print(f"{model}: aha's train.precision auto on this machine: {line}; probe seconds {json.dumps(seconds)}")
     for model in args.models.split(","):
         a, t = results.get((model, "aha")), results.get((model, "trl"))
         if a and t:

@@ -4,14 +4,17 @@ template (:func:`prepare`), and the rollout engine RL samples with (:func:`build
 from __future__ import annotations
 
 import string
+import sys
 
 import torch
 
 from aha.config import RunConfig
 from aha.data.templates import check_prompts, resolve_template
 from aha.evaluation import check_eval_data
+from aha.gguf import cache_dir
 from aha.modeling.device import pick_device, seed_everything
-from aha.modeling.options import autocast_dtype, compiled_sampler
+from aha.modeling.options import compiled_sampler
+from aha.modeling.precision import Choice, cache_key, choose
 from aha.models import load_policy
 from aha.rollout import Engine
 from aha.rollout.compiled import CompiledEngine
@@ -26,7 +29,6 @@ def prepare(cfg: RunConfig):
     the model on its device in train mode."""
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
-    amp = autocast_dtype(cfg.train.precision, device)
     task = build_task(cfg.task)
     if cfg.log.eval_every > 0:
         check_eval_data(cfg.task, task, needs_answers=not cfg.env.enabled)
@@ -38,7 +40,23 @@ def prepare(cfg: RunConfig):
     template = resolve_template(cfg.task.template, tok)
     check_prompts(task.train + task.eval, tok, char_level=cfg.model.name.startswith("tiny") and task.alphabet is None)
     use_threads(cfg.train.threads)  # (after the checks: a user error is the run's only line)
+    amp = precision(cfg, device, model).train
     return device, amp, task, model, tok, template
+
+
+_CHOICES: dict[str, Choice] = {}
+
+
+def precision(cfg: RunConfig, device: torch.device, model: torch.nn.Module) -> Choice:
+    """What ``train.precision`` means for each phase of this run on this machine (:mod:`aha.modeling.precision`:
+    under 'auto' a CPU is probed once and the probe cached in ``$AHA_CACHE/precision.json``). An 'auto' choice is
+    said on stderr, once per process."""
+    key = f"{cfg.train.precision}|{cache_key(model, device)}"
+    if key not in _CHOICES:
+        _CHOICES[key] = choose(cfg.train.precision, device, model, cache_dir() / "precision.json")
+        if cfg.train.precision == "auto":
+            print(_CHOICES[key].line, file=sys.stderr)
+    return _CHOICES[key]
 
 
 def build_engine(

@@ -61,7 +61,7 @@ def teacher_answer(a: int, b: int, rng: random.Random, carry_drop: float = CARRY
 
 def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
     """The embedded defaults: (SFT config, GRPO config). fp32 everywhere: the demo's numbers are the same on a CPU
-    with fast bf16 (AMX, AVX512-BF16), where precision 'auto' would turn bf16 autocast on."""
+    with fast bf16 (AMX, AVX512-BF16), where precision 'auto' may sample in bf16 (aha.modeling.precision)."""
     common: dict[str, Any] = {
         "model": {"name": "tiny:layers=2,hidden=128,heads=4,ff=512,ctx=32"},
         "task": {

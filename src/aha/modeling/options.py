@@ -1,5 +1,5 @@
-"""How a model runs on this hardware: the precision (bf16 autocast where the hardware has fast bf16), the attention
-kernel of training passes, the compiled sampler and lean activations. Each 'auto' choice is a small, documented
+"""How a model runs on this hardware: bf16 autocast (the precision itself: :mod:`aha.modeling.precision`), the
+attention kernel of training passes, the compiled sampler and lean activations. Each 'auto' choice is a small, documented
 heuristic with the measurements behind it."""
 
 from __future__ import annotations
@@ -19,13 +19,6 @@ def fast_bf16_available(device: torch.device) -> bool:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:
         return False
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where asked (or, for 'auto', where the hardware runs bf16 fast); None = fp32."""
-    if precision == "bf16" or (precision == "auto" and fast_bf16_available(device)):
-        return torch.bfloat16
-    return None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -22,7 +22,7 @@ from typing import Any, cast
 import torch
 
 from aha.algos.advantages import advantage_estimator
-from aha.build import build_engine, prepare
+from aha.build import build_engine, precision, prepare
 from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
 from aha.critic import build_critic
@@ -157,8 +157,9 @@ def build_parts(cfg: RunConfig, run: Run) -> RLParts:
     recipe = RewardRecipe.of(cfg, task) if in_workers else None
     if recipe is not None and cfg.env.enabled:  # the workers play the episodes, each in its own environment
         recipe.env = env_recipe(cfg, template)
+    sampling = precision(cfg, device, model).sample  # (bf16 where it pays: aha.modeling.precision)
     engine = build_engine(
-        ro.engine, model, tok, device, amp, ro.compile, cfg.model.lora.enabled, cfg.distributed, recipe
+        ro.engine, model, tok, device, sampling, ro.compile, cfg.model.lora.enabled, cfg.distributed, recipe
     )
     if hasattr(engine, "close"):  # remote workers (Ray) stop with the run
         run.on_finish.append(engine.close)

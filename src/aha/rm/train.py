@@ -20,7 +20,8 @@ from aha.data.preferences import PreferenceRow
 from aha.data.sampler import PromptSampler
 from aha.errors import TrainingError
 from aha.modeling.device import pick_device, seed_everything
-from aha.modeling.options import autocast, autocast_dtype, set_attention, training_attention
+from aha.modeling.options import autocast, set_attention, training_attention
+from aha.modeling.precision import decide
 from aha.models import DEFAULT_ALPHABET
 from aha.optim import make_optimizer
 from aha.rewards.learned import CONFIG_KEY, _unwrap, encode_for_rm, pad_batch, pooled_hidden, render_text, rm_template
@@ -109,7 +110,7 @@ def build_parts(cfg: RunConfig) -> RMParts:
     rc, tr = cfg.reward_model, cfg.train
     seed_everything(tr.seed)
     device = pick_device(tr.device)
-    amp = autocast_dtype(tr.precision, device)
+    amp = decide(tr.precision, device).train  # (a training pass: fp32 on a CPU under 'auto', see its rule)
     train_rows, eval_rows = split_preferences(cfg)
     plain_texts = [render_text(r.prompt, c, None, "plain") for r in train_rows + eval_rows for c in r.completions]
     alphabet = DEFAULT_ALPHABET + "".join(sorted(set("".join(plain_texts)) - set(DEFAULT_ALPHABET)))
