@@ -49,7 +49,11 @@ def test_the_probe_times_each_phase_and_leaves_the_model_as_it_was(monkeypatch):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.eval()
     monkeypatch.setattr(precision, "GATE_SLOWER", -1.0)  # go on to the phases whatever the matmuls measured
+    torch.manual_seed(5)
     seconds = precision.probe(model, CPU, rows=4, tokens=8)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))  # the random state too: a probed run draws what a cached one does
     assert {"matmul_fp32", "matmul_bf16", "decode_fp32", "decode_bf16", "train_fp32", "train_bf16"} <= seconds.keys()
     assert all(v > 0 for v in seconds.values()) and "phase_probe_failed" not in seconds
     assert not model.training and all(p.grad is None for p in model.parameters())

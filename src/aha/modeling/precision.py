@@ -130,7 +130,13 @@ def _seconds(fn, dtype: torch.dtype | None, device: torch.device, repeats: int =
 def probe(model: torch.nn.Module, device: torch.device, rows: int = 16, tokens: int = 64) -> dict[str, float]:
     """Seconds of a matmul at the model's width in fp32 and bf16; where bf16's is not slower, also of one decode
     step (``rows`` sequences over a ``tokens``-long KV cache) and one training pass (forward and backward over
-    ``rows // 4`` × ``tokens``). The model's weights and gradients are left as they were."""
+    ``rows // 4`` × ``tokens``). The model's weights and gradients are left as they were, and so is torch's random
+    state: a run that probes draws the same numbers as one that read the probe from the cache."""
+    with torch.random.fork_rng(devices=[]):
+        return _probe(model, device, rows, tokens)
+
+
+def _probe(model: torch.nn.Module, device: torch.device, rows: int, tokens: int) -> dict[str, float]:
     width = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 512)
     a, b = torch.randn(64, width, device=device), torch.randn(width, 4 * width, device=device)
     out = {"matmul_fp32": _seconds(lambda: a @ b, None, device)}
