@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from aha.config import load_config
 from aha.errors import TrainingError
@@ -19,3 +20,31 @@ def test_sft_resume_without_a_checkpoint_raises_and_clears_nothing(tmp_path, wri
     with pytest.raises(TrainingError, match="no complete checkpoint"):
         train_sft(cfg, run, resume=True)
     assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_micro_batches_of_different_lengths_give_the_whole_batchs_token_mean(tmp_path, write_config):
+    """Gradient accumulation weighs every completion token the same: a batch of 8 in micro-batches of 2, whose
+    completions differ in length (1 to 12 tokens), trains to the weights of the same batch in one pass, to float
+    rounding (a mean per micro-batch would weigh the tokens of the short ones more)."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "sft.jsonl"
+    rows = [{"prompt": f"{i}+{i}=", "completion": str(2 * i) * (1 + (i % 4) * 3)} for i in range(1, 9)]
+    data.write_text("".join(f'{{"prompt": "{r["prompt"]}", "completion": "{r["completion"]}"}}\n' for r in rows))
+    weights = {}
+    for micro in (8, 2):
+        cfg = load_config(
+            write_config(
+                {
+                    "stage": "sft",
+                    "sft": {"path": str(data)},
+                    "train": {"steps": 2, "batch_size": 8, "micro_batch_size": micro, "lr": 1e-2},
+                    "log": {"eval_every": 0, "save_every": 2},
+                },
+                name=f"micro{micro}.yaml",
+            )
+        )
+        train_sft(cfg, tmp_path / f"run{micro}")
+        weights[micro] = load_file(tmp_path / f"run{micro}" / "checkpoints" / "step-2" / "model" / "model.safetensors")
+    for name, whole in weights[8].items():
+        assert torch.allclose(weights[2][name], whole, atol=1e-6, rtol=1e-5), name

@@ -69,8 +69,13 @@ def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt
     return pairs
 
 
-def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device, amp) -> torch.Tensor:
-    """Mean negative log-likelihood of the completion tokens (every token weighs the same)."""
+def sft_loss(
+    model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device, amp, n_tokens: int | None = None
+) -> torch.Tensor:
+    """Negative log-likelihood of the completion tokens, summed and divided by ``n_tokens`` (default: theirs): the
+    mean over tokens, every token weighing the same. A micro-batch of a larger batch passes the batch's completion
+    tokens, so that the micro-batches' losses add up to the batch's token mean, whatever their lengths (a mean per
+    micro-batch would weigh a token of a short micro-batch more)."""
     roll = Rollouts(
         [p for p, _ in pairs], [c for _, c in pairs], [[0.0] * len(c) for _, c in pairs], ["stop"] * len(pairs)
     )
@@ -78,7 +83,7 @@ def sft_loss(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, devic
     with autocast(device, amp):
         logp, _ = completion_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["mask"].shape[1])
     mask = batch["mask"]
-    return -(logp.float() * mask).sum() / mask.sum().clamp(min=1)
+    return -(logp.float() * mask).sum() / (mask.sum().clamp(min=1) if n_tokens is None else max(n_tokens, 1))
 
 
 def imitate_answers(
@@ -140,10 +145,10 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
         t0 = time.perf_counter()
         batch = [pairs[i] for i in sampler.take(tr.batch_size)]
         optimizer.zero_grad(set_to_none=True)
-        loss_total = 0.0
+        loss_total, n_tokens = 0.0, sum(len(c) for _, c in batch)
         for i in range(0, len(batch), tr.micro_batch_size):
             part = batch[i : i + tr.micro_batch_size]
-            loss = sft_loss(model, part, tok.pad_token_id, device, amp) * len(part) / len(batch)
+            loss = sft_loss(model, part, tok.pad_token_id, device, amp, n_tokens)
             loss.backward()
             loss_total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tr.max_grad_norm).item()
