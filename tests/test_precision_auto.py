@@ -72,9 +72,12 @@ def test_choose_probes_once_per_machine_and_model_and_survives_a_broken_cache(tm
     precision.choose("auto", CPU, wider, cache)  # another shape: measured too, both kept
     assert len(calls) == 2 and len(json.loads(cache.read_text())) == 2
     assert precision.choose("fp32", CPU, small, cache).train is None and len(calls) == 2  # asked: nothing measured
-    cache.write_text("{not json")
+    key = precision.cache_key(small, CPU)
+    cache.write_text(json.dumps({key: {"matmul_fp32": 0.001, "matmul_bf16": 0}}))  # edited by hand: no division by 0
     assert precision.choose("auto", CPU, small, cache).sample is None and len(calls) == 3
-    assert precision.cache_key(small, CPU) in json.loads(cache.read_text())  # measured over, readable again
+    cache.write_text("{not json")
+    assert precision.choose("auto", CPU, small, cache).sample is None and len(calls) == 4
+    assert key in json.loads(cache.read_text())  # measured over, readable again
     blocked = tmp_path / "file"
     blocked.write_text("")
     assert precision.choose("auto", CPU, small, blocked / "precision.json").train is None  # cannot be written: fine

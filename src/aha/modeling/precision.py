@@ -198,7 +198,7 @@ def choose(precision: str, device: torch.device, model: torch.nn.Module, cache: 
             known = json.loads(cache.read_text())
             known = known if isinstance(known, dict) else {}
     seconds = known.get(key)
-    if not (isinstance(seconds, dict) and {"matmul_fp32", "matmul_bf16"} <= seconds.keys()):
+    if not _usable(seconds):
         seconds = probe(model, device)
         if cache is not None:
             with contextlib.suppress(OSError):
@@ -207,3 +207,12 @@ def choose(precision: str, device: torch.device, model: torch.nn.Module, cache: 
                 tmp.write_text(json.dumps({**known, key: seconds}, indent=1))
                 os.replace(tmp, cache)
     return decide(precision, device, seconds)
+
+
+def _usable(seconds: Any) -> bool:
+    """Whether a cached probe can be read: the matmul timings at least, every value a positive number."""
+    return (
+        isinstance(seconds, dict)
+        and {"matmul_fp32", "matmul_bf16"} <= seconds.keys()
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in seconds.values())
+    )
