@@ -30,6 +30,7 @@ import torch
 
 from aha.build import prepare
 from aha.config import RunConfig
+from aha.demos import imitate_then_rl
 from aha.env import Step, build_environment
 from aha.rl import train_rl
 from aha.rollout import SamplingParams
@@ -159,41 +160,27 @@ def demo_config(out: Path, seed: int, s: dict) -> tuple[RunConfig, RunConfig]:
         },
         "log": {"eval_every": 0, "save_every": 0, "samples_per_step": 4, "report": False, "tensorboard": False},
     }
-    sft = RunConfig.model_validate(
-        {
-            **common,
-            "stage": "sft",
-            "sft": {"path": str(out / "teacher.jsonl")},
-            # micro-batches of 16: each is padded to its own longest history, not the batch's
-            "train": {
-                "steps": s["sft_steps"],
-                "lr": 3e-3,
-                "lr_schedule": "cosine",
-                "batch_size": 64,
-                "micro_batch_size": 16,
-                "seed": seed,
-                "precision": "fp32",
-            },
-        }
+    return imitate_then_rl(
+        common,
+        out,
+        seed,
+        # micro-batches of 16: each is padded to its own longest history, not the batch's
+        sft_train={
+            "steps": s["sft_steps"],
+            "lr": 3e-3,
+            "lr_schedule": "cosine",
+            "batch_size": 64,
+            "micro_batch_size": 16,
+        },
+        rl={"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
+        rl_train={
+            "steps": s["rl_steps"],
+            "lr": 3e-3,
+            "lr_schedule": "cosine",  # (at a constant 3e-3 the last steps can undo some of the gain)
+            "warmup_steps": 2,
+            "micro_batch_size": 128,
+        },
     )
-    rl = RunConfig.model_validate(
-        {
-            **common,
-            "stage": "rl",
-            "init_from": str(out / "sft" / "checkpoints" / f"step-{s['sft_steps']}" / "model"),
-            "rl": {"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
-            "train": {
-                "steps": s["rl_steps"],
-                "lr": 3e-3,
-                "lr_schedule": "cosine",  # (at a constant 3e-3 the last steps can undo some of the gain)
-                "warmup_steps": 2,
-                "micro_batch_size": 128,
-                "seed": seed,
-                "precision": "fp32",
-            },
-        }
-    )
-    return sft, rl
 
 
 def game_rows(copies: int) -> list[dict]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aha.build import prepare
 from aha.config import RunConfig
+from aha.demos import imitate_then_rl
 from aha.evaluation import evaluate
 from aha.rl import train_rl
 from aha.rollout.hf import HFEngine
@@ -77,40 +78,16 @@ def demo_config(out: Path, seed: int) -> tuple[RunConfig, RunConfig]:
         "rollout": {"group_size": 8, "temperature": 1.0, "max_new_tokens": 5},
         "log": {"eval_every": 0, "save_every": 0, "samples_per_step": 4, "report": False, "tensorboard": False},
     }
-    sft = RunConfig.model_validate(
-        {
-            **common,
-            "stage": "sft",
-            "sft": {"path": str(out / "teacher.jsonl")},
-            # no lr warm-up: Adam's first full-size steps break the tiny model's symmetry much sooner
-            "train": {
-                "steps": 600,
-                "lr": 1e-3,
-                "batch_size": 128,
-                "micro_batch_size": 128,
-                "seed": seed,
-                "precision": "fp32",
-            },
-        }
+    return imitate_then_rl(
+        common,
+        out,
+        seed,
+        # no lr warm-up: Adam's first full-size steps break the tiny model's symmetry much sooner
+        sft_train={"steps": 600, "lr": 1e-3, "batch_size": 128, "micro_batch_size": 128},
+        rl={"prompts_per_step": 32, "mu": 2, "beta": 0.0, "loss_type": "dapo"},
+        rl_train={"steps": 80, "lr": 2e-4, "warmup_steps": 5, "micro_batch_size": 256},
+        log={**common["log"], "eval_every": 20},
     )
-    rl = RunConfig.model_validate(
-        {
-            **common,
-            "stage": "rl",
-            "init_from": str(out / "sft" / "checkpoints" / f"step-{sft.train.steps}" / "model"),
-            "rl": {"prompts_per_step": 32, "mu": 2, "beta": 0.0, "loss_type": "dapo"},
-            "log": {**common["log"], "eval_every": 20},
-            "train": {
-                "steps": 80,
-                "lr": 2e-4,
-                "warmup_steps": 5,
-                "micro_batch_size": 256,
-                "seed": seed,
-                "precision": "fp32",
-            },
-        }
-    )
-    return sft, rl
 
 
 def evaluate_model(model_dir: Path, cfg: RunConfig, rows: list[dict]) -> list[bool]:

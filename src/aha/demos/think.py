@@ -38,6 +38,7 @@ import torch
 from aha.build import prepare
 from aha.config import RunConfig
 from aha.data.templates import encode_text
+from aha.demos import imitate_then_rl
 from aha.rl import train_rl
 from aha.rollout import SamplingParams
 from aha.rollout.hf import HFEngine
@@ -122,40 +123,21 @@ def demo_config(out: Path, seed: int, s: dict) -> tuple[RunConfig, RunConfig]:
             "reasoning_metrics": True,
         },
     }
-    sft = RunConfig.model_validate(
-        {
-            **common,
-            "stage": "sft",
-            "sft": {"path": str(out / "teacher.jsonl")},
-            "train": {
-                "steps": s["sft_steps"],
-                "lr": s["sft_lr"],
-                "warmup_steps": 20,
-                "lr_schedule": "cosine",
-                "batch_size": 64,
-                "micro_batch_size": 64,
-                "seed": seed,
-                "precision": "fp32",
-            },
-        }
+    return imitate_then_rl(
+        common,
+        out,
+        seed,
+        sft_train={
+            "steps": s["sft_steps"],
+            "lr": s["sft_lr"],
+            "warmup_steps": 20,
+            "lr_schedule": "cosine",
+            "batch_size": 64,
+            "micro_batch_size": 64,
+        },
+        rl={"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
+        rl_train={"steps": s["rl_steps"], "lr": s["rl_lr"], "warmup_steps": 2, "micro_batch_size": 256},
     )
-    rl = RunConfig.model_validate(
-        {
-            **common,
-            "stage": "rl",
-            "init_from": str(out / "sft" / "checkpoints" / f"step-{s['sft_steps']}" / "model"),
-            "rl": {"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
-            "train": {
-                "steps": s["rl_steps"],
-                "lr": s["rl_lr"],
-                "warmup_steps": 2,
-                "micro_batch_size": 256,
-                "seed": seed,
-                "precision": "fp32",
-            },
-        }
-    )
-    return sft, rl
 
 
 def ablation_config(rl: RunConfig, name: str, steps: int) -> RunConfig:
