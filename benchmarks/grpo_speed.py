@@ -141,10 +141,12 @@ def main() -> None:
     if args.precision == "auto":
         import torch
 
-        from aha.modeling.options import fast_bf16_available
+        from aha.modeling.precision import cpu_features
 
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        args.precision = "bf16" if fast_bf16_available(device) else "fp32"
+        # the hardware's fast bf16 (the same for both frameworks): a CUDA GPU with it, or a CPU with AMX / AVX512-BF16
+        cpu = cpu_features()
+        fast = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else cpu["amx"] or cpu["avx512_bf16"]
+        args.precision = "bf16" if fast else "fp32"
     out = Path(tempfile.mkdtemp(prefix="grpo_speed-"))
     results, prompt_lens, floors, chose = {}, {}, {}, {}
     for model in args.models.split(","):

@@ -11,16 +11,6 @@ from typing import Any
 import torch
 
 
-def fast_bf16_available(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:
-        return False
-
-
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """bf16 autocast for a training or scoring pass (None: fp32). Its weight-cast cache is off: lean activations
     replay each layer in the backward pass, and a cast the cache served in the forward pass would be recomputed

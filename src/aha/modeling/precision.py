@@ -21,6 +21,7 @@ one training pass in each precision. Then the rule (:func:`decide`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import statistics
@@ -38,9 +39,10 @@ MIN_GAIN = 1.15  # a phase switches to bf16 only where it runs at least this muc
 GATE_SLOWER = 1.0  # bf16 matmul at or below fp32's speed × this: no phase can gain, the probe stops
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_features() -> dict[str, Any]:
     """What decides a CPU's bf16 speed: its model name, torch's kernel level (``AVX2``, ``AVX512``…), AVX512-BF16 and
-    AMX (torch's own checks)."""
+    AMX (torch's own checks). Read once a process (each run's :func:`cache_key` asks)."""
     name = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
