@@ -37,6 +37,8 @@ KEYS = (
     "by_terms",
     "rl_steps_share",
     "rl_series",
+    "rl_doubt_rate",
+    "rl_recheck_rate",
 )
 
 
@@ -51,7 +53,7 @@ def test_held_out_sums_are_distinct_balanced_and_never_trained_on():
     assert settings(quick=False)["n_eval"] >= 500
 
 
-def test_the_teacher_thinks_rarely_slips_sometimes_and_guesses_when_it_answers_directly():
+def test_the_teacher_thinks_rarely_doubts_its_guess_slips_sometimes_and_guesses_when_it_answers_directly():
     rng = random.Random(0)
     rows = [world.row_of([rng.randint(1, 9) for _ in range(n)]) for n in world.TERMS for _ in range(3000)]
     traces = [world.teacher_trace(world.terms_of(r["prompt"]), rng) for r in rows]
@@ -66,9 +68,19 @@ def test_the_teacher_thinks_rarely_slips_sometimes_and_guesses_when_it_answers_d
     right_worked = sum(world.is_right(t, r["prompt"], r["answer"]) for r, t in worked) / len(worked)
     right_direct = sum(world.is_right(t, r["prompt"], r["answer"]) for r, t in direct) / len(direct)
     assert right_worked > 0.8 > 0.15 > right_direct  # thinking pays, for the teacher too
-    waits = sum(world.REFLECTION in t for _, t in worked) / len(worked)
-    assert 0.05 < waits < 0.3  # in a few of its worked traces
-    assert 0.01 < sum(world.REFLECTION in t for t in traces) / len(traces) < 0.1  # present, rarely
+    assert 0.05 < sum(world.rechecks(t) for _, t in worked) / len(worked) < 0.3  # a slip caught: in a few
+    # P_DOUBT of the worked traces start with a guess, "wait", then the work: it doubts, then works it out
+    assert sum(world.doubted(t) is not None for _, t in worked) / len(worked) == pytest.approx(world.P_DOUBT, abs=0.03)
+    assert not any(world.doubted(t) for _, t in direct)
+    doubted = [(r, t) for r, t in worked if world.doubted(t) is not None]
+    assert sum(world.is_right(t, r["prompt"], r["answer"]) for r, t in doubted) / len(doubted) > 0.8  # work wins
+    assert sum(world.corrects(t) for _, t in doubted) / len(doubted) > 0.8  # and mostly changes the guess
+    assert 0.1 < sum(world.REFLECTION in t for t in traces) / len(traces) < 0.3  # present, in a minority
+    # the world without doubted guesses (--no-doubt): "wait" only after a slip, rarely
+    plain = [world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=0.0) for r in rows]
+    assert sum(world.has_steps(t) for t in plain) / len(rows) == pytest.approx(world.P_WORKED, abs=0.02)
+    assert not any(world.doubted(t) for t in plain)
+    assert 0.01 < sum(world.REFLECTION in t for t in plain) / len(plain) < 0.1
 
 
 def test_a_slip_is_off_by_one_or_two_and_a_caught_one_is_corrected():
@@ -93,6 +105,13 @@ def test_the_reasoning_metrics_read_the_teachers_traces():
     rechecked = "a+3=03 b+5=08 wait b+5=08 c+7=15 d+2=17"
     checked = judge(rechecked, "17", prompt=prompt)
     assert checked.reflects and checked.aha is not None and not world.corrects(rechecked)
+    # a doubted guess, then the work: the library's aha (19 before 'wait', 17 after), and the demo's correction
+    doubt = "19 wait a+3=03 b+5=08 c+7=15 d+2=17"
+    doubted = judge(doubt, "17", prompt=prompt)
+    assert doubted.reflects and (doubted.aha.first_answer, doubted.aha.final_answer) == ("19", "17")
+    assert world.doubted(doubt) == "19" and world.corrects(doubt) and not world.rechecks(doubt)
+    assert world.rechecks(rechecked) and world.doubted(rechecked) is None
+    assert not world.corrects("17 wait a+3=03 b+5=08 c+7=15 d+2=17")  # a right guess confirmed: nothing changed
     direct = judge("17", "17", prompt=prompt)
     assert direct.lenient_correct and not direct.reflects and not world.has_steps("17")
     assert world.has_steps("a+3=03 b+5=08") and not world.has_steps("a3")
@@ -133,6 +152,7 @@ def test_quick_demo_writes_every_summary_key_and_the_report(tmp_path):
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert all(k in on_disk for k in KEYS), [k for k in KEYS if k not in on_disk]
     assert on_disk["teacher_accuracy"] == summary["teacher_accuracy"] > 0.1  # (40 sums: about 0.3)
+    assert on_disk["world"] == "doubt" and on_disk["teacher_doubt_rate"] > 0.05  # the default world
     assert set(on_disk["ablations"]) == set(ABLATIONS)
     assert len(on_disk["rl_series"]["length"]) == settings(quick=True)["rl_steps"]
     html = (tmp_path / "report.html").read_text()
@@ -147,8 +167,10 @@ def test_quick_demo_writes_every_summary_key_and_the_report(tmp_path):
 def test_rl_learns_to_think_longer_as_its_accuracy_rises(tmp_path):
     """Seed 0 of the demo, its embedded defaults. Checked: RL passes the teacher and SFT, its completions are at least
     1.5x SFT's and nearly all worked out, and length and accuracy rise together over the run (the last quarter
-    against the first). Not checked, because the demo does not reach them yet (docs/think.md, issue 27): RL ≥ teacher
-    + 0.25 (seed 0: + 0.2), and reflection amplified (RL makes slips rarer rather than catching them)."""
+    against the first), and reflection at least doubles (the doubted guess: x4.0 on 2 threads, x3.8 on 1). Not
+    checked, because seed 0 does not reach them on both thread counts (docs/think.md, issue 27): RL ≥ teacher + 0.25
+    (+0.30 on 2 threads, +0.17 on 1) and accuracy when reflecting ≥ when not (0.64 / 0.54, 0.49 / 0.54). The suite
+    runs it beside other tests, on 1 or 2 threads: another order of float sums, another run."""
     s = run_demo(tmp_path, seed=0)
     assert s["rl_accuracy"] >= s["teacher_accuracy"] + 0.1 and s["rl_accuracy"] >= s["sft_accuracy"] + 0.2
     assert s["rl_length"] >= 1.5 * s["sft_length"]
@@ -158,5 +180,14 @@ def test_rl_learns_to_think_longer_as_its_accuracy_rises(tmp_path):
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean(curve["length"][-k:]) > 1.3 * mean(curve["length"][:k])
     assert mean(curve["accuracy"][-k:]) > mean(curve["accuracy"][:k]) + 0.15
+    assert s["rl_reflection_rate"] >= 2 * s["sft_reflection_rate"] and s["rl_aha_rate"] > 0.1  # the doubt, amplified
     rl = s["scores"]["rl"]  # the steps are why it is right: RL's completions with steps beat its few without
     assert rl["accuracy_without_steps"] is None or rl["accuracy_with_steps"] > rl["accuracy_without_steps"]
+
+
+def test_quick_demo_in_the_world_without_doubted_guesses(tmp_path):
+    """``--no-doubt``: no doubted guess in the teacher's traces, and the summary says which world it ran."""
+    summary = run_demo(tmp_path, seed=1, quick=True, doubt=False)
+    teacher = [json.loads(line)["completion"] for line in (tmp_path / "teacher.jsonl").read_text().splitlines()]
+    assert summary["world"] == "steps" and not any(world.doubted(t) for t in teacher)
+    assert summary["teacher_doubt_rate"] == 0 and summary["teacher_steps_share"] > 0.1

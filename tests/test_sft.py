@@ -25,26 +25,28 @@ def test_sft_resume_without_a_checkpoint_raises_and_clears_nothing(tmp_path, wri
 def test_micro_batches_of_different_lengths_give_the_whole_batchs_token_mean(tmp_path, write_config):
     """Gradient accumulation weighs every completion token the same: a batch of 8 in micro-batches of 2, whose
     completions differ in length (1 to 12 tokens), trains to the weights of the same batch in one pass, to float
-    rounding (a mean per micro-batch would weigh the tokens of the short ones more)."""
+    rounding (a mean per micro-batch would weigh the tokens of the short ones more); and so does the batch sorted by
+    length before it is cut (``train.group_by_length``)."""
     from safetensors.torch import load_file
 
     data = tmp_path / "sft.jsonl"
     rows = [{"prompt": f"{i}+{i}=", "completion": str(2 * i) * (1 + (i % 4) * 3)} for i in range(1, 9)]
     data.write_text("".join(f'{{"prompt": "{r["prompt"]}", "completion": "{r["completion"]}"}}\n' for r in rows))
     weights = {}
-    for micro in (8, 2):
+    for micro, grouped in ((8, False), (2, False), (2, True)):
+        train = {"steps": 2, "batch_size": 8, "micro_batch_size": micro, "lr": 1e-2, "group_by_length": grouped}
         cfg = load_config(
             write_config(
-                {
-                    "stage": "sft",
-                    "sft": {"path": str(data)},
-                    "train": {"steps": 2, "batch_size": 8, "micro_batch_size": micro, "lr": 1e-2},
-                    "log": {"eval_every": 0, "save_every": 2},
-                },
-                name=f"micro{micro}.yaml",
+                {"stage": "sft", "sft": {"path": str(data)}, "train": train, "log": {"eval_every": 0, "save_every": 2}},
+                name=f"micro{micro}{grouped}.yaml",
             )
         )
-        train_sft(cfg, tmp_path / f"run{micro}")
-        weights[micro] = load_file(tmp_path / f"run{micro}" / "checkpoints" / "step-2" / "model" / "model.safetensors")
-    for name, whole in weights[8].items():
-        assert torch.allclose(weights[2][name], whole, atol=1e-6, rtol=1e-5), name
+        train_sft(cfg, tmp_path / f"run{micro}{grouped}")
+        model = tmp_path / f"run{micro}{grouped}" / "checkpoints" / "step-2" / "model" / "model.safetensors"
+        weights[micro, grouped] = load_file(model)
+    for name, whole in weights[8, False].items():
+        for split in ((2, False), (2, True)):
+            assert torch.allclose(weights[split][name], whole, atol=1e-6, rtol=1e-5), (name, split)
+    assert any(not torch.equal(weights[2, True][n], weights[2, False][n]) for n in weights[8, False]), (
+        "sorting did nothing"
+    )

@@ -144,6 +144,8 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     for step in run.steps(start):
         t0 = time.perf_counter()
         batch = [pairs[i] for i in sampler.take(tr.batch_size)]
+        if tr.group_by_length:  # each micro-batch pads to its own longest, and they are alike
+            batch.sort(key=lambda pair: len(pair[0]) + len(pair[1]))
         optimizer.zero_grad(set_to_none=True)
         loss_total, n_tokens = 0.0, sum(len(c) for _, c in batch)
         for i in range(0, len(batch), tr.micro_batch_size):

@@ -3,20 +3,22 @@
 The world (:mod:`aha.demos.think_world`): sums of 3 to 6 digits. Answered in one go they are hard for a tiny model;
 with a running total written out (``"a3 b5 c7 d2="`` → ``"a+3=03 b+5=08 c+7=15 d+2=17"``) each step is one small
 addition. The teacher writes the steps only 30% of the time; otherwise it guesses (the first digit and about 5 for
-each other one), which is rarely right. Its running total slips now and then, and after half of its slips it writes
+each other one), which is rarely right. Two times in three that it works a sum out, it first blurts a guess and
+doubts it: ``"19 wait a+3=03 ..."``. Its running total slips now and then, and after half of its slips it writes
 "wait", re-does the step and corrects it. Then:
 
   1. SFT (imitation) on the teacher's traces: the student learns the teacher, habits included — mostly guesses,
-     steps sometimes, "wait" rarely;
+     steps sometimes, "wait" sometimes;
   2. GRPO from the SFT checkpoint with one reward, is the final answer right: nothing rewards length, steps or
-     reflection. Writing the steps pays, so RL amplifies the habit the teacher had rarely: completions grow longer
-     as accuracy rises (R1-Zero's curve).
+     reflection. Writing the steps pays, so RL amplifies the habit the teacher had in a minority of its traces:
+     completions grow longer as accuracy rises (R1-Zero's curve), and where the student works a sum out better
+     after doubting its guess, the doubt is amplified with it.
 
-The behaviour is there, rarely, in the teacher's traces; RL amplifies it where it pays, and only there. That is
-Oat-Zero's finding for real models ("There may not be an aha moment"): the self-reflection R1-Zero-style RL
+The behaviour is there, in a minority of the teacher's traces; RL amplifies it where it pays, and only there. That
+is Oat-Zero's finding for real models ("There may not be an aha moment"): the self-reflection R1-Zero-style RL
 "discovers" is already in the base model. Nothing here comes from nothing. What the embedded defaults measure is in
-docs/think.md: the steps and the length are amplified and accuracy rises with them; "wait" is not (RL makes the
-steps' slips rarer instead of catching them).
+docs/think.md: the steps and the length are amplified on every seed, accuracy rises with them, and the doubt is
+amplified on some seeds and not others; the re-done step is not (RL makes the steps' slips rarer instead).
 
 Teacher, SFT and RL models are scored on the same 600 held-out sums (no prompt shared with training), one
 completion each, sampled at temperature 1: the teacher's habit is random (steps 30% of the time), and greedy decoding
@@ -48,7 +50,7 @@ from aha.track.reasoning import judge
 
 from . import think_world as world
 
-MAX_NEW_TOKENS = 56  # 6 terms worked out (~37 characters) with a re-check fit
+MAX_NEW_TOKENS = 64  # 6 terms worked out (41 characters) after a doubted guess (8), with a re-done step (12)
 TEMPERATURE = 1.0  # sampling, in RL and in the held-out evaluation
 ABLATIONS: dict[
     str, tuple[dict[str, Any], str]
@@ -76,7 +78,7 @@ def settings(quick: bool) -> dict:
     """Sizes of the demo; ``quick`` is a smoke-test setting (seconds, learns little)."""
     if quick:
         return {
-            "model": "tiny:layers=1,hidden=32,heads=2,ff=64,ctx=80",
+            "model": "tiny:layers=1,hidden=32,heads=2,ff=64,ctx=96",
             "n_train": 400,
             "n_eval": 40,
             "sft_steps": 4,
@@ -88,10 +90,10 @@ def settings(quick: bool) -> dict:
             "rl_lr": 2e-4,
         }
     return {
-        "model": "tiny:layers=3,hidden=128,heads=4,ff=512,ctx=80",
+        "model": "tiny:layers=3,hidden=128,heads=4,ff=512,ctx=96",
         "n_train": 20000,
         "n_eval": 600,  # 150 held-out sums of each length
-        "sft_steps": 800,
+        "sft_steps": 1000,  # seed 2: its worked answers right 0.34 of the time after 800 steps, 0.54 after 1,000
         "rl_steps": 60,
         "ablation_steps": 30,
         "prompts_per_step": 32,
@@ -133,7 +135,8 @@ def demo_config(out: Path, seed: int, s: dict) -> tuple[RunConfig, RunConfig]:
             "warmup_steps": 20,
             "lr_schedule": "cosine",
             "batch_size": 64,
-            "micro_batch_size": 64,
+            "micro_batch_size": 16,
+            "group_by_length": True,  # guesses and worked traces: 0.6x the step time of one padded batch
         },
         rl={"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
         rl_train={"steps": s["rl_steps"], "lr": s["rl_lr"], "warmup_steps": 2, "micro_batch_size": 256},
@@ -167,6 +170,8 @@ def judged(rows: list[dict], completions: list[str], lengths: list[int]) -> list
                 "length": n,
                 "steps": world.has_steps(text),
                 "reflects": j.reflects,
+                "doubts": world.doubted(text) is not None,
+                "rechecks": world.rechecks(text),
                 "aha": j.aha is not None,
                 "corrects": world.corrects(text),
             }
@@ -189,10 +194,10 @@ def sample(model_dir: Path, cfg: RunConfig, rows: list[dict], greedy: bool, seed
     return texts, lengths
 
 
-def teacher_records(rows: list[dict], seed: int) -> list[dict]:
+def teacher_records(rows: list[dict], seed: int, p_doubt: float = world.P_DOUBT) -> list[dict]:
     """The teacher's own answers to the held-out sums, judged as the models' are (a token a character, + EOS)."""
     rng = random.Random(20_000 + seed)
-    texts = [world.teacher_trace(world.terms_of(r["prompt"]), rng) for r in rows]
+    texts = [world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=p_doubt) for r in rows]
     return judged(rows, texts, [len(t) + 1 for t in texts])
 
 
@@ -212,6 +217,8 @@ def scores(records: list[dict]) -> dict:
         "accuracy_with_steps": mean([r["right"] for r in records if r["steps"]]),
         "accuracy_without_steps": mean([r["right"] for r in records if not r["steps"]]),
         "reflection_rate": mean([r["reflects"] for r in records]),
+        "doubt_rate": mean([r["doubts"] for r in records]),
+        "recheck_rate": mean([r["rechecks"] for r in records]),
         "aha_rate": mean([r["aha"] for r in records]),
         "correction_rate": mean([r["corrects"] and r["right"] for r in records]),
         "accuracy_reflecting": mean([r["right"] for r in records if r["reflects"]]),
@@ -259,7 +266,10 @@ def checkpoint(run_dir: Path, steps: int) -> Path:
     return run_dir / "checkpoints" / f"step-{steps}" / "model"
 
 
-def run_demo(out: Path, seed: int = 0, quick: bool = False, ablations: bool = False) -> dict:
+def run_demo(out: Path, seed: int = 0, quick: bool = False, ablations: bool = False, doubt: bool = True) -> dict:
+    """The demo in ``out``; ``doubt=False``: the world whose teacher never blurts a guess before working a sum out (its
+    only reflection is the re-done step; docs/think.md measures both)."""
+    p_doubt = world.P_DOUBT if doubt else 0.0
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -272,10 +282,11 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, ablations: bool = Fa
     # ------------------------------------------------------------------ the teacher's traces
     rng = random.Random(seed)
     traces = [
-        {"prompt": r["prompt"], "completion": world.teacher_trace(world.terms_of(r["prompt"]), rng)} for r in train_rows
+        {"prompt": r["prompt"], "completion": world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=p_doubt)}
+        for r in train_rows
     ]
     write_rows(out, "teacher", traces)
-    teacher = scores(teacher_records(held_out, seed))
+    teacher = scores(teacher_records(held_out, seed, p_doubt))
     print(
         f"[think] teacher: accuracy {teacher['accuracy']:.3f}, steps in {teacher['steps_share']:.2f}, "
         f"'wait' in {teacher['reflection_rate']:.3f} of {len(held_out)} held-out sums"
@@ -296,7 +307,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, ablations: bool = Fa
     print(f"[think] RL: accuracy {rl['accuracy']:.3f}, {rl['length']:.1f} tokens  ({t_rl:.0f} s)")
 
     summary = make_summary(teacher, sft, rl, series(out / "rl"), first_moments(out / "rl"), s, seed, quick)
-    summary["sft_time_s"], summary["rl_time_s"] = t_sft, t_rl
+    summary["sft_time_s"], summary["rl_time_s"], summary["world"] = t_sft, t_rl, "doubt" if doubt else "steps"
     summary["demo_time_s"] = time.perf_counter() - t_start  # teacher, SFT, RL and their evaluations
     if ablations:
         summary["ablations"] = run_ablations(out, rl_cfg, held_out, s, seed)
@@ -339,6 +350,11 @@ def make_summary(teacher, sft, rl, curves, moments, s, seed, quick) -> dict:
         "teacher_reflection_rate": teacher["reflection_rate"],
         "sft_reflection_rate": sft["reflection_rate"],
         "rl_reflection_rate": rl["reflection_rate"],
+        "teacher_doubt_rate": teacher["doubt_rate"],
+        "sft_doubt_rate": sft["doubt_rate"],
+        "rl_doubt_rate": rl["doubt_rate"],
+        "sft_recheck_rate": sft["recheck_rate"],
+        "rl_recheck_rate": rl["recheck_rate"],
         "sft_aha_rate": sft["aha_rate"],
         "rl_aha_rate": rl["aha_rate"],
         "sft_correction_rate": sft["correction_rate"],
@@ -358,16 +374,20 @@ def make_summary(teacher, sft, rl, curves, moments, s, seed, quick) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m aha.demos.think [--out DIR] [--seed N] [--ablations]``: the demo, with the ablations if asked (they
-    add about as long again as the demo; ``aha demo think`` runs it without them)."""
+    """``python -m aha.demos.think [--out DIR] [--seed N] [--ablations] [--no-doubt]``: the demo, with the ablations if
+    asked (they add about as long again as the demo; ``aha demo think`` runs it without them), in the world without
+    doubted guesses if asked."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m aha.demos.think", description=main.__doc__)
     parser.add_argument("--out", default="runs/demo-think", help="where the runs, summary.json and report.html go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ablations", action="store_true", help="also the GRPO / Dr. GRPO / length-penalty runs")
+    parser.add_argument(
+        "--no-doubt", action="store_true", help="the world whose teacher never doubts a guess (docs/think.md)"
+    )
     args = parser.parse_args(argv)
-    run_demo(Path(args.out), args.seed, ablations=args.ablations)
+    run_demo(Path(args.out), args.seed, ablations=args.ablations, doubt=not args.no_doubt)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ from aha.track.report import CSS, render_summary, write_report
 from . import think_world as world
 
 MODELS = (("teacher", "teacher"), ("sft", "SFT (imitation)"), ("rl", "RL (GRPO, reward: right)"))
-PRESENT = (
-    "The behaviour was there, rarely, in the teacher's traces (steps in {steps:.0%} of them, 'wait' in {wait:.1%})."
-)
+PRESENT = "The behaviour was there, in a minority of the teacher's traces (steps in {steps:.0%} of them, 'wait' in {wait:.1%}{doubt})."
 CODA = (
     "RL amplifies what the model already does, and only where it pays (Oat-Zero's finding); nothing rewarded "
     "length, steps or reflection, only right answers."
@@ -25,9 +23,23 @@ CODA = (
 
 def lesson(summary: dict) -> str:
     """What happened, in words that follow the measurements: the habit was present, and RL amplified it or not."""
-    parts = [PRESENT.format(steps=summary["teacher_steps_share"], wait=summary["teacher_reflection_rate"])]
-    for what, key in (("writing the steps", "steps_share"), ("'wait'", "reflection_rate")):
+    doubt = summary["teacher_doubt_rate"]
+    parts = [
+        PRESENT.format(
+            steps=summary["teacher_steps_share"],
+            wait=summary["teacher_reflection_rate"],
+            doubt=f": a guess doubted, then worked out, in {doubt:.1%}" if doubt else "",
+        )
+    ]
+    for what, key in (
+        ("writing the steps", "steps_share"),
+        ("'wait'", "reflection_rate"),
+        ("doubting its first answer", "doubt_rate"),
+        ("re-doing a step", "recheck_rate"),
+    ):
         before, after = summary[f"sft_{key}"], summary[f"rl_{key}"]
+        if not before and not after:
+            continue  # (the default world has no doubted guesses)
         verdict = "amplified" if after > 0 and after >= 1.5 * before else "did not amplify"
         parts.append(f"RL {verdict} {what} ({before:.1%} of SFT's completions, {after:.1%} of RL's).")
     return " ".join([*parts, CODA])
@@ -47,7 +59,7 @@ def print_table(summary: dict) -> None:
         title=f"sums of 3-6 digits: {summary['n_eval']} held-out, sampled at T=1 — "
         f"{summary['demo_time_s']:.0f} s (teacher, SFT, RL, evaluations)"
     )
-    for col in ("model", "accuracy", "tokens", "steps", "'wait'", "fixes", "acc. wait / not"):
+    for col in ("model", "accuracy", "tokens", "steps", "'wait'", "doubts", "re-checks", "fixes", "acc. wait / not"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, label in MODELS:
         sc = summary["scores"][name]
@@ -57,6 +69,8 @@ def print_table(summary: dict) -> None:
             f"{sc['length']:.1f}",
             _pct(sc["steps_share"]),
             _pct(sc["reflection_rate"]),
+            _pct(sc["doubt_rate"]),
+            _pct(sc["recheck_rate"]),
             _pct(sc["correction_rate"]),
             f"{_pct(sc['accuracy_reflecting'])} / {_pct(sc['accuracy_not_reflecting'])}",
         )
@@ -71,8 +85,9 @@ def print_table(summary: dict) -> None:
     if "ablations" in summary:
         console.print(ablation_table(summary))
     console.print(
-        "steps: share with worked steps; 'wait': share that reflects; fixes: share whose re-check changed a step's "
-        "total and ended right."
+        "steps: share with worked steps; 'wait': share that reflects: doubts (a first answer, 'wait', then the "
+        "steps) or re-checks (a step, 'wait', the step again); fixes: share whose reflection changed the answer or a "
+        "step's total and ended right."
     )
     console.print(lesson(summary))
 
@@ -133,7 +148,7 @@ def plot_ablations(summary: dict) -> str:
 
 
 def render_table(summary: dict) -> str:
-    cols = ["accuracy", "length", "steps_share", "reflection_rate", "aha_rate"]
+    cols = ["accuracy", "length", "steps_share", "reflection_rate", "doubt_rate", "recheck_rate", "aha_rate"]
     cols += ["accuracy_reflecting", "accuracy_not_reflecting", "length_right", "length_wrong"]
     head = "<tr><th>model</th>" + "".join(f"<th>{c}</th>" for c in cols)
     head += "".join(f"<th>{t} terms</th>" for t in world.TERMS) + "</tr>"

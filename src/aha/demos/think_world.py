@@ -13,10 +13,13 @@ There are two ways to answer:
 The teacher (a simulated person, :func:`teacher_trace`) writes worked steps only :data:`P_WORKED` of the time and
 guesses otherwise: the first digit and about :data:`GUESS_EACH` for each of the others (:func:`direct_answer`), so its
 direct answers are rarely right and their centre is not the sum (a model that sharpens them does not find the sum).
-Its running total slips now and then (:data:`P_SLIP` a step); after :data:`P_REFLECT` of its slips it writes "wait",
-re-does the step and goes on from the right total (``"... c+7=14 wait c+7=15 d+2=17"``), after the others it goes on
-from the wrong one. So the behaviour RL can find — writing the steps, and re-checking — is in the teacher's traces,
-rarely; nothing rewards it but the answer being right.
+In :data:`P_DOUBT` of its worked traces it first blurts such a guess, doubts it and works the sum out
+(``"19 wait a+3=03 b+5=08 c+7=15 d+2=17"``). Its running total slips now and then (:data:`P_SLIP` a step); after
+:data:`P_REFLECT` of its slips it writes "wait", re-does the step and goes on from the right total
+(``"... c+7=14 wait c+7=15 d+2=17"``), after the others it goes on from the wrong one. So the behaviour RL can find —
+writing the steps, doubting a first answer, re-checking a step — is in the teacher's traces, in a minority of them;
+nothing rewards it but the answer being right. (``p_doubt=0`` is the world without doubted guesses: ``python -m
+aha.demos.think --no-doubt``.)
 
 Correctness is one rule for the reward and every table: the final answer is the last number of the model's own text
 (:func:`aha.track.reasoning.lenient_answer`, the reasoning metrics' own reading), and it must equal the sum.
@@ -32,6 +35,7 @@ from aha.track.reasoning import lenient_answer
 
 TERMS = (3, 4, 5, 6)  # how many digits a sum has: its difficulty
 P_WORKED = 0.3  # how often the teacher writes worked steps
+P_DOUBT = 2 / 3  # of those, how often it first blurts a guess, doubts it ("wait") and then works it out
 GUESS_EACH = 5  # the teacher's direct answer guesses the terms after the first as about this much each ...
 GUESS_SPREAD = 2  # ... give or take this much
 P_SLIP = 0.08  # how often a step of the teacher's running total slips (off by 1 or 2)
@@ -120,12 +124,18 @@ def worked_steps(terms: list[int], rng: random.Random, p_slip: float = P_SLIP, p
     return " ".join(steps)
 
 
-def teacher_trace(terms: list[int], rng: random.Random, p_worked: float = P_WORKED) -> str:
-    """The teacher's completion for the sum of ``terms``: worked steps with probability ``p_worked``, else a
-    direct answer."""
-    if rng.random() < p_worked:
-        return worked_steps(terms, rng)
-    return str(direct_answer(terms, rng))
+def teacher_trace(terms: list[int], rng: random.Random, p_worked: float = P_WORKED, p_doubt: float = P_DOUBT) -> str:
+    """The teacher's completion for the sum of ``terms``: a direct answer (a guess), or with probability ``p_worked``
+    worked steps — which, ``p_doubt`` of the time, come after a guess it doubted: ``"19 wait a+3=03 ... d+2=17"``.
+
+    >>> [teacher_trace([3, 5, 7, 2], random.Random(seed)) for seed in (0, 1, 3)]
+    ['19', 'a+3=03 b+5=08 c+7=15 d+2=17', '20 wait a+3=03 b+5=08 c+7=15 d+2=17']
+    """
+    if rng.random() >= p_worked:
+        return str(direct_answer(terms, rng))
+    guess = direct_answer(terms, rng)
+    steps = worked_steps(terms, rng)
+    return f"{guess} {REFLECTION} {steps}" if rng.random() < p_doubt else steps
 
 
 def final_answer(completion: str, prompt: str = "") -> str | None:
@@ -160,15 +170,34 @@ def correct(prompts: list, completions: list, answer: list, **kwargs: Any) -> li
 
 
 _RECHECK = re.compile(rf"=(\d+)\s+{REFLECTION}\s+[{LABELS}]\+\d=(\d+)")
+_DOUBT = re.compile(rf"^\s*(\d+)\s+{REFLECTION}\b")
+
+
+def doubted(completion: str) -> str | None:
+    """The guess a completion starts with and then doubts (``"19 wait a+3=03 ..."`` → ``"19"``), else None."""
+    m = _DOUBT.match(completion)
+    return m.group(1) if m else None
+
+
+def rechecks(completion: str) -> bool:
+    """Whether a completion re-does one of its steps: "wait" after a step's total (``"c+7=14 wait c+7=15"``)."""
+    return _RECHECK.search(completion) is not None
 
 
 def corrects(completion: str) -> bool:
-    """Whether a completion re-does a step and changes its total: ``"c+7=14 wait c+7=15"``, the total before "wait"
-    differing from the one after it. (The reasoning metrics' aha moment reads the last number before the phrase as the
-    answer written before it; in a running total that is the step's total, so a re-check that changed nothing,
-    ``"b+5=08 wait b+5=08"``, counts there as an aha when the final answer is right. This does not.)
+    """Whether a reflection changed what the completion said: a doubted guess that differs from the final answer
+    (``"19 wait ... d+2=17"``), or a re-done step whose total differs from the one before "wait" (``"c+7=14 wait
+    c+7=15"``). (The reasoning metrics' aha moment reads the last number before the phrase as the answer written
+    before it; in a running total that is the step's total, so a re-check that changed nothing, ``"b+5=08 wait
+    b+5=08"``, counts there as an aha when the final answer is right. This does not.)
 
     >>> corrects("a+3=03 b+5=08 c+7=14 wait c+7=15 d+2=17"), corrects("a+3=03 b+5=08 wait b+5=08 c+7=15")
     (True, False)
+    >>> corrects("19 wait a+3=03 b+5=08 c+7=15 d+2=17"), corrects("17 wait a+3=03 b+5=08 c+7=15 d+2=17")
+    (True, False)
     """
+    guess = doubted(completion)
+    final = final_answer(completion)
+    if guess is not None and final is not None and final.isdigit() and int(guess) != int(final):
+        return True
     return any(before != after for before, after in _RECHECK.findall(completion))
