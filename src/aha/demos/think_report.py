@@ -14,7 +14,10 @@ from aha.track.report import CSS, render_summary, write_report
 from . import think_world as world
 
 MODELS = (("teacher", "teacher"), ("sft", "SFT (imitation)"), ("rl", "RL (GRPO, reward: right)"))
-PRESENT = "The behaviour was there, in a minority of the teacher's traces (steps in {steps:.0%} of them, 'wait' in {wait:.1%}{doubt})."
+PRESENT = (
+    "The behaviour was there, in a minority of the teacher's traces (steps in {steps:.0%} of them, "
+    "'wait' in {wait:.1%}{doubt})."
+)
 CODA = (
     "RL amplifies what the model already does, and only where it pays (Oat-Zero's finding); nothing rewarded "
     "length, steps or reflection, only right answers."
@@ -39,7 +42,7 @@ def lesson(summary: dict) -> str:
     ):
         before, after = summary[f"sft_{key}"], summary[f"rl_{key}"]
         if not before and not after:
-            continue  # (the default world has no doubted guesses)
+            continue  # (the world without doubted guesses has none)
         verdict = "amplified" if after > 0 and after >= 1.5 * before else "did not amplify"
         parts.append(f"RL {verdict} {what} ({before:.1%} of SFT's completions, {after:.1%} of RL's).")
     return " ".join([*parts, CODA])
