@@ -20,9 +20,13 @@ from aha.algos.losses import clipped_surrogate, clipped_value_loss
 from aha.checkpoint import list_checkpoints
 from aha.config import ConfigError, load_config
 from aha.critic import Critic, CriticError, build_critic
+from aha.modeling.logprobs import completion_forward
 from aha.models import build_tiny
 from aha.rl import train_rl
+from aha.rl.batch import RolloutBatch
 from aha.rl.forward import policy_forward
+from aha.rl.optimize import micro_batch
+from aha.rollout import Rollouts, pack_rollouts
 
 # ----------------------------------------------------------------------------- pure maths, by hand
 
@@ -284,20 +288,45 @@ def test_critic_class_without_trunk_is_shared():
 
 def test_ppo_losses_do_not_depend_on_the_micro_batch_split(write_config, digits_reward, tmp_path):
     """Gradient accumulation is bookkeeping: one step on the same rollouts logs the same policy and value
-    losses whether the 16 sequences go through in one micro-batch or four."""
+    losses whether the 16 sequences go through in one micro-batch or four, and when the four are rows of like
+    lengths, each cut to its own longest (``train.group_by_length``)."""
     logged = {}
-    for micro in (16, 4):
+    for micro, grouped in ((16, False), (4, False), (4, True)):
         cfg = load_config(
             write_config(
                 {
                     "rewards": [{"name": digits_reward}],
                     "rl": {"algo": "ppo"},
-                    "train": {"steps": 1, "micro_batch_size": micro},
+                    "train": {"steps": 1, "micro_batch_size": micro, "group_by_length": grouped},
                     "log": {"eval_every": 0},
                 }
             )
         )
-        logged[micro] = train_rl(cfg, tmp_path / f"micro-{micro}")
-    for key in ("loss/policy", "loss/value", "value/mean", "entropy"):
-        assert logged[4][key] == pytest.approx(logged[16][key], abs=1e-5), key
-    assert logged[16]["loss/value"] > 0
+        logged[micro, grouped] = train_rl(cfg, tmp_path / f"micro-{micro}-{grouped}")
+    for key in ("loss/policy", "loss/value", "value/mean", "entropy", "grad_norm"):
+        for split in ((4, False), (4, True)):
+            assert logged[split][key] == pytest.approx(logged[16, False][key], abs=1e-5), (key, split)
+    assert logged[16, False]["loss/value"] > 0
+
+
+def test_a_cut_micro_batch_drops_only_columns_that_are_padding_in_all_its_rows():
+    """``micro_batch(..., cut=True)``: left of its rows' longest prompt and right of their longest completion go;
+    every real token keeps its logprob (positions follow the attention mask), to float rounding."""
+    model, tok = build_tiny("tiny:layers=2,hidden=32,heads=2,ff=64,ctx=32", "0123456789")
+    prompts, completions = [[5, 6, 7, 8], [5, 6], [9, 9, 9]], [[1, 2], [3, 4, 5, 6, 7], [2]]
+    roll = Rollouts(prompts, completions, [[-1.0] * len(c) for c in completions], ["stop"] * 3)
+    tensors = pack_rollouts(roll, tok.pad_token_id, torch.device("cpu"))
+    batch = RolloutBatch(1, [{}] * 3, roll, [""] * 3, [0.0] * 3, {}, tensors=tensors)
+    batch.old_logp, batch.advantages = tensors["sampler_logp"], torch.tensor([1.0, -1.0, 0.5])
+    for rows, shape in (([0, 2], (2, 4 + 2)), ([1, 2], (2, 3 + 5))):
+        whole = micro_batch(batch, torch.tensor(rows))
+        cut = micro_batch(batch, torch.tensor(rows), cut=True)
+        assert whole["input_ids"].shape == (2, 4 + 5) and cut["input_ids"].shape == shape
+        assert cut["mask"].shape == cut["old_logp"].shape == (2, shape[1] - (4 if rows[0] == 0 else 3))
+        assert torch.equal(cut["advantages"], whole["advantages"])
+        with torch.no_grad():
+            full = completion_forward(model, whole["input_ids"], whole["attention_mask"], 5)[0]
+            short = completion_forward(model, cut["input_ids"], cut["attention_mask"], cut["mask"].shape[1])[0]
+        n = cut["mask"].shape[1]
+        assert torch.equal(whole["mask"][:, n:], torch.zeros_like(whole["mask"][:, n:]))  # only padding went
+        assert torch.allclose(full[:, :n] * cut["mask"], short * cut["mask"], atol=1e-5)

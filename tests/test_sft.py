@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aha.config import load_config
+from aha.data.load import DataError
+from aha.data.sampler import length_groups
+from aha.data.templates import encode_text, encode_texts
 from aha.errors import TrainingError
-from aha.sft import train_sft
+from aha.models import build_tiny
+from aha.sft import micro_batches, train_sft
 
 
 def test_sft_resume_without_a_checkpoint_raises_and_clears_nothing(tmp_path, write_config):
@@ -50,3 +56,29 @@ def test_micro_batches_of_different_lengths_give_the_whole_batchs_token_mean(tmp
     assert any(not torch.equal(weights[2, True][n], weights[2, False][n]) for n in weights[8, False]), (
         "sorting did nothing"
     )
+
+
+@given(st.lists(st.integers(0, 200), max_size=80), st.integers(1, 32))
+def test_length_groups_cover_the_batch_once_in_no_more_tokens_than_size_of_the_longest(lengths, size):
+    groups = length_groups(lengths, size)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    flat = [lengths[i] for g in groups for i in g]
+    assert flat == sorted(flat)  # like lengths together, shortest first
+    longest = max(lengths, default=0)
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) <= size * longest or len(g) == 1
+        assert len(g) <= size or max(lengths[i] for i in g) < longest  # a full-length row: no more than size of them
+
+
+def test_short_pairs_go_many_to_a_micro_batch_and_long_ones_few():
+    batch = [([1] * 14, [2] * 3)] * 45 + [([1] * 14, [2] * 45)] * 19  # the think demo's guesses and worked traces
+    assert [len(m) for m in micro_batches(batch, 16, by_length=False)] == [16, 16, 16, 16]
+    assert [len(m) for m in micro_batches(batch, 16, by_length=True)] == [45, 16, 3]
+
+
+def test_encode_texts_is_encode_text_of_each_in_one_call_and_names_a_character_it_cannot_encode():
+    _, tok = build_tiny("tiny:layers=1,hidden=16,heads=2,ff=32,ctx=32", "0123456789+=ab ")
+    texts = ["a1 b2=", "12", "", "a1 b2=", "3+4"]
+    assert encode_texts(texts, tok) == [encode_text(t, tok) for t in texts]
+    with pytest.raises(DataError, match="no token for 'é'"):
+        encode_texts(["12", "1é"], tok)

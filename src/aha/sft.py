@@ -13,8 +13,8 @@ from aha.build import prepare
 from aha.checkpoint import resume_from, training_state
 from aha.config import RunConfig
 from aha.data.load import DataError, column_names, labelled_rows, text_problem
-from aha.data.sampler import PromptSampler
-from aha.data.templates import encode_text, render_prompt
+from aha.data.sampler import PromptSampler, length_groups
+from aha.data.templates import encode_texts, render_prompt
 from aha.evaluation import eval_verifier, evaluate
 from aha.modeling.logprobs import completion_logprobs
 from aha.modeling.options import autocast, set_attention, training_attention
@@ -61,12 +61,22 @@ def demonstrations(source, prompt_col: str = "prompt", completion_col: str = "co
 
 def encode_pairs(rows: list[dict], tok, template: str, prompt_col: str = "prompt", completion_col: str = "completion"):
     """``[(prompt_ids, completion_ids + [eos])]`` for each demonstration row."""
-    pairs = []
-    for row in rows:
-        p = render_prompt(row[prompt_col], tok, template)
-        c = encode_text(str(row[completion_col]), tok) + [tok.eos_token_id]
-        pairs.append((p, c))
-    return pairs
+    texts = [row[prompt_col] for row in rows]
+    if template == "plain" and all(isinstance(t, str) for t in texts):  # (the batched tokenizer: the same ids)
+        prompts = encode_texts(texts, tok)
+    else:
+        prompts = [render_prompt(t, tok, template) for t in texts]
+    completions = encode_texts([str(row[completion_col]) for row in rows], tok)
+    return [(p, c + [tok.eos_token_id]) for p, c in zip(prompts, completions)]
+
+
+def micro_batches(batch: list[tuple[list[int], list[int]]], size: int, by_length: bool) -> list[list]:
+    """The batch's pairs in micro-batches of ``size``, or (``by_length``: ``train.group_by_length``) of like lengths,
+    each padding to about its own longest in no more tokens than ``size`` of the batch's longest
+    (:func:`~aha.data.sampler.length_groups`)."""
+    if not by_length:
+        return [batch[i : i + size] for i in range(0, len(batch), size)]
+    return [[batch[i] for i in group] for group in length_groups([len(p) + len(c) for p, c in batch], size)]
 
 
 def sft_loss(
@@ -144,12 +154,9 @@ def train_sft(cfg: RunConfig, run_dir: Path, resume: bool = False, rows: list[di
     for step in run.steps(start):
         t0 = time.perf_counter()
         batch = [pairs[i] for i in sampler.take(tr.batch_size)]
-        if tr.group_by_length:  # each micro-batch pads to its own longest, and they are alike
-            batch.sort(key=lambda pair: len(pair[0]) + len(pair[1]))
         optimizer.zero_grad(set_to_none=True)
         loss_total, n_tokens = 0.0, sum(len(c) for _, c in batch)
-        for i in range(0, len(batch), tr.micro_batch_size):
-            part = batch[i : i + tr.micro_batch_size]
+        for part in micro_batches(batch, tr.micro_batch_size, tr.group_by_length):
             loss = sft_loss(model, part, tok.pad_token_id, device, amp, n_tokens)
             loss.backward()
             loss_total += loss.item()

@@ -243,10 +243,12 @@ class TrainConfig(_Section):
     )
     group_by_length: bool = Field(
         False,
-        description="Stage sft: sort each batch by length before cutting it into micro-batches, so each pads to "
-        "sequences of about its own length (the gradient is the same; on tiny models with short and long traces a "
-        "step took 0.6x as long). Off by default: it changes the order of float sums, so a run would not repeat "
-        "one made without it.",
+        description="Stages sft and rl: cut each batch (rl: each minibatch of rollouts) into micro-batches of like "
+        "lengths, each padded (rl: cut) to its own longest sequence and holding no more tokens than micro_batch_size "
+        "of the batch's longest: many short sequences to a micro-batch, few long ones (the gradient is the same, "
+        "with less padding and fewer passes: benchmarks/group_by_length.py). Off by default: it changes the order of "
+        "float sums, so a run would not repeat one made without it. The reward model's stage pads each micro-batch "
+        "to its own longest already.",
     )
     batch_size: int = Field(
         64,

@@ -39,21 +39,30 @@ def encode_text(text: str, tokenizer) -> list[int]:
         ) from None
 
 
+def encode_texts(texts: list[str], tokenizer) -> list[list[int]]:
+    """:func:`encode_text` of each of ``texts``, the distinct ones in one batched call of the tokenizer (much faster on
+    a dataset than one call each); text it cannot encode is the same one-line error."""
+    distinct = list(dict.fromkeys(texts))
+    try:
+        ids = tokenizer(distinct, add_special_tokens=False)["input_ids"]
+    except Exception:  # one of them cannot be encoded: say which, in encode_text's words
+        ids = [encode_text(t, tokenizer) for t in distinct]
+    by_text = dict(zip(distinct, ids))
+    return [list(by_text[t]) for t in texts]
+
+
 def check_prompts(rows: list[dict], tokenizer, char_level: bool = False) -> None:
     """Fail before training, in one line, on prompts this model cannot take: chat messages where its tokenizer has
     no chat template, or (``char_level``: a tiny model's character tokenizer) text it has no token for."""
     has_chat = bool(getattr(tokenizer, "chat_template", None))
-    seen: set[str] = set()
     for i, row in enumerate(rows, 1):
-        prompt = row.get("prompt")
-        if isinstance(prompt, list) and not has_chat:
+        if isinstance(row.get("prompt"), list) and not has_chat:
             raise ConfigError(
                 f"row {i}: the prompt is a list of chat messages, but this model's tokenizer has no chat "
                 "template: use a chat model (e.g. model.name=smollm2-135m) or text prompts"
             )
-        if char_level and isinstance(prompt, str) and prompt not in seen:
-            seen.add(prompt)
-            encode_text(prompt, tokenizer)
+    if char_level:
+        encode_texts([row["prompt"] for row in rows if isinstance(row.get("prompt"), str)], tokenizer)
 
 
 def render_prompt(prompt: str | list, tokenizer, template: str, response_prefix: str = "") -> list[int]:

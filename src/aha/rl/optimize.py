@@ -22,7 +22,7 @@ optimizer step, or None when every one was taken.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 
@@ -38,6 +38,7 @@ from aha.algos.losses import (
 from aha.algos.offpolicy import importance_weight_stats, truncated_importance_weights
 from aha.config.objective import RLConfig
 from aha.critic import Critic
+from aha.data.sampler import length_groups
 from aha.modeling.options import autocast, lean_activations
 from aha.optim import finite_step
 from aha.rl.batch import RolloutBatch
@@ -57,6 +58,7 @@ class UpdateSettings:
     vf_coef: float = 0.0  # critic.vf_coef
     lean_activations: bool | str = "auto"  # model.lean_activations
     off_policy: bool = False  # rollout.asynchronous: the batch's sampler is older than π_old (truncated IS weights)
+    group_by_length: bool = False  # train.group_by_length: micro-batches of like lengths, each cut to its own
 
     @classmethod
     def of(cls, cfg) -> UpdateSettings:
@@ -72,6 +74,7 @@ class UpdateSettings:
             cfg.critic.vf_coef,
             cfg.model.lean_activations,
             cfg.rollout.asynchronous,
+            tr.group_by_length,
         )
 
     @property
@@ -140,7 +143,7 @@ def update_rows(
             opt.optimizer.zero_grad(set_to_none=True)
             mb_loss = 0.0
             mb_seq, mb_tok = len(mb_rows), mask[mb_rows].sum().clamp(min=1).item()  # the whole minibatch's
-            for rows_idx in (mb_rows if share is None else share.rows(mb_rows)).split(st.micro_batch_size):
+            for rows_idx in micro_rows(batch, mb_rows if share is None else share.rows(mb_rows), st):
                 mb_loss += micro_batch_backward(opt, batch, rows_idx, it, mb_seq, mb_tok, stats)
             problem = clip_and_step(opt, mb_loss, stats, share)  # None: the step was taken
             if problem is not None and skipped is None:
@@ -152,15 +155,23 @@ def update_rows(
     return stats, skipped
 
 
+def micro_rows(batch: RolloutBatch, rows: torch.Tensor, st: UpdateSettings) -> list[torch.Tensor]:
+    """``rows`` in micro-batches of ``train.micro_batch_size``, or (``train.group_by_length``) of like lengths
+    (:func:`~aha.data.sampler.length_groups`), which :func:`micro_batch` then cuts to their own longest."""
+    if not st.group_by_length:
+        return list(rows.split(st.micro_batch_size))
+    lengths = batch.tensors["attention_mask"][rows].sum(1).tolist()
+    return [rows[group] for group in length_groups(lengths, st.micro_batch_size)]
+
+
 def micro_batch_backward(
     opt: OptimizerStep, batch: RolloutBatch, rows_idx: torch.Tensor, it: int, mb_seq: int, mb_tok: float, stats: dict
 ) -> float:
     """One micro-batch's forward pass, loss (normalised by its minibatch's ``mb_seq`` sequences and ``mb_tok``
     tokens) and backward pass, in pass ``it``; adds its share of the statistics to ``stats``; returns its loss."""
     st, rl, critic, updates = opt.settings, opt.settings.rl, opt.critic, opt.updates
-    mask = batch.mask
-    n_tok = mask.sum().clamp(min=1).item()
-    mb = {k: v[rows_idx] for k, v in batch.tensors.items()}
+    n_tok = batch.mask.sum().clamp(min=1).item()
+    mb = micro_batch(batch, rows_idx, cut=st.group_by_length)
     w = mb["mask"].sum().item() / n_tok / rl.mu  # this micro-batch's share of the step's token means
     with autocast(opt.device, opt.amp):
         logp, entropy, values = policy_forward(
@@ -168,18 +179,18 @@ def micro_batch_backward(
             critic,
             mb["input_ids"],
             mb["attention_mask"],
-            mask.shape[1],
+            mb["mask"].shape[1],
             st.temperature,
             "grad" if rl.entropy_coef > 0 else ("detached" if it == 0 else "none"),
             lean=lean_activations(st.lean_activations, opt.policy, opt.device, mb["input_ids"].numel(), opt.amp),
         )
     logp = logp.float()
     # exactly on-policy (one update per batch): π_old = π_θ, the ratio is 1 and only its gradient matters
-    mb_old = logp.detach() if updates == 1 else cast(torch.Tensor, batch.old_logp)[rows_idx]
+    mb_old = logp.detach() if updates == 1 else mb["old_logp"]
     per_token, clipped = policy_loss(rl.policy_loss)(
         logp,
         mb_old,
-        cast(torch.Tensor, batch.advantages)[rows_idx],
+        mb["advantages"],
         mb["mask"],
         epsilon_low=rl.epsilon_low,
         epsilon_high=rl.epsilon_high,
@@ -193,7 +204,7 @@ def micro_batch_backward(
     pg_loss = aggregate_loss(per_token, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok)
     loss = pg_loss
     if batch.ref_logp is not None and not opt.estimator.kl_in_reward and rl.beta > 0:  # GRPO: β·KL in the loss
-        kl = kl_estimate(logp, batch.ref_logp[rows_idx], rl.kl_estimator)
+        kl = kl_estimate(logp, mb["ref_logp"], rl.kl_estimator)
         loss = aggregate_loss(per_token + rl.beta * kl, mb["mask"], rl.loss_type, st.max_new_tokens, mb_seq, mb_tok)
         stats["kl"] += masked_mean(kl.detach(), mb["mask"]).item() * w
     if rl.entropy_coef > 0:
@@ -201,8 +212,8 @@ def micro_batch_backward(
     if critic is not None:
         v_loss, v_clipped = clipped_value_loss(
             values,
-            cast(torch.Tensor, batch.values)[rows_idx],
-            cast(torch.Tensor, batch.returns)[rows_idx],
+            mb["values"],
+            mb["returns"],
             st.value_clip_range,
         )
         v_loss = aggregate_loss(v_loss, mb["mask"], "dapo", 0, mb_seq, mb_tok)
@@ -216,6 +227,33 @@ def micro_batch_backward(
     if entropy is not None and it == 0:
         stats["entropy"] += (entropy.detach() * mb["mask"]).sum().item() / n_tok
     return loss.item()
+
+
+# [B, C]: a column a completion token
+_PER_TOKEN = ("mask", "sampler_logp", "old_logp", "ref_logp", "values", "returns")
+
+
+def micro_batch(batch: RolloutBatch, rows_idx: torch.Tensor, cut: bool = False) -> dict[str, torch.Tensor]:
+    """The rows ``rows_idx`` of the batch's tensors (``[left-padded prompt | right-padded completion]`` and the
+    per-token ones) and of its old logprobs, advantages, reference logprobs, values and returns (those it has).
+    ``cut``: without the columns that are padding in every one of these rows (left of their longest prompt, right of
+    their longest completion): the same numbers for every real token, on a shorter sequence. Positions follow the
+    attention mask (:func:`~aha.modeling.logprobs.completion_forward`), so cutting left padding moves nothing."""
+    named = {"old_logp": batch.old_logp, "advantages": batch.advantages, "ref_logp": batch.ref_logp}
+    named |= {"values": batch.values, "returns": batch.returns}
+    mb = {k: v[rows_idx] for k, v in {**batch.tensors, **named}.items() if v is not None}
+    if not cut:
+        return mb
+    attention, C = mb["attention_mask"], mb["mask"].shape[1]
+    P = attention.shape[1] - C
+    keep = max(1, int(attention[:, P:].sum(1).max()))  # the longest completion here
+    start = P - int(attention[:, :P].sum(1).max())  # left of the longest prompt here
+    for k, v in mb.items():
+        if k in ("input_ids", "attention_mask"):
+            mb[k] = v[:, start : P + keep]
+        elif k in _PER_TOKEN or (k == "advantages" and v.dim() == 2):
+            mb[k] = v[:, :keep]
+    return mb
 
 
 def add_weight_stats(stats: dict, weights: dict, share: float) -> None:
