@@ -69,13 +69,13 @@ def test_the_teacher_thinks_rarely_doubts_its_guess_slips_sometimes_and_guesses_
     right_direct = sum(world.is_right(t, r["prompt"], r["answer"]) for r, t in direct) / len(direct)
     assert right_worked > 0.8 > 0.15 > right_direct  # thinking pays, for the teacher too
     assert 0.05 < sum(world.rechecks(t) for _, t in worked) / len(worked) < 0.3  # a slip caught: in a few
-    # P_DOUBT of the worked traces start with a guess, "wait", then the work: it doubts, then works it out
+    # P_DOUBT (all) of the worked traces start with a guess, "wait", then the work: it doubts, then works it out
     assert sum(world.doubted(t) is not None for _, t in worked) / len(worked) == pytest.approx(world.P_DOUBT, abs=0.03)
     assert not any(world.doubted(t) for _, t in direct)
     doubted = [(r, t) for r, t in worked if world.doubted(t) is not None]
     assert sum(world.is_right(t, r["prompt"], r["answer"]) for r, t in doubted) / len(doubted) > 0.8  # work wins
     assert sum(world.corrects(t) for _, t in doubted) / len(doubted) > 0.8  # and mostly changes the guess
-    assert 0.1 < sum(world.REFLECTION in t for t in traces) / len(traces) < 0.3  # present, in a minority
+    assert 0.2 < sum(world.REFLECTION in t for t in traces) / len(traces) < 0.4  # present, in a minority
     # the world without doubted guesses (--no-doubt): "wait" only after a slip, rarely
     plain = [world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=0.0) for r in rows]
     assert sum(world.has_steps(t) for t in plain) / len(rows) == pytest.approx(world.P_WORKED, abs=0.02)
@@ -165,14 +165,14 @@ def test_quick_demo_writes_every_summary_key_and_the_report(tmp_path):
 
 @pytest.mark.slow
 def test_rl_learns_to_think_longer_as_its_accuracy_rises(tmp_path):
-    """Seed 0 of the demo, its embedded defaults. Checked: RL passes the teacher and SFT, its completions are at least
-    1.5x SFT's and nearly all worked out, and length and accuracy rise together over the run (the last quarter
-    against the first), and reflection at least doubles (the doubted guess: x4.0 on 2 threads, x3.8 on 1). Not
-    checked, because seed 0 does not reach them on both thread counts (docs/think.md, issue 27): RL ≥ teacher + 0.25
-    (+0.30 on 2 threads, +0.17 on 1) and accuracy when reflecting ≥ when not (0.64 / 0.54, 0.49 / 0.54). The suite
-    runs it beside other tests, on 1 or 2 threads: another order of float sums, another run."""
+    """Seed 0 of the demo, its embedded defaults, against the issue's goals: RL passes the teacher by 0.25 (+0.37 on 2
+    threads, +0.35 on 1) and SFT, its completions are at least 1.5x SFT's and nearly all worked out, length and
+    accuracy rise together over the run (the last quarter against the first), reflection at least doubles (the doubt:
+    x3.6 on 2 threads and on 1), and completions that reflect are right more often than those that don't. The suite
+    runs it beside other tests, on 1 or 2 threads: another order of float sums, another run (docs/think.md measures
+    both)."""
     s = run_demo(tmp_path, seed=0)
-    assert s["rl_accuracy"] >= s["teacher_accuracy"] + 0.1 and s["rl_accuracy"] >= s["sft_accuracy"] + 0.2
+    assert s["rl_accuracy"] >= s["teacher_accuracy"] + 0.25 and s["rl_accuracy"] >= s["sft_accuracy"] + 0.3
     assert s["rl_length"] >= 1.5 * s["sft_length"]
     assert s["rl_steps_share"] >= 0.9 > 0.5 > s["sft_steps_share"]  # the teacher's rare habit, amplified
     curve = s["rl_series"]
@@ -180,7 +180,8 @@ def test_rl_learns_to_think_longer_as_its_accuracy_rises(tmp_path):
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean(curve["length"][-k:]) > 1.3 * mean(curve["length"][:k])
     assert mean(curve["accuracy"][-k:]) > mean(curve["accuracy"][:k]) + 0.15
-    assert s["rl_reflection_rate"] >= 2 * s["sft_reflection_rate"] and s["rl_aha_rate"] > 0.1  # the doubt, amplified
+    assert s["rl_reflection_rate"] >= 2 * s["sft_reflection_rate"] and s["rl_aha_rate"] > 0.3  # the doubt, amplified
+    assert s["rl_accuracy_reflecting"] >= s["rl_accuracy_not_reflecting"]
     rl = s["scores"]["rl"]  # the steps are why it is right: RL's completions with steps beat its few without
     assert rl["accuracy_without_steps"] is None or rl["accuracy_with_steps"] > rl["accuracy_without_steps"]
 

@@ -113,8 +113,8 @@ DEMOS = {  # name → (module with run_demo(out, seed), one line for --help)
     ),
     "think": (
         "aha.demos.think",
-        "the aha moment: GRPO rewarded for right sums alone takes up worked steps, length rising with accuracy, "
-        "and (on some seeds) doubting its guesses",
+        "the aha moment: GRPO rewarded for right sums alone learns to doubt its first answer ('wait') and work the "
+        "sum out, length rising with accuracy",
     ),
 }
 

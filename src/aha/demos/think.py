@@ -2,23 +2,23 @@
 
 The world (:mod:`aha.demos.think_world`): sums of 3 to 6 digits. Answered in one go they are hard for a tiny model;
 with a running total written out (``"a3 b5 c7 d2="`` → ``"a+3=03 b+5=08 c+7=15 d+2=17"``) each step is one small
-addition. The teacher writes the steps only 30% of the time; otherwise it guesses (the first digit and about 5 for
-each other one), which is rarely right. Two times in three that it works a sum out, it first blurts a guess and
-doubts it: ``"19 wait a+3=03 ..."``. Its running total slips now and then, and after half of its slips it writes
-"wait", re-does the step and corrects it. Then:
+addition. The teacher answers every sum with a guess first (the first digit and about 5 for each other one), which
+is rarely right; only 30% of the time does it then doubt the guess and work the sum out: ``"19 wait a+3=03 ..."``.
+Its running total slips now and then, and after half of its slips it writes "wait", re-does the step and corrects
+it. Then:
 
-  1. SFT (imitation) on the teacher's traces: the student learns the teacher, habits included — mostly guesses,
-     steps sometimes, "wait" sometimes;
+  1. SFT (imitation) on the teacher's traces: the student learns the teacher, habits included — a guess, then
+     mostly the end of the answer, sometimes "wait" and the steps, a re-done step rarely;
   2. GRPO from the SFT checkpoint with one reward, is the final answer right: nothing rewards length, steps or
-     reflection. Writing the steps pays, so RL amplifies the habit the teacher had in a minority of its traces:
-     completions grow longer as accuracy rises (R1-Zero's curve), and where the student works a sum out better
-     after doubting its guess, the doubt is amplified with it.
+     reflection. Doubting the guess and working the sum out pays, so RL amplifies the habit the teacher had in a
+     minority of its traces: completions grow longer as accuracy rises (R1-Zero's curve), and the "wait" after the
+     first answer becomes the rule.
 
 The behaviour is there, in a minority of the teacher's traces; RL amplifies it where it pays, and only there. That
 is Oat-Zero's finding for real models ("There may not be an aha moment"): the self-reflection R1-Zero-style RL
 "discovers" is already in the base model. Nothing here comes from nothing. What the embedded defaults measure is in
-docs/think.md: the steps and the length are amplified on every seed, accuracy rises with them, and the doubt is
-amplified on some seeds and not others; the re-done step is not (RL makes the steps' slips rarer instead).
+docs/think.md: the doubt, the steps and the length are amplified on every seed and accuracy rises with them; the
+re-done step is not (RL makes the steps' slips rarer instead).
 
 Teacher, SFT and RL models are scored on the same 600 held-out sums (no prompt shared with training), one
 completion each, sampled at temperature 1: the teacher's habit is random (steps 30% of the time), and greedy decoding
@@ -136,10 +136,16 @@ def demo_config(out: Path, seed: int, s: dict) -> tuple[RunConfig, RunConfig]:
             "lr_schedule": "cosine",
             "batch_size": 64,
             "micro_batch_size": 16,
-            "group_by_length": True,  # guesses and worked traces: 0.6x the step time of one padded batch
+            "group_by_length": True,  # guesses many to a pass, worked traces 16: 0.5x one padded batch's step time
         },
         rl={"prompts_per_step": s["prompts_per_step"], "mu": 1, "beta": 0.0, "loss_type": "dapo"},
-        rl_train={"steps": s["rl_steps"], "lr": s["rl_lr"], "warmup_steps": 2, "micro_batch_size": 256},
+        rl_train={
+            "steps": s["rl_steps"],
+            "lr": s["rl_lr"],
+            "warmup_steps": 2,
+            "micro_batch_size": 64,
+            "group_by_length": True,  # RL's too, each micro-batch cut to its longest: 0.5-0.8x the training pass
+        },
     )
 
 

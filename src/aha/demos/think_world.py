@@ -10,16 +10,16 @@ There are two ways to answer:
   has the same shape and the last total and the next term are always at the same distance. The answer is the last
   number.
 
-The teacher (a simulated person, :func:`teacher_trace`) writes worked steps only :data:`P_WORKED` of the time and
-guesses otherwise: the first digit and about :data:`GUESS_EACH` for each of the others (:func:`direct_answer`), so its
-direct answers are rarely right and their centre is not the sum (a model that sharpens them does not find the sum).
-In :data:`P_DOUBT` of its worked traces it first blurts such a guess, doubts it and works the sum out
-(``"19 wait a+3=03 b+5=08 c+7=15 d+2=17"``). Its running total slips now and then (:data:`P_SLIP` a step); after
+The teacher (a simulated person, :func:`teacher_trace`) answers every sum with a guess first: the first digit and
+about :data:`GUESS_EACH` for each of the others (:func:`direct_answer`), so its guesses are rarely right and their
+centre is not the sum (a model that sharpens them does not find the sum). Only :data:`P_WORKED` of the time does it
+then doubt the guess ("wait") and work the sum out (``"19 wait a+3=03 b+5=08 c+7=15 d+2=17"``); otherwise the guess is
+its answer. Its running total slips now and then (:data:`P_SLIP` a step); after
 :data:`P_REFLECT` of its slips it writes "wait", re-does the step and goes on from the right total
 (``"... c+7=14 wait c+7=15 d+2=17"``), after the others it goes on from the wrong one. So the behaviour RL can find —
-writing the steps, doubting a first answer, re-checking a step — is in the teacher's traces, in a minority of them;
-nothing rewards it but the answer being right. (``p_doubt=0`` is the world without doubted guesses: ``python -m
-aha.demos.think --no-doubt``.)
+doubting a first answer, writing the steps, re-checking a step — is in the teacher's traces, in a minority of them;
+nothing rewards it but the answer being right. (``p_doubt=0`` is the world without doubted guesses, whose teacher
+works a sum out without guessing first: ``python -m aha.demos.think --no-doubt``.)
 
 Correctness is one rule for the reward and every table: the final answer is the last number of the model's own text
 (:func:`aha.track.reasoning.lenient_answer`, the reasoning metrics' own reading), and it must equal the sum.
@@ -34,8 +34,8 @@ from typing import Any
 from aha.track.reasoning import lenient_answer
 
 TERMS = (3, 4, 5, 6)  # how many digits a sum has: its difficulty
-P_WORKED = 0.3  # how often the teacher writes worked steps
-P_DOUBT = 2 / 3  # of those, how often it first blurts a guess, doubts it ("wait") and then works it out
+P_WORKED = 0.3  # how often the teacher works a sum out (otherwise its answer is a guess)
+P_DOUBT = 1.0  # how often a worked trace starts with the guess, doubted ("wait"); 0: the world without doubts
 GUESS_EACH = 5  # the teacher's direct answer guesses the terms after the first as about this much each ...
 GUESS_SPREAD = 2  # ... give or take this much
 P_SLIP = 0.08  # how often a step of the teacher's running total slips (off by 1 or 2)
@@ -125,11 +125,14 @@ def worked_steps(terms: list[int], rng: random.Random, p_slip: float = P_SLIP, p
 
 
 def teacher_trace(terms: list[int], rng: random.Random, p_worked: float = P_WORKED, p_doubt: float = P_DOUBT) -> str:
-    """The teacher's completion for the sum of ``terms``: a direct answer (a guess), or with probability ``p_worked``
-    worked steps — which, ``p_doubt`` of the time, come after a guess it doubted: ``"19 wait a+3=03 ... d+2=17"``.
+    """The teacher's completion for the sum of ``terms``: a guess, or with probability ``p_worked`` worked steps —
+    which, ``p_doubt`` of the time (the default: always), come after a guess it doubted: ``"16 wait a+3=03 ...
+    d+2=17"``. (``p_doubt=0``: the same traces without the doubted guesses.)
 
-    >>> [teacher_trace([3, 5, 7, 2], random.Random(seed)) for seed in (0, 1, 3)]
-    ['19', 'a+3=03 b+5=08 c+7=15 d+2=17', '20 wait a+3=03 b+5=08 c+7=15 d+2=17']
+    >>> [teacher_trace([3, 5, 7, 2], random.Random(seed)) for seed in (0, 1, 4)]
+    ['19', '16 wait a+3=03 b+5=08 c+7=15 d+2=17', '16 wait a+3=03 b+5=08 c+7=15 d+2=18']
+    >>> teacher_trace([3, 5, 7, 2], random.Random(1), p_doubt=0.0)
+    'a+3=03 b+5=08 c+7=15 d+2=17'
     """
     if rng.random() >= p_worked:
         return str(direct_answer(terms, rng))
