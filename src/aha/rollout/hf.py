@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, cast
 
 import torch
@@ -141,7 +142,7 @@ class HFEngine:
                     state["positions"].repeat_interleave(n, 0),
                 )
                 logits = logits.repeat_interleave(n, 0)
-            state["cache"], state["first"] = getattr(out, self._cache_kw), False
+            state["cache"], state["first"] = grow_in_place(getattr(out, self._cache_kw)), False
             return logits
 
         return step, state
@@ -233,6 +234,62 @@ class HFEngine:
             if any(s in self.tokenizer.decode(row[:j]) for s in stop):
                 return j
         return len(row)
+
+
+def grow_in_place(cache: Any) -> Any:
+    """``cache`` with its plain layers (transformers' ``DynamicLayer``) made :func:`growing_layer`'s: the same keys and
+    values, but a decode step no longer copies the whole cache. Other layers (sliding windows) stay as they are."""
+    dynamic, growing = growing_layer()
+    for layer in getattr(cache, "layers", ()):
+        if type(layer) is dynamic:
+            layer.__class__ = growing
+    return cache
+
+
+@functools.cache
+def growing_layer() -> tuple[type, type]:
+    """``(DynamicLayer, GrowingLayer)``. ``DynamicLayer.update`` appends a token by ``torch.cat``, which copies the
+    layer's whole cache every step: the bytes copied grow with the square of the length (on a 256-row generate of
+    the think demo, a fifth of the time on an AVX-512 Xeon: ``benchmarks/kv_growth.py``). A ``GrowingLayer`` keeps its
+    keys and values at the front of a buffer with room to spare (doubled when full) and writes each new token after
+    them; what it returns is a view of the buffer's filled part: the same numbers, in the same layout but the stride
+    of the sequence dimension. An operation that replaces the keys (``batch_repeat_interleave``, ``batch_select_indices``,
+    ``reorder_cache``) leaves them outside the buffer, and the next update starts a new one; ``crop`` leaves a shorter
+    view of it, and the next update writes over what was cropped."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            keys, values = cast(torch.Tensor, self.keys), cast(torch.Tensor, self.values)  # (initialized above)
+            self.keys, self._key_room = _append(keys, getattr(self, "_key_room", None), key_states)
+            self.values, self._value_room = _append(values, getattr(self, "_value_room", None), value_states)
+            return self.keys, self.values
+
+    return DynamicLayer, GrowingLayer
+
+
+def _append(held: torch.Tensor, room: torch.Tensor | None, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(held ⧺ new along dim −2, the buffer it is a view of)``: written into ``room`` after ``held`` where ``held``
+    is the front of ``room`` and the two fit; otherwise both copied into a new buffer twice as long as they are."""
+    n = held.shape[-2] if held.dim() == 4 else 0
+    end = n + new.shape[-2]
+    in_room = (
+        room is not None
+        and held.dim() == 4
+        and held.data_ptr() == room.data_ptr()
+        and held.stride() == room.stride()
+        and held.shape[:2] == room.shape[:2]
+        and end <= room.shape[-2]
+    )
+    if not in_room:
+        room = new.new_empty(*new.shape[:2], max(2 * end, 16), new.shape[-1])
+        if n:
+            room[:, :, :n].copy_(held)
+    assert room is not None
+    room[:, :, n:end].copy_(new)
+    return room[:, :, :end], room
 
 
 def sample_completions(
