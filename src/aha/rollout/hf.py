@@ -249,10 +249,10 @@ def grow_in_place(cache: Any) -> Any:
 @functools.cache
 def growing_layer() -> tuple[type, type]:
     """``(DynamicLayer, GrowingLayer)``. ``DynamicLayer.update`` appends a token by ``torch.cat``, which copies the
-    layer's whole cache every step: the bytes copied grow with the square of the length (on a 256-row generate of
-    the think demo, a fifth of the time on an AVX-512 Xeon: ``benchmarks/kv_growth.py``). A ``GrowingLayer`` keeps its
-    keys and values at the front of a buffer with room to spare (doubled when full) and writes each new token after
-    them; what it returns is a view of the buffer's filled part: the same numbers, in the same layout but the stride
+    layer's whole cache every step: the bytes copied grow with the square of the length (a 256-row generate of the
+    think demo takes 0.82-0.89x the time without it on an AVX-512 Xeon: ``benchmarks/kv_growth.py``). A
+    ``GrowingLayer`` keeps its keys and values at the front of a buffer with room to spare (up to twice what it holds;
+    doubled when full) and writes each new token after them (under no_grad, as the engine decodes); what it returns is a view of the buffer's filled part: the same numbers, in the same layout but the stride
     of the sequence dimension. An operation that replaces the keys (``batch_repeat_interleave``, ``batch_select_indices``,
     ``reorder_cache``) leaves them outside the buffer, and the next update starts a new one; ``crop`` leaves a shorter
     view of it, and the next update writes over what was cropped."""
