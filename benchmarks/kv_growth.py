@@ -28,13 +28,6 @@ from pathlib import Path
 import torch
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spec", default="tiny:layers=3,hidden=128,heads=4,ff=512,ctx=96", help="a tiny model's spec")
@@ -45,6 +38,7 @@ def main() -> None:
     import aha.rollout.hf as hf
     from aha.data.templates import encode_text
     from aha.demos import think_world
+    from aha.modeling.precision import machine_line
     from aha.models import build_tiny
     from aha.rollout import SamplingParams
 
@@ -85,7 +79,7 @@ def main() -> None:
     tokens = statistics.mean(len(c) for c in rolls[True].completion_ids)
     base = statistics.median(times["concatenate"])
     print(
-        f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads; {len(prompts)} prompts x 8, "
+        f"{machine_line(precision='fp32')}, torch {torch.__version__}; {len(prompts)} prompts x 8, "
         f"{tokens:.1f} tokens a row on average; the same tokens and logprobs both ways"
     )
     for name, ts in times.items():
