@@ -13,7 +13,8 @@ first steps left out as warm-up):
   ``group_by_length`` with 16 (like lengths together, each micro-batch no more tokens than 16 of the longest);
 - RL (GRPO, 32 prompts × 8): the training pass on the whole padded batch (``micro_batch_size: 256``) against
   ``group_by_length`` with 64, each micro-batch cut to its own longest prompt and completion. The rollouts differ
-  between the two runs only by the order of float sums in the update before them.
+  between the two runs only by the order of float sums in the update before them. A third run adds
+  ``model.lean_activations: true``, which 'auto' leaves off for a model this small (the same numbers, more time).
 
 It prints seconds per step and each variant's ratio to the first. RL's ratio depends on the mix of lengths its start
 model writes: the 150-step default writes shorter answers than the demo's SFT model (docs/think.md, *Time*). Run it alone (two torch processes on 2 cores slow
@@ -64,9 +65,12 @@ def main() -> None:
         for r in train_rows
     ]
 
-    def with_train(cfg: RunConfig, save_every: int = 0, init_from: Path | None = None, **train) -> RunConfig:
+    def with_train(
+        cfg: RunConfig, save_every: int = 0, init_from: Path | None = None, lean: bool | str = "auto", **train
+    ) -> RunConfig:
         data = cfg.model_dump(mode="json")
         data["train"].update(train)
+        data["model"]["lean_activations"] = lean
         data["log"].update(save_every=save_every, eval_every=0)
         if init_from is not None:
             data["init_from"] = str(init_from)
@@ -88,13 +92,16 @@ def main() -> None:
         train_sft(cfg, out / "sft-start", rows=traces)
         start = think.checkpoint(out / "sft-start", 150)
     rl_results: list[tuple[str, float]] = []
-    for name, micro, grouped in (
-        ("RL, the whole padded batch (256)", 256, False),
-        ("RL, group_by_length (64), cut", 64, True),
+    for name, micro, grouped, lean in (
+        ("RL, the whole padded batch (256)", 256, False, "auto"),
+        ("RL, group_by_length (64), cut", 64, True, "auto"),
+        ("RL, the same with lean activations", 64, True, True),
     ):
-        cfg = with_train(rl_cfg, init_from=start, steps=args.rl_steps, micro_batch_size=micro, group_by_length=grouped)
-        train_rl(cfg, out / f"rl-{micro}-{grouped}")
-        rl_results.append((name, statistics.mean(step_times(out / f"rl-{micro}-{grouped}"))))
+        cfg = with_train(
+            rl_cfg, init_from=start, steps=args.rl_steps, micro_batch_size=micro, group_by_length=grouped, lean=lean
+        )
+        train_rl(cfg, out / f"rl-{micro}-{grouped}-{lean}")
+        rl_results.append((name, statistics.mean(step_times(out / f"rl-{micro}-{grouped}-{lean}"))))
 
     print(json.dumps({"sft_steps": args.sft_steps, "rl_steps": args.rl_steps, "rl_from": str(start)}))
     for group in (results, rl_results):

@@ -1,5 +1,6 @@
-"""The HF engine's KV cache grows in place (aha.rollout.hf.growing_layer): what concatenation would hold, through every
-cache operation, and generation bit for bit the same — on test_engine's 1-layer Llama."""
+"""The HF engine's decoding does less work for the same draws, on test_engine's 1-layer Llama: the KV cache grows in
+place (aha.rollout.hf.growing_layer), holding what concatenation would through every cache operation, and rows that
+have stopped leave the batch (``HFEngine.continue_from``'s ``shrink``); generation is bit for bit the same."""
 
 from __future__ import annotations
 
@@ -73,3 +74,33 @@ def test_generation_with_the_growing_cache_is_bit_identical_to_concatenation(eng
     grown = draws()
     monkeypatch.setattr(hf, "grow_in_place", lambda cache: cache)
     assert draws() == grown
+
+
+def test_rows_that_stopped_leave_the_batch_and_the_draws_stay_bit_identical(engine, monkeypatch):
+    """Once a quarter of the rows still decoding have stopped, the model decodes only the others (the batch it sees
+    shrinks, never below the floor); every row's tokens and logprobs are what the full batch gives."""
+    import aha.rollout.hf as hf
+
+    prompts = encode(engine.tokenizer, PROMPTS)
+    params = SamplingParams(temperature=1.0, max_new_tokens=24)
+    widths: list[int] = []
+    engine.model.register_forward_pre_hook(
+        lambda m, args, kw: widths.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+
+    def draws():
+        widths.clear()
+        torch.manual_seed(5)
+        roll = engine.generate(prompts, 16, params)
+        return roll.completion_ids, roll.logprobs, list(widths)
+
+    ids, logps, shrunk = draws()
+    lengths = sorted(len(c) for c in ids)
+    assert lengths[0] < lengths[-1] - 4  # rows stop at different times
+    assert shrunk[0] == 3 and shrunk[1] == 48 and min(shrunk[1:]) < 48  # prefill, then the batch shrank ...
+    assert min(shrunk[1:]) >= hf.SHRINK_FLOOR  # ... not below the floor
+    assert all(a >= b for a, b in zip(shrunk[1:], shrunk[2:]))  # it only shrinks
+    monkeypatch.setattr(hf, "SHRINK", 2.0)  # never
+    full_ids, full_logps, full = draws()
+    assert set(full[1:]) == {48}
+    assert (ids, logps) == (full_ids, full_logps)

@@ -229,15 +229,17 @@ def test_mask_truncated_drops_every_cut_completion_from_the_loss(tmp_path, write
 @pytest.mark.parametrize(
     "overrides, want_lean, want_compiled",
     [
-        ({}, True, False),  # 'auto' on a CPU: lean activations on, the eager sampler
+        ({}, False, False),  # 'auto' on a CPU: a tiny model's activations are small, so not lean; the eager sampler
+        ({"model": {"lean_activations": True}}, True, False),
         ({"model": {"lean_activations": False}, "rollout": {"compile": True}}, False, True),
     ],
 )
 def test_auto_options_resolve_for_the_device_and_explicit_values_win(
     tmp_path, write_config, digits_reward, monkeypatch, overrides, want_lean, want_compiled
 ):
-    """model.lean_activations and rollout.compile default to 'auto' (on a CPU: lean on, no compiled sampler; the GPU
-    rules, which CI cannot run, are tested below with stand-ins); an explicit true/false is what the trainer uses."""
+    """model.lean_activations and rollout.compile default to 'auto' (on a CPU: lean where activations are large, no
+    compiled sampler; the memory rules are tested below with stand-ins); an explicit true/false is what the trainer
+    uses."""
     import aha.build
     from aha.rollout.hf import HFEngine
 
@@ -261,17 +263,28 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(
     assert built in ([], [False])  # asked for explicitly: a failed compile is an error, not a quiet fallback
 
 
-def test_lean_auto_on_a_gpu_turns_on_only_where_activations_would_fill_a_quarter_of_the_card(monkeypatch):
-    """'auto' is always lean on a CPU; on a GPU it weighs the estimated activations against the card's memory (a
-    stand-in card here: CI has none). An explicit value is used as given, and an unknown model shape is lean."""
+def test_lean_auto_turns_on_only_where_activations_would_fill_a_quarter_of_the_card_or_a_64th_of_the_ram(
+    monkeypatch,
+):
+    """'auto' weighs the estimated activations against the GPU's memory (a stand-in card here: CI has none) or the
+    CPU machine's (a stand-in RAM). An explicit value is used as given, and an unknown model shape is lean."""
     from types import SimpleNamespace
 
+    import aha.modeling.options
     from aha.modeling.options import lean_activations
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=24, hidden_size=896, intermediate_size=4864))
-    assert lean_activations("auto", model, cpu, 16, None) is True
     assert lean_activations(False, model, cpu, 10**6, None) is False and lean_activations(True, model, gpu, 1, None)
+    smollm2 = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=30, hidden_size=576, intermediate_size=1536))
+    monkeypatch.setattr(aha.modeling.options, "machine_memory", lambda: 24 * 2**30)  # 0.375 GiB a 64th
+    assert lean_activations("auto", smollm2, cpu, 16 * 64, None) is True  # ~1.46 GB estimated (1.49 measured)
+    assert lean_activations("auto", smollm2, cpu, 4 * 32, None) is False  # ~0.18 GB
+    think = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=3, hidden_size=128, intermediate_size=512))
+    assert lean_activations("auto", think, cpu, 64 * 60, None) is False  # a think-demo RL micro-batch: ~0.15 GB
+    monkeypatch.setattr(aha.modeling.options, "machine_memory", lambda: 0)  # the OS does not say
+    assert lean_activations("auto", think, cpu, 16, None) is True
+    assert lean_activations("auto", SimpleNamespace(), cpu, 1, None) is True
 
     def card(gib: float):
         monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=gib * 2**30))

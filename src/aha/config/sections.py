@@ -51,11 +51,11 @@ class ModelConfig(_Section):
         "auto",
         description="Training passes over completions that share a prompt keep only each layer's matmul outputs for "
         "the backward pass and recompute the element-wise rest (RMSNorm, RoPE, attention softmax, SwiGLU): about half "
-        "the activation memory (torch selective activation checkpointing). 'auto': on a CPU, where it costs a few % "
-        "of the training pass (SmolLM2); on a GPU only where the plain pass's activations would fill over a quarter "
-        "of the card (estimated from the model's shape), since there its per-op dispatch nearly doubled a 0.5B "
-        "model's training pass at 16 × 64 tokens (H200). At 64 × 256 tokens that model's GPU peak was 26 GB with it "
-        "(eager sampler), 42 GB without (compiled sampler).",
+        "the activation memory (torch selective activation checkpointing), the same numbers. 'auto': only where the "
+        "plain pass's activations (estimated from the model's shape) would fill over a quarter of the GPU's memory or "
+        "a 64th of a CPU machine's: it costs a few % of SmolLM2's training pass on a CPU, 1/5 of a tiny model's, "
+        "and its per-op dispatch nearly doubled a 0.5B model's pass at 16 × 64 tokens on an H200. At 64 × 256 tokens "
+        "that model's GPU peak was 26 GB with it (eager sampler), 42 GB without (compiled sampler).",
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 from typing import Any
 
 import torch
@@ -46,24 +47,36 @@ def lean_activations(
     choice: bool | str, model: torch.nn.Module, device: torch.device, n_tokens: int, amp: torch.dtype | None
 ) -> bool:
     """Whether a training pass over ``n_tokens`` (rows × columns) runs with lean activations (see
-    ``model.lean_activations``). 'auto': always on a CPU (~3% of SmolLM2's training pass for half its activation
-    memory). On a GPU only where the plain pass's activations would fill over a quarter of the card: there the
-    per-op dispatch costs more (a 0.5B model at 16 × 64 tokens: 0.43 vs 0.23 s on an H200) and memory is seldom
-    short. The estimate, (10·hidden + 4·ff) values per token and layer, is near what was measured: SmolLM2's
-    completion pass saved 1.49 GB for 1024 tokens in fp32 (estimate 1.46); a Qwen2.5-0.5B-shaped model at 64 × 256
-    tokens in bf16 autocast peaked at 42 GB on an H200 without lean, ~26 GB of it beyond weights, gradients, Adam
-    state, the reference, the sampler's copy and the logits (estimate 32 GB with the prompt columns)."""
+    ``model.lean_activations``). 'auto': where the plain pass's activations would fill over a quarter of the GPU's
+    memory, or over a 64th of a CPU machine's (which also holds the rest of the process, and the rest of the
+    machine). The numbers are the same either way (lean replays the same operations: a think-demo RL run's weights
+    hash the same), only time and memory differ. The cost is a few % of SmolLM2's training pass on a CPU for half
+    its activation memory (1024 tokens: 1.49 GB saved in fp32, estimate 1.46), but 1/5 of a tiny model's, whose
+    element-wise operations weigh more beside its small matmuls (the think demo's RL pass, 256 × ~57 tokens in
+    micro-batches of 64 rows, ~0.15 GB estimated each: 0.93 → 0.76 s on an AVX-512 Xeon); on a GPU the per-op dispatch nearly doubled a 0.5B
+    model's pass at 16 × 64 tokens (0.43 vs 0.23 s on an H200). The estimate, (10·hidden + 4·ff) values per token
+    and layer, is near what was measured: a Qwen2.5-0.5B-shaped model at 64 × 256 tokens in bf16 autocast peaked at
+    42 GB on an H200 without lean, ~26 GB of it beyond weights, gradients, Adam state, the reference, the sampler's
+    copy and the logits (estimate 32 GB with the prompt columns)."""
     if choice != "auto":
         return bool(choice)
-    if device.type != "cuda":
-        return True
     cfg: Any = getattr(model, "config", None)  # (None, or a config without these: the except below)
     try:
         per_token = cfg.num_hidden_layers * (10 * cfg.hidden_size + 4 * cfg.intermediate_size)
     except (AttributeError, TypeError):
         return True  # an unknown shape: the memory-safe choice
     estimate = n_tokens * per_token * (2.5 if amp is not None else 4)  # autocast keeps a mix of bf16 and fp32
-    return estimate > torch.cuda.get_device_properties(device).total_memory / 4
+    if device.type == "cuda":
+        return estimate > torch.cuda.get_device_properties(device).total_memory / 4
+    return estimate > machine_memory() / 64
+
+
+def machine_memory() -> int:
+    """This machine's memory in bytes (0 where the OS does not say: then every pass is lean)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
 
 
 def set_attention(models, impl: str | None) -> None:

@@ -102,7 +102,7 @@ class CompiledEngine(HFEngine):
             )
         state: dict[str, Any] = {"t": 0, "positions": position_ids_from_mask(mask)}
 
-        def step(step_ids: torch.Tensor) -> torch.Tensor:
+        def step(step_ids: torch.Tensor, done: torch.Tensor | None = None) -> torch.Tensor:  # (every row, done or not)
             if state["t"] == 0:  # prefill, eager (prompt lengths vary)
                 out = self.shadow(
                     input_ids=ids,

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from aha.modeling.logprobs import cache_kwarg, position_ids_from_mask
 from aha.rollout import Rollouts, SamplingParams
 
+SHRINK = 0.25  # the share of a decoding batch that has stopped when those rows leave it (HFEngine.continue_from) ...
+SHRINK_FLOOR = 16  # ... unless fewer rows would stay: MKL's fp32 products round a few rows differently (1 row: gemv)
+
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Set logits outside the smallest set whose probability mass reaches ``top_p`` to −inf."""
@@ -109,19 +112,34 @@ class HFEngine:
                 cast(Any, self.model).set_attn_implementation(train_attention)
 
     def _stepper(self, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new_tokens: int):
-        """A function ``input_ids → next-token logits [B, V]`` that keeps the KV cache, mask and positions.
+        """A function ``(input_ids, done) → next-token logits [B, V]`` that keeps the KV cache, mask and positions.
 
         Its first call (the prefill) takes the distinct prompts ``ids [B/n, P]``, runs each once and hands back
-        ``n`` rows per prompt (the KV cache copied ``n`` times); later calls take one token per row ``[B, 1]``."""
-        return self.continue_from(None, mask, position_ids_from_mask(mask), n)[0]
+        ``n`` rows per prompt (the KV cache copied ``n`` times); later calls take one token per row ``[B, 1]`` and
+        decode only the rows not ``done`` (see :meth:`continue_from`'s ``shrink``)."""
+        return self.continue_from(None, mask, position_ids_from_mask(mask), n, shrink=True)[0]
 
-    def continue_from(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, n: int = 1):
+    def continue_from(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, n: int = 1, shrink: bool = False):
         """``(step, state)``: the stepper of :meth:`_stepper` over an existing KV ``cache`` (None: none yet) whose
         first call encodes a chunk ``[B, L]`` at ``positions [B, L]``, ``mask [B, cached + L]`` covering the cache and
-        the chunk. ``state`` holds the cache and the mask as decoding extends them (what :class:`TurnCache` keeps)."""
-        state: dict[str, Any] = {"cache": cache, "mask": mask, "positions": positions, "first": True}
+        the chunk. ``state`` holds the cache and the mask as decoding extends them (what :class:`TurnCache` keeps).
 
-        def step(step_ids: torch.Tensor) -> torch.Tensor:
+        ``shrink``: the rows that are ``done`` leave the batch once they are a quarter of it (:data:`SHRINK`): the
+        cache, mask and positions keep only the others' rows (``state["rows"]``), the model decodes those, and their
+        logits come back in their places of a ``[B, V]`` of zeros (a done row's draw is discarded, and every row still
+        draws its one uniform a step: the random stream is the same). A row's numbers are its own while the batch
+        keeps :data:`SHRINK_FLOOR` rows, so the same tokens and logprobs are drawn bit for bit in fp32 on a CPU
+        (tested; a GPU's kernels, chosen by batch size, may round otherwise). Measured on think-demo models on an
+        AVX-512 Xeon (``benchmarks/decode_savings.py``): with the growing cache, generate takes ×0.66 the time of
+        concatenating over every row for the RL model, ×0.38 for the SFT model, whose rows stop after 3 tokens or 40. The state then holds the remaining rows only, so a :class:`TurnCache`, which keeps
+        every row's cache for the next turn, does not shrink."""
+        state: dict[str, Any] = {"cache": cache, "mask": mask, "positions": positions, "first": True, "rows": None}
+
+        def step(step_ids: torch.Tensor, done: torch.Tensor | None = None) -> torch.Tensor:
+            full = step_ids.shape[0]
+            if shrink and done is not None and not state["first"]:
+                state["rows"] = self._shrink(state, done)
+                step_ids = step_ids[state["rows"]]
             if not state["first"]:  # one new token per row
                 ones = torch.ones((step_ids.shape[0], 1), dtype=mask.dtype, device=mask.device)
                 state["mask"] = torch.cat([state["mask"], ones], dim=1)
@@ -143,9 +161,29 @@ class HFEngine:
                 )
                 logits = logits.repeat_interleave(n, 0)
             state["cache"], state["first"] = grow_in_place(getattr(out, self._cache_kw)), False
+            if state["rows"] is not None and len(state["rows"]) < full:
+                logits = logits.new_zeros((full, logits.shape[-1])).index_copy_(0, state["rows"], logits)
             return logits
 
         return step, state
+
+    @staticmethod
+    def _shrink(state: dict[str, Any], done: torch.Tensor) -> torch.Tensor:
+        """The rows (of the full batch) the cache holds after dropping the done ones, if they are :data:`SHRINK` of
+        it or more and :data:`SHRINK_FLOOR` rows or more stay; ``state``'s cache, mask and positions cut to them."""
+        rows = state["rows"] if state["rows"] is not None else torch.arange(len(done), device=done.device)
+        alive = ~done[rows]
+        kept = int(alive.sum())
+        if (
+            kept < SHRINK_FLOOR
+            or len(rows) - kept < SHRINK * len(rows)
+            or not hasattr(state["cache"], "batch_select_indices")
+        ):
+            return rows
+        keep = alive.nonzero().squeeze(1)
+        state["cache"].batch_select_indices(keep)
+        state["mask"], state["positions"] = state["mask"][keep], state["positions"][keep]
+        return rows[keep]
 
     def left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids, mask)`` of ``rows`` left-padded to the longest, on the engine's device: every row's next token
@@ -170,9 +208,9 @@ class HFEngine:
         return self.rollouts(prompts, drawn, sampling)
 
     def sample(self, step, logits: torch.Tensor, sampling: SamplingParams):
-        """Decode from the prefill's ``logits [B, V]``, calling ``step`` with each drawn token until every row has
-        stopped or ``max_new_tokens``: ``(tokens [B, T], logprobs [B, T], done [B], stopped_by_string [B])``. The
-        last drawn token is never fed back (``step`` runs T − 1 times)."""
+        """Decode from the prefill's ``logits [B, V]``, calling ``step`` with each drawn token (and which rows are
+        done) until every row has stopped or ``max_new_tokens``: ``(tokens [B, T], logprobs [B, T], done [B],
+        stopped_by_string [B])``. The last drawn token is never fed back (``step`` runs T − 1 times)."""
         B = logits.shape[0]
         eos = torch.tensor(sorted(self.eos_ids), device=self.device)
         out_tokens, out_logps = [], []
@@ -199,7 +237,7 @@ class HFEngine:
                 done = done | stopped_by_string
             if bool(done.all()) or t + 1 == sampling.max_new_tokens:
                 break
-            logits = step(token[:, None])
+            logits = step(token[:, None], done)
         return torch.stack(out_tokens, 1), torch.stack(out_logps, 1), done, stopped_by_string
 
     def rollouts(self, prompts: list[list[int]], drawn: tuple, sampling: SamplingParams) -> Rollouts:
@@ -250,7 +288,7 @@ def grow_in_place(cache: Any) -> Any:
 def growing_layer() -> tuple[type, type]:
     """``(DynamicLayer, GrowingLayer)``. ``DynamicLayer.update`` appends a token by ``torch.cat``, which copies the
     layer's whole cache every step: the bytes copied grow with the square of the length (a 256-row generate of the
-    think demo takes 0.82-0.89x the time without it on an AVX-512 Xeon: ``benchmarks/kv_growth.py``). A
+    think demo takes 0.82-0.89x the time without it on an AVX-512 Xeon: ``benchmarks/decode_savings.py``). A
     ``GrowingLayer`` keeps its keys and values at the front of a buffer with room to spare (up to twice what it holds;
     doubled when full) and writes each new token after them (under no_grad, as the engine decodes); what it returns is a view of the buffer's filled part: the same numbers, in the same layout but the stride
     of the sequence dimension. An operation that replaces the keys (``batch_repeat_interleave``, ``batch_select_indices``,
