@@ -99,8 +99,24 @@ def test_rows_that_stopped_leave_the_batch_and_the_draws_stay_bit_identical(engi
     assert lengths[0] < lengths[-1] - 4  # rows stop at different times
     assert shrunk[0] == 3 and shrunk[1] == 48 and min(shrunk[1:]) < 48  # prefill, then the batch shrank ...
     assert min(shrunk[1:]) >= hf.SHRINK_FLOOR  # ... not below the floor
-    assert all(a >= b for a, b in zip(shrunk[1:], shrunk[2:]))  # it only shrinks
+    assert all(a >= b for a, b in zip(shrunk[1:], shrunk[2:]))  # it only shrinks, and more than once
+    assert len(set(shrunk[1:])) >= 3
     monkeypatch.setattr(hf, "SHRINK", 2.0)  # never
     full_ids, full_logps, full = draws()
     assert set(full[1:]) == {48}
     assert (ids, logps) == (full_ids, full_logps)
+
+
+def test_only_caches_of_plain_layers_shrink():
+    """Rows leave the batch only where every layer is a plain or growing DynamicLayer: a layer with state beyond its
+    keys and values (sliding window, linear attention) would keep rows the others dropped."""
+    from types import SimpleNamespace
+
+    from transformers.cache_utils import DynamicSlidingWindowLayer
+
+    from aha.rollout.hf import growing_layer, plain_layers
+
+    dynamic, growing = growing_layer()
+    assert plain_layers(SimpleNamespace(layers=[dynamic(), growing()]))
+    assert not plain_layers(SimpleNamespace(layers=[growing(), DynamicSlidingWindowLayer(sliding_window=4)]))
+    assert not plain_layers(SimpleNamespace(layers=[])) and not plain_layers(None)

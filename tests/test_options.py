@@ -241,8 +241,10 @@ def test_auto_options_resolve_for_the_device_and_explicit_values_win(
     compiled sampler; the memory rules are tested below with stand-ins); an explicit true/false is what the trainer
     uses."""
     import aha.build
+    import aha.modeling.options
     from aha.rollout.hf import HFEngine
 
+    monkeypatch.setattr(aha.modeling.options, "machine_memory", lambda: 24 * 2**30)  # (this machine's, not CI's)
     leans, built = [], []
     real_forward = aha.rl.optimize.policy_forward
 
@@ -298,6 +300,18 @@ def test_lean_auto_turns_on_only_where_activations_would_fill_a_quarter_of_the_c
     card(139)  # fp32 activations take more room than bf16's mix
     assert lean_activations("auto", model, gpu, 2 * tokens, None) is True
     assert lean_activations("auto", SimpleNamespace(), gpu, 1, None) is True
+
+
+def test_machine_memory_is_the_lower_of_the_machines_and_its_containers(tmp_path):
+    """A cgroup limit below the machine's memory is what the process may use; "max" (no limit) or no file is not."""
+    from aha.modeling.options import machine_memory
+
+    whole = machine_memory(limits=())
+    assert whole > 0
+    (tmp_path / "v2").write_text("max\n")
+    (tmp_path / "v1").write_text(f"{2**30}\n")
+    assert machine_memory(limits=(str(tmp_path / "v2"), str(tmp_path / "missing"))) == whole
+    assert machine_memory(limits=(str(tmp_path / "v2"), str(tmp_path / "v1"))) == min(whole, 2**30)
 
 
 def test_compiled_sampler_auto_needs_a_gpu_torch_compile_can_build_for(monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,9 +49,9 @@ def lean_activations(
 ) -> bool:
     """Whether a training pass over ``n_tokens`` (rows × columns) runs with lean activations (see
     ``model.lean_activations``). 'auto': where the plain pass's activations would fill over a quarter of the GPU's
-    memory, or over a 64th of a CPU machine's (which also holds the rest of the process, and the rest of the
-    machine). The numbers are the same either way (lean replays the same operations: a think-demo RL run's weights
-    hash the same), only time and memory differ. The cost is a few % of SmolLM2's training pass on a CPU for half
+    memory, or over a 64th of a CPU machine's or its container's (which also holds the rest of the process, and
+    the rest of the machine; other devices: always). The numbers are the same either way (lean replays the same
+    operations: a think-demo RL run's weights hash the same), only time and memory differ. The cost is a few % of SmolLM2's training pass on a CPU for half
     its activation memory (1024 tokens: 1.49 GB saved in fp32, estimate 1.46), but 1/5 of a tiny model's, whose
     element-wise operations weigh more beside its small matmuls (the think demo's RL pass, 256 × ~57 tokens in
     micro-batches of 64 rows, ~0.15 GB estimated each: 0.93 → 0.76 s on an AVX-512 Xeon); on a GPU the per-op dispatch nearly doubled a 0.5B
@@ -68,15 +69,29 @@ def lean_activations(
     estimate = n_tokens * per_token * (2.5 if amp is not None else 4)  # autocast keeps a mix of bf16 and fp32
     if device.type == "cuda":
         return estimate > torch.cuda.get_device_properties(device).total_memory / 4
-    return estimate > machine_memory() / 64
+    if device.type == "cpu":
+        return estimate > machine_memory() / 64
+    return True  # (mps, xpu: memory shared or unknown)
 
 
-def machine_memory() -> int:
-    """This machine's memory in bytes (0 where the OS does not say: then every pass is lean)."""
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # cgroup v2, v1
+
+
+def machine_memory(limits: tuple[str, ...] = CGROUP_LIMITS) -> int:
+    """The memory this process may use, in bytes: the machine's, or its cgroup's limit where lower (a container);
+    0 where the OS does not say (then every pass is lean)."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return 0
+    for limit in limits:
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
 
 
 def set_attention(models, impl: str | None) -> None:

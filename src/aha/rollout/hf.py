@@ -129,7 +129,8 @@ class HFEngine:
         logits come back in their places of a ``[B, V]`` of zeros (a done row's draw is discarded, and every row still
         draws its one uniform a step: the random stream is the same). A row's numbers are its own while the batch
         keeps :data:`SHRINK_FLOOR` rows, so the same tokens and logprobs are drawn bit for bit in fp32 on a CPU
-        (tested; a GPU's kernels, chosen by batch size, may round otherwise). Measured on think-demo models on an
+        (measured on an AVX-512 Xeon, 2 threads, and tested wherever the suite runs; a GPU's kernels, chosen by batch
+        size, may round otherwise). Measured on think-demo models on an
         AVX-512 Xeon (``benchmarks/decode_savings.py``): with the growing cache, generate takes ×0.66 the time of
         concatenating over every row for the RL model, ×0.38 for the SFT model, whose rows stop after 3 tokens or 40. The state then holds the remaining rows only, so a :class:`TurnCache`, which keeps
         every row's cache for the next turn, does not shrink."""
@@ -170,15 +171,12 @@ class HFEngine:
     @staticmethod
     def _shrink(state: dict[str, Any], done: torch.Tensor) -> torch.Tensor:
         """The rows (of the full batch) the cache holds after dropping the done ones, if they are :data:`SHRINK` of
-        it or more and :data:`SHRINK_FLOOR` rows or more stay; ``state``'s cache, mask and positions cut to them."""
+        it or more and :data:`SHRINK_FLOOR` rows or more stay, in a cache of :func:`plain_layers`; ``state``'s cache,
+        mask and positions cut to them."""
         rows = state["rows"] if state["rows"] is not None else torch.arange(len(done), device=done.device)
         alive = ~done[rows]
         kept = int(alive.sum())
-        if (
-            kept < SHRINK_FLOOR
-            or len(rows) - kept < SHRINK * len(rows)
-            or not hasattr(state["cache"], "batch_select_indices")
-        ):
+        if kept < SHRINK_FLOOR or len(rows) - kept < SHRINK * len(rows) or not plain_layers(state["cache"]):
             return rows
         keep = alive.nonzero().squeeze(1)
         state["cache"].batch_select_indices(keep)
@@ -274,6 +272,13 @@ class HFEngine:
         return len(row)
 
 
+def plain_layers(cache: Any) -> bool:
+    """Whether every layer of ``cache`` is a plain or growing ``DynamicLayer``, whose rows can be selected: static,
+    sliding-window and linear-attention layers (whose recurrent states a row selection would miss) are not."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in growing_layer() for layer in layers or ())
+
+
 def grow_in_place(cache: Any) -> Any:
     """``cache`` with its plain layers (transformers' ``DynamicLayer``) made :func:`growing_layer`'s: the same keys and
     values, but a decode step no longer copies the whole cache. Other layers (sliding windows) stay as they are."""
@@ -288,7 +293,7 @@ def grow_in_place(cache: Any) -> Any:
 def growing_layer() -> tuple[type, type]:
     """``(DynamicLayer, GrowingLayer)``. ``DynamicLayer.update`` appends a token by ``torch.cat``, which copies the
     layer's whole cache every step: the bytes copied grow with the square of the length (a 256-row generate of the
-    think demo takes 0.82-0.89x the time without it on an AVX-512 Xeon: ``benchmarks/decode_savings.py``). A
+    think demo takes 0.78-0.85x the time without it on an AVX-512 Xeon: ``benchmarks/decode_savings.py``). A
     ``GrowingLayer`` keeps its keys and values at the front of a buffer with room to spare (up to twice what it holds;
     doubled when full) and writes each new token after them (under no_grad, as the engine decodes); what it returns is a view of the buffer's filled part: the same numbers, in the same layout but the stride
     of the sequence dimension. An operation that replaces the keys (``batch_repeat_interleave``, ``batch_select_indices``,
