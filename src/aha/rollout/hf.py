@@ -130,10 +130,11 @@ class HFEngine:
         draws its one uniform a step: the random stream is the same). A row's numbers are its own while the batch
         keeps :data:`SHRINK_FLOOR` rows, so the same tokens and logprobs are drawn bit for bit in fp32 on a CPU
         (measured on an AVX-512 Xeon, 2 threads, and tested wherever the suite runs; a GPU's kernels, chosen by batch
-        size, may round otherwise). Measured on think-demo models on an
-        AVX-512 Xeon (``benchmarks/decode_savings.py``): with the growing cache, generate takes ×0.66 the time of
-        concatenating over every row for the RL model, ×0.38 for the SFT model, whose rows stop after 3 tokens or 40. The state then holds the remaining rows only, so a :class:`TurnCache`, which keeps
-        every row's cache for the next turn, does not shrink."""
+        size, may round otherwise). Measured on think-demo models on an AVX-512 Xeon
+        (``benchmarks/decode_savings.py``): with the growing cache, generate takes ×0.66 the time of concatenating
+        over every row for the RL model, ×0.38 for the SFT model, whose rows stop after 3 tokens or 40. The state
+        then holds the remaining rows only, so a :class:`TurnCache`, which keeps every row's cache for the next turn,
+        does not shrink."""
         state: dict[str, Any] = {"cache": cache, "mask": mask, "positions": positions, "first": True, "rows": None}
 
         def step(step_ids: torch.Tensor, done: torch.Tensor | None = None) -> torch.Tensor:
