@@ -51,14 +51,15 @@ def lean_activations(
     ``model.lean_activations``). 'auto': where the plain pass's activations would fill over a quarter of the GPU's
     memory, or over a 64th of a CPU machine's or its container's (which also holds the rest of the process, and
     the rest of the machine; other devices: always). The numbers are the same either way (lean replays the same
-    operations: a think-demo RL run's weights hash the same), only time and memory differ. The cost is a few % of SmolLM2's training pass on a CPU for half
-    its activation memory (1024 tokens: 1.49 GB saved in fp32, estimate 1.46), but 1/5 of a tiny model's, whose
-    element-wise operations weigh more beside its small matmuls (the think demo's RL pass, 256 × ~57 tokens in
-    micro-batches of 64 rows, ~0.15 GB estimated each: 0.93 → 0.76 s on an AVX-512 Xeon); on a GPU the per-op dispatch nearly doubled a 0.5B
-    model's pass at 16 × 64 tokens (0.43 vs 0.23 s on an H200). The estimate, (10·hidden + 4·ff) values per token
-    and layer, is near what was measured: a Qwen2.5-0.5B-shaped model at 64 × 256 tokens in bf16 autocast peaked at
-    42 GB on an H200 without lean, ~26 GB of it beyond weights, gradients, Adam state, the reference, the sampler's
-    copy and the logits (estimate 32 GB with the prompt columns)."""
+    operations: a think-demo RL run's weights hash the same), only time and memory differ. The cost is a few % of
+    SmolLM2's training pass on a CPU for half its activation memory (1024 tokens: 1.49 GB saved in fp32, estimate
+    1.46), but 1/5 of a tiny model's, whose element-wise operations weigh more beside its small matmuls (the think
+    demo's RL pass, 256 × ~57 tokens in micro-batches of 64 rows, ~0.15 GB estimated each: 0.93 → 0.76 s on an
+    AVX-512 Xeon); on a GPU the per-op dispatch nearly doubled a 0.5B model's pass at 16 × 64 tokens (0.43 vs
+    0.23 s on an H200). The estimate, (10·hidden + 4·ff) values per token and layer, is near what was measured: a
+    Qwen2.5-0.5B-shaped model at 64 × 256 tokens in bf16 autocast peaked at 42 GB on an H200 without lean, ~26 GB of
+    it beyond weights, gradients, Adam state, the reference, the sampler's copy and the logits (estimate 32 GB with
+    the prompt columns)."""
     if choice != "auto":
         return bool(choice)
     cfg: Any = getattr(model, "config", None)  # (None, or a config without these: the except below)

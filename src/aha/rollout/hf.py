@@ -141,6 +141,7 @@ class HFEngine:
             full = step_ids.shape[0]
             if shrink and done is not None and not state["first"]:
                 state["rows"] = self._shrink(state, done)
+            if state["rows"] is not None:
                 step_ids = step_ids[state["rows"]]
             if not state["first"]:  # one new token per row
                 ones = torch.ones((step_ids.shape[0], 1), dtype=mask.dtype, device=mask.device)
@@ -163,22 +164,22 @@ class HFEngine:
                 )
                 logits = logits.repeat_interleave(n, 0)
             state["cache"], state["first"] = grow_in_place(getattr(out, self._cache_kw)), False
-            if state["rows"] is not None and len(state["rows"]) < full:
+            if state["rows"] is not None:
                 logits = logits.new_zeros((full, logits.shape[-1])).index_copy_(0, state["rows"], logits)
             return logits
 
         return step, state
 
     @staticmethod
-    def _shrink(state: dict[str, Any], done: torch.Tensor) -> torch.Tensor:
+    def _shrink(state: dict[str, Any], done: torch.Tensor) -> torch.Tensor | None:
         """The rows (of the full batch) the cache holds after dropping the done ones, if they are :data:`SHRINK` of
         it or more and :data:`SHRINK_FLOOR` rows or more stay, in a cache of :func:`plain_layers`; ``state``'s cache,
-        mask and positions cut to them."""
+        mask and positions cut to them. None while the cache holds every row (nothing to select)."""
         rows = state["rows"] if state["rows"] is not None else torch.arange(len(done), device=done.device)
         alive = ~done[rows]
         kept = int(alive.sum())
         if kept < SHRINK_FLOOR or len(rows) - kept < SHRINK * len(rows) or not plain_layers(state["cache"]):
-            return rows
+            return state["rows"]
         keep = alive.nonzero().squeeze(1)
         state["cache"].batch_select_indices(keep)
         state["mask"], state["positions"] = state["mask"][keep], state["positions"][keep]
