@@ -14,17 +14,13 @@ it. Then:
      minority of its traces: completions grow longer as accuracy rises (R1-Zero's curve), and the "wait" after the
      first answer becomes the rule.
 
-The behaviour is there, in a minority of the teacher's traces; RL amplifies it where it pays, and only there. That
-is Oat-Zero's finding for real models ("There may not be an aha moment"): the self-reflection R1-Zero-style RL
-"discovers" is already in the base model. Nothing here comes from nothing. What the embedded defaults measure is in
-docs/think.md: the doubt, the steps and the length are amplified on every seed and accuracy rises with them; the
-re-done step is not (RL makes the steps' slips rarer instead).
+The behaviour is there, in a minority of the teacher's traces; RL amplifies it where it pays, and only there
+(Oat-Zero's finding for real models: "There may not be an aha moment"). docs/think.md has what it measures.
 
-Teacher, SFT and RL models are scored on the same 600 held-out sums (no prompt shared with training), one
-completion each, sampled at temperature 1: the teacher's habit is random (steps 30% of the time), and greedy decoding
-of an imitation of a random habit is not that habit (it always takes the likelier branch, here the guess). Greedy
-accuracy is measured beside it. ``ablations`` adds short RL runs from the same SFT model: length-normalised GRPO
-(1/|o|) against Dr. GRPO, and the correctness reward with a length penalty.
+Teacher, SFT and RL answer the same 600 held-out sums (no prompt shared with training), one completion each,
+sampled at temperature 1 (greedy decoding of an imitation of a random habit always takes the likelier branch, here
+the guess; greedy accuracy is beside it). ``ablations`` adds short RL runs from the same SFT model: length-normalised
+GRPO (1/|o|) against Dr. GRPO, and the correctness reward with a length penalty.
 """
 
 from __future__ import annotations
@@ -52,9 +48,8 @@ from . import think_world as world
 
 MAX_NEW_TOKENS = 64  # 6 terms worked out (41 characters) after a doubted guess (8), with a re-done step (12)
 TEMPERATURE = 1.0  # sampling, in RL and in the held-out evaluation
-ABLATIONS: dict[
-    str, tuple[dict[str, Any], str]
-] = {  # name → (what changes from the main RL run, one line for the report)
+# name → (what changes from the main RL run, one line for the report)
+ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "grpo": ({"rl": {"loss_type": "grpo"}}, "GRPO's 1/|o|: each completion's token mean, then the mean"),
     "dr_grpo": (
         {"rl": {"loss_type": "dr_grpo", "scale_rewards": "none"}},
@@ -98,7 +93,7 @@ def settings(quick: bool) -> dict:
         "ablation_steps": 30,
         "prompts_per_step": 32,
         "group_size": 8,
-        "sft_lr": 3e-3,  # measured (2 layers, 700 steps): steps right 45% of the time sampled at 1e-3, 28% at 5e-3, 68% at 3e-3
+        "sft_lr": 2e-3,  # 3e-3, near the edge (5e-3 failed), left some seeds' students unable to add: docs/think.md
         "rl_lr": 2e-4,
     }
 
@@ -200,10 +195,10 @@ def sample(model_dir: Path, cfg: RunConfig, rows: list[dict], greedy: bool, seed
     return texts, lengths
 
 
-def teacher_records(rows: list[dict], seed: int, p_doubt: float = world.P_DOUBT) -> list[dict]:
+def teacher_records(rows: list[dict], seed: int, p_doubt: float = world.P_DOUBT, p_slip: float = world.P_SLIP) -> list:
     """The teacher's own answers to the held-out sums, judged as the models' are (a token a character, + EOS)."""
     rng = random.Random(20_000 + seed)
-    texts = [world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=p_doubt) for r in rows]
+    texts = [world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=p_doubt, p_slip=p_slip) for r in rows]
     return judged(rows, texts, [len(t) + 1 for t in texts])
 
 
@@ -272,9 +267,17 @@ def checkpoint(run_dir: Path, steps: int) -> Path:
     return run_dir / "checkpoints" / f"step-{steps}" / "model"
 
 
-def run_demo(out: Path, seed: int = 0, quick: bool = False, ablations: bool = False, doubt: bool = True) -> dict:
+def run_demo(
+    out: Path,
+    seed: int = 0,
+    quick: bool = False,
+    ablations: bool = False,
+    doubt: bool = True,
+    p_slip: float = world.P_SLIP,
+) -> dict:
     """The demo in ``out``; ``doubt=False``: the world whose teacher never blurts a guess before working a sum out (its
-    only reflection is the re-done step; docs/think.md measures both)."""
+    only reflection is the re-done step); ``p_slip``: how often a step of the teacher's slips (default
+    :data:`~aha.demos.think_world.P_SLIP`; docs/think.md measures the worlds)."""
     p_doubt = world.P_DOUBT if doubt else 0.0
     t_start, cpu_start = time.perf_counter(), time.process_time()
     out = Path(out)
@@ -287,12 +290,10 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, ablations: bool = Fa
 
     # ------------------------------------------------------------------ the teacher's traces
     rng = random.Random(seed)
-    traces = [
-        {"prompt": r["prompt"], "completion": world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=p_doubt)}
-        for r in train_rows
-    ]
+    trace = lambda terms: world.teacher_trace(terms, rng, p_doubt=p_doubt, p_slip=p_slip)  # noqa: E731
+    traces = [{"prompt": r["prompt"], "completion": trace(world.terms_of(r["prompt"]))} for r in train_rows]
     write_rows(out, "teacher", traces)
-    teacher = scores(teacher_records(held_out, seed, p_doubt))
+    teacher = scores(teacher_records(held_out, seed, p_doubt, p_slip))
     print(
         f"[think] teacher: accuracy {teacher['accuracy']:.3f}, steps in {teacher['steps_share']:.2f}, "
         f"'wait' in {teacher['reflection_rate']:.3f} of {len(held_out)} held-out sums"
@@ -314,6 +315,7 @@ def run_demo(out: Path, seed: int = 0, quick: bool = False, ablations: bool = Fa
 
     summary = make_summary(teacher, sft, rl, series(out / "rl"), first_moments(out / "rl"), s, seed, quick)
     summary["sft_time_s"], summary["rl_time_s"], summary["world"] = t_sft, t_rl, "doubt" if doubt else "steps"
+    summary["p_slip"] = p_slip
     summary["demo_time_s"] = time.perf_counter() - t_start  # teacher, SFT, RL and their evaluations
     if ablations:
         summary["ablations"] = run_ablations(out, rl_cfg, held_out, s, seed)
@@ -380,9 +382,9 @@ def make_summary(teacher, sft, rl, curves, moments, s, seed, quick) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m aha.demos.think [--out DIR] [--seed N] [--ablations] [--no-doubt]``: the demo, with the ablations if
-    asked (they add about as long again as the demo; ``aha demo think`` runs it without them), in the world without
-    doubted guesses if asked."""
+    """``python -m aha.demos.think [--out DIR] [--seed N] [--ablations] [--no-doubt] [--p-slip P]``: the demo, with the
+    ablations if asked (they add about as long again as the demo; ``aha demo think`` runs it without them), in the
+    world without doubted guesses, or with another slip rate, if asked."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m aha.demos.think", description=main.__doc__)
@@ -392,8 +394,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-doubt", action="store_true", help="the world whose teacher never doubts a guess (docs/think.md)"
     )
+    parser.add_argument("--p-slip", type=float, help=f"how often a teacher's step slips (default {world.P_SLIP})")
     args = parser.parse_args(argv)
-    run_demo(Path(args.out), args.seed, ablations=args.ablations, doubt=not args.no_doubt)
+    if args.p_slip is not None and not 0 <= args.p_slip <= 1:
+        parser.error(f"--p-slip {args.p_slip}: a probability, between 0 and 1")
+    p_slip = world.P_SLIP if args.p_slip is None else args.p_slip
+    run_demo(Path(args.out), args.seed, ablations=args.ablations, doubt=not args.no_doubt, p_slip=p_slip)
 
 
 if __name__ == "__main__":

@@ -124,10 +124,17 @@ def worked_steps(terms: list[int], rng: random.Random, p_slip: float = P_SLIP, p
     return " ".join(steps)
 
 
-def teacher_trace(terms: list[int], rng: random.Random, p_worked: float = P_WORKED, p_doubt: float = P_DOUBT) -> str:
-    """The teacher's completion for the sum of ``terms``: a guess, or with probability ``p_worked`` worked steps —
-    which, ``p_doubt`` of the time (the default: always), come after a guess it doubted: ``"16 wait a+3=03 ...
-    d+2=17"``. (``p_doubt=0``: the same traces without the doubted guesses.)
+def teacher_trace(
+    terms: list[int],
+    rng: random.Random,
+    p_worked: float = P_WORKED,
+    p_doubt: float = P_DOUBT,
+    p_slip: float = P_SLIP,
+) -> str:
+    """The teacher's completion for the sum of ``terms``: a guess, or with probability ``p_worked`` worked steps
+    (each slipping with probability ``p_slip``: :func:`worked_steps`) — which, ``p_doubt`` of the time (the default:
+    always), come after a guess it doubted: ``"16 wait a+3=03 ... d+2=17"``. (``p_doubt=0``: the same traces without
+    the doubted guesses.)
 
     >>> [teacher_trace([3, 5, 7, 2], random.Random(seed)) for seed in (0, 1, 4)]
     ['19', '16 wait a+3=03 b+5=08 c+7=15 d+2=17', '16 wait a+3=03 b+5=08 c+7=15 d+2=18']
@@ -137,7 +144,7 @@ def teacher_trace(terms: list[int], rng: random.Random, p_worked: float = P_WORK
     if rng.random() >= p_worked:
         return str(direct_answer(terms, rng))
     guess = direct_answer(terms, rng)
-    steps = worked_steps(terms, rng)
+    steps = worked_steps(terms, rng, p_slip=p_slip)
     return f"{guess} {REFLECTION} {steps}" if rng.random() < p_doubt else steps
 
 
