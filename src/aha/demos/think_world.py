@@ -179,18 +179,26 @@ def correct(prompts: list, completions: list, answer: list, **kwargs: Any) -> li
     return [float(is_right(str(c), str(p), str(a))) for p, c, a in zip(prompts, completions, answer)]
 
 
-_RECHECK = re.compile(rf"=(\d+)\s+{REFLECTION}\s+[{LABELS}]\+\d=(\d+)")
-_DOUBT = re.compile(rf"^\s*(\d+)\s+{REFLECTION}\b")
+_RECHECK = re.compile(rf"=(\d+)\s*{REFLECTION}\s*[{LABELS}]\+\d=(\d+)")  # (a model may drop the spaces: 17wait)
+_DOUBT = re.compile(rf"^\s*(\d+)\s*{REFLECTION}(?![^\W\d])")
 
 
 def doubted(completion: str) -> str | None:
-    """The guess a completion starts with and then doubts (``"19 wait a+3=03 ..."`` → ``"19"``), else None."""
+    """The guess a completion starts with and then doubts (``"19 wait a+3=03 ..."`` → ``"19"``), else None.
+
+    >>> doubted("19 wait a+3=03"), doubted("19wait a+3=03"), doubted("19 awaits"), doubted("a+3=03")
+    ('19', '19', None, None)
+    """
     m = _DOUBT.match(completion)
     return m.group(1) if m else None
 
 
 def rechecks(completion: str) -> bool:
-    """Whether a completion re-does one of its steps: "wait" after a step's total (``"c+7=14 wait c+7=15"``)."""
+    """Whether a completion re-does one of its steps: "wait" after a step's total (``"c+7=14 wait c+7=15"``).
+
+    >>> rechecks("c+7=14 wait c+7=15"), rechecks("c+7=14wait c+7=15"), rechecks("c+7=15 d+2=17")
+    (True, True, False)
+    """
     return _RECHECK.search(completion) is not None
 
 

@@ -62,16 +62,20 @@ _WORD_RE = re.compile(r"\w+")
 
 
 def reflection_pattern(phrases: tuple[str, ...] | list[str] = REFLECTION_PHRASES) -> re.Pattern:
-    """One case-insensitive regex matching any phrase as whole words (any run of spaces between its words).
+    """One case-insensitive regex matching any phrase as whole words (any run of spaces between its words). A letter,
+    ``_`` or ``-`` next to a phrase makes it part of another word; a digit does not (``24wait``: a number, then the
+    word, as a model may write it without the space).
 
     >>> p = reflection_pattern(["wait", "check again"])
-    >>> [bool(p.search(t)) for t in ["Wait, no.", "await it", "let me CHECK   again", "checking again"]]
-    [True, False, True, False]
+    >>> [bool(p.search(t)) for t in ["Wait, no.", "await it", "let me CHECK   again", "checking again", "24wait"]]
+    [True, False, True, False, True]
     """
     words = [r"\s+".join(re.escape(w) for w in phrase.split()) for phrase in phrases if phrase.strip()]
     if not words:
         return re.compile(r"(?!x)x")  # matches nothing: reflection off
-    return re.compile(r"(?<![\w-])(?:" + "|".join(sorted(words, key=len, reverse=True)) + r")(?![\w-])", re.IGNORECASE)
+    letter = r"[^\W\d]"  # a word character that is not a digit: a letter or _
+    phrase = "|".join(sorted(words, key=len, reverse=True))
+    return re.compile(rf"(?<!{letter})(?<!-)(?:{phrase})(?!{letter}|-)", re.IGNORECASE)
 
 
 def strict_answer(text: str) -> str | None:
