@@ -195,10 +195,14 @@ def sample(model_dir: Path, cfg: RunConfig, rows: list[dict], greedy: bool, seed
     return texts, lengths
 
 
+def teacher_texts(rows: list[dict], rng: random.Random, p_doubt: float, p_slip: float) -> list[str]:
+    """The teacher's answer to each row's sum (:func:`~aha.demos.think_world.teacher_trace`), drawn from ``rng``."""
+    return [world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=p_doubt, p_slip=p_slip) for r in rows]
+
+
 def teacher_records(rows: list[dict], seed: int, p_doubt: float = world.P_DOUBT, p_slip: float = world.P_SLIP) -> list:
     """The teacher's own answers to the held-out sums, judged as the models' are (a token a character, + EOS)."""
-    rng = random.Random(20_000 + seed)
-    texts = [world.teacher_trace(world.terms_of(r["prompt"]), rng, p_doubt=p_doubt, p_slip=p_slip) for r in rows]
+    texts = teacher_texts(rows, random.Random(20_000 + seed), p_doubt, p_slip)
     return judged(rows, texts, [len(t) + 1 for t in texts])
 
 
@@ -289,9 +293,8 @@ def run_demo(
     sft_cfg, rl_cfg = demo_config(out, seed, s)
 
     # ------------------------------------------------------------------ the teacher's traces
-    rng = random.Random(seed)
-    trace = lambda terms: world.teacher_trace(terms, rng, p_doubt=p_doubt, p_slip=p_slip)  # noqa: E731
-    traces = [{"prompt": r["prompt"], "completion": trace(world.terms_of(r["prompt"]))} for r in train_rows]
+    texts = teacher_texts(train_rows, random.Random(seed), p_doubt, p_slip)
+    traces = [{"prompt": r["prompt"], "completion": text} for r, text in zip(train_rows, texts)]
     write_rows(out, "teacher", traces)
     teacher = scores(teacher_records(held_out, seed, p_doubt, p_slip))
     print(
@@ -394,12 +397,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-doubt", action="store_true", help="the world whose teacher never doubts a guess (docs/think.md)"
     )
-    parser.add_argument("--p-slip", type=float, help=f"how often a teacher's step slips (default {world.P_SLIP})")
+    parser.add_argument("--p-slip", type=float, default=world.P_SLIP, help="how often a teacher's step slips")
     args = parser.parse_args(argv)
-    if args.p_slip is not None and not 0 <= args.p_slip <= 1:
+    if not 0 <= args.p_slip <= 1:
         parser.error(f"--p-slip {args.p_slip}: a probability, between 0 and 1")
-    p_slip = world.P_SLIP if args.p_slip is None else args.p_slip
-    run_demo(Path(args.out), args.seed, ablations=args.ablations, doubt=not args.no_doubt, p_slip=p_slip)
+    run_demo(Path(args.out), args.seed, ablations=args.ablations, doubt=not args.no_doubt, p_slip=args.p_slip)
 
 
 if __name__ == "__main__":

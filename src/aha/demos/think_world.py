@@ -31,7 +31,7 @@ import random
 import re
 from typing import Any
 
-from aha.track.reasoning import lenient_answer
+from aha.track.reasoning import lenient_answer, reflection_pattern
 
 TERMS = (3, 4, 5, 6)  # how many digits a sum has: its difficulty
 P_WORKED = 0.3  # how often the teacher works a sum out (otherwise its answer is a guess)
@@ -179,8 +179,9 @@ def correct(prompts: list, completions: list, answer: list, **kwargs: Any) -> li
     return [float(is_right(str(c), str(p), str(a))) for p, c, a in zip(prompts, completions, answer)]
 
 
-_RECHECK = re.compile(rf"=(\d+)\s*{REFLECTION}\s*[{LABELS}]\+\d=(\d+)")  # (a model may drop the spaces: 17wait)
-_DOUBT = re.compile(rf"^\s*(\d+)\s*{REFLECTION}(?![^\W\d])")
+_WAIT = reflection_pattern([REFLECTION]).pattern  # "wait" as the reasoning metrics read it: "17wait" too, not "await"
+_RECHECK = re.compile(rf"=(\d+)\s*{_WAIT}\s*[{LABELS}]\+\d=(\d+)")
+_DOUBT = re.compile(rf"^\s*(\d+)\s*{_WAIT}")
 
 
 def doubted(completion: str) -> str | None:
